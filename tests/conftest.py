@@ -1,0 +1,65 @@
+"""Shared fixtures: real Spark, Redis, PostgreSQL and the real data beside the project.
+
+Under CI=true a missing service fails the test loudly; on a developer machine it skips
+with the reason. The shared data folder skips with a reason when absent.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("WENLV_SHARED_DATA", ROOT.parent / "shared" / "data"))
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def service_missing(what: str) -> None:
+    """Fail under CI (a missing service is a broken run), skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"{what} is not reachable, and CI=true: .ci/run must start it", pytrace=False)
+    pytest.skip(f"{what} is not reachable")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local Spark session for the whole run (starting a JVM costs seconds)."""
+    from spark_jobs.session import get_spark
+
+    session = get_spark(master="local[2]", app_name="wenlv-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/15")
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2).ping()
+    except Exception:  # noqa: BLE001 - any failure means the service is not usable
+        service_missing(f"Redis at {url}")
+    return url
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    url = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+    except Exception:  # noqa: BLE001
+        service_missing(f"PostgreSQL at {url}")
+    return url
