@@ -198,3 +198,55 @@ def finite(metrics: dict) -> dict:
     """Only the finite numbers (MLflow refuses NaN/inf and JSON has no spelling for them)."""
     return {k: float(v) for k, v in metrics.items()
             if isinstance(v, (int, float, np.floating, np.integer)) and math.isfinite(float(v))}
+
+
+# ---------------------------------------------------------------- a factor model on the temporal split
+def evaluate_scores(blocks, matrices, user_scores: np.ndarray, k: int = 10, prefix: str = "") -> dict:
+    """Known visitors and prospects on tourism/test_interactions, beside the popularity baseline.
+
+    user_scores: [n_users, n_pois] in the row order of `matrices` and the POI order of
+    `matrices.items['tourism']`. Known visitors' training POIs are excluded from their lists
+    (they are not what the test window measures); prospects have none.
+    """
+    tokens, pois = matrices.tokens, matrices.items["tourism"]
+    history = matrices.blocks["tourism"]
+    train = blocks["tourism/interactions"].rename(columns={"token": USER, "poi_id": ITEM})[[USER, ITEM]]
+    truth = blocks["tourism/test_interactions"].rename(columns={"token": USER, "poi_id": ITEM})[[USER, ITEM]]
+    row_of = matrices.row_of()
+    in_test = np.zeros(len(tokens), dtype=bool)
+    in_test[row_of.reindex(truth[USER].unique()).dropna().astype(int).to_numpy()] = True
+    popularity = np.broadcast_to(popularity_scores(train, pois), user_scores.shape)
+    out: dict = {}
+    for group, mask in (("", in_test), ("known_", in_test & ~matrices.is_prospect),
+                        ("prospect_", in_test & matrices.is_prospect)):
+        rows = np.flatnonzero(mask)
+        if len(rows) == 0:
+            continue
+        for name, scores in (("", user_scores), ("popularity_", popularity)):
+            recs = top_k(scores[rows], tokens[rows], pois, k, exclude=history[rows])
+            metrics = ranking_metrics(truth[truth[USER].isin(tokens[rows])], recs, train, k)
+            out.update({f"{prefix}{name}{group}{m}": v for m, v in metrics.items()})
+    out.update({f"{prefix}{m}": v for m, v in prospect_audiences(blocks, matrices, user_scores).items()})
+    return out
+
+
+def prospect_audiences(blocks, matrices, user_scores: np.ndarray, audience_fraction: float = 0.1) -> dict:
+    """Audience precision@N among prospects for each POI, lift over random and popularity targeting.
+
+    Popularity targeting ranks prospects by their overall activity in the other parties'
+    interaction blocks (most active first) — the non-personalised way to pick an audience.
+    """
+    prospects = np.flatnonzero(matrices.is_prospect)
+    if len(prospects) == 0:
+        return {}
+    pois = matrices.items["tourism"]
+    test = blocks["tourism/test_interactions"]
+    row_of = matrices.row_of()
+    col_of = pd.Series(np.arange(len(pois)), index=pois)
+    visited = np.zeros((len(matrices.tokens), len(pois)), dtype=bool)
+    known = test["poi_id"].isin(col_of.index) & test["token"].isin(row_of.index)
+    visited[row_of[test.loc[known, "token"]].to_numpy(), col_of[test.loc[known, "poi_id"]].to_numpy()] = True
+    activity = sum(np.asarray(matrices.blocks[p].sum(axis=1)).ravel() for p in matrices.blocks if p != "tourism")
+    out = audience_lift(user_scores[prospects], np.asarray(activity)[prospects], visited[prospects], pois,
+                        audience_fraction)
+    return {f"prospect_{k}": v for k, v in out.items()}
