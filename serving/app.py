@@ -1,0 +1,97 @@
+"""The FastAPI app factory: routers under /v1, JSON errors, metrics, model lifecycle.
+
+`create_app(state, keys)` wires a ready `ServingState` (model + online store) and a
+`KeyStore`; `serving.cli` builds those from a bundle directory or the MLflow champion.
+The itinerary router (`serving.routers.itineraries`) is included when it exists.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.auth import ApiError, KeyStore
+from serving.metrics import Metrics, MetricsMiddleware
+from serving.state import ServingState
+
+log = logging.getLogger(__name__)
+
+OPTIONAL_ROUTERS = ("serving.routers.itineraries",)
+
+DESCRIPTION = """Wenlv serving API: POI recommendations for visitors (and, from other routers, itineraries).
+
+Every route under `/v1` needs `Authorization: Bearer <API key>`; a key has a role
+(visitor-app, marketer, analyst, admin) and a tenant. Errors are JSON
+`{"error": code, "message": text}`."""
+
+
+def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None) -> FastAPI:
+    """The app over `state` (current model + store); `lifecycle` (a ChampionFollower) is started and stopped with it."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if lifecycle is not None:
+            lifecycle.start()
+        try:
+            yield
+        finally:
+            if lifecycle is not None:
+                lifecycle.stop()
+
+    app = FastAPI(title="Wenlv", version="1.0", description=DESCRIPTION, lifespan=lifespan)
+    metrics = Metrics()
+    app.state.serving, app.state.keys, app.state.metrics = state, keys, metrics
+    if state.model is not None:
+        metrics.model_info.labels(state.model.version).set(1)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    _install_error_handlers(app)
+
+    from serving.routers import health, recommendations
+
+    app.include_router(health.router)
+    app.include_router(recommendations.router)
+    for name in OPTIONAL_ROUTERS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+            continue
+        app.include_router(module.router)
+    return app
+
+
+def _error(status: int, code: str, message: str, details=None, headers=None) -> JSONResponse:
+    body = {"error": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError):
+        return _error(exc.status, exc.code, exc.message, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_request: Request, exc: RequestValidationError):
+        details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                   for e in exc.errors()]
+        where = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:5])
+        return _error(422, "invalid_request", f"invalid request: {where}", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        # Log the type and route only: exception text may quote request data.
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        return _error(500, "internal_error", "internal error; it has been logged")

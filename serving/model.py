@@ -1,0 +1,164 @@
+"""One model version ready to serve: the bundle, its indexes and everything precomputed.
+
+A `ServingModel` is immutable once built; the lifecycle builds the next one fully and
+swaps a single reference, and a request takes that reference once, so it never sees
+half of two versions. User vectors come from the online store (keys of this version),
+else from the bundle in memory; when the store is down the bundle and popularity keep
+answering and the answer says `degraded`.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from serving.filters import Filters, PoiTable
+from serving.indexes import DEFAULT_CACHE, EXACT_BELOW, BundleIndexes, build_bundle_indexes, exact_top_k
+from serving.online_store import ResilientStore, StoreUnavailable
+from serving.towers import load_user_tower
+from training.bundle import ModelBundle
+
+log = logging.getLogger(__name__)
+
+STRATEGY_ALS = "als"               # the user's own factors
+STRATEGY_TOWER = "cold_start_tower"  # a vector from side features (new user)
+STRATEGY_POPULARITY = "popularity"   # no usable vector, or personalised=false
+
+
+@dataclass
+class UserView:
+    """What serving knows about one token for one request."""
+
+    vector: np.ndarray | None
+    visited: np.ndarray  # POI rows
+    strategy: str
+    degraded: bool = False
+    source: str = "none"  # store | bundle | none
+
+
+@dataclass
+class Recommendation:
+    ids: np.ndarray
+    scores: np.ndarray
+    reasons: list[str]
+    strategy: str
+    personalized: bool
+    degraded: bool
+    recommendation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+
+class ServingModel:
+    """Everything one model version needs to answer requests."""
+
+    def __init__(self, bundle: ModelBundle, version: str, store: ResilientStore | None = None,
+                 indexes: BundleIndexes | None = None, *, with_user_index: bool = True,
+                 index_cache: Path | None = DEFAULT_CACHE, exact_below: int = EXACT_BELOW):
+        started = time.perf_counter()
+        self.bundle, self.version, self.store = bundle, str(version), store
+        self.table = PoiTable(bundle.pois)
+        self.indexes = indexes or build_bundle_indexes(bundle, with_users=with_user_index, cache_dir=index_cache,
+                                                       exact_below=exact_below)
+        self.poi_factors = np.ascontiguousarray(bundle.poi_factors, dtype=np.float32)
+        norms = np.linalg.norm(self.poi_factors, axis=1, keepdims=True)
+        self.poi_unit = self.poi_factors / np.maximum(norms, 1e-9)
+        pop = np.log1p(bundle.pois["popularity"].to_numpy(dtype=np.float64)) if "popularity" in bundle.pois else np.zeros(len(bundle.pois))
+        self.popularity = (pop / pop.max() if pop.max() > 0 else pop).astype(np.float32)
+        self.user_rows = pd.Index(bundle.users["token"].astype(str))
+        self.user_factors = bundle.user_factors
+        self._history_csr(bundle.history)
+        self.tower = load_user_tower(bundle.towers_dir, bundle.factors)
+        self.built_seconds = round(time.perf_counter() - started, 3)
+
+    def _history_csr(self, history: pd.DataFrame) -> None:
+        """Visited POI rows per user row, as CSR arrays (no per-user Python objects)."""
+        rows = self.user_rows.get_indexer(history["token"].astype(str)) if len(history) else np.empty(0, dtype=np.int64)
+        cols = self.table.index_of.get_indexer(history["poi_id"].astype(str)) if len(history) else np.empty(0, dtype=np.int64)
+        keep = (rows >= 0) & (cols >= 0)
+        rows, cols = rows[keep], cols[keep]
+        order = np.argsort(rows, kind="stable")
+        self._hist_cols = cols[order].astype(np.int64)
+        self._hist_ptr = np.searchsorted(rows[order], np.arange(len(self.user_rows) + 1))
+
+    def bundle_row(self, token: str) -> int | None:
+        try:
+            row = self.user_rows.get_loc(token)
+        except KeyError:
+            return None
+        return row if isinstance(row, (int, np.integer)) else None
+
+    # ------------------------------------------------------------------ users
+    def resolve_user(self, token: str, personalized: bool = True) -> UserView:
+        """The token's vector and visits: online store first, then the bundle, then cold start."""
+        if not personalized:  # PIPL art. 24: a list that uses nothing about the person
+            return UserView(None, np.empty(0, dtype=np.int64), STRATEGY_POPULARITY)
+        record, degraded = None, False
+        if self.store is not None:
+            try:
+                record = self.store.get_user(self.version, token)
+            except StoreUnavailable:
+                degraded = True
+        if record is not None and record.vector is not None and record.vector.shape[0] == self.bundle.factors:
+            return UserView(record.vector, self.table.indices(record.visited), STRATEGY_ALS, degraded, "store")
+        row = self.bundle_row(token)
+        if row is not None:
+            visited = self._hist_cols[self._hist_ptr[row]:self._hist_ptr[row + 1]]
+            return UserView(self.user_factors[row], visited, STRATEGY_ALS, degraded, "bundle")
+        visited = self.table.indices(record.visited) if record is not None else np.empty(0, dtype=np.int64)
+        if record is not None and record.side and self.tower is not None:
+            vector = self.tower.embed(record.side)
+            if vector is not None:
+                return UserView(vector, visited, STRATEGY_TOWER, degraded, "store")
+        return UserView(None, visited, STRATEGY_POPULARITY, degraded, "store" if record is not None else "none")
+
+    def poi_scores(self, token: str, personalized: bool = True) -> tuple[np.ndarray, bool, str]:
+        """Scores for every POI (aligned with bundle.pois), whether they are personal, and the strategy."""
+        user = self.resolve_user(token, personalized)
+        if user.vector is None:
+            return self.popularity.copy(), False, user.strategy
+        return self.poi_factors @ np.asarray(user.vector, dtype=np.float32), True, user.strategy
+
+    # ------------------------------------------------------------ recommend
+    def recommend(self, token: str, k: int = 10, filters: Filters | None = None, exclude_visited: bool = True,
+                  personalized: bool = True) -> Recommendation:
+        filters = filters or Filters()
+        user = self.resolve_user(token, personalized)
+        exclude = user.visited if exclude_visited else None
+        mask = self.table.mask(filters, exclude)
+        if user.vector is not None:
+            ids, scores = self.indexes.pois.search(user.vector, k, mask)
+        else:
+            ids, scores = exact_top_k(self.popularity[:, None], np.ones(1, dtype=np.float32), k, mask)
+        reasons = self._reasons(ids, user)
+        return Recommendation(ids=ids, scores=scores, reasons=reasons, strategy=user.strategy,
+                              personalized=user.vector is not None, degraded=user.degraded)
+
+    def _reasons(self, ids: np.ndarray, user: UserView) -> list[str]:
+        t = self.table
+        if user.vector is None:
+            return [f"popular {t.categories[i].replace('_', ' ')} in {t.cities[i]}" for i in ids]
+        if len(user.visited) == 0 or len(ids) == 0:
+            why = "matches your interests" if user.strategy == STRATEGY_ALS else "popular with visitors like you"
+            return [why] * len(ids)
+        sims = self.poi_unit[ids] @ self.poi_unit[user.visited].T  # k × visited, small
+        closest = user.visited[sims.argmax(axis=1)]
+        return [f"similar to {t.names[j]}, which you visited" for j in closest]
+
+    def audience(self, poi_ids: list[str], n: int) -> tuple[list[str], np.ndarray]:
+        """Top-n user tokens for a target (mean of the POIs' vectors), via the user index."""
+        if self.indexes.users is None:
+            raise RuntimeError("this model was built without a user index")
+        rows = self.table.indices(poi_ids)
+        if len(rows) == 0:
+            raise KeyError(f"none of the POIs {poi_ids!r} is in model version {self.version}")
+        ids, scores = self.indexes.users.search(self.poi_factors[rows].mean(axis=0), n)
+        return self.user_rows[ids].tolist(), scores
+
+    def describe(self) -> dict:
+        return {"model_version": self.version, "n_pois": int(self.table.n), "n_users": len(self.user_rows),
+                "poi_index": self.indexes.pois.info, "user_index": self.indexes.users.info if self.indexes.users else None,
+                "tower": self.tower is not None, "built_seconds": self.built_seconds}

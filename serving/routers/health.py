@@ -1,0 +1,38 @@
+"""Liveness, readiness and metrics: the only routes without an API key."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from serving.online_store import StoreUnavailable
+from serving.schemas import Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=Health, summary="the process is alive")
+def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, summary="a model is loaded (503 until then)",
+            responses={503: {"model": Readiness, "description": "no model loaded yet"}})
+def readyz(request: Request):
+    state = request.app.state.serving
+    model = state.model
+    store_ok = False
+    if state.store is not None:
+        try:
+            store_ok = bool(state.store.ping())
+        except StoreUnavailable:
+            store_ok = False
+    request.app.state.metrics.store_up.set(1 if store_ok else 0)
+    body = Readiness(status="ready" if model else "not_ready", model_version=model.version if model else None,
+                     store=state.store.describe() if state.store is not None else "none", store_available=store_ok)
+    return JSONResponse(body.model_dump(), status_code=200 if model else 503)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

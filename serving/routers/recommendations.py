@@ -1,0 +1,109 @@
+"""GET /v1/visitors/{token}/recommendations and the lookup of a served list."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+
+from serving.auth import ApiError, Principal, require_role
+from serving.filters import Filters, now_minute
+from serving.online_store import StoreUnavailable
+from serving.schemas import ERROR_RESPONSES, TOKEN_PATTERN, Category, RecommendationResponse, RecommendedPoi, StoredRecommendation
+from serving.state import ServingModel, get_model
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["recommendations"])
+
+_NEAR = re.compile(r"^\s*(-?\d{1,3}(?:\.\d+)?)\s*,\s*(-?\d{1,3}(?:\.\d+)?)\s*$")
+_HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
+
+
+def parse_filters(
+    category: Category | None = Query(None, description="only POIs of this category"),
+    city: str | None = Query(None, max_length=64, description="only POIs in this city"),
+    near: str | None = Query(None, description="`lat,lon` in degrees: only POIs within radius_km of it", examples=["30.25,120.17"]),
+    radius_km: float | None = Query(None, gt=0, le=500, description="radius around `near` (default 5 km)"),
+    open_now: bool = Query(False, description="only POIs open now (Asia/Shanghai), or at `at`"),
+    at: str | None = Query(None, pattern=_HHMM, description="local time HH:MM for open_now (default: now)"),
+) -> Filters:
+    point = None
+    if near is not None:
+        m = _NEAR.match(near)
+        if not m:
+            raise ApiError(422, "invalid_request", f"near must be 'lat,lon' in degrees, got {near[:40]!r}")
+        lat, lon = float(m.group(1)), float(m.group(2))
+        if not (-90 <= lat <= 90 and -180 <= lon <= 180):
+            raise ApiError(422, "invalid_request", f"near is out of range: lat {lat} must be in [-90, 90], lon {lon} in [-180, 180]")
+        point = (lat, lon)
+    elif radius_km is not None:
+        raise ApiError(422, "invalid_request", "radius_km needs near=lat,lon")
+    minute = None
+    if open_now:
+        minute = int(at[:2]) * 60 + int(at[3:]) if at else now_minute()
+    elif at is not None:
+        raise ApiError(422, "invalid_request", "at only applies with open_now=true")
+    return Filters(category=category, city=city, near=point, radius_km=radius_km, open_at_minute=minute)
+
+
+@router.get(
+    "/visitors/{token}/recommendations",
+    response_model=RecommendationResponse,
+    summary="top-k POIs for a visitor",
+    description="Personalised from the visitor's factors when known; a new token gets cold-start results "
+                "(side-feature tower, else popularity in context). `personalized=false` returns a list that uses "
+                "nothing about the visitor (PIPL art. 24); visit exclusion then does not apply.",
+    responses=ERROR_RESPONSES,
+)
+def recommendations(
+    request: Request,
+    token: str = Path(..., pattern=TOKEN_PATTERN, description="pseudonymous visitor token (never a phone number)"),
+    k: int = Query(10, ge=1, le=100, description="how many POIs"),
+    exclude_visited: bool = Query(True, description="leave out POIs the visitor has visited"),
+    personalized: bool = Query(True, description="false: a non-personalised list on the visitor's request"),
+    filters: Filters = Depends(parse_filters),
+    principal: Principal = Depends(require_role("visitor-app")),
+    model: ServingModel = Depends(get_model),
+) -> RecommendationResponse:
+    rec = model.recommend(token, k=k, filters=filters, exclude_visited=exclude_visited, personalized=personalized)
+    t = model.table
+    items = [RecommendedPoi(poi_id=t.poi_ids[i], name=t.names[i], category=t.categories[i], city=t.cities[i],
+                            score=round(float(s), 6), reason=r) for i, s, r in zip(rec.ids, rec.scores, rec.reasons)]
+    degraded = rec.degraded
+    state = request.app.state.serving
+    if state.store is not None:
+        payload = {"recommendation_id": rec.recommendation_id, "model_version": model.version, "strategy": rec.strategy,
+                   "personalized": rec.personalized, "poi_ids": [it.poi_id for it in items], "token": token,
+                   "created_at": time.time()}
+        try:
+            state.store.put_recommendation(principal.tenant, rec.recommendation_id, payload)
+        except StoreUnavailable:
+            degraded = True
+    request.app.state.metrics.recommendations.labels(rec.strategy, str(degraded).lower()).inc()
+    return RecommendationResponse(items=items, model_version=model.version, recommendation_id=rec.recommendation_id,
+                                  degraded=degraded, personalized=rec.personalized, strategy=rec.strategy)
+
+
+@router.get(
+    "/recommendations/{recommendation_id}",
+    response_model=StoredRecommendation,
+    summary="a list served earlier, for the tenant that asked for it",
+    responses={**ERROR_RESPONSES, 404: {"description": "unknown id, expired, or another tenant's"},
+               503: {"description": "the online store is unavailable"}},
+)
+def stored_recommendation(
+    request: Request,
+    recommendation_id: str = Path(..., pattern=r"^[0-9a-f]{32}$"),
+    principal: Principal = Depends(require_role("visitor-app", "marketer", "analyst")),
+) -> StoredRecommendation:
+    state = request.app.state.serving
+    if state.store is None:
+        raise ApiError(404, "not_found", f"recommendation {recommendation_id} not found")
+    try:
+        found = state.store.get_recommendation(principal.tenant, recommendation_id)
+    except StoreUnavailable:
+        raise ApiError(503, "store_unavailable", "the online store is unavailable; try again shortly", {"Retry-After": "1"})
+    if found is None:  # another tenant's id is indistinguishable from an unknown one
+        raise ApiError(404, "not_found", f"recommendation {recommendation_id} not found")
+    return StoredRecommendation(**{k: v for k, v in found.items() if k != "token"})

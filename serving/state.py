@@ -1,0 +1,48 @@
+"""Application state shared by routers: the current model (one reference, swapped
+atomically), the online store, the API keys and the metrics registry.
+
+Routers get the model with the `get_model` dependency: it reads the reference once, so
+one request works against one version from start to end.
+"""
+from __future__ import annotations
+
+import threading
+
+from fastapi import Request
+
+from serving.auth import ApiError
+from serving.model import ServingModel
+from serving.online_store import ResilientStore
+
+__all__ = ["ServingState", "ServingModel", "get_model", "get_state"]
+
+
+class ServingState:
+    def __init__(self, store: ResilientStore | None = None, model: ServingModel | None = None):
+        self.store = store
+        self._model = model
+        self._swap_lock = threading.Lock()
+        self.swaps = 0
+
+    @property
+    def model(self) -> ServingModel | None:
+        return self._model
+
+    def swap(self, model: ServingModel) -> ServingModel | None:
+        """Make `model` current; returns the previous one. The model must be fully built."""
+        with self._swap_lock:
+            previous, self._model = self._model, model
+            self.swaps += 1
+        return previous
+
+
+def get_state(request: Request) -> ServingState:
+    return request.app.state.serving
+
+
+def get_model(request: Request) -> ServingModel:
+    """Dependency: the current model version (503 while none is loaded)."""
+    model = request.app.state.serving.model
+    if model is None:
+        raise ApiError(503, "not_ready", "no model version is loaded yet")
+    return model
