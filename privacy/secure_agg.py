@@ -1,0 +1,379 @@
+"""Secure aggregation for a fixed set of parties: pairwise masks that cancel only in the sum.
+
+Protocol (one *round*; DESIGN §3):
+
+1. Every party draws a fresh ephemeral X25519 key for the round and announces its public
+   key, signed with its long-term Ed25519 identity key over (run, round, party, key).
+2. Each party verifies the other parties' announcements and derives, for every pair
+   {a, b}, ``pair_key = HKDF-SHA256(X25519(a, b), info = "wenlv/secagg/v1" ‖ run ‖ round ‖
+   sorted pair ids)`` — the full 32-byte key, never folded.
+3. For each *stage* of the round a party encodes its vector in fixed point on the ring
+   Z_2^64 and adds, for each pair, the ChaCha20 keystream of ``pair_key`` with a nonce
+   bound to the stage (the lower id of the pair adds, the higher subtracts). The message
+   carries (run, round, stage, sender), a SHA-256 digest of its payload and an Ed25519
+   signature over all of them.
+4. The :class:`Aggregator` accepts exactly one message per party for the open stage and
+   rejects replays (a stage already closed, a duplicate, an old or aborted round) and
+   out-of-order messages (a stage not opened yet) with :class:`ProtocolError`. When every
+   party has sent, the masks cancel and only the sum is released. If one party is missing
+   the round aborts (:class:`DropoutError`), nothing of it is released, and the caller
+   starts a new round with fresh keys.
+
+Fixed point: a real x is stored as round(x · 2^frac_bits) in two's complement mod 2^64.
+With the default 32 fractional bits, resolution is 2^-32 ≈ 2.3e-10 and each value *and
+each sum* must stay within ±2^31 ≈ 2.1e9; :func:`encode_fixed` raises on overflow rather
+than wrapping silently. The masked vectors are uniform on Z_2^64 whatever the inputs.
+
+Leakage: the aggregator learns the sum of the stage (that is the point) and nothing about
+any single party's vector unless it colludes with all but one of the other parties (with
+three parties: the aggregator plus one party can unmask the third).
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from wenlv.errors import WenlvError
+
+PROTOCOL = b"wenlv/secagg/v1"
+DEFAULT_FRAC_BITS = 32
+
+
+class SecureAggError(WenlvError):
+    """A secure-aggregation round cannot go on."""
+
+
+class ProtocolError(SecureAggError):
+    """A message was replayed, out of order, forged or malformed: it is rejected."""
+
+
+class DropoutError(SecureAggError):
+    """A party did not contribute to a stage: the round is aborted and nothing is released."""
+
+
+# ------------------------------------------------------------------ fixed point on Z_2^64
+def encode_fixed(values, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
+    """Reals → uint64 ring elements (two's complement of round(x·2^frac_bits))."""
+    x = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(x)):
+        raise SecureAggError("fixed-point encoding: input holds NaN or infinity")
+    limit = 2.0 ** (63 - frac_bits)
+    if x.size and np.max(np.abs(x)) >= limit:
+        raise SecureAggError(f"fixed-point encoding: |value| ≥ 2^{63 - frac_bits} overflows the ring "
+                             f"with {frac_bits} fractional bits")
+    return np.rint(x * (2.0 ** frac_bits)).astype(np.int64).view(np.uint64)
+
+
+def decode_fixed(ring_values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
+    """uint64 ring elements → reals (the inverse of :func:`encode_fixed`)."""
+    return np.asarray(ring_values, dtype=np.uint64).view(np.int64).astype(np.float64) / (2.0 ** frac_bits)
+
+
+def encode_int(values) -> np.ndarray:
+    """Integers → ring elements (no scaling), for counts and flags."""
+    return np.asarray(values, dtype=np.int64).view(np.uint64)
+
+
+# ------------------------------------------------------------------ key schedule and streams
+def _lp(data: bytes) -> bytes:
+    """Length-prefixed field, so that concatenated fields can't be re-split ambiguously."""
+    return struct.pack(">I", len(data)) + data
+
+
+def pair_info(run_id: str, round_no: int, a: str, b: str) -> bytes:
+    """HKDF info: protocol ‖ run ‖ round ‖ sorted pair ids."""
+    lo, hi = sorted((a, b))
+    return PROTOCOL + _lp(run_id.encode()) + struct.pack(">Q", round_no) + _lp(lo.encode()) + _lp(hi.encode())
+
+
+def derive_pair_key(shared_secret: bytes, run_id: str, round_no: int, a: str, b: str) -> bytes:
+    """The 32-byte key of pair {a, b} for one round of one run."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                info=pair_info(run_id, round_no, a, b)).derive(shared_secret)
+
+
+def stage_nonce(stage: str) -> bytes:
+    """ChaCha20 nonce (counter 0 ‖ 96-bit stage digest): one keystream per stage of a round."""
+    return b"\x00\x00\x00\x00" + hashlib.sha256(b"stage:" + stage.encode()).digest()[:12]
+
+
+def mask_stream(pair_key: bytes, stage: str, n: int) -> np.ndarray:
+    """n uint64 ring elements of ChaCha20 keystream, expanded from the full 256-bit key."""
+    if len(pair_key) != 32:
+        raise SecureAggError("pair key must be 32 bytes")
+    encryptor = Cipher(algorithms.ChaCha20(pair_key, stage_nonce(stage)), mode=None).encryptor()
+    return np.frombuffer(encryptor.update(bytes(8 * n)), dtype=np.uint64)
+
+
+def payload_digest(payload: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(payload).data).hexdigest()
+
+
+def _signed_bytes(*fields) -> bytes:
+    return b"".join(_lp(str(f).encode()) for f in fields)
+
+
+# ------------------------------------------------------------------ messages
+@dataclass(frozen=True)
+class KeyAnnouncement:
+    """A party's ephemeral public key for one round, signed by its identity key."""
+
+    run_id: str
+    round: int
+    sender: str
+    public_key: bytes
+    signature: bytes
+
+    def signed_part(self) -> bytes:
+        return _signed_bytes("key", self.run_id, self.round, self.sender, self.public_key.hex())
+
+
+@dataclass(frozen=True)
+class MaskedMessage:
+    """One party's masked vector for one stage of one round."""
+
+    run_id: str
+    round: int
+    stage: str
+    sender: str
+    shape: tuple
+    payload: np.ndarray = field(repr=False)  # uint64, uniform on the ring
+    digest: str
+    signature: bytes = field(repr=False)
+
+    def signed_part(self) -> bytes:
+        return _signed_bytes("msg", self.run_id, self.round, self.stage, self.sender,
+                             ",".join(map(str, self.shape)), self.digest)
+
+    @property
+    def size(self) -> int:
+        return int(self.payload.nbytes)
+
+
+class Identity:
+    """A party's long-term Ed25519 signing key (its public half is known to everyone)."""
+
+    def __init__(self, name: str, private_key: Ed25519PrivateKey | None = None):
+        self.name = name
+        self._key = private_key or Ed25519PrivateKey.generate()
+
+    @property
+    def public_bytes(self) -> bytes:
+        return self._key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
+
+def verify_signature(public_key: bytes, signature: bytes, data: bytes, what: str) -> None:
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, data)
+    except InvalidSignature:
+        raise ProtocolError(f"{what}: bad signature (forged or altered)") from None
+
+
+# ------------------------------------------------------------------ the party side
+class MaskingParty:
+    """One party's half of the protocol: per-round key agreement and masking."""
+
+    def __init__(self, identity: Identity, parties: tuple[str, ...], identities: dict[str, bytes],
+                 frac_bits: int = DEFAULT_FRAC_BITS):
+        if identity.name not in parties:
+            raise SecureAggError(f"party {identity.name!r} is not one of {parties}")
+        self.identity, self.parties, self.identities = identity, tuple(sorted(parties)), dict(identities)
+        self.frac_bits = frac_bits
+        self._ephemeral: dict[tuple[str, int], X25519PrivateKey] = {}
+        self._pair_keys: dict[tuple[str, int], dict[str, bytes]] = {}
+        self._used_rounds: set[tuple[str, int]] = set()
+        self._sent: set[tuple[str, int, str]] = set()
+
+    @property
+    def name(self) -> str:
+        return self.identity.name
+
+    def announce(self, run_id: str, round_no: int) -> KeyAnnouncement:
+        """Fresh ephemeral key for a new round (a round number is never reused: re-keying)."""
+        if (run_id, round_no) in self._used_rounds:
+            raise ProtocolError(f"{self.name}: round {round_no} of run {run_id} was already keyed; "
+                                f"a retry needs a new round number")
+        self._used_rounds.add((run_id, round_no))
+        key = X25519PrivateKey.generate()
+        self._ephemeral[(run_id, round_no)] = key
+        pub = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        ann = KeyAnnouncement(run_id, round_no, self.name, pub, b"")
+        return KeyAnnouncement(run_id, round_no, self.name, pub, self.identity.sign(ann.signed_part()))
+
+    def receive_keys(self, run_id: str, round_no: int, announcements: list[KeyAnnouncement]) -> None:
+        """Check the other parties' signed keys and derive one pair key per peer."""
+        key = self._ephemeral.pop((run_id, round_no), None)
+        if key is None:
+            raise ProtocolError(f"{self.name}: no key announced for round {round_no} of run {run_id}")
+        by_sender = {a.sender: a for a in announcements}
+        pair_keys = {}
+        for peer in self.parties:
+            if peer == self.name:
+                continue
+            ann = by_sender.get(peer)
+            if ann is None:
+                raise DropoutError(f"round {round_no}: party {peer!r} announced no key")
+            if (ann.run_id, ann.round) != (run_id, round_no):
+                raise ProtocolError(f"key of {peer!r} is for run {ann.run_id} round {ann.round}, "
+                                    f"not run {run_id} round {round_no}")
+            verify_signature(self.identities[peer], ann.signature, ann.signed_part(), f"key of {peer!r}")
+            shared = key.exchange(X25519PublicKey.from_public_bytes(ann.public_key))
+            pair_keys[peer] = derive_pair_key(shared, run_id, round_no, self.name, peer)
+        self._pair_keys[(run_id, round_no)] = pair_keys
+
+    def mask(self, run_id: str, round_no: int, stage: str, values, integer: bool = False) -> MaskedMessage:
+        """Encode `values` on the ring and add this party's pairwise masks for the stage."""
+        keys = self._pair_keys.get((run_id, round_no))
+        if keys is None:
+            raise ProtocolError(f"{self.name}: round {round_no} of run {run_id} is not keyed")
+        if (run_id, round_no, stage) in self._sent:
+            raise ProtocolError(f"{self.name}: already sent stage {stage!r} of round {round_no} (masks are single-use)")
+        self._sent.add((run_id, round_no, stage))
+        values = np.asarray(values)
+        ring = encode_int(values) if integer else encode_fixed(values, self.frac_bits)
+        out = np.array(ring.reshape(-1), dtype=np.uint64, copy=True)
+        for peer, pair_key in keys.items():
+            stream = mask_stream(pair_key, stage, out.size)
+            if self.name < peer:
+                out += stream
+            else:
+                out -= stream
+        digest = payload_digest(out)
+        msg = MaskedMessage(run_id, round_no, stage, self.name, tuple(values.shape), out, digest, b"")
+        return MaskedMessage(run_id, round_no, stage, self.name, tuple(values.shape), out, digest,
+                             self.identity.sign(msg.signed_part()))
+
+    def end_round(self, run_id: str, round_no: int) -> None:
+        """Forget a round's pair keys (after it completed or aborted)."""
+        self._pair_keys.pop((run_id, round_no), None)
+        self._ephemeral.pop((run_id, round_no), None)
+
+
+# ------------------------------------------------------------------ the aggregator side
+class Aggregator:
+    """The coordinator's side: relays keys, checks messages, releases only complete sums."""
+
+    def __init__(self, run_id: str, parties: tuple[str, ...], identities: dict[str, bytes],
+                 frac_bits: int = DEFAULT_FRAC_BITS, audit=None):
+        self.run_id, self.parties = run_id, tuple(sorted(parties))
+        self.identities, self.frac_bits, self.audit = dict(identities), frac_bits, audit
+        self.round: int | None = None
+        self.stage: str | None = None
+        self._closed_rounds: set[int] = set()
+        self._closed_stages: set[str] = set()
+        self._inbox: dict[str, MaskedMessage] = {}
+        self._keys: dict[str, KeyAnnouncement] = {}
+        self.view: list[MaskedMessage] = []  # what the coordinator saw (for tests of what it learns)
+        self.record_view = False
+
+    # rounds
+    def open_round(self, round_no: int) -> None:
+        if round_no in self._closed_rounds or (self.round is not None and round_no <= self.round):
+            raise ProtocolError(f"round {round_no} of run {self.run_id} was already used; re-key with a new round")
+        self.round, self.stage = round_no, None
+        self._closed_stages, self._inbox, self._keys = set(), {}, {}
+        self._log("round-open", "coordinator")
+
+    def receive_key(self, ann: KeyAnnouncement) -> None:
+        self._check_header(ann.run_id, ann.round, ann.sender, "key")
+        if ann.sender in self._keys:
+            raise ProtocolError(f"round {ann.round}: second key from {ann.sender!r} (replay)")
+        verify_signature(self.identities[ann.sender], ann.signature, ann.signed_part(), f"key of {ann.sender!r}")
+        self._keys[ann.sender] = ann
+        self._log("key", ann.sender, size=len(ann.public_key), digest=hashlib.sha256(ann.public_key).hexdigest())
+
+    def keys(self) -> list[KeyAnnouncement]:
+        missing = [p for p in self.parties if p not in self._keys]
+        if missing:
+            self.abort(f"no key from {', '.join(missing)}")
+        return [self._keys[p] for p in self.parties]
+
+    # stages
+    def open_stage(self, stage: str) -> None:
+        if self.round is None:
+            raise ProtocolError("no round is open")
+        if stage in self._closed_stages:
+            raise ProtocolError(f"stage {stage!r} of round {self.round} was already aggregated")
+        if self.stage is not None:
+            raise ProtocolError(f"stage {self.stage!r} is still open")
+        self.stage, self._inbox = stage, {}
+
+    def submit(self, msg: MaskedMessage) -> None:
+        self._check_header(msg.run_id, msg.round, msg.sender, f"stage {msg.stage!r}")
+        if msg.stage in self._closed_stages:
+            raise ProtocolError(f"replayed message: stage {msg.stage!r} of round {msg.round} is already closed "
+                                f"(sender {msg.sender!r})")
+        if msg.stage != self.stage:
+            raise ProtocolError(f"out-of-order message: stage {msg.stage!r} from {msg.sender!r} while stage "
+                                f"{self.stage!r} of round {msg.round} is open")
+        if msg.sender in self._inbox:
+            raise ProtocolError(f"replayed message: second {msg.stage!r} from {msg.sender!r} in round {msg.round}")
+        if msg.payload.dtype != np.uint64 or msg.payload.size != int(np.prod(msg.shape, dtype=np.int64)):
+            raise ProtocolError(f"malformed {msg.stage!r} from {msg.sender!r}: payload does not match its shape")
+        if payload_digest(msg.payload) != msg.digest:
+            raise ProtocolError(f"{msg.stage!r} from {msg.sender!r}: payload digest mismatch (altered)")
+        verify_signature(self.identities[msg.sender], msg.signature, msg.signed_part(),
+                         f"{msg.stage!r} from {msg.sender!r}")
+        if self._inbox and next(iter(self._inbox.values())).shape != msg.shape:
+            raise ProtocolError(f"{msg.stage!r} from {msg.sender!r}: shape {msg.shape} differs from the others")
+        self._inbox[msg.sender] = msg
+        if self.record_view:
+            self.view.append(msg)
+        self._log("masked", msg.sender, size=msg.size, digest=msg.digest)
+
+    def close_stage(self, integer: bool = False) -> np.ndarray:
+        """The sum of the open stage, released only if every party contributed."""
+        missing = [p for p in self.parties if p not in self._inbox]
+        if missing:
+            self.abort(f"stage {self.stage!r}: no message from {', '.join(missing)}")
+        msgs = list(self._inbox.values())
+        total = np.zeros(msgs[0].payload.size, dtype=np.uint64)
+        for m in msgs:
+            total += m.payload
+        shape = msgs[0].shape
+        self._closed_stages.add(self.stage)
+        self._log("sum", "coordinator", size=int(total.nbytes), digest=payload_digest(total))
+        self.stage, self._inbox = None, {}
+        result = total.view(np.int64) if integer else decode_fixed(total, self.frac_bits)
+        return result.reshape(shape)
+
+    def close_round(self) -> None:
+        self._log("round-close", "coordinator")
+        self._closed_rounds.add(self.round)
+
+    def abort(self, reason: str):
+        """Abort the round: drop everything received in it and release nothing."""
+        round_no = self.round
+        self._log("round-abort", "coordinator")
+        self._closed_rounds.add(round_no)
+        self.stage, self._inbox, self._keys = None, {}, {}
+        raise DropoutError(f"round {round_no} of run {self.run_id} aborted, nothing released: {reason}")
+
+    # helpers
+    def _check_header(self, run_id: str, round_no: int, sender: str, what: str) -> None:
+        if sender not in self.identities or sender not in self.parties:
+            raise ProtocolError(f"{what}: unknown sender {sender!r}")
+        if run_id != self.run_id:
+            raise ProtocolError(f"{what} from {sender!r}: run {run_id!r} is not the open run {self.run_id!r}")
+        if round_no != self.round:
+            kind = "replayed" if (round_no in self._closed_rounds or (self.round is not None and round_no < self.round)) \
+                else "out-of-order"
+            raise ProtocolError(f"{kind} message: {what} from {sender!r} for round {round_no}, "
+                                f"open round is {self.round}")
+
+    def _log(self, kind: str, sender: str, size: int = 0, digest: str = "") -> None:
+        if self.audit is not None:
+            self.audit.append(kind=kind, run_id=self.run_id, round=self.round, stage=self.stage or "",
+                              sender=sender, size=size, digest=digest)
