@@ -210,7 +210,10 @@ class SQLiteStore(KeyValueStore):
 
     def get(self, key):
         row = self._db().execute("SELECT value FROM kv WHERE key = ? AND expires_at > ?", (key, time.time())).fetchone()
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        value = row[0]
+        return value.encode() if isinstance(value, str) else bytes(value)  # counters are stored as text
 
     def set_many(self, items, ttl_s):
         db = self._db()

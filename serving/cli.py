@@ -1,0 +1,103 @@
+"""`wenlv serve`, `wenlv materialize`, `wenlv apikey create|list|revoke`."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from serving.auth import DEFAULT_KEY_DB, ROLES
+from serving.online_store import DEFAULT_PREFIX, DEFAULT_SQLITE
+
+
+def _store_args(p) -> None:
+    p.add_argument("--redis-url", default=None, help="online store in Redis (default: $REDIS_URL, else SQLite)")
+    p.add_argument("--sqlite", type=Path, default=DEFAULT_SQLITE, help=f"SQLite online store (default {DEFAULT_SQLITE})")
+    p.add_argument("--prefix", default=DEFAULT_PREFIX, help="key prefix in the online store")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve the recommendation API (follows the MLflow champion, or --bundle DIR)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--bundle", type=Path, default=None, help="serve this bundle directory instead of the champion")
+    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
+    p.add_argument("--poll-s", type=float, default=10.0, help="how often to check the champion alias")
+    p.add_argument("--keys", type=Path, default=DEFAULT_KEY_DB, help="API key database")
+    p.add_argument("--no-user-index", action="store_true", help="skip the user (audience) index")
+    _store_args(p)
+    p.set_defaults(func=_serve)
+
+    m = sub.add_parser("materialize", help="write a model version's online features (vectors, visits, side features)")
+    m.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the MLflow champion)")
+    m.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
+    m.add_argument("--features", type=Path, default=None, help="feature blocks folder (side features for cold start)")
+    m.add_argument("--model-version", default=None, help="override the version label in the keys")
+    m.add_argument("--ttl-days", type=float, default=30.0)
+    _store_args(m)
+    m.set_defaults(func=_materialize)
+
+    k = sub.add_parser("apikey", help="manage API keys (stored hashed)")
+    ksub = k.add_subparsers(dest="apikey_command", required=True)
+    c = ksub.add_parser("create", help="create a key; prints it once")
+    c.add_argument("--role", required=True, choices=ROLES)
+    c.add_argument("--tenant", required=True)
+    c.add_argument("--keys", type=Path, default=DEFAULT_KEY_DB)
+    c.set_defaults(func=_apikey_create)
+    ls = ksub.add_parser("list", help="list keys (ids, roles, tenants; never the keys)")
+    ls.add_argument("--keys", type=Path, default=DEFAULT_KEY_DB)
+    ls.set_defaults(func=_apikey_list)
+    r = ksub.add_parser("revoke", help="revoke a key by its id")
+    r.add_argument("key_id")
+    r.add_argument("--keys", type=Path, default=DEFAULT_KEY_DB)
+    r.set_defaults(func=_apikey_revoke)
+
+
+def _serve(args) -> int:
+    import uvicorn
+
+    from serving.runtime import build_app, uvicorn_config
+
+    app = build_app(bundle_dir=args.bundle, tracking_uri=args.tracking_uri, redis_url=args.redis_url,
+                    sqlite_path=args.sqlite, prefix=args.prefix, keys_path=args.keys, poll_s=args.poll_s,
+                    with_user_index=not args.no_user_index)
+    uvicorn.Server(uvicorn_config(app, args.host, args.port)).run()
+    return 0
+
+
+def _materialize(args) -> int:
+    from serving.lifecycle import load_champion
+    from serving.materialize import materialize
+    from serving.online_store import open_store
+    from serving.runtime import load_bundle_dir
+
+    bundle, version = load_bundle_dir(args.bundle) if args.bundle else load_champion(args.tracking_uri)
+    store = open_store(args.redis_url, args.sqlite, args.prefix)
+    result = materialize(bundle, args.model_version or version, store, args.features, ttl_s=int(args.ttl_days * 86400))
+    print(json.dumps(result))
+    return 0
+
+
+def _apikey_create(args) -> int:
+    from serving.auth import KeyStore
+
+    key = KeyStore(args.keys).create(args.role, args.tenant)
+    print(json.dumps({"key": key, "role": args.role, "tenant": args.tenant,
+                      "note": "shown once; only its hash is stored"}))
+    return 0
+
+
+def _apikey_list(args) -> int:
+    from serving.auth import KeyStore
+
+    print(json.dumps(KeyStore(args.keys).list()))
+    return 0
+
+
+def _apikey_revoke(args) -> int:
+    from serving.auth import KeyStore
+    from wenlv.errors import WenlvError
+
+    if not KeyStore(args.keys).revoke(args.key_id):
+        raise WenlvError(f"no API key with id {args.key_id!r}")
+    print(json.dumps({"revoked": args.key_id}))
+    return 0

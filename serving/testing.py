@@ -1,0 +1,65 @@
+"""Helpers for serving tests and benchmarks: a private redis-server, stores by kind, keys.
+
+`PrivateRedis` starts its own redis-server on a free port (never the shared one), so a
+test can stop and restart it during requests.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import redis
+
+from serving.online_store import KeyValueStore, RedisStore, SQLiteStore
+from serving.runtime import free_port
+
+
+class PrivateRedis:
+    def __init__(self, port: int | None = None):
+        if shutil.which("redis-server") is None:
+            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "PrivateRedis":
+        self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise RuntimeError(f"redis-server on port {self.port} did not start")
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+def make_store(kind: str, tmp_path: Path, redis_url: str | None = None) -> KeyValueStore:
+    """A fresh store of `kind` (sqlite|redis) under a unique key prefix."""
+    prefix = f"wenlv-test-{uuid.uuid4().hex[:8]}:"
+    if kind == "sqlite":
+        return SQLiteStore(tmp_path / f"online-{prefix[11:19]}.sqlite", prefix=prefix)
+    if kind == "redis":
+        return RedisStore(redis_url, prefix=prefix, timeout_s=0.5)
+    raise ValueError(kind)

@@ -1,0 +1,68 @@
+"""FAISS indexes: exact below the threshold, tuned IVF/HNSW above, filters never short."""
+import numpy as np
+import pytest
+
+from serving.indexes import build_index, exact_top_k, load_or_build, recall_at_k
+from serving.synthetic import synthetic_bundle
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    b = synthetic_bundle(n_pois=3000, n_users=300, factors=16, seed=3)
+    return b.poi_factors, b.user_factors
+
+
+def test_flat_index_is_exact(vectors):
+    items, queries = vectors
+    index = build_index(items, queries, exact_below=10_000)
+    assert index.info["kind"] == "flat"
+    for q in queries[:20]:
+        ids, scores = index.search(q, 10)
+        want_ids, want_scores = exact_top_k(items, q, 10)
+        assert list(ids) == list(want_ids)
+        np.testing.assert_allclose(scores, want_scores, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_meets_its_recall_target(vectors, kind):
+    items, queries = vectors
+    index = build_index(items, queries, kind=kind, target_recall=0.95)
+    assert index.info["kind"] == kind
+    measured = recall_at_k(index, queries[100:], 10)  # queries it was not tuned on
+    assert index.info["recall_at_10"] >= 0.95
+    assert measured >= 0.9
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+@pytest.mark.parametrize("share", [0.002, 0.01, 0.3])
+def test_filtered_search_returns_k_eligible_items(vectors, kind, share):
+    items, queries = vectors
+    index = build_index(items, queries, kind=kind)
+    rng = np.random.default_rng(1)
+    for q in queries[:10]:
+        mask = rng.random(len(items)) < share
+        eligible = int(mask.sum())
+        ids, _ = index.search(q, 10, mask)
+        assert len(ids) == min(10, eligible)
+        assert mask[ids].all()
+        assert len(set(ids.tolist())) == len(ids)
+        if kind == "flat":
+            assert list(ids) == list(exact_top_k(items, q, 10, mask)[0])
+
+
+def test_empty_mask_returns_nothing(vectors):
+    items, queries = vectors
+    index = build_index(items, queries, exact_below=10_000)
+    ids, scores = index.search(queries[0], 10, np.zeros(len(items), dtype=bool))
+    assert len(ids) == 0 and len(scores) == 0
+
+
+def test_index_cache_is_keyed_by_the_vectors(vectors, tmp_path):
+    items, queries = vectors
+    first = load_or_build(items, queries, cache_dir=tmp_path, kind="ivf")
+    assert len(list(tmp_path.glob("*.faiss"))) == 1
+    again = load_or_build(items, queries, cache_dir=tmp_path, kind="ivf")
+    assert again.info == first.info
+    assert list(again.search(queries[0], 10)[0]) == list(first.search(queries[0], 10)[0])
+    load_or_build(items * 1.01, queries, cache_dir=tmp_path, kind="ivf")  # other vectors, other entry
+    assert len(list(tmp_path.glob("*.faiss"))) == 2
