@@ -18,6 +18,13 @@ router = APIRouter(prefix="/v1", tags=["recommendations"])
 
 _NEAR = re.compile(r"^\s*(-?\d{1,3}(?:\.\d+)?)\s*,\s*(-?\d{1,3}(?:\.\d+)?)\s*$")
 _HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
+_PHONE_LIKE = re.compile(r"^\+?\d{7,15}$")
+
+
+def reject_phone_like(token: str) -> None:
+    """A bare number is not a PSI token: it may be a phone number, which must not reach the store or logs."""
+    if _PHONE_LIKE.match(token):
+        raise ApiError(422, "invalid_request", "the visitor token looks like a phone number; send the pseudonymous token")
 
 
 def parse_filters(
@@ -66,6 +73,7 @@ def recommendations(
     principal: Principal = Depends(require_role("visitor-app")),
     model: ServingModel = Depends(get_model),
 ) -> RecommendationResponse:
+    reject_phone_like(token)
     rec = model.recommend(token, k=k, filters=filters, exclude_visited=exclude_visited, personalized=personalized)
     t = model.table
     items = [RecommendedPoi(poi_id=t.poi_ids[i], name=t.names[i], category=t.categories[i], city=t.cities[i],
