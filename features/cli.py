@@ -1,0 +1,56 @@
+"""`wenlv datagen`, `wenlv import flickr` and `wenlv contracts`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def register(sub) -> None:
+    from features.generator import SCALES
+
+    p = sub.add_parser("datagen", help="generate the synthetic three-party data set (tourism, carrier, internet + truth)")
+    p.add_argument("--scale", choices=tuple(SCALES), default="tiny")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", type=Path, required=True, help="output folder (<out>/<party>/<table>.parquet)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.set_defaults(func=_datagen)
+
+    imp = sub.add_parser("import", help="import real data into the raw contracts")
+    imp_sub = imp.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    f = imp_sub.add_parser("flickr", help="Flickr (YFCC100M) POI visits of one city, IJCAI'15 files, into tourism/")
+    f.add_argument("--city", required=True, help="city code of the file names: Toro, Osak, Glas, Edin, Melb")
+    f.add_argument("--source", type=Path, default=Path("../shared/data/flickr"), help="folder holding visits/ and pois/")
+    f.add_argument("--out", type=Path, required=True, help="output data folder (writes <out>/tourism/)")
+    f.set_defaults(func=_import_flickr)
+
+    c = sub.add_parser("contracts", help="print the data contracts as Markdown (or write them with --out)")
+    c.add_argument("--out", type=Path, default=None, help="write to this file (e.g. docs/contracts.md) instead of stdout")
+    c.set_defaults(func=_contracts)
+
+
+def _datagen(args) -> int:
+    from features.generator import generate
+
+    summary = generate(args.out, scale=args.scale, seed=args.seed, progress=not args.no_progress)
+    print(json.dumps(summary))
+    return 0
+
+
+def _import_flickr(args) -> int:
+    from features.flickr import import_city
+
+    print(json.dumps(import_city(args.city, args.source, args.out)))
+    return 0
+
+
+def _contracts(args) -> int:
+    from features.contracts import markdown
+
+    text = markdown()
+    if args.out is None:
+        print(text)
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text if text.endswith("\n") else text + "\n")
+        print(json.dumps({"written": str(args.out), "bytes": len(text.encode())}))
+    return 0
