@@ -1,0 +1,191 @@
+"""Registered model `wenlv-recommender`: versions, the `champion` alias, the quality gate.
+
+A version becomes champion only through `promote`, which runs the quality gate:
+
+* quality — the candidate's gate metric (NDCG@10 on the temporal split) is not worse than
+  the current champion's by more than `tolerance` (absolute);
+* privacy — every privacy check recorded on the candidate's run passed: federated ALS
+  matched the centralised fit within tolerance (so a `--mode central` run, which pools
+  the raw blocks, never becomes champion), and the published artifacts were scanned
+  clean of phone numbers and raw per-party statistics.
+
+Each run records its checks as tags `privacy_check.<name>` = passed|failed. The registered
+model's tag `champion_history` (JSON list of versions) lets `rollback` restore the
+previous champion. Serving calls `load_champion_bundle`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training import tracking
+from training.bundle import ModelBundle
+from wenlv.errors import WenlvError
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "wenlv-recommender"
+ALIAS = "champion"
+GATE_METRIC = "ndcg@10"
+DEFAULT_TOLERANCE = 0.01
+CHECK_PREFIX = "privacy_check."
+REQUIRED_CHECKS = ("federated_matches_central", "artifacts_clean")
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    candidate: float | None = None
+    champion: float | None = None
+
+    def as_dict(self) -> dict:
+        return {"passed": self.passed, "reasons": self.reasons, "candidate": self.candidate, "champion": self.champion}
+
+
+def quality_gate(candidate_metrics: dict, checks: dict, champion_metrics: dict | None,
+                 tolerance: float = DEFAULT_TOLERANCE, metric: str = GATE_METRIC) -> GateDecision:
+    """Pure decision: may a candidate with these metrics and privacy checks replace the champion?"""
+    reasons = []
+    for name in REQUIRED_CHECKS:
+        if checks.get(name) is not True:
+            state = "missing" if name not in checks else "failed"
+            reasons.append(f"privacy check {name} {state}")
+    for name, ok in checks.items():
+        if name not in REQUIRED_CHECKS and ok is not True:
+            reasons.append(f"privacy check {name} failed")
+    cand = candidate_metrics.get(metric)
+    champ = None if champion_metrics is None else champion_metrics.get(metric)
+    if cand is None:
+        reasons.append(f"candidate has no {metric}")
+    elif champ is not None and cand < champ - tolerance:
+        reasons.append(f"{metric} {cand:.4f} is worse than the champion's {champ:.4f} by more than {tolerance}")
+    return GateDecision(passed=not reasons, reasons=reasons, candidate=cand, champion=champ)
+
+
+# ---------------------------------------------------------------- registry operations
+def _client(tracking_uri: str | None):
+    return tracking.client(tracking_uri)
+
+
+def _ensure_model(c) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        c.get_registered_model(MODEL_NAME)
+    except MlflowException:
+        c.create_registered_model(MODEL_NAME, description="Wenlv POI recommender: federated ALS factors, "
+                                                          "cold-start towers, model card (see the run).")
+
+
+def register_version(run_id: str, tracking_uri: str | None = None) -> int:
+    """A new version of `wenlv-recommender` pointing at the run's `bundle/` artifacts."""
+    c = _client(tracking_uri)
+    _ensure_model(c)
+    run = c.get_run(run_id)
+    mv = c.create_model_version(MODEL_NAME, source=f"{run.info.artifact_uri}/bundle", run_id=run_id,
+                                tags={"ndcg_at_10": str(run.data.metrics.get("ndcg_at_10", ""))})
+    return int(mv.version)
+
+
+def run_checks(c, run_id: str) -> dict:
+    tags = c.get_run(run_id).data.tags
+    return {k[len(CHECK_PREFIX):]: v == "passed" for k, v in tags.items() if k.startswith(CHECK_PREFIX)}
+
+
+def champion_version(tracking_uri: str | None = None) -> int | None:
+    from mlflow.exceptions import MlflowException
+
+    c = _client(tracking_uri)
+    try:
+        return int(c.get_model_version_by_alias(MODEL_NAME, ALIAS).version)
+    except MlflowException:
+        return None
+
+
+def _history(c) -> list[int]:
+    raw = c.get_registered_model(MODEL_NAME).tags.get("champion_history", "[]")
+    return [int(v) for v in json.loads(raw)]
+
+
+def _set_champion(c, version: int, history: list[int]) -> None:
+    c.set_registered_model_alias(MODEL_NAME, ALIAS, str(version))
+    c.set_registered_model_tag(MODEL_NAME, "champion_history", json.dumps(history))
+
+
+def gate_version(version: int, tracking_uri: str | None = None, tolerance: float = DEFAULT_TOLERANCE) -> GateDecision:
+    c = _client(tracking_uri)
+    mv = _model_version(c, version)
+    candidate = tracking.run_metrics(c, mv.run_id)
+    current = champion_version(tracking_uri)
+    champion = None
+    if current is not None and current != int(version):
+        champion = tracking.run_metrics(c, _model_version(c, current).run_id)
+    return quality_gate(candidate, run_checks(c, mv.run_id), champion, tolerance)
+
+
+def promote(version: int, tracking_uri: str | None = None, tolerance: float = DEFAULT_TOLERANCE) -> GateDecision:
+    """Make `version` champion if it passes the quality gate; the decision is recorded on the version."""
+    c = _client(tracking_uri)
+    decision = gate_version(version, tracking_uri, tolerance)
+    c.set_model_version_tag(MODEL_NAME, str(version), "quality_gate", "passed" if decision.passed else "refused")
+    if decision.reasons:
+        c.set_model_version_tag(MODEL_NAME, str(version), "quality_gate_reasons", "; ".join(decision.reasons)[:5000])
+    if decision.passed:
+        history = [v for v in _history(c) if v != int(version)] + [int(version)]
+        _set_champion(c, int(version), history)
+        log.info("version %s is now %s", version, ALIAS)
+    else:
+        log.warning("version %s refused by the quality gate: %s", version, "; ".join(decision.reasons))
+    return decision
+
+
+def rollback(tracking_uri: str | None = None) -> int:
+    """Point `champion` back at the previous champion; returns that version."""
+    c = _client(tracking_uri)
+    try:
+        history = _history(c)
+    except Exception as exc:  # noqa: BLE001 - no registered model yet
+        raise WenlvError(f"nothing to roll back: no registered model {MODEL_NAME!r}") from exc
+    current = champion_version(tracking_uri)
+    if current is not None and history and history[-1] == current:
+        history = history[:-1]
+    if not history:
+        raise WenlvError("nothing to roll back to: there is no earlier champion")
+    previous = history[-1]
+    _set_champion(c, previous, history)
+    c.set_model_version_tag(MODEL_NAME, str(current), "rolled_back", "true")
+    log.info("rolled back %s from version %s to %s", ALIAS, current, previous)
+    return previous
+
+
+def _model_version(c, version: int):
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return c.get_model_version(MODEL_NAME, str(int(version)))
+    except MlflowException as exc:
+        raise WenlvError(f"{MODEL_NAME} has no version {version}") from exc
+
+
+def download_bundle(version: int, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
+    import mlflow
+
+    c = _client(tracking_uri)
+    mv = _model_version(c, version)
+    dst = Path(dst or tempfile.mkdtemp(prefix=f"wenlv-bundle-v{version}-"))
+    path = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst),
+                                               tracking_uri=c.tracking_uri)
+    return Path(path)
+
+
+def load_champion_bundle(tracking_uri: str | None = None, dst: str | Path | None = None) -> tuple[ModelBundle, int]:
+    """(bundle, version) of the current champion — what serving loads. Raises WenlvError if none."""
+    version = champion_version(tracking_uri)
+    if version is None:
+        raise WenlvError(f"no {ALIAS} version of {MODEL_NAME} in {tracking.resolve_tracking_uri(tracking_uri)}; "
+                         f"train one with `wenlv train`")
+    return ModelBundle.load(download_bundle(version, tracking_uri, dst)), version

@@ -1,0 +1,307 @@
+"""Split PyTorch towers for cold-start visitors and prospects (DESIGN §3).
+
+Each non-coordinator party (carrier, internet) owns a *bottom tower* that maps its own
+side features (`<party>/user_features`) to an embedding of the POI-factor width. The
+parties never send embeddings in clear: each batch's embeddings are fixed-point encoded
+and masked with `privacy.secure_agg` (pairwise X25519 masks on Z_2^64), so the
+coordinator (tourism) learns only their *sum*. The coordinator scores that sum against
+the POI factors from ALS, computes the loss (multinomial log-likelihood of the user's
+training-window POIs), and sends back one gradient, ∂loss/∂sum — identical for every
+party, since ∂sum/∂embedding_p is the identity. Each party back-propagates it through its
+own tower.
+
+Optional DP (`noise_multiplier` > 0): each party clips every example's embedding to L2
+norm `clip_norm` and adds Gaussian noise N(0, (σ·clip_norm)²) before masking — the
+Gaussian mechanism on every release, with Poisson-style sampling rate batch/n. Opacus's
+RDP accountant turns (σ, rate, steps, δ) into the ε that is logged.
+
+Serving gets one TorchScript module, `towers/user_tower.pt`: raw side features in (the
+order of `spec.json`'s `user_features`; `name=value` entries are one-hots), the summed
+embedding out, transforms baked in — see `export_towers`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from features import contracts
+from privacy import secure_agg
+from wenlv.errors import WenlvError
+
+log = logging.getLogger(__name__)
+
+TOWER_PARTIES = ("carrier", "internet")
+# numeric columns that are heavy-tailed counts or distances: log1p before standardising
+LOG_COLUMNS = {"home_distance_km", "trip_days", "active_days", "total_events"}
+
+
+# ---------------------------------------------------------------- side features
+@dataclass
+class FeatureSpec:
+    """How one party turns its user_features block into a float matrix (fit on training data)."""
+
+    party: str
+    names: list[str]                 # raw feature names; "col=value" is a one-hot
+    log1p: list[bool]
+    mean: list[float]
+    std: list[float]
+
+    @classmethod
+    def fit(cls, party: str, frame: pd.DataFrame) -> "FeatureSpec":
+        table = contracts.table(f"{party}.user_features")
+        names, logs = [], []
+        for f in table.fields:
+            if f.name == "token":
+                continue
+            if f.type == "string":
+                values = f.choices or tuple(sorted(frame[f.name].dropna().unique()))
+                names += [f"{f.name}={v}" for v in values]
+                logs += [False] * len(values)
+            else:
+                names.append(f.name)
+                logs.append(f.name in LOG_COLUMNS)
+        spec = cls(party, names, logs, [0.0] * len(names), [1.0] * len(names))
+        raw = spec.raw_matrix(frame)
+        x = np.where(spec.log1p, np.log1p(np.maximum(raw, 0.0)), raw)
+        spec.mean = x.mean(axis=0).tolist() if len(x) else spec.mean
+        spec.std = np.where(x.std(axis=0) > 1e-6, x.std(axis=0), 1.0).tolist() if len(x) else spec.std
+        return spec
+
+    def raw_matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        """Raw values in spec order (one-hots 0/1, missing → 0), as serving would pass them."""
+        cols = []
+        for name in self.names:
+            if "=" in name:
+                col, value = name.split("=", 1)
+                cols.append((frame[col].astype("string") == value).fillna(False).to_numpy(np.float32))
+            else:
+                cols.append(pd.to_numeric(frame[name], errors="coerce").fillna(0.0).to_numpy(np.float32))
+        return np.stack(cols, axis=1) if cols else np.zeros((len(frame), 0), np.float32)
+
+
+class PartyTower(nn.Module):
+    """A party's bottom tower: baked transforms, then a small MLP to the embedding width."""
+
+    def __init__(self, spec: FeatureSpec, width: int, hidden: int = 32):
+        super().__init__()
+        self.register_buffer("log_mask", torch.tensor(spec.log1p, dtype=torch.bool))
+        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32))
+        self.net = nn.Sequential(nn.Linear(len(spec.names), hidden), nn.ReLU(), nn.Linear(hidden, width))
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        x = torch.where(self.log_mask, torch.log1p(torch.clamp(raw, min=0.0)), raw)
+        return self.net((x - self.mean) / self.std)
+
+
+class SummedUserTower(nn.Module):
+    """Serving's view: every party's tower on its slice of one raw feature row, summed."""
+
+    def __init__(self, towers: nn.ModuleList, bounds: list[tuple[int, int]]):
+        super().__init__()
+        self.towers, self.bounds = towers, bounds
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        parts = [tower(raw[:, self.bounds[i][0]:self.bounds[i][1]]) for i, tower in enumerate(self.towers)]
+        return torch.stack(parts, dim=0).sum(dim=0)
+
+
+# ---------------------------------------------------------------- the masked sum
+class MaskedSum:
+    """Sums the parties' embeddings through secure aggregation: the coordinator sees only the sum.
+
+    One key-agreement round per `MaskedSum` (re-keyed with a new round on failure); every
+    sum is its own stage of that round, so each mask is used once.
+    """
+
+    def __init__(self, parties, frac_bits: int = secure_agg.DEFAULT_FRAC_BITS, run_id: str | None = None,
+                 audit=None):
+        self.parties = tuple(sorted(parties))
+        self.frac_bits = frac_bits
+        self.run_id = run_id or f"towers-{uuid.uuid4().hex[:12]}"
+        ids = {p: secure_agg.Identity(p) for p in self.parties}
+        publics = {p: i.public_bytes for p, i in ids.items()}
+        self.members = {p: secure_agg.MaskingParty(ids[p], self.parties, publics, frac_bits) for p in self.parties}
+        self.aggregator = secure_agg.Aggregator(self.run_id, self.parties, publics, frac_bits, audit=audit)
+        self.round = 0
+        self._stage = 0
+        self._key_round()
+
+    def _key_round(self) -> None:
+        self.round += 1
+        self.aggregator.open_round(self.round)
+        for m in self.members.values():
+            self.aggregator.receive_key(m.announce(self.run_id, self.round))
+        keys = self.aggregator.keys()
+        for m in self.members.values():
+            m.receive_keys(self.run_id, self.round, keys)
+
+    def __call__(self, contributions: dict[str, np.ndarray]) -> np.ndarray:
+        if set(contributions) != set(self.parties):
+            raise WenlvError(f"masked sum needs every party {self.parties}, got {sorted(contributions)}")
+        self._stage += 1
+        stage = f"embeddings-{self._stage}"
+        self.aggregator.open_stage(stage)
+        for p in self.parties:
+            self.aggregator.submit(self.members[p].mask(self.run_id, self.round, stage, contributions[p]))
+        return self.aggregator.close_stage().astype(np.float32)
+
+    def close(self) -> None:
+        self.aggregator.close_round()
+        for m in self.members.values():
+            m.end_round(self.run_id, self.round)
+
+
+# ---------------------------------------------------------------- training
+@dataclass
+class TowerResult:
+    towers: dict[str, PartyTower]
+    specs: dict[str, FeatureSpec]
+    width: int
+    losses: list[float]                       # mean training loss per epoch
+    params: dict = field(default_factory=dict)
+    epsilon: float | None = None              # DP ε at `delta` (None without noise)
+
+    def embed(self, frames: dict[str, pd.DataFrame]) -> np.ndarray:
+        """Summed embedding in clear (for evaluation and serving, not in the protocol)."""
+        with torch.no_grad():
+            return sum(self.towers[p](torch.from_numpy(self.specs[p].raw_matrix(frames[p]))).numpy()
+                       for p in self.towers)
+
+
+def side_frames(blocks, tokens, parties=TOWER_PARTIES) -> dict[str, pd.DataFrame]:
+    """Each party's user_features rows aligned to `tokens` (absent users: all-missing rows)."""
+    out = {}
+    for p in parties:
+        frame = blocks[f"{p}/user_features"]
+        if frame["token"].duplicated().any():
+            raise WenlvError(f"{p}/user_features: duplicate tokens")
+        out[p] = frame.set_index("token").reindex(pd.Index(tokens, name="token")).reset_index()
+    return out
+
+
+def train_towers(frames: dict[str, pd.DataFrame], targets, poi_factors: np.ndarray, *, epochs: int = 30,
+                 batch_size: int = 128, lr: float = 0.01, hidden: int = 32, noise_multiplier: float = 0.0,
+                 clip_norm: float = 1.0, delta: float | None = None, seed: int = 0,
+                 frac_bits: int = secure_agg.DEFAULT_FRAC_BITS, channel: MaskedSum | None = None,
+                 progress: bool = False) -> TowerResult:
+    """Fit the bottom towers so that the masked sum of embeddings ranks each user's POIs.
+
+    frames:  party -> user_features rows of the training users (same row order in every party).
+    targets: [n_users, n_pois] 0/1 (scipy sparse or dense) training-window visits.
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    parties = tuple(sorted(frames))
+    n = len(next(iter(frames.values())))
+    if any(len(f) != n for f in frames.values()):
+        raise WenlvError("tower training: the parties' feature rows are not aligned")
+    y = np.asarray(targets.todense() if hasattr(targets, "todense") else targets, dtype=np.float32)
+    if y.shape != (n, poi_factors.shape[0]):
+        raise WenlvError(f"tower training: targets {y.shape} do not match {n} users × {poi_factors.shape[0]} POIs")
+    keep = y.sum(axis=1) > 0
+    if keep.sum() < 2:
+        raise WenlvError("tower training needs at least two users with training-window visits")
+    width = int(poi_factors.shape[1])
+    specs = {p: FeatureSpec.fit(p, frames[p]) for p in parties}
+    towers = {p: PartyTower(specs[p], width, hidden) for p in parties}
+    x = {p: torch.from_numpy(specs[p].raw_matrix(frames[p])[keep]) for p in parties}
+    y_t = torch.from_numpy(y[keep] / y[keep].sum(axis=1, keepdims=True))
+    v = torch.from_numpy(np.ascontiguousarray(poi_factors, dtype=np.float32))
+    opts = {p: torch.optim.Adam(towers[p].parameters(), lr=lr) for p in parties}
+    channel = channel or MaskedSum(parties, frac_bits=frac_bits)
+    m = len(y_t)
+    batch_size = min(batch_size, m)
+    steps, losses = 0, []
+    noise_gen = torch.Generator().manual_seed(seed + 1)
+    from tqdm import tqdm
+
+    for _ in tqdm(range(epochs), desc="towers", disable=not progress):
+        order = rng.permutation(m)
+        total = 0.0
+        for start in range(0, m, batch_size):
+            idx = torch.from_numpy(order[start:start + batch_size])
+            released = {}
+            for p in parties:                              # party side
+                e = towers[p](x[p][idx])
+                if noise_multiplier > 0:
+                    norms = e.norm(dim=1, keepdim=True).clamp(min=1e-12)
+                    e = e * torch.clamp(clip_norm / norms, max=1.0)
+                    e = e + torch.randn(e.shape, generator=noise_gen) * (noise_multiplier * clip_norm)
+                released[p] = e
+            summed = channel({p: e.detach().numpy() for p, e in released.items()})  # coordinator sees this only
+            s = torch.from_numpy(summed).requires_grad_(True)
+            loss = -(y_t[idx] * torch.log_softmax(s @ v.T, dim=1)).sum(dim=1).mean()
+            loss.backward()
+            grad = s.grad.detach()                         # one gradient, sent to every party
+            for p in parties:
+                opts[p].zero_grad()
+                released[p].backward(grad)
+                opts[p].step()
+            total += loss.detach().item() * len(idx)
+            steps += 1
+        losses.append(total / m)
+    channel.close()
+    epsilon = None
+    delta = delta if delta is not None else 1.0 / max(m, 2)
+    if noise_multiplier > 0:
+        from opacus.accountants import RDPAccountant
+
+        accountant = RDPAccountant()
+        accountant.history.append((noise_multiplier, batch_size / m, steps))
+        epsilon = float(accountant.get_epsilon(delta=delta))
+    params = {"tower_epochs": epochs, "tower_batch_size": batch_size, "tower_lr": lr, "tower_hidden": hidden,
+              "tower_noise_multiplier": noise_multiplier, "tower_clip_norm": clip_norm, "tower_delta": delta,
+              "fixed_point_frac_bits": frac_bits, "tower_parties": ",".join(parties)}
+    return TowerResult(towers, specs, width, losses, params, epsilon)
+
+
+# ---------------------------------------------------------------- export for serving
+def export_towers(result: TowerResult, out: str | Path) -> Path:
+    """`towers/`: user_tower.pt (TorchScript, raw features → summed embedding), spec.json, state dicts."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    parties = sorted(result.towers)
+    names, bounds, start = [], [], 0
+    for p in parties:
+        names += result.specs[p].names
+        bounds.append((start, start + len(result.specs[p].names)))
+        start += len(result.specs[p].names)
+    module = SummedUserTower(nn.ModuleList([result.towers[p] for p in parties]), bounds).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, torch.zeros(2, len(names)))
+        traced.save(str(out / "user_tower.pt"))
+    for p in parties:
+        torch.save(result.towers[p].state_dict(), out / f"{p}_tower.pt")
+    spec = {
+        "user_tower": "user_tower.pt",
+        "user_features": names,
+        "width": result.width,
+        "parties": {p: {"features": result.specs[p].names, "state_dict": f"{p}_tower.pt",
+                        "hidden": result.params.get("tower_hidden")} for p in parties},
+        "dp": {"noise_multiplier": result.params.get("tower_noise_multiplier", 0.0),
+               "epsilon": result.epsilon, "delta": result.params.get("tower_delta")},
+    }
+    (out / "spec.json").write_text(json.dumps(spec, indent=2))
+    return out
+
+
+def load_user_tower(towers_dir: str | Path):
+    """(TorchScript module, feature names) from an exported `towers/` folder."""
+    towers_dir = Path(towers_dir)
+    spec = json.loads((towers_dir / "spec.json").read_text())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        module = torch.jit.load(str(towers_dir / spec["user_tower"]), map_location="cpu")
+    return module.eval(), list(spec["user_features"])
+
