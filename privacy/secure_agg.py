@@ -34,6 +34,7 @@ import hashlib
 import struct
 from dataclasses import dataclass, field
 
+import numba
 import numpy as np
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -61,16 +62,32 @@ class DropoutError(SecureAggError):
 
 
 # ------------------------------------------------------------------ fixed point on Z_2^64
+@numba.njit(cache=True, nogil=True)
+def _encode_kernel(x, scale, limit, out):
+    """out = round(x·scale) as int64, one pass; returns the index of the first bad value or -1."""
+    for k in range(x.size):
+        v = x[k]
+        if not abs(v) < limit:  # also catches NaN
+            return k
+        out[k] = np.int64(np.rint(v * scale))
+    return -1
+
+
 def encode_fixed(values, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
-    """Reals → uint64 ring elements (two's complement of round(x·2^frac_bits))."""
-    x = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(x)):
-        raise SecureAggError("fixed-point encoding: input holds NaN or infinity")
-    limit = 2.0 ** (63 - frac_bits)
-    if x.size and np.max(np.abs(x)) >= limit:
-        raise SecureAggError(f"fixed-point encoding: |value| ≥ 2^{63 - frac_bits} overflows the ring "
-                             f"with {frac_bits} fractional bits")
-    return np.rint(x * (2.0 ** frac_bits)).astype(np.int64).view(np.uint64)
+    """Reals → uint64 ring elements (two's complement of round(x·2^frac_bits)).
+
+    Raises if a value is not finite or |x| ≥ 2^(63 − frac_bits): never wraps silently.
+    """
+    x = np.ascontiguousarray(values, dtype=np.float64)
+    out = np.empty(x.shape, dtype=np.int64)
+    bad = _encode_kernel(x.reshape(-1), 2.0 ** frac_bits, 2.0 ** (63 - frac_bits), out.reshape(-1))
+    if bad >= 0:
+        v = x.reshape(-1)[bad]
+        if not np.isfinite(v):
+            raise SecureAggError(f"fixed-point encoding: element {bad} is {v} (not finite)")
+        raise SecureAggError(f"fixed-point encoding: element {bad} has |value| ≥ 2^{63 - frac_bits}, which "
+                             f"overflows the ring with {frac_bits} fractional bits")
+    return out.view(np.uint64)
 
 
 def decode_fixed(ring_values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
@@ -106,12 +123,20 @@ def stage_nonce(stage: str) -> bytes:
     return b"\x00\x00\x00\x00" + hashlib.sha256(b"stage:" + stage.encode()).digest()[:12]
 
 
+_ZEROS = bytearray()
+
+
 def mask_stream(pair_key: bytes, stage: str, n: int) -> np.ndarray:
     """n uint64 ring elements of ChaCha20 keystream, expanded from the full 256-bit key."""
+    global _ZEROS
     if len(pair_key) != 32:
         raise SecureAggError("pair key must be 32 bytes")
+    if len(_ZEROS) < 8 * n:
+        _ZEROS = bytearray(8 * n)
+    out = np.empty(n + 8, dtype=np.uint64)  # update_into wants room for one extra block
     encryptor = Cipher(algorithms.ChaCha20(pair_key, stage_nonce(stage)), mode=None).encryptor()
-    return np.frombuffer(encryptor.update(bytes(8 * n)), dtype=np.uint64)
+    encryptor.update_into(memoryview(_ZEROS)[:8 * n], memoryview(out).cast("B"))
+    return out[:n]
 
 
 def payload_digest(payload: np.ndarray) -> str:
@@ -243,7 +268,7 @@ class MaskingParty:
         self._sent.add((run_id, round_no, stage))
         values = np.asarray(values)
         ring = encode_int(values) if integer else encode_fixed(values, self.frac_bits)
-        out = np.array(ring.reshape(-1), dtype=np.uint64, copy=True)
+        out = ring.reshape(-1) if not integer else np.array(ring.reshape(-1), dtype=np.uint64, copy=True)
         for peer, pair_key in keys.items():
             stream = mask_stream(pair_key, stage, out.size)
             if self.name < peer:

@@ -40,6 +40,7 @@ import secrets
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
@@ -52,7 +53,6 @@ from wenlv.errors import WenlvError
 log = logging.getLogger(__name__)
 
 _RS_EPS = 1e-20  # implicit's "residual is zero" threshold on r·r
-_CHUNK_NNZ = 1 << 20
 
 
 class PartyUnavailable(DropoutError):
@@ -79,29 +79,44 @@ def init_factors(n_users: int, item_counts: dict[str, int], factors: int, random
 
 
 # --------------------------------------------------------------------- per-party block math
-def _rowwise_dot(C: sp.csr_matrix, Y: np.ndarray, V: np.ndarray) -> np.ndarray:
-    """d_k = y_{col k} · v_{row k} for every stored entry k of C (chunked to bound memory)."""
-    rows = np.repeat(np.arange(C.shape[0], dtype=np.int64), np.diff(C.indptr))
-    out = np.empty(C.nnz, dtype=np.float64)
-    for s in range(0, C.nnz, _CHUNK_NNZ):
-        e = min(s + _CHUNK_NNZ, C.nnz)
-        out[s:e] = np.einsum("ij,ij->i", Y[C.indices[s:e]], V[rows[s:e]])
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _sparse_terms(indptr, indices, data, Y, V, out, residual):
+    """out_u = Σ_{i ∈ u} coef_ui · y_i, one pass over the block (implicit's inner loop).
+
+    coef = b_ui − (|c_ui| − 1)(y_i·v_u) for the residual (b = c if c > 0 else 0),
+    coef = (|c_ui| − 1)(y_i·v_u) for the CG product.
+    """
+    n_users, f = V.shape
+    for u in range(n_users):
+        for k in range(indptr[u], indptr[u + 1]):
+            i = indices[k]
+            c = data[k]
+            d = 0.0
+            for j in range(f):
+                d += Y[i, j] * V[u, j]
+            coef = (abs(c) - 1.0) * d
+            if residual:
+                coef = (c if c > 0 else 0.0) - coef
+            for j in range(f):
+                out[u, j] += coef * Y[i, j]
+
+
+def _terms(C: sp.csr_matrix, Y: np.ndarray, V: np.ndarray, residual: bool) -> np.ndarray:
+    V = np.ascontiguousarray(V, dtype=np.float64)
+    out = np.zeros_like(V)
+    _sparse_terms(C.indptr, C.indices, C.data.astype(np.float64), np.ascontiguousarray(Y, np.float64), V, out,
+                  residual)
     return out
 
 
 def block_residual(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, X: np.ndarray) -> np.ndarray:
     """This block's part of r_u = Yᵀ C_u p_u − Yᵀ C_u Y x_u (without the λ term)."""
-    c = C.data.astype(np.float64)
-    coef = np.where(c > 0, c, 0.0) - (np.abs(c) - 1.0) * _rowwise_dot(C, Y, X)
-    W = sp.csr_matrix((coef, C.indices, C.indptr), shape=C.shape)
-    return W @ Y - X @ G
+    return _terms(C, Y, X, residual=True) - X @ G
 
 
 def block_product(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, P: np.ndarray) -> np.ndarray:
     """This block's part of Yᵀ C_u Y p_u (without the λ term)."""
-    c = C.data.astype(np.float64)
-    W = sp.csr_matrix(((np.abs(c) - 1.0) * _rowwise_dot(C, Y, P), C.indices, C.indptr), shape=C.shape)
-    return W @ Y + P @ G
+    return _terms(C, Y, P, residual=False) + P @ G
 
 
 class FederatedALSParty:

@@ -1,0 +1,228 @@
+"""Secure aggregation: exact sums on Z_2^64, uniform masked views, key schedule, replay and dropout."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from privacy.audit import AuditLog
+from privacy.secure_agg import (Aggregator, DropoutError, Identity, MaskingParty, ProtocolError, SecureAggError,
+                                decode_fixed, derive_pair_key, encode_fixed, mask_stream)
+
+PARTIES = ("carrier", "internet", "tourism")
+
+
+def make_setup(run_id="run-1", audit=None):
+    ids = {p: Identity(p) for p in PARTIES}
+    pub = {p: i.public_bytes for p, i in ids.items()}
+    parties = {p: MaskingParty(ids[p], PARTIES, pub) for p in PARTIES}
+    agg = Aggregator(run_id, PARTIES, pub, audit=audit)
+    return parties, agg
+
+
+def key_round(parties, agg, round_no, run_id="run-1"):
+    agg.open_round(round_no)
+    for p in parties.values():
+        agg.receive_key(p.announce(run_id, round_no))
+    keys = agg.keys()
+    for p in parties.values():
+        p.receive_keys(run_id, round_no, keys)
+
+
+def aggregate(parties, agg, round_no, stage, inputs, run_id="run-1", integer=False):
+    agg.open_stage(stage)
+    for name, p in parties.items():
+        agg.submit(p.mask(run_id, round_no, stage, inputs[name], integer=integer))
+    return agg.close_stage(integer=integer)
+
+
+def test_fixed_point_round_trip_and_overflow():
+    x = np.array([0.0, 1.0, -1.0, 3.14159, -2.0 ** 30, 2.0 ** -32])
+    assert np.allclose(decode_fixed(encode_fixed(x)), x, atol=2.0 ** -33)
+    with pytest.raises(SecureAggError, match="overflows"):
+        encode_fixed([2.0 ** 31])
+    with pytest.raises(SecureAggError, match="not finite"):
+        encode_fixed([np.inf])
+
+
+def test_masked_sum_is_exact_on_the_ring():
+    parties, agg = make_setup()
+    key_round(parties, agg, 1)
+    rng = np.random.default_rng(1)
+    ints = {p: rng.integers(-2**40, 2**40, size=(50, 7)) for p in PARTIES}
+    total = aggregate(parties, agg, 1, "ints", ints, integer=True)
+    assert np.array_equal(total, sum(ints.values()))
+    reals = {p: rng.normal(scale=100, size=(50, 7)) for p in PARTIES}
+    got = aggregate(parties, agg, 1, "reals", reals)
+    ring_sum = sum(encode_fixed(v) for v in reals.values())  # uint64 wraparound
+    assert np.array_equal(encode_fixed(got), ring_sum)
+    assert np.max(np.abs(got - sum(reals.values()))) <= 3 * 2.0 ** -33
+
+
+def test_every_single_message_is_masked():
+    parties, agg = make_setup()
+    key_round(parties, agg, 1)
+    x = np.arange(100, dtype=float)
+    for p in parties.values():
+        msg = p.mask("run-1", 1, "s", x)
+        assert np.mean(msg.payload == encode_fixed(x)) < 0.05
+
+
+def _coordinator_view(first_party_input, n=4000, rounds=3):
+    parties, agg = make_setup()
+    agg.record_view = True
+    out = []
+    for r in range(1, rounds + 1):
+        key_round(parties, agg, r)
+        inputs = {"carrier": first_party_input(n), "internet": np.full(n, 0.5), "tourism": np.zeros(n)}
+        aggregate(parties, agg, r, "s", inputs)
+        agg.close_round()
+    return {p: np.concatenate([m.payload for m in agg.view if m.sender == p]) for p in PARTIES}
+
+
+def test_coordinator_view_is_uniform_and_independent_of_the_input():
+    zeros = _coordinator_view(lambda n: np.zeros(n))
+    big = _coordinator_view(lambda n: np.full(n, 123456.789))
+    for view in (zeros, big):
+        for values in view.values():
+            top_byte = (values >> np.uint64(56)).astype(np.int64)
+            counts = np.bincount(top_byte, minlength=256)
+            assert stats.chisquare(counts).pvalue > 1e-4
+            unit = (values >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
+            assert stats.kstest(unit, "uniform").pvalue > 1e-4
+    # the carrier's masked vector has the same distribution whatever it put in
+    a = (zeros["carrier"] >> np.uint64(11)).astype(np.float64)
+    b = (big["carrier"] >> np.uint64(11)).astype(np.float64)
+    assert stats.ks_2samp(a, b).pvalue > 1e-4
+    # and it is not the plain encoding
+    assert np.mean(big["carrier"] == encode_fixed(np.full(big["carrier"].size, 123456.789))) < 1e-3
+
+
+def test_32bit_fold_collisions_still_give_different_masks():
+    key = bytearray(os.urandom(32))
+    other = bytearray(key)
+    # flip the same bits in two 32-bit words: the XOR fold to 32 bits is unchanged
+    for word in (0, 1):
+        (v,) = struct.unpack_from("<I", other, 4 * word)
+        struct.pack_into("<I", other, 4 * word, v ^ 0xDEADBEEF)
+    fold = lambda k: np.bitwise_xor.reduce(np.frombuffer(bytes(k), dtype=np.uint32))  # noqa: E731
+    assert fold(key) == fold(other) and bytes(key) != bytes(other)
+    a, b = mask_stream(bytes(key), "stage", 1000), mask_stream(bytes(other), "stage", 1000)
+    assert np.mean(a == b) < 0.01
+    # and the stage is part of the stream
+    assert np.mean(mask_stream(bytes(key), "stage", 1000) == mask_stream(bytes(key), "stage2", 1000)) < 0.01
+
+
+def test_pair_keys_bind_run_round_and_pair():
+    secret = os.urandom(32)
+    base = derive_pair_key(secret, "run", 1, "a", "b")
+    assert base == derive_pair_key(secret, "run", 1, "b", "a")  # both ends agree
+    assert len(base) == 32
+    for other in (derive_pair_key(secret, "run2", 1, "a", "b"), derive_pair_key(secret, "run", 2, "a", "b"),
+                  derive_pair_key(secret, "run", 1, "a", "c"), derive_pair_key(secret, "ru", 1, "na", "b")):
+        assert other != base
+
+
+def test_replayed_and_out_of_order_messages_are_rejected():
+    parties, agg = make_setup()
+    key_round(parties, agg, 1)
+    c, i, t = (parties[p] for p in PARTIES)
+    agg.open_stage("s1")
+    m = c.mask("run-1", 1, "s1", np.ones(4))
+    agg.submit(m)
+    with pytest.raises(ProtocolError, match="replayed"):
+        agg.submit(m)                                      # duplicate in the open stage
+    early = i.mask("run-1", 1, "s2", np.ones(4))
+    with pytest.raises(ProtocolError, match="out-of-order"):
+        agg.submit(early)                                  # a stage not opened yet
+    agg.submit(i.mask("run-1", 1, "s1", np.ones(4)))
+    agg.submit(t.mask("run-1", 1, "s1", np.ones(4)))
+    assert np.allclose(agg.close_stage(), 3.0)
+    with pytest.raises(ProtocolError, match="replayed"):
+        agg.submit(m)                                      # a closed stage
+    with pytest.raises(ProtocolError, match="already aggregated"):
+        agg.open_stage("s1")
+    with pytest.raises(ProtocolError, match="single-use"):
+        c.mask("run-1", 1, "s1", np.ones(4))               # a party never reuses a stage's masks
+    agg.close_round()
+    key_round(parties, agg, 2)
+    agg.open_stage("s1")
+    with pytest.raises(ProtocolError, match="replayed message.*round 1"):
+        agg.submit(m)                                      # a message of an old round
+    with pytest.raises(ProtocolError, match="already used"):
+        agg.open_round(1)
+    forged = dataclasses.replace(m, round=2)               # header rewritten to look current
+    with pytest.raises(ProtocolError, match="bad signature"):
+        agg.submit(forged)
+    tampered = dataclasses.replace(c.mask("run-1", 2, "s1", np.ones(4)))
+    tampered.payload[0] ^= np.uint64(1)
+    with pytest.raises(ProtocolError, match="digest mismatch"):
+        agg.submit(tampered)
+    with pytest.raises(ProtocolError, match="run"):
+        agg.submit(dataclasses.replace(m, run_id="other-run"))
+
+
+def test_a_header_rewritten_replay_cannot_cancel_even_if_accepted():
+    """The masks themselves are bound to (run, round, stage): relabelled old masks don't cancel."""
+    parties, agg = make_setup()
+    key_round(parties, agg, 1)
+    x = {p: np.ones(16) for p in PARTIES}
+    old = {p: parties[p].mask("run-1", 1, "s1", x[p]) for p in PARTIES}
+    new = {p: parties[p].mask("run-1", 1, "s2", x[p]) for p in PARTIES}
+    mixed = old["carrier"].payload + new["internet"].payload + new["tourism"].payload
+    assert np.max(np.abs(decode_fixed(mixed) - 3.0)) > 1.0
+    honest = new["carrier"].payload + new["internet"].payload + new["tourism"].payload
+    assert np.allclose(decode_fixed(honest), 3.0)
+
+
+def test_dropout_aborts_without_release_and_the_round_is_rekeyed():
+    audit = AuditLog()
+    parties, agg = make_setup(audit=audit)
+    key_round(parties, agg, 1)
+    old_keys = {a.sender: a.public_key for a in agg.keys()}
+    agg.open_stage("s")
+    late = parties["tourism"].mask("run-1", 1, "s", np.ones(8))
+    for p in ("carrier", "internet"):
+        agg.submit(parties[p].mask("run-1", 1, "s", np.ones(8)))
+    with pytest.raises(DropoutError, match="nothing released.*tourism"):
+        agg.close_stage()
+    assert not any(e["kind"] == "sum" for e in audit.entries)
+    assert audit.entries[-1]["kind"] == "round-abort"
+    with pytest.raises(ProtocolError):
+        agg.submit(late)                                   # the aborted round accepts nothing more
+    with pytest.raises(ProtocolError, match="already keyed"):
+        parties["carrier"].announce("run-1", 1)            # no reuse of the aborted round's keys
+    agg.open_round(2)
+    anns = [p.announce("run-1", 2) for p in parties.values()]
+    for ann in anns:
+        agg.receive_key(ann)
+        assert ann.public_key != old_keys[ann.sender]
+    for p in parties.values():
+        p.receive_keys("run-1", 2, agg.keys())
+    assert np.allclose(aggregate(parties, agg, 2, "s", {p: np.ones(8) for p in PARTIES}), 3.0)
+    assert audit.verify()
+
+
+def test_missing_key_aborts_the_round():
+    parties, agg = make_setup()
+    agg.open_round(1)
+    for name in ("carrier", "internet"):
+        agg.receive_key(parties[name].announce("run-1", 1))
+    with pytest.raises(DropoutError, match="no key from tourism"):
+        agg.keys()
+
+
+def test_forged_key_announcement_is_rejected():
+    parties, agg = make_setup()
+    agg.open_round(1)
+    ann = parties["carrier"].announce("run-1", 1)
+    forged = dataclasses.replace(ann, public_key=os.urandom(32))
+    with pytest.raises(ProtocolError, match="bad signature"):
+        agg.receive_key(forged)
+    with pytest.raises(ProtocolError, match="bad signature"):
+        parties["internet"].announce("run-1", 1)
+        parties["internet"].receive_keys("run-1", 1, [forged, parties["tourism"].announce("run-1", 1)])
