@@ -1,0 +1,109 @@
+"""Split towers: they learn, prospects' scores beat random, the coordinator sees only masked sums."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from privacy import secure_agg
+from training import evaluation, factors, towers
+from training.blocks import FeatureBlocks, build_matrices
+from training.toy_blocks import write_toy_blocks
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    blocks = FeatureBlocks.load(write_toy_blocks(tmp_path_factory.mktemp("toy") / "features", seed=3))
+    matrices = build_matrices(blocks)
+    model = factors.fit(matrices, mode="central", factors=8, iterations=8)
+    return blocks, matrices, model
+
+
+class SpyChannel(towers.MaskedSum):
+    """The real masked sum, recording what each party put in (clear) and what the coordinator saw."""
+
+    def __init__(self, parties):
+        super().__init__(parties)
+        self.aggregator.record_view = True
+        self.clear = []
+
+    def __call__(self, contributions):
+        self.clear.append({p: np.array(v) for p, v in contributions.items()})
+        return super().__call__(contributions)
+
+
+def _train(toy, **kwargs):
+    blocks, matrices, model = toy
+    frames = towers.side_frames(blocks, matrices.tokens)
+    known = ~matrices.is_prospect
+    result = towers.train_towers({p: f[known].reset_index(drop=True) for p, f in frames.items()},
+                                 (matrices.blocks["tourism"][known] > 0).astype(np.float32),
+                                 model.poi_factors, **kwargs)
+    return result, frames
+
+
+def test_towers_learn_and_prospects_beat_random(toy):
+    blocks, matrices, model = toy
+    result, frames = _train(toy, epochs=25, seed=1)
+    assert result.losses[-1] < result.losses[0] - 0.1
+    scores = result.embed(frames) @ model.poi_factors.T
+    audience = evaluation.prospect_audiences(blocks, matrices, scores)
+    assert audience["prospect_audience_precision"] > 1.5 * audience["prospect_random_precision"]
+    metrics = evaluation.evaluate_scores(blocks, matrices, scores)
+    assert metrics["prospect_ndcg@10"] > metrics["popularity_prospect_ndcg@10"]
+
+
+def test_coordinator_sees_only_masked_sums(toy):
+    channel = SpyChannel(towers.TOWER_PARTIES)
+    result, _ = _train(toy, epochs=1, batch_size=64, channel=channel)
+    view = channel.aggregator.view
+    assert len(view) == 2 * len(channel.clear) > 0
+    for i, clear in enumerate(channel.clear):
+        msgs = {m.sender: m for m in view[2 * i:2 * i + 2]}
+        encoded = {p: secure_agg.encode_fixed(v).ravel() for p, v in clear.items()}
+        for p, msg in msgs.items():
+            # a masked message looks nothing like the party's fixed-point embedding
+            assert np.mean(msg.payload == encoded[p]) < 0.01
+            # nor like the other party's, nor like the sum
+            assert np.mean(msg.payload == sum(encoded.values())) < 0.01
+        total = sum(m.payload for m in msgs.values())  # masks cancel only in the sum
+        assert np.allclose(secure_agg.decode_fixed(total).reshape(clear["carrier"].shape),
+                           clear["carrier"] + clear["internet"], atol=1e-6)
+    assert result.losses
+
+
+def test_dp_noise_gives_an_accounted_epsilon(toy):
+    loud, _ = _train(toy, epochs=2, noise_multiplier=2.0, seed=1)
+    quiet, _ = _train(toy, epochs=2, noise_multiplier=0.8, seed=1)
+    none, _ = _train(toy, epochs=2, seed=1)
+    assert none.epsilon is None
+    assert 0 < loud.epsilon < quiet.epsilon < float("inf")
+    assert loud.params["tower_noise_multiplier"] == 2.0
+
+
+def test_export_is_torchscript_with_spec_serving_reads(toy, tmp_path):
+    result, frames = _train(toy, epochs=2)
+    out = towers.export_towers(result, tmp_path / "towers")
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["user_tower"] == "user_tower.pt" and spec["width"] == result.width
+    assert "age_band=25-34" in spec["user_features"] and "home_distance_km" in spec["user_features"]
+    module, names = towers.load_user_tower(out)
+    raw = np.concatenate([result.specs[p].raw_matrix(frames[p]) for p in sorted(frames)], axis=1)
+    with torch.no_grad():
+        exported = module(torch.from_numpy(raw)).numpy()
+    assert np.allclose(exported, result.embed(frames), atol=1e-5)
+    # serving's loader turns a side-feature dict into the same vector
+    serving_towers = pytest.importorskip("serving.towers")
+    tower = serving_towers.load_user_tower(out, result.width)
+    row = {**frames["carrier"].iloc[0].to_dict(), **frames["internet"].iloc[0].to_dict()}
+    assert np.allclose(tower.embed(row), exported[0], atol=1e-5)
+
+
+def test_misaligned_or_empty_inputs_are_refused(toy):
+    blocks, matrices, model = toy
+    frames = towers.side_frames(blocks, matrices.tokens)
+    with pytest.raises(Exception, match="not aligned"):
+        towers.train_towers({"carrier": frames["carrier"], "internet": frames["internet"].iloc[:5]},
+                            np.ones((len(frames["carrier"]), model.poi_factors.shape[0])), model.poi_factors)
+    with pytest.raises(Exception, match="at least two users"):
+        towers.train_towers(frames, np.zeros((len(frames["carrier"]), model.poi_factors.shape[0])), model.poi_factors)
