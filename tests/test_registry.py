@@ -1,0 +1,127 @@
+"""Registry: the quality gate, the champion alias through promote/rollback, the artifact scan."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from training import privacy_scan, registry, tracking
+from training.bundle import ModelBundle
+from wenlv.errors import WenlvError
+
+PASSED = {"federated_matches_central": True, "artifacts_clean": True}
+
+
+# ---------------------------------------------------------------- the gate as a pure decision
+def test_gate_accepts_first_model_and_equal_or_slightly_worse():
+    assert registry.quality_gate({"ndcg@10": 0.30}, PASSED, None).passed
+    assert registry.quality_gate({"ndcg@10": 0.295}, PASSED, {"ndcg@10": 0.30}, tolerance=0.01).passed
+
+
+def test_gate_refuses_worse_beyond_tolerance():
+    d = registry.quality_gate({"ndcg@10": 0.25}, PASSED, {"ndcg@10": 0.30}, tolerance=0.01)
+    assert not d.passed and "worse than the champion" in d.reasons[0]
+
+
+def test_gate_refuses_failed_or_missing_privacy_check():
+    d = registry.quality_gate({"ndcg@10": 0.9}, {**PASSED, "federated_matches_central": False}, {"ndcg@10": 0.3})
+    assert not d.passed and d.reasons == ["privacy check federated_matches_central failed"]
+    d = registry.quality_gate({"ndcg@10": 0.9}, {"federated_matches_central": True}, None)
+    assert not d.passed and "artifacts_clean missing" in d.reasons[0]
+    assert not registry.quality_gate({}, PASSED, None).passed
+
+
+# ---------------------------------------------------------------- against a real MLflow SQLite store
+def _bundle(tmp_path, tag: str) -> ModelBundle:
+    rng = np.random.default_rng(len(tag))
+    return ModelBundle(
+        pois=pd.DataFrame({"poi_id": ["p1", "p2"], "name": ["A", "B"], "category": ["museum", "hotel"],
+                           "city": ["x", "x"], "lat": [1.0, 1.1], "lon": [2.0, 2.1], "open_time": ["09:00"] * 2,
+                           "close_time": ["17:00"] * 2, "visit_minutes": [60, 90], "price_cny": [10.0, 0.0],
+                           "popularity": [3.0, 1.0]}),
+        poi_factors=rng.random((2, 4), dtype=np.float32),
+        users=pd.DataFrame({"token": ["aa11", "bb22"], "is_prospect": [False, True]}),
+        user_factors=rng.random((2, 4), dtype=np.float32),
+        history=pd.DataFrame({"token": ["aa11"], "poi_id": ["p1"]}),
+        meta={"tag": tag})
+
+
+def _version(tmp_path, uri, tag, ndcg, checks=PASSED) -> int:
+    folder = _bundle(tmp_path, tag).save(tmp_path / tag / "bundle")
+    logged = tracking.log_run(params={"tag": tag}, metrics={"ndcg@10": ndcg}, artifacts={"bundle": folder},
+                              tags={f"{registry.CHECK_PREFIX}{k}": "passed" if v else "failed"
+                                    for k, v in checks.items()}, tracking_uri=uri)
+    return registry.register_version(logged["run_id"], uri)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow")
+    return tracking.store_for_dir(folder)[0], folder
+
+
+def test_champion_follows_promote_and_rollback(store, tmp_path):
+    uri, _ = store
+    assert registry.champion_version(uri) is None
+    with pytest.raises(WenlvError, match="no champion"):
+        registry.load_champion_bundle(uri)
+    v1 = _version(tmp_path, uri, "first", 0.30)
+    assert registry.promote(v1, uri).passed and registry.champion_version(uri) == v1
+    v2 = _version(tmp_path, uri, "better", 0.32)
+    assert registry.promote(v2, uri).passed and registry.champion_version(uri) == v2
+
+    worse = _version(tmp_path, uri, "worse", 0.20)
+    decision = registry.promote(worse, uri)
+    assert not decision.passed and registry.champion_version(uri) == v2
+    leaky = _version(tmp_path, uri, "leaky", 0.50, {**PASSED, "artifacts_clean": False})
+    assert not registry.promote(leaky, uri).passed and registry.champion_version(uri) == v2
+
+    bundle, version = registry.load_champion_bundle(uri, tmp_path / "dl")
+    assert version == v2 and bundle.meta["tag"] == "better" and bundle.factors == 4
+
+    assert registry.rollback(uri) == v1 and registry.champion_version(uri) == v1
+    assert registry.load_champion_bundle(uri, tmp_path / "dl1")[0].meta["tag"] == "first"
+    with pytest.raises(WenlvError, match="no earlier champion"):
+        registry.rollback(uri)
+    assert registry.champion_version(uri) == v1
+    with pytest.raises(WenlvError, match="no version 999"):
+        registry.promote(999, uri)
+
+
+def test_cli_promote_and_rollback(store, tmp_path, capsys):
+    from wenlv.cli import main
+
+    uri, _ = store
+    v = _version(tmp_path, uri, "cli", 0.99)
+    assert main(["promote", "--version", str(v), "--tracking-uri", uri]) == 0
+    assert json.loads(capsys.readouterr().out)["champion_version"] == v
+    bad = _version(tmp_path, uri, "cli-bad", 0.10)
+    assert main(["promote", "--version", str(bad), "--tracking-uri", uri]) == 1
+    assert json.loads(capsys.readouterr().out)["passed"] is False
+    assert main(["rollback", "--tracking-uri", uri]) == 0
+    assert json.loads(capsys.readouterr().out)["champion_version"] != v
+    assert main(["promote", "--version", "4242", "--tracking-uri", uri]) == 2  # clear error, exit 2
+
+
+# ---------------------------------------------------------------- the artifact scan
+def test_scan_passes_a_clean_bundle_and_catches_leaks(tmp_path):
+    folder = _bundle(tmp_path, "clean").save(tmp_path / "clean")
+    assert privacy_scan.scan_folder(folder).clean
+
+    (folder / "card.md").write_text("contact 8613812345678 for details")
+    assert any("phone" in f for f in privacy_scan.scan_folder(folder).findings)
+    (folder / "card.md").write_text("token a13812345678bcd and ndcg 0.13812345678 are fine")
+    assert privacy_scan.scan_folder(folder).clean
+
+    pd.DataFrame({"token": ["aa"], "dwell_minutes": [120.0]}).to_parquet(folder / "stats.parquet")
+    findings = privacy_scan.scan_folder(folder).findings
+    assert findings == ["stats.parquet: per-party statistic column(s) ['dwell_minutes']"]
+    (folder / "stats.parquet").unlink()
+
+    pd.DataFrame({"id": np.array([8613912345678], dtype=np.int64)}).to_parquet(folder / "ids.parquet")
+    assert any("phone" in f for f in privacy_scan.scan_folder(folder).findings)
+    (folder / "ids.parquet").unlink()
+
+    np.save(folder / "area_factors.npy", np.zeros((12, 4), np.float32))
+    assert privacy_scan.scan_folder(folder, forbidden_shapes=[(12, 4)]).findings
+    assert privacy_scan.scan_folder(folder, phones=["8613700000000"], forbidden_shapes=[(7, 4)]).clean
