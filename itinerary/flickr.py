@@ -1,0 +1,410 @@
+"""Trajectory recommendation on the Flickr photo trails, by the CIKM 2016 protocol.
+
+Protocol (Chen, Ong, Xie, "Learning Points and Routes to Recommend Trajectories", CIKM
+2016, public code computationalmedia/tour-cikm16): every trajectory with ≥ 3 POIs is
+held out in turn; everything learned comes from all OTHER trajectories (short ones
+included); the query is (start POI, end POI, number of POIs); queries whose start or end
+never occurs in the training trajectories are skipped; F1 compares the recommended and
+the real POI lists (start and end included), pairs-F1 their visiting order.
+
+Our recommender: a logistic POI model on query features computed from training counts
+(popularity, visit counts, co-occurrence with the start and end POI, transitions out of
+the start and into the end, distances, categories), then the best visiting order of the
+chosen POIs under a smoothed first-order transition model (exact DP over subsets).
+Counts are held as totals from which the held-out trajectory is subtracted, which makes
+leave-one-out exact and cheap; the model is refitted for every held-out trajectory on
+features computed without it (and without each training query's own trajectory).
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+from scipy.optimize import minimize
+
+from wenlv.errors import DataValidationError
+
+CITIES = ("Edin", "Glas", "Melb", "Osak", "Toro")
+PUBLISHED_BEST_F1 = {"Edin": 0.701, "Glas": 0.801, "Melb": 0.639, "Osak": 0.745, "Toro": 0.754}
+PUBLISHED = {  # F1 from the table in ../shared/data/README.md (CIKM 2016)
+    "Random": {"Edin": 0.570, "Glas": 0.632, "Melb": 0.558, "Osak": 0.621, "Toro": 0.621},
+    "PoiPopularity": {"Edin": 0.701, "Glas": 0.745, "Melb": 0.620, "Osak": 0.663, "Toro": 0.678},
+    "PersTour": {"Edin": 0.656, "Glas": 0.801, "Melb": 0.483, "Osak": 0.686, "Toro": 0.720},
+    "PoiRank": {"Edin": 0.700, "Glas": 0.768, "Melb": 0.637, "Osak": 0.745, "Toro": 0.754},
+    "Rank+MarkovPath": {"Edin": 0.697, "Glas": 0.762, "Melb": 0.639, "Osak": 0.732, "Toro": 0.751},
+}
+
+
+# ---------------------------------------------------------------- metrics (as the authors compute them)
+def f1(actual: list, recommended: list) -> float:
+    """F1 over POIs; each actual occurrence matches at most one recommended POI."""
+    if not actual or not recommended:
+        raise ValueError("F1 needs two non-empty lists")
+    matched = [False] * len(actual)
+    for poi in recommended:
+        for j, a in enumerate(actual):
+            if not matched[j] and a == poi:
+                matched[j] = True
+                break
+    hits = sum(matched)
+    if hits == 0:
+        return 0.0
+    recall, precision = hits / len(actual), hits / len(recommended)
+    return 2 * precision * recall / (precision + recall)
+
+
+def pairs_f1(actual: list, recommended: list) -> float:
+    """F1 over ordered POI pairs: a recommended pair counts when the real trip has it in that order."""
+    if len(actual) != len(set(actual)):
+        raise ValueError("pairs-F1 needs a trajectory without repeated POIs")
+    n, nr = len(actual), len(recommended)
+    order = {p: i for i, p in enumerate(actual)}
+    correct = sum(1 for i in range(nr) for j in range(i + 1, nr)
+                  if recommended[i] in order and recommended[j] in order and recommended[i] != recommended[j]
+                  and order[recommended[i]] < order[recommended[j]])
+    if correct == 0:
+        return 0.0
+    precision, recall = correct / (nr * (nr - 1) / 2), correct / (n * (n - 1) / 2)
+    return 2 * precision * recall / (precision + recall)
+
+
+# ---------------------------------------------------------------- data
+@dataclass
+class CityData:
+    city: str
+    poi_ids: np.ndarray  # original ids; index = position
+    category: np.ndarray  # int code per POI
+    lat: np.ndarray
+    lon: np.ndarray
+    trajs: list[list[int]]  # POI positions, in visiting order
+    users: list[str]
+    durations: list[list[float]]  # seconds per visit
+    dropped: dict
+
+
+def load_trajectories(data_dir: str | Path, city: str) -> CityData:
+    """The authors' trajectory files: trajectories/traj-CITY.csv and trajectories/poi-CITY.csv."""
+    base = Path(data_dir) / "trajectories"
+    poi_file, traj_file = base / f"poi-{city}.csv", base / f"traj-{city}.csv"
+    for f in (poi_file, traj_file):
+        if not f.exists():
+            raise DataValidationError(str(f), None, None, "file not found")
+    with poi_file.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    ids = [int(r["poiID"]) for r in rows]
+    index = {p: i for i, p in enumerate(ids)}
+    cats = sorted({r["poiCat"] for r in rows})
+    trips: dict[int, list] = {}
+    with traj_file.open(newline="") as fh:
+        for n, r in enumerate(csv.DictReader(fh), start=2):
+            poi = int(r["poiID"])
+            if poi not in index:
+                raise DataValidationError(str(traj_file), n, "poiID", f"POI {poi} is not in {poi_file.name}")
+            trips.setdefault(int(r["trajID"]), []).append(
+                (float(r["startTime"]), index[poi], r["userID"], float(r["poiDuration"])))
+    trajs, users, durs = [], [], []
+    for tid in sorted(trips):
+        visits = sorted(trips[tid], key=lambda v: v[0])
+        trajs.append([v[1] for v in visits])
+        users.append(visits[0][2])
+        durs.append([v[3] for v in visits])
+    return CityData(city, np.array(ids), np.array([cats.index(r["poiCat"]) for r in rows]),
+                    np.array([float(r["poiLat"]) for r in rows]), np.array([float(r["poiLon"]) for r in rows]),
+                    trajs, users, durs, {"rows": 0})
+
+
+MIN_YEAR_SECONDS, MAX_YEAR_SECONDS = 946684800, 1893456000  # 2000-01-01 .. 2030-01-01
+
+
+def load_visits(data_dir: str | Path, city: str) -> CityData:
+    """The IJCAI'15 visit format: userVisits-CITY*.csv (photos) and POI-CITY.csv.
+
+    A trajectory is one seqID; consecutive photos at the same POI are one visit (arrival =
+    first photo, departure = last). Photos with absurd timestamps are dropped and counted.
+    """
+    base = Path(data_dir)
+    visit_files = sorted(base.glob(f"**/userVisits-{city}*.csv"))
+    poi_files = sorted(base.glob(f"**/POI-{city}.csv"))
+    if not visit_files or not poi_files:
+        raise DataValidationError(str(base), None, None, f"need userVisits-{city}*.csv and POI-{city}.csv under it")
+    poi_rows = _read_semicolon(poi_files[0])
+    ids = [int(r["poiID"]) for r in poi_rows]
+    index = {p: i for i, p in enumerate(ids)}
+    cat_col = "theme" if "theme" in poi_rows[0] else "poiTheme"
+    cats = sorted({r[cat_col] for r in poi_rows})
+    photos: dict[int, list] = {}
+    dropped = {"bad_time": 0, "unknown_poi": 0}
+    for n, r in enumerate(_read_semicolon(visit_files[0]), start=2):
+        try:
+            t, poi, seq = float(r["dateTaken"]), int(r["poiID"]), int(r["seqID"])
+        except (KeyError, ValueError):
+            raise DataValidationError(str(visit_files[0]), n, None, "cannot read dateTaken/poiID/seqID") from None
+        if not MIN_YEAR_SECONDS <= t <= MAX_YEAR_SECONDS:
+            dropped["bad_time"] += 1
+            continue
+        if poi not in index:
+            dropped["unknown_poi"] += 1
+            continue
+        photos.setdefault(seq, []).append((t, index[poi], r["userID"]))
+    trajs, users, durs = [], [], []
+    for seq in sorted(photos):
+        shots = sorted(photos[seq])
+        visits: list[list] = []
+        for t, poi, _ in shots:
+            if visits and visits[-1][0] == poi:
+                visits[-1][2] = t
+            else:
+                visits.append([poi, t, t])
+        trajs.append([v[0] for v in visits])
+        users.append(shots[0][2])
+        durs.append([v[2] - v[1] for v in visits])
+    lat_col, lon_col = "lat", "long" if "long" in poi_rows[0] else "lon"
+    return CityData(city, np.array(ids), np.array([cats.index(r[cat_col]) for r in poi_rows]),
+                    np.array([float(r[lat_col]) for r in poi_rows]), np.array([float(r[lon_col]) for r in poi_rows]),
+                    trajs, users, durs, dropped)
+
+
+def _read_semicolon(path: Path) -> list[dict]:
+    text = path.read_bytes().decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")
+    rows = list(csv.DictReader(text.splitlines(), delimiter=";", quotechar='"'))
+    return [{k.strip(): (unquote(v).strip() if isinstance(v, str) else v) for k, v in r.items()} for r in rows]
+
+
+# ---------------------------------------------------------------- counts with leave-one-out subtraction
+class Counts:
+    """Training statistics as totals; `features(q, exclude=t)` removes trajectory t on the fly."""
+
+    def __init__(self, data: CityData, traj_ids: list[int]):
+        n = len(data.poi_ids)
+        self.data, self.n = data, n
+        self.user_poi: dict[tuple[str, int], int] = {}
+        self.visits = np.zeros(n)
+        self.trans = np.zeros((n, n))
+        self.co = np.zeros((n, n))
+        self.contains = np.zeros(n)
+        self.start_with = np.zeros((n, n))  # [s, p]: trajectories starting at s that contain p
+        self.end_with = np.zeros((n, n))  # [e, p]
+        self.starts = np.zeros(n)
+        self.ends = np.zeros(n)
+        self.dur_sum = np.zeros(n)
+        self.co3 = np.zeros((n, n, n))  # [a, b, p]: trajectories holding a, b and p
+        self.se_with = np.zeros((n, n, n))  # [s, e, p]: trajectories from s to e holding p
+        for t in traj_ids:
+            self._add(t, +1)
+        self.pop = np.zeros(n)
+        for (u, p), c in self.user_poi.items():
+            if c > 0:
+                self.pop[p] += 1
+
+    def _add(self, t: int, sign: int) -> None:
+        tr, u = self.data.trajs[t], self.data.users[t]
+        s = set(tr)
+        for p, d in zip(tr, self.data.durations[t]):
+            self.visits[p] += sign
+            self.dur_sum[p] += sign * d
+        for p in s:
+            self.user_poi[(u, p)] = self.user_poi.get((u, p), 0) + sign
+            self.contains[p] += sign
+        for a, b in zip(tr[:-1], tr[1:]):
+            self.trans[a, b] += sign
+        idx = np.fromiter(s, dtype=int)
+        self.co[np.ix_(idx, idx)] += sign
+        self.co3[np.ix_(idx, idx, idx)] += sign
+        self.se_with[tr[0], tr[-1], idx] += sign
+        self.start_with[tr[0], idx] += sign
+        self.end_with[tr[-1], idx] += sign
+        self.starts[tr[0]] += sign
+        self.ends[tr[-1]] += sign
+
+    def without(self, t: int | None):
+        """Context manager-free LOO: returns a function restoring the counts."""
+        if t is None:
+            return lambda: None
+        self._add(t, -1)
+        u = self.data.users[t]
+        lost = [p for p in set(self.data.trajs[t]) if self.user_poi[(u, p)] == 0]
+        self.pop[lost] -= 1
+
+        def restore():
+            self._add(t, +1)
+            self.pop[lost] += 1
+
+        return restore
+
+
+N_FEATURES = 18
+
+
+def distance_km(data: CityData) -> np.ndarray:
+    la, lo = np.radians(data.lat), np.radians(data.lon)
+    a = np.sin((la[:, None] - la[None]) / 2) ** 2 + np.cos(la[:, None]) * np.cos(la[None]) * np.sin((lo[:, None] - lo[None]) / 2) ** 2
+    return 2 * 6371.0088 * np.arcsin(np.sqrt(np.clip(a, 0, 1)))
+
+
+def query_features(c: Counts, dist: np.ndarray, s: int, e: int, length: int) -> np.ndarray:
+    """[n_pois, N_FEATURES] for the query (start s, end e, length)."""
+    n = c.n
+    cat = c.data.category
+    total = max(c.contains.sum(), 1.0)
+    p_pop = (c.contains + 1) / (total + n)
+    feats = np.column_stack([
+        np.log1p(c.pop), np.log1p(c.visits),
+        np.log((c.co[s] + p_pop) / (c.contains[s] + 1)),  # P(p | trip has s)
+        np.log((c.co[e] + p_pop) / (c.contains[e] + 1)),  # P(p | trip has e)
+        np.log((c.start_with[s] + p_pop) / (c.starts[s] + 1)),  # P(p | trip starts at s)
+        np.log((c.end_with[e] + p_pop) / (c.ends[e] + 1)),  # P(p | trip ends at e)
+        np.log((c.trans[s] + p_pop) / (c.trans[s].sum() + 1)),  # P(next = p | s)
+        np.log((c.trans[:, e] + p_pop) / (c.trans[:, e].sum() + 1)),  # P(prev = p | e)
+        np.log1p(dist[s]), np.log1p(dist[e]),
+        np.log1p(dist[s] + dist[e] - dist[s, e]),  # detour through p
+        (cat == cat[s]).astype(float), (cat == cat[e]).astype(float),
+        np.log1p(c.dur_sum / np.maximum(c.visits, 1) / 60.0),
+        np.full(n, math.log(length)), np.log(p_pop),
+        np.log((c.co3[s, e] + p_pop) / (c.co[s, e] + 1)),  # P(p | trip has s and e)
+        np.log((c.se_with[s, e] + p_pop) / (c.se_with[s, e, s] + 1)),  # P(p | trip goes from s to e)
+    ])
+    return feats
+
+
+class LogisticModel:
+    """L2-regularised logistic regression (scipy L-BFGS) on standardised features."""
+
+    def __init__(self, l2: float = 1.0):
+        self.l2 = l2
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> "LogisticModel":
+        self.mu, self.sd = X.mean(0), X.std(0) + 1e-9
+        Z = np.column_stack([(X - self.mu) / self.sd, np.ones(len(X))])
+
+        def loss(w):
+            z = Z @ w
+            p = 1 / (1 + np.exp(-z))
+            nll = np.sum(np.logaddexp(0, z) - y * z) + 0.5 * self.l2 * np.sum(w[:-1] ** 2)
+            grad = Z.T @ (p - y) + self.l2 * np.r_[w[:-1], 0.0]
+            return nll, grad
+
+        self.w = minimize(loss, np.zeros(Z.shape[1]), jac=True, method="L-BFGS-B").x
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return ((X - self.mu) / self.sd) @ self.w[:-1] + self.w[-1]
+
+
+# ---------------------------------------------------------------- route through the chosen POIs
+def best_order(s: int, e: int, chosen: list[int], logp: np.ndarray) -> list[int]:
+    """Most likely order of `chosen` between s and e under transition log-probabilities (exact DP)."""
+    k = len(chosen)
+    if k == 0:
+        return [s, e]
+    if k > 12:  # greedy beyond exact reach
+        path, left = [s], list(chosen)
+        while left:
+            nxt = max(left, key=lambda p: logp[path[-1], p])
+            path.append(nxt)
+            left.remove(nxt)
+        return path + [e]
+    full = (1 << k) - 1
+    dp = np.full((1 << k, k), -np.inf)
+    parent = np.full((1 << k, k), -1, dtype=int)
+    for i, p in enumerate(chosen):
+        dp[1 << i, i] = logp[s, p]
+    for mask in range(1, full + 1):
+        for i in range(k):
+            if dp[mask, i] == -np.inf or not mask >> i & 1:
+                continue
+            for j in range(k):
+                if mask >> j & 1:
+                    continue
+                val = dp[mask, i] + logp[chosen[i], chosen[j]]
+                nm = mask | 1 << j
+                if val > dp[nm, j]:
+                    dp[nm, j], parent[nm, j] = val, i
+    last = int(np.argmax([dp[full, i] + logp[chosen[i], e] for i in range(k)]))
+    order, mask = [], full
+    while last != -1:
+        order.append(chosen[last])
+        prev = parent[mask, last]
+        mask ^= 1 << last
+        last = prev
+    return [s] + order[::-1] + [e]
+
+
+def transition_logp(c: Counts, smoothing: float = 1.0) -> np.ndarray:
+    n = c.n
+    prior = (c.contains + 1) / (c.contains.sum() + n)
+    probs = (c.trans + smoothing * prior[None, :]) / (c.trans.sum(1, keepdims=True) + smoothing)
+    return np.log(probs)
+
+
+# ---------------------------------------------------------------- the evaluation
+@dataclass
+class CityResult:
+    city: str
+    queries: int
+    f1: float
+    pairs_f1: float
+    f1_popularity: float
+    pairs_f1_popularity: float
+    skipped: int
+    trajectories: int
+
+
+def _example(data: CityData, counts: Counts, dist: np.ndarray, t: int):
+    """Features and labels of trajectory t as a training query, its own counts removed."""
+    restore = counts.without(t)
+    try:
+        tr = data.trajs[t]
+        s, e = tr[0], tr[-1]
+        if counts.contains[s] == 0 or counts.contains[e] == 0:
+            return None
+        mask = counts.contains > 0
+        mask[[s, e]] = False
+        label = np.zeros(counts.n)
+        label[tr[1:-1]] = 1
+        return query_features(counts, dist, s, e, len(tr))[mask], label[mask]
+    finally:
+        restore()
+
+
+def evaluate_city(data: CityData, l2: float = 1.0, progress=None) -> CityResult:
+    """Leave-one-trajectory-out F1 and pairs-F1 of our recommender and of popularity.
+
+    For each held-out trajectory q every statistic and the model itself are re-learned
+    without q: counts lose q, each training query's features are computed without q and
+    without that training query itself, and the logistic model is refitted.
+    """
+    all_ids = list(range(len(data.trajs)))
+    long_ids = [t for t in all_ids if len(data.trajs[t]) >= 3]
+    dist = distance_km(data)
+    counts = Counts(data, all_ids)
+    f1s, pf1s, f1p, pf1p, skipped = [], [], [], [], 0
+    for q in long_ids:
+        tr = data.trajs[q]
+        s, e, length = tr[0], tr[-1], len(tr)
+        restore = counts.without(q)
+        try:
+            if counts.contains[s] == 0 or counts.contains[e] == 0:
+                skipped += 1
+                continue
+            examples = [x for t in long_ids if t != q and (x := _example(data, counts, dist, t)) is not None]
+            model = LogisticModel(l2).fit(np.vstack([x[0] for x in examples]), np.concatenate([x[1] for x in examples]))
+            known = counts.contains > 0
+            known[[s, e]] = False
+            cands = np.flatnonzero(known)
+            score = model.decision_function(query_features(counts, dist, s, e, length)[cands])
+            chosen = [int(p) for p in cands[np.argsort(-score, kind="stable")][: length - 2]]
+            rec = best_order(s, e, chosen, transition_logp(counts))
+            by_pop = [int(p) for p in cands[np.argsort(-counts.pop[cands], kind="stable")][: length - 2]]
+            pop_rec = [s] + by_pop + [e]
+        finally:
+            restore()
+            if progress is not None:
+                progress.update(1)
+        f1s.append(f1(tr, rec)), pf1s.append(pairs_f1(tr, rec))
+        f1p.append(f1(tr, pop_rec)), pf1p.append(pairs_f1(tr, pop_rec))
+    return CityResult(data.city, len(f1s), float(np.mean(f1s)), float(np.mean(pf1s)), float(np.mean(f1p)),
+                      float(np.mean(pf1p)), skipped, len(all_ids))
