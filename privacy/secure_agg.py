@@ -379,12 +379,18 @@ class Aggregator:
         self._closed_rounds.add(self.round)
 
     def abort(self, reason: str):
-        """Abort the round: drop everything received in it and release nothing."""
+        """Abort the round: drop everything received in it, release nothing, raise DropoutError."""
         round_no = self.round
-        self._log("round-abort", "coordinator")
-        self._closed_rounds.add(round_no)
-        self.stage, self._inbox, self._keys = None, {}, {}
+        self.abort_round()
         raise DropoutError(f"round {round_no} of run {self.run_id} aborted, nothing released: {reason}")
+
+    def abort_round(self) -> None:
+        """Abort the open round without raising (e.g. a party call failed); idempotent."""
+        if self.round is None or self.round in self._closed_rounds:
+            return
+        self._log("round-abort", "coordinator")
+        self._closed_rounds.add(self.round)
+        self.stage, self._inbox, self._keys = None, {}, {}
 
     # helpers
     def _check_header(self, run_id: str, round_no: int, sender: str, what: str) -> None:

@@ -30,8 +30,10 @@ CG search directions of every step (needed to compute their products); from thos
 party can learn the *aggregate* contribution of the other parties (with three parties:
 the sum of the other two, not either one alone). Per user, the coordinator also learns
 whether the user has any interaction in any block (the masked sum of randomly weighted
-indicators is zero or not). A dropped party aborts the round: nothing of it is released
-and the user step restarts in a new round with fresh keys, so the result is unchanged.
+indicators is zero or not). A dropped party aborts the round: no sum over fewer than all
+parties is ever formed, the round's user factors are not released, and the user step
+restarts from the same factors in a new round with fresh keys — so its stage sums repeat
+exactly those of the aborted round's completed stages, and the model is unchanged.
 """
 from __future__ import annotations
 
@@ -283,6 +285,7 @@ class FederatedALS:
                         X = self._user_round(parties, agg, run_id, round_no, X)
                         break
                     except DropoutError as exc:
+                        agg.abort_round()
                         self.rounds_aborted_ += 1
                         log.warning("iteration %d: %s; re-keying", iteration, exc)
                         self._call(parties, "end_round", {p: (run_id, round_no) for p in names}, tolerate=True)

@@ -1,0 +1,248 @@
+"""Federated ALS equals centralised implicit ALS, survives dropouts, and hides per-party statistics."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from bench.als import ndcg10, synthesize
+from privacy.secure_agg import decode_fixed
+from training.als_data import load_party_block, load_party_matrices, load_users
+from training.central_als import CentralALS
+from training.federated_als import (FederatedALS, FederatedALSParty, PartyUnavailable, block_residual,
+                                    init_factors)
+from wenlv.errors import WenlvError
+
+PARAMS = dict(factors=16, regularization=0.05, iterations=8, random_state=11, num_threads=1)
+
+
+@pytest.fixture(scope="module")
+def data():
+    blocks, test = synthesize(users=600, pois=60, areas=30, topics=15, seed=5)
+    return blocks, test
+
+
+def _max_diff(a, b):
+    return max([float(np.max(np.abs(a.user_factors - b.user_factors)))] +
+               [float(np.max(np.abs(a.item_factors[p] - b.item_factors[p]))) for p in a.item_factors])
+
+
+def test_equals_implicit_als_in_float64(data):
+    blocks, test = data
+    fed = FederatedALS(dtype=np.float64, show_progress=False, **PARAMS).fit(blocks)
+    central = CentralALS(dtype=np.float64, **PARAMS).fit(blocks)
+    assert np.abs(central.user_factors).max() > 0.1          # a real model, not zeros
+    assert _max_diff(fed, central) < 1e-5                     # fixed point: 2^-32 per value
+    nd_fed = ndcg10(fed.user_factors, fed.item_factors["tourism"], blocks["tourism"], test)
+    nd_central = ndcg10(central.user_factors, central.item_factors["tourism"], blocks["tourism"], test)
+    assert nd_central > 0.05
+    assert nd_fed == pytest.approx(nd_central, abs=1e-9)
+
+
+def test_equals_implicit_als_in_float32_and_coarser_fixed_point_is_worse(data):
+    blocks, test = data
+    central = CentralALS(**PARAMS).fit(blocks)
+    fed = FederatedALS(show_progress=False, **PARAMS).fit(blocks)
+    coarse = FederatedALS(show_progress=False, fixed_point_bits=12, **PARAMS).fit(blocks)
+    assert _max_diff(fed, central) < 1e-2
+    assert _max_diff(coarse, central) > _max_diff(fed, central)
+    nd = [ndcg10(m.user_factors, m.item_factors["tourism"], blocks["tourism"], test) for m in (fed, central)]
+    assert abs(nd[0] - nd[1]) < 2e-3
+
+
+def test_users_without_interactions_get_zero_factors():
+    rng = np.random.default_rng(0)
+    blocks = {}
+    for p in ("tourism", "carrier"):
+        m = sp.random(30, 8, density=0.3, random_state=rng, format="lil", dtype=np.float32)
+        m[:3] = 0                                            # users 0..2 empty in every block
+        m = sp.csr_matrix(m)
+        m.eliminate_zeros()
+        m.data = (1 + 4 * m.data).astype(np.float32)
+        blocks[p] = m
+    assert all(np.diff(m.indptr)[:3].sum() == 0 for m in blocks.values())
+    fed = FederatedALS(show_progress=False, factors=4, iterations=3, random_state=0).fit(blocks)
+    assert np.all(fed.user_factors[:3] == 0) and np.all(np.abs(fed.user_factors[3:]).sum(axis=1) > 0)
+
+
+class FlakyParty:
+    """A party that drops out once, on its first call of `method`."""
+
+    def __init__(self, inner, method):
+        self.inner, self.method, self.dropped = inner, method, False
+
+    def __getattr__(self, name):
+        attr = getattr(self.inner, name)
+        if name == self.method and not self.dropped:
+            def drop(*args):
+                self.dropped = True
+                raise PartyUnavailable(f"{self.inner.name} went away")
+            return drop
+        return attr
+
+
+@pytest.mark.parametrize("method", ["announce", "product"])
+def test_dropout_aborts_the_round_rekeys_and_gives_the_same_model(data, method):
+    blocks, _ = data
+    init = init_factors(600, {p: m.shape[1] for p, m in blocks.items()}, 8, 3)
+    params = dict(factors=8, iterations=3, show_progress=False)
+    clean = FederatedALS(**params).fit(blocks, init=init)
+    parties = {p: FederatedALSParty(p, m) for p, m in blocks.items()}
+    parties["internet"] = FlakyParty(parties["internet"], method)
+    model = FederatedALS(**params).fit_parties(parties, init=init)
+    assert parties["internet"].dropped and model.rounds_aborted_ == 1
+    assert np.array_equal(model.user_factors, clean.user_factors)
+    for p in blocks:
+        assert np.array_equal(model.item_factors[p], clean.item_factors[p])
+    entries = model.audit_log.entries
+    aborted = [e for e in entries if e["kind"] == "round-abort"]
+    assert len(aborted) == 1
+    # no partial sum: in the aborted round every released stage sum had all three parties in it,
+    # the stage the party dropped from released nothing, and the next round re-keyed
+    bad_round = aborted[0]["round"]
+    in_round = [e for e in entries if e["round"] == bad_round]
+    for e in in_round:
+        if e["kind"] == "sum":
+            senders = {m["sender"] for m in in_round if m["kind"] == "masked" and m["stage"] == e["stage"]}
+            assert senders == set(blocks)
+    released = {e["stage"] for e in in_round if e["kind"] == "sum"}
+    assert released == ({"support", "r0"} if method == "product" else set())
+    assert any(e["kind"] == "key" and e["round"] == aborted[0]["round"] + 1 for e in entries)
+    assert model.audit_log.verify()
+
+
+def test_too_many_dropouts_give_up_with_a_clear_error(data):
+    blocks, _ = data
+
+    class Gone(FederatedALSParty):
+        def product(self, *args):
+            raise PartyUnavailable("carrier is gone")
+
+    parties = {p: (Gone if p == "carrier" else FederatedALSParty)(p, m) for p, m in blocks.items()}
+    with pytest.raises(WenlvError, match="rounds aborted"):
+        FederatedALS(factors=4, iterations=1, max_retries=2, show_progress=False).fit_parties(parties)
+
+
+def test_traffic_is_users_times_factors_per_stage(data):
+    blocks, _ = data
+    model = FederatedALS(factors=8, iterations=1, show_progress=False, record_view=True).fit(blocks)
+    vectors = [m for m in model.transcript if m.stage != "support"]
+    assert vectors and all(m.shape == (600, 8) and m.size == 600 * 8 * 8 for m in vectors)
+
+
+def _attack_accuracy(residuals: np.ndarray, truth: np.ndarray) -> float:
+    """Membership inference on one party's per-user residual r_u = Σ_i (c − (c−1) y_i·x_u) y_i − G x_u.
+
+    A user without items in the block has only −G x_u, tiny next to the Σ c·y_i of a user
+    with items: guess "has items" when the residual's norm is above the median. Returns the
+    balanced accuracy of that guess.
+    """
+    norm = np.linalg.norm(residuals, axis=1)
+    guess = norm > np.median(norm)
+    return 0.5 * (np.mean(guess[truth]) + np.mean(~guess[~truth]))
+
+
+def test_interaction_inference_works_on_plain_statistics_and_fails_on_masked_ones():
+    rng = np.random.default_rng(2)
+    n = 800
+    has_carrier = rng.random(n) < 0.5
+    carrier = sp.random(n, 20, density=0.25, random_state=rng, format="csr", dtype=np.float32)
+    carrier = sp.csr_matrix(carrier.multiply(has_carrier[:, None]))
+    carrier.eliminate_zeros()
+    carrier.data = (1 + 9 * carrier.data).astype(np.float32)
+    blocks = {"tourism": sp.random(n, 12, density=0.3, random_state=rng, format="csr", dtype=np.float32),
+              "carrier": carrier,
+              "internet": sp.random(n, 6, density=0.5, random_state=rng, format="csr", dtype=np.float32)}
+    for p in ("tourism", "internet"):
+        blocks[p].data = (1 + 4 * blocks[p].data).astype(np.float32)
+    truth = np.diff(blocks["carrier"].indptr) > 0
+    X0, Y0 = init_factors(n, {p: m.shape[1] for p, m in blocks.items()}, 8, 0, np.float64)
+    model = FederatedALS(factors=8, iterations=1, dtype=np.float64, show_progress=False,
+                         record_view=True).fit(blocks, init=(X0, Y0))
+    # what an unmasked protocol would show the coordinator: the carrier's own residual
+    Yc = Y0["carrier"]
+    plain = block_residual(blocks["carrier"], Yc, Yc.T @ Yc, X0)
+    assert _attack_accuracy(plain, truth) > 0.95
+    # what the coordinator actually saw from the carrier in the same stage
+    masked_msg = next(m for m in model.transcript if m.sender == "carrier" and m.stage == "r0")
+    masked = decode_fixed(masked_msg.payload).reshape(masked_msg.shape)
+    assert abs(_attack_accuracy(masked, truth) - 0.5) < 0.08
+
+
+# ------------------------------------------------------------------ loading the party blocks
+def _write_blocks(root, rows: dict[str, pd.DataFrame], tokens):
+    from features import contracts
+
+    (root / "carrier").mkdir(parents=True)
+    (root / "tourism").mkdir()
+    (root / "internet").mkdir()
+    pd.DataFrame({"token": tokens, "in_tourism": True, "in_internet": True, "is_prospect": False}) \
+        .to_parquet(root / "carrier" / "users.parquet")
+    pd.DataFrame({"poi_id": ["p1", "p2", "p3"], "category": "museum", "popularity": 1.0, "summer_share": 0.1,
+                  "weekend_share": 0.2}).to_parquet(root / "tourism" / "poi_features.parquet")
+    for party, frame in rows.items():
+        frame.to_parquet(root / party / f"{contracts.INTERACTION_TABLE[party].name}.parquet")
+
+
+def test_party_blocks_load_aligned_from_own_folders(tmp_path):
+    tokens = ["t3", "t1", "t2"]
+    _write_blocks(tmp_path, {
+        "tourism": pd.DataFrame({"token": ["t1", "t3"], "poi_id": ["p2", "p1"], "visits": 1, "spend_cny": 1.0,
+                                 "dwell_minutes": 1.0, "recency_days": 1.0, "confidence": [2.0, 3.0]}),
+        "carrier": pd.DataFrame({"token": ["t2"], "area_id": ["a9"], "days": 1, "dwell_minutes": 1.0,
+                                 "confidence": [4.0]}),
+        "internet": pd.DataFrame({"token": ["t1", "t1"], "topic": ["food", "art"], "events": 1,
+                                  "confidence": [5.0, 6.0]}),
+    }, tokens)
+    order, parts = load_party_matrices(tmp_path)
+    assert list(order) == ["t1", "t2", "t3"]
+    assert list(parts["tourism"].items) == ["p1", "p2", "p3"]     # every POI, visited or not
+    assert parts["tourism"].matrix.toarray().tolist() == [[0, 2, 0], [0, 0, 0], [3, 0, 0]]
+    assert parts["carrier"].matrix.toarray().tolist() == [[0], [4], [0]]
+    assert list(parts["internet"].items) == ["art", "food"]
+    assert parts["internet"].matrix.toarray().tolist() == [[6, 5], [0, 0], [0, 0]]
+
+
+@pytest.mark.parametrize("problem,match", [
+    ("unknown_token", "not in carrier/users"),
+    ("bad_confidence", "confidence"),
+    ("duplicate", "duplicate"),
+    ("stray_poi", "poi_id not in"),
+])
+def test_bad_party_blocks_stop_with_a_named_error(tmp_path, problem, match):
+    frame = pd.DataFrame({"token": ["t1", "t2"], "poi_id": ["p1", "p2"], "visits": 1, "spend_cny": 1.0,
+                          "dwell_minutes": 1.0, "recency_days": 1.0, "confidence": [2.0, 3.0]})
+    if problem == "unknown_token":
+        frame.loc[1, "token"] = "nobody"
+    elif problem == "bad_confidence":
+        frame.loc[1, "confidence"] = -1.0
+    elif problem == "duplicate":
+        frame.loc[1, ["token", "poi_id"]] = ["t1", "p1"]
+    elif problem == "stray_poi":
+        frame.loc[1, "poi_id"] = "p404"
+    _write_blocks(tmp_path, {"tourism": frame}, ["t1", "t2"])
+    with pytest.raises(WenlvError, match=match):
+        load_party_block(tmp_path, "tourism", load_users(tmp_path))
+    with pytest.raises(WenlvError, match="missing"):
+        load_party_block(tmp_path, "carrier", load_users(tmp_path))
+
+
+def test_factor_model_hook_on_toy_feature_blocks(tmp_path):
+    """training.factors calls fit_factor_model; it must match implicit's CG solver from the same start."""
+    from training.blocks import FeatureBlocks, build_matrices
+    from training.federated_als import fit_factor_model
+    from training.toy_blocks import write_toy_blocks
+
+    write_toy_blocks(tmp_path, n_users=200)
+    matrices = build_matrices(FeatureBlocks.load(tmp_path))
+    parties = ("tourism", "carrier", "internet")
+    n_items = {p: matrices.blocks[p].shape[1] for p in parties}
+    X0, Y0 = init_factors(len(matrices.tokens), n_items, 8, 4)
+    stacked_init = (X0, np.concatenate([Y0[p] for p in parties]))
+    fm = fit_factor_model(matrices, parties, factors=8, iterations=4, seed=4, init=stacked_init)
+    central = CentralALS(factors=8, iterations=4, regularization=0.05).fit(
+        {p: matrices.blocks[p] for p in parties}, init=(X0, Y0))
+    assert fm.params["mode"] == "federated" and fm.params["audit_entries"] > 0
+    assert float(np.max(np.abs(fm.user_factors - central.user_factors))) < 1e-2
+    assert fm.poi_factors.shape == (matrices.blocks["tourism"].shape[1], 8)
