@@ -16,6 +16,7 @@ def get_spark(master: str | None = None, app_name: str = "wenlv", conf: dict | N
         .appName(app_name)
         .config("spark.sql.shuffle.partitions", os.environ.get("WENLV_SHUFFLE_PARTITIONS", "8"))
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.driver.memory", os.environ.get("WENLV_SPARK_DRIVER_MEMORY", "4g"))
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")

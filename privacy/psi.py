@@ -1,0 +1,164 @@
+"""Two-party ECDH private set intersection (PSI) on the prime-order subgroup of edwards25519.
+
+Why: the carrier, the tourism group and the internet platform must agree who their common
+users are without any of them showing another its phone numbers, in clear or as a plain
+hash (a hash of a phone number is reversed by enumerating the ~10^10 numbers of a country).
+
+Protocol (semi-honest, both sides learn the intersection). Party A holds set X, party B
+holds set Y; each draws a fresh secret scalar per session (`new_secret`):
+
+1. A sends B the list {a·H(x) : x ∈ X} in a random order; B sends A {b·H(y) : y ∈ Y},
+   also shuffled. H is a hash into the group (see `hash_to_group`).
+2. Each re-blinds the other's list with its own secret and returns it in the order
+   received: A returns {a·b·H(y)}, B returns {b·a·H(x)}. Because the lists were shuffled
+   by their owners, the position carries nothing about the identity.
+3. Each side now has a·b·H(·) for its own items (in its own order) and for the other's
+   items (in an order it cannot link to identities); an own item is matched iff its
+   doubly blinded point is in the other's set. The session token of a matched item is
+   SHA-256(domain ‖ session id ‖ a·b·H(x)) — both sides derive the same token.
+
+Leakage, by design: each side learns the intersection (which of its own items are also
+held by the other) and the size of the other's set. Unmatched items reveal nothing
+(their points are pseudorandom under the decisional Diffie–Hellman assumption), and the
+tokens are unlinkable across sessions because the secrets are fresh. See docs/privacy.md.
+
+Group: libsodium's ed25519 with `crypto_core_ed25519_from_uniform` (Elligator 2 followed
+by cofactor clearing — its output lies in the prime-order subgroup, checked in
+tests/test_psi.py) and `crypto_scalarmult_ed25519_noclamp` (scalars reduced mod the group
+order L, no clamping; libsodium rejects inputs outside the main subgroup and an identity
+result). PyNaCl 1.6.2 exposes no ristretto255, so the prime-order subgroup is used.
+`hash_to_group` adds two Elligator images of the two halves of one SHA-512 output, the
+construction RFC 9380 uses for its random-oracle variant (one image alone only reaches
+about half the group and is distinguishable from uniform).
+
+Error messages never carry an identifier: a value that fails is reported by position only.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from nacl import bindings as _sodium
+from nacl.exceptions import RuntimeError as _SodiumRuntimeError
+
+from wenlv.errors import WenlvError
+
+HASH_DOMAIN = b"wenlv/psi/v1/hash-to-group/ed25519-elligator2x2/sha512"
+TOKEN_DOMAIN = b"wenlv/psi/v1/session-token/sha256"
+POINT_BYTES = 32
+GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493
+
+
+class PsiError(WenlvError):
+    """A PSI message or input is unusable. Never carries the identifier or point that failed."""
+
+
+def normalise_phone(phone: str) -> bytes:
+    """The canonical form every party hashes: E.164 digits without '+', spaces or dashes."""
+    digits = "".join(ch for ch in str(phone) if ch not in "+ -")
+    if not digits.isdigit():
+        raise PsiError("an identifier is not a phone number of digits (value withheld)")
+    return digits.encode("ascii")
+
+
+def hash_to_group(identifier: bytes) -> bytes:
+    """H(x): SHA-512 with a domain separator, two Elligator-2 images added; a prime-order point."""
+    digest = hashlib.sha512(HASH_DOMAIN + len(identifier).to_bytes(2, "big") + identifier).digest()
+    left = _sodium.crypto_core_ed25519_from_uniform(digest[:32])
+    right = _sodium.crypto_core_ed25519_from_uniform(digest[32:])
+    return _sodium.crypto_core_ed25519_add(left, right)
+
+
+def new_secret() -> bytes:
+    """A fresh uniformly random non-zero scalar mod L (64 random bytes reduced, as libsodium advises)."""
+    while True:
+        scalar = _sodium.crypto_core_ed25519_scalar_reduce(os.urandom(64))
+        if any(scalar):
+            return scalar
+
+
+def blind(point: bytes, secret: bytes) -> bytes:
+    """secret·point; refuses points that are malformed, of small order or outside the subgroup."""
+    if len(point) != POINT_BYTES:
+        raise PsiError(f"a PSI point has {len(point)} bytes, expected {POINT_BYTES}")
+    try:
+        return _sodium.crypto_scalarmult_ed25519_noclamp(secret, point)
+    except _SodiumRuntimeError:
+        raise PsiError("a PSI point is not a valid prime-order group element") from None
+
+
+def hash_and_blind(identifier: bytes, secret: bytes) -> bytes:
+    return blind(hash_to_group(identifier), secret)
+
+
+def session_token(session_id: str, point: bytes) -> str:
+    """The matched item's token: SHA-256 over domain ‖ session id ‖ doubly blinded point, hex."""
+    sid = session_id.encode("utf-8")
+    return hashlib.sha256(TOKEN_DOMAIN + len(sid).to_bytes(2, "big") + sid + point).hexdigest()
+
+
+def new_session_id() -> str:
+    return os.urandom(16).hex()
+
+
+# ------------------------------------------------------------------ per-batch helpers
+# Used inside Spark's mapInPandas (one call per Arrow batch of a partition) and by the
+# in-memory PsiParty below; they take and return plain lists so both can share them.
+
+def hash_and_blind_all(phones: Iterable[str], secret: bytes) -> list[bytes]:
+    return [hash_and_blind(normalise_phone(p), secret) for p in phones]
+
+
+def blind_all(points: Iterable[bytes], secret: bytes) -> list[bytes]:
+    return [blind(bytes(p), secret) for p in points]
+
+
+def tokens_for(points: Iterable[bytes], session_id: str) -> list[str]:
+    return [session_token(session_id, bytes(p)) for p in points]
+
+
+# ------------------------------------------------------------------ in-memory party
+@dataclass
+class PsiParty:
+    """One side of one PSI session over an in-memory list (tests, benchmarks, small sets).
+
+    The Spark jobs (spark_jobs/psi_exchange.py) run the same steps per partition; this
+    class is the reference they are tested against.
+    """
+
+    session_id: str
+    phones: Sequence[str]
+    secret: bytes = field(default_factory=new_secret, repr=False)
+    _order: list[int] = field(default_factory=list, repr=False)
+
+    def request(self) -> list[bytes]:
+        """Step 1: own items hashed and blinded, in a fresh random order."""
+        self._order = list(range(len(self.phones)))
+        random.SystemRandom().shuffle(self._order)
+        return hash_and_blind_all((self.phones[i] for i in self._order), self.secret)
+
+    def respond(self, other_request: Sequence[bytes]) -> list[bytes]:
+        """Step 2: the other's blinded items re-blinded with our secret, order kept."""
+        return blind_all(other_request, self.secret)
+
+    def finish(self, response_to_us: Sequence[bytes], our_response: Sequence[bytes]) -> dict[int, str]:
+        """Step 3: {index into self.phones: session token} for the items both sides hold."""
+        if len(response_to_us) != len(self._order):
+            raise PsiError(f"PSI response has {len(response_to_us)} points, we sent {len(self._order)}")
+        theirs = set(map(bytes, our_response))
+        return {
+            self._order[pos]: session_token(self.session_id, bytes(point))
+            for pos, point in enumerate(response_to_us)
+            if bytes(point) in theirs
+        }
+
+
+def run_in_memory(session_id: str, a_phones: Sequence[str], b_phones: Sequence[str]) -> tuple[dict, dict]:
+    """Both sides of one session in one process; returns each side's {index: token}."""
+    a, b = PsiParty(session_id, a_phones), PsiParty(session_id, b_phones)
+    a_req, b_req = a.request(), b.request()
+    a_resp, b_resp = a.respond(b_req), b.respond(a_req)
+    return a.finish(b_resp, a_resp), b.finish(a_resp, b_resp)

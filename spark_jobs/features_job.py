@@ -1,0 +1,132 @@
+"""`wenlv features`: validate → tokenise (PSI through the carrier hub) → per-party feature blocks.
+
+The three party jobs run here one after another in one Spark application (the demo runs
+every party on one machine), but each reads only its own raw folder; what passes between
+them are files in `<out>/exchange/` (blinded points, token maps, the public split plan).
+Writes `<out>/<party>/<table>.parquet` per contracts.BLOCK_TABLES and `<out>/manifest.json`
+(docs/architecture.md).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+from features import contracts
+from spark_jobs import psi_exchange
+from spark_jobs.carrier_job import INTERNET_SESSION, TOURISM_SESSION, CarrierJob
+from spark_jobs.internet_job import InternetJob
+from spark_jobs.tourism_job import TourismJob
+from wenlv.errors import WenlvError
+
+log = logging.getLogger(__name__)
+
+STEPS = ("validate", "plan", "psi request", "psi respond", "psi finish", "align", "blocks", "manifest")
+
+
+def run(data_dir: str | Path, out_dir: str | Path, spark=None, master: str | None = None,
+        quarantine: bool = False, split_date: date | None = None, progress: bool = True) -> dict:
+    """Run every party's job; returns the manifest (also written to `<out>/manifest.json`)."""
+    from tqdm import tqdm
+
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    for party in contracts.PARTIES:
+        if not (data_dir / party).is_dir():
+            raise WenlvError(f"{data_dir / party} is missing: the data folder needs one folder per party "
+                             f"({', '.join(contracts.PARTIES)})")
+    if spark is None:
+        from spark_jobs.session import get_spark
+
+        spark = get_spark(master)
+    _clear(out_dir)
+    tourism, carrier, internet = (TourismJob(spark, data_dir, out_dir, quarantine),
+                                  CarrierJob(spark, data_dir, out_dir, quarantine),
+                                  InternetJob(spark, data_dir, out_dir, quarantine))
+    bar = tqdm(total=len(STEPS), desc="features", unit="step", file=sys.stderr, disable=not progress)
+
+    def step(name):
+        bar.set_postfix_str(name)
+        log.info("features: %s", name)
+
+    step("validate")
+    quarantined = {}
+    for job in (tourism, carrier, internet):
+        quarantined.update(job.validate())
+    bar.update()
+
+    step("plan")
+    plan = tourism.publish_plan(split_date)
+    carrier.open_sessions()
+    bar.update()
+
+    step("psi request")
+    tourism.psi_request(TOURISM_SESSION, tourism.psi_phones())
+    internet.psi_request(INTERNET_SESSION, internet.psi_phones())
+    carrier.psi_request(TOURISM_SESSION, carrier.psi_phones(TOURISM_SESSION))
+    carrier.psi_request(INTERNET_SESSION, carrier.psi_phones(INTERNET_SESSION))
+    bar.update()
+
+    step("psi respond")
+    carrier.psi_respond(TOURISM_SESSION, "tourism")
+    carrier.psi_respond(INTERNET_SESSION, "internet")
+    tourism.psi_respond(TOURISM_SESSION, "carrier")
+    internet.psi_respond(INTERNET_SESSION, "carrier")
+    bar.update()
+
+    step("psi finish")
+    t_matched = tourism.psi_finish(TOURISM_SESSION, "carrier")
+    i_matched = internet.psi_finish(INTERNET_SESSION, "carrier")
+    ct_matched = carrier.psi_finish(TOURISM_SESSION, "tourism")
+    ci_matched = carrier.psi_finish(INTERNET_SESSION, "internet")
+    psi_counts = {"tourism_carrier_matched": ct_matched.count(), "internet_carrier_matched": ci_matched.count()}
+    for job, session in ((tourism, TOURISM_SESSION), (internet, INTERNET_SESSION),
+                         (carrier, TOURISM_SESSION), (carrier, INTERNET_SESSION)):
+        psi_exchange.release(job.psi[session])
+    bar.update()
+
+    step("align")
+    carrier.align(ct_matched, ci_matched)
+    bar.update()
+
+    step("blocks")
+    tables = {}
+    tables.update(tourism.build_blocks(t_matched))
+    tables.update(internet.build_blocks(i_matched))
+    tables.update(carrier.build_blocks())
+    psi_counts.update({"users": tables["carrier/users"]["rows"],
+                       "tourism_visitors_tokenised": tourism.tokenised_visitors,
+                       "internet_accounts_tokenised": internet.tokenised_accounts})
+    bar.update()
+
+    step("manifest")
+    manifest = {
+        "schema_version": contracts.SCHEMA_VERSION,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "split_date": plan["split_date"], "train_window": plan["train_window"], "test_window": plan["test_window"],
+        "tables": {key: tables[key] for key in sorted(tables)},
+        "quarantine": quarantined,
+        "psi": psi_counts,
+        "unknown_home_cities": carrier.unknown_home_cities,
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    for df in (t_matched, i_matched, ct_matched, ci_matched, carrier.users):
+        df.unpersist()
+    for job in (tourism, carrier, internet):
+        for checked in job.checked.values():
+            checked.release()
+    bar.update()
+    bar.close()
+    return manifest
+
+
+def _clear(out_dir: Path) -> None:
+    """Start from an empty output folder (stale blocks must never mix with new ones)."""
+    if out_dir.exists():
+        if (out_dir / "manifest.json").exists() or (out_dir / "exchange").exists():
+            shutil.rmtree(out_dir)
+        elif any(out_dir.iterdir()):
+            raise WenlvError(f"{out_dir} is not empty and holds no earlier features run: refusing to overwrite it")
+    out_dir.mkdir(parents=True, exist_ok=True)
