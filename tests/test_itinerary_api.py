@@ -1,0 +1,112 @@
+"""POST /v1/itineraries through the real app (SQLite online store, API keys): plans pass the
+independent checker, infeasible requests get 422 with a reason, roles are enforced."""
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from itinerary import check, planner
+from serving.app import create_app
+from serving.auth import KeyStore
+from serving.materialize import materialize
+from serving.model import ServingModel
+from serving.online_store import ResilientStore
+from serving.state import ServingState
+from serving.synthetic import synthetic_bundle
+from serving.testing import make_store
+
+CENTRE = {"lat": 30.25, "lon": 120.17}
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return synthetic_bundle(n_pois=120, n_users=30, factors=8, seed=9, visits_per_user=3, version="1")
+
+
+@pytest.fixture
+def env(tmp_path, bundle):
+    raw = make_store("sqlite", tmp_path)
+    materialize(bundle, "1", raw, progress=False)
+    model = ServingModel(bundle, "1", ResilientStore(raw), index_cache=None)
+    keys = KeyStore(tmp_path / "keys.sqlite")
+    key = {"app": keys.create("visitor-app", "hz"), "marketer": keys.create("marketer", "hz")}
+    yield TestClient(create_app(ServingState(ResilientStore(raw), model), keys)), key, bundle
+    raw.delete_prefix(raw.prefix)
+
+
+def post(client, key, **body):
+    base = {"city": "hangzhou", "start_date": "2026-05-01", "days": 2, "start_location": CENTRE,
+            "travel_mode": "drive", "pace": 3}
+    return client.post("/v1/itineraries", json={**base, **body}, headers={"Authorization": f"Bearer {key}"})
+
+
+def request_of(bundle, body: dict) -> planner.PlanRequest:
+    """The raw request as the checker reads it (city POIs, hours, pace, budget, lists)."""
+    pois = bundle.pois[bundle.pois.city == "hangzhou"].reset_index(drop=True)
+    hours = body.get("daily_hours", ("09:00", "21:00"))
+    return planner.PlanRequest(pois=pois, scores=[0.0] * len(pois), days=body.get("days", 2),
+                               day_start=planner.hhmm_to_minutes(hours[0]), day_end=planner.hhmm_to_minutes(hours[1]),
+                               start=(CENTRE["lat"], CENTRE["lon"]), travel_mode=body.get("travel_mode", "drive"),
+                               max_stops=body.get("pace", 3), budget=body.get("budget_cny"),
+                               must_include=body.get("must_include", []), exclude=body.get("exclude", []))
+
+
+def test_a_personal_plan_passes_the_independent_checker(env):
+    client, key, bundle = env
+    body = {"token": bundle.users.token[3], "budget_cny": 2000.0}
+    r = post(client, key["app"], **body)
+    assert r.status_code == 200, r.text
+    plan = r.json()
+    assert plan["personalized"] is True and plan["strategy"] == "als" and len(plan["recommendation_id"]) == 32
+    assert [d["date"] for d in plan["days"]] == ["2026-05-01", "2026-05-02"]
+    assert check.check_plan(request_of(bundle, body), plan) == []
+    assert plan["totals"]["sights"] >= 2
+    stored = client.get(f"/v1/recommendations/{plan['recommendation_id']}",
+                        headers={"Authorization": f"Bearer {key['app']}"}).json()
+    assert stored["poi_ids"] == [s["poi_id"] for d in plan["days"] for s in d["stops"]]
+
+
+def test_non_personalised_plans_use_nothing_about_the_visitor(env):
+    client, key, bundle = env
+    a = post(client, key["app"], token=bundle.users.token[3], personalized=False).json()
+    b = post(client, key["app"], token=bundle.users.token[4], personalized=False).json()
+    assert a["personalized"] is False and a["strategy"] == "popularity"
+    assert a["days"] == b["days"]
+
+
+def test_must_include_and_exclude_are_honoured(env):
+    client, key, bundle = env
+    city = bundle.pois[(bundle.pois.city == "hangzhou") & bundle.pois.category.isin(["museum", "scenic_area"])]
+    must, excl = city.poi_id.iloc[0], list(city.poi_id.iloc[1:4])
+    body = {"must_include": [must], "exclude": excl, "days": 1}
+    plan = post(client, key["app"], **body).json()
+    ids = {s["poi_id"] for d in plan["days"] for s in d["stops"]}
+    assert must in ids and not ids & set(excl)
+    assert check.check_plan(request_of(bundle, body), plan) == []
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"budget_cny": 1.0}, "budget_too_small"),
+    ({"daily_hours": ["03:00", "05:00"]}, "nothing_open"),
+    ({"must_include": ["NOPE"]}, "unknown_poi"),
+    ({"city": "atlantis"}, "unknown_city"),
+])
+def test_infeasible_requests_answer_422_with_a_reason(env, body, code):
+    client, key, _ = env
+    r = post(client, key["app"], **body)
+    assert r.status_code == 422
+    assert r.json()["error"] == code and r.json()["message"]
+
+
+def test_bad_shapes_are_422_and_roles_are_enforced(env):
+    client, key, _ = env
+    assert post(client, key["app"], days=0).status_code == 422
+    assert post(client, key["app"], daily_hours=["18:00", "09:00"]).status_code == 422
+    assert post(client, key["app"], pace=99).status_code == 422
+    assert post(client, key["marketer"]).status_code == 403
+    assert client.post("/v1/itineraries", json={}).status_code == 401
+
+
+def test_dates_far_out_are_refused_not_crashed(env):
+    client, key, _ = env
+    assert post(client, key["app"], start_date="9999-12-31", days=7).status_code == 422
