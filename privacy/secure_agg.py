@@ -61,6 +61,10 @@ class DropoutError(SecureAggError):
     """A party did not contribute to a stage: the round is aborted and nothing is released."""
 
 
+class PartyUnavailable(DropoutError):
+    """A party did not answer (crashed, timed out, disconnected): its round aborts."""
+
+
 # ------------------------------------------------------------------ fixed point on Z_2^64
 @numba.njit(cache=True, nogil=True)
 def _encode_kernel(x, scale, limit, out):

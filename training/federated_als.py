@@ -49,16 +49,12 @@ from tqdm.auto import tqdm
 
 from privacy.audit import AuditLog
 from privacy.secure_agg import (DEFAULT_FRAC_BITS, Aggregator, DropoutError, Identity, MaskingParty,
-                                SecureAggError)
+                                PartyUnavailable, SecureAggError)
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)
 
 _RS_EPS = 1e-20  # implicit's "residual is zero" threshold on r·r
-
-
-class PartyUnavailable(DropoutError):
-    """A party did not answer (crashed, timed out, disconnected)."""
 
 
 def init_factors(n_users: int, item_counts: dict[str, int], factors: int, random_state=None,
@@ -217,18 +213,22 @@ class FederatedALS:
     ``max_retries`` bounds re-keyed retries of a round after a dropout. ``audit_path``
     writes the hash-chained protocol log as JSON lines; ``record_view`` keeps every masked
     message the coordinator received in ``.transcript`` (for tests and audits).
+    ``collect_items`` names the parties whose item factors are handed back after the fit
+    (default: all — an in-process simulation; in production only ``("tourism",)``, whose
+    POI factors serving needs; the others keep theirs).
     """
 
     def __init__(self, factors: int = 64, regularization: float = 0.01, alpha: float = 1.0,
                  dtype=np.float32, iterations: int = 15, cg_steps: int = 3, random_state=None,
                  fixed_point_bits: int = DEFAULT_FRAC_BITS, num_threads: int = 0, max_retries: int = 3,
                  audit_path=None, record_view: bool = False, show_progress: bool = True,
-                 run_id: str | None = None):
+                 run_id: str | None = None, collect_items=None):
         self.factors, self.regularization, self.alpha = factors, regularization, alpha
         self.dtype, self.iterations, self.cg_steps = np.dtype(dtype), iterations, cg_steps
         self.random_state, self.fixed_point_bits, self.num_threads = random_state, fixed_point_bits, num_threads
         self.max_retries, self.audit_path, self.record_view = max_retries, audit_path, record_view
         self.show_progress, self.run_id = show_progress, run_id
+        self.collect_items = collect_items
         self.user_factors: np.ndarray | None = None
         self.item_factors: dict[str, np.ndarray] = {}
         self.parties_: list[str] = []
@@ -298,7 +298,8 @@ class FederatedALS:
                     callback(iteration)
         self.user_factors = X
         self.parties_ = names
-        self.item_factors = self._call(parties, "item_factors", {p: () for p in names})
+        collect = names if self.collect_items is None else [p for p in names if p in self.collect_items]
+        self.item_factors = self._call(parties, "item_factors", {p: () for p in collect})
         self.transcript = agg.view
         return self
 
@@ -395,3 +396,39 @@ def fit_factor_model(matrices, parties, factors: int = 16, iterations: int = 10,
                                "solver": "cg", "cg_steps": model.cg_steps,
                                "rounds_aborted": model.rounds_aborted_, "audit_entries": len(model.audit_log),
                                "audit_head": model.audit_log.head})
+
+
+def party_main(argv=None) -> int:
+    """One party in its own process: load only its own block, serve the coordinator over HTTP.
+
+    ``python -m training.federated_als --coordinator URL --party NAME --features DIR [--out DIR]``
+    """
+    import argparse
+    from pathlib import Path
+
+    from privacy.transport import serve_party
+    from training.als_data import load_party_block, load_users
+    from training.federated_als import FederatedALSParty as Party  # the importable class, not __main__'s
+
+    parser = argparse.ArgumentParser(prog="python -m training.federated_als", description=party_main.__doc__)
+    parser.add_argument("--coordinator", required=True, help="coordinator URL, e.g. http://127.0.0.1:8765")
+    parser.add_argument("--party", required=True)
+    parser.add_argument("--features", required=True, help="this party's feature folder (its block + carrier/users)")
+    parser.add_argument("--alpha", type=float, default=1.0)
+    parser.add_argument("--out", default=None, help="where this party keeps its item factors after the fit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.party} %(levelname)s %(message)s")
+    block = load_party_block(args.features, args.party, load_users(args.features))
+    party = Party(args.party, block.matrix, alpha=args.alpha)
+    serve_party(args.coordinator, args.party, party)
+    if args.out and party._Y is not None:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        np.save(out / f"{args.party}_item_factors.npy", party.item_factors())
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(party_main())
