@@ -199,6 +199,18 @@ def train_towers(frames: dict[str, pd.DataFrame], targets, poi_factors: np.ndarr
     frames:  party -> user_features rows of the training users (same row order in every party).
     targets: [n_users, n_pois] 0/1 (scipy sparse or dense) training-window visits.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: more threads only contend (and the machine is shared)
+    try:
+        return _train_towers(frames, targets, poi_factors, epochs=epochs, batch_size=batch_size, lr=lr,
+                             hidden=hidden, noise_multiplier=noise_multiplier, clip_norm=clip_norm, delta=delta,
+                             seed=seed, frac_bits=frac_bits, channel=channel, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_towers(frames, targets, poi_factors, *, epochs, batch_size, lr, hidden, noise_multiplier, clip_norm,
+                  delta, seed, frac_bits, channel, progress) -> TowerResult:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     parties = tuple(sorted(frames))

@@ -1,0 +1,108 @@
+"""End to end on block-shaped data: train → MLflow run → registered champion → serving's loader."""
+import json
+import re
+import sqlite3
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from training import privacy_scan, registry, tracking
+from training.blocks import FeatureBlocks
+from training.pipeline import TrainConfig, evaluate_version, train
+from training.toy_blocks import write_toy_blocks
+from wenlv.errors import WenlvError
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    features = write_toy_blocks(root / "features", n_users=240, seed=11)
+    uri = tracking.store_for_dir(root / "mlflow")[0]
+    out = train(features, TrainConfig(factors=8, iterations=6, tower_epochs=8), tracking_uri=uri,
+                work_dir=root / "work")
+    return root, features, uri, out
+
+
+def test_run_is_logged_registered_and_champion(trained):
+    root, features, uri, out = trained
+    assert out["checks"] == {"federated_matches_central": True, "artifacts_clean": True}
+    assert out["promoted"] and out["champion_version"] == out["model_version"] == 1
+    c = tracking.client(uri)
+    run = c.get_run(out["run_id"])
+    params, metrics = run.data.params, run.data.metrics
+    for privacy_param in ("fixed_point_bits", "tower_noise_multiplier", "secure_aggregation", "mode"):
+        assert privacy_param in params
+    assert params["mode"] == "federated"
+    for metric in ("ndcg_at_10", "recall_at_10", "popularity_ndcg_at_10", "map_at_10", "coverage_at_10",
+                   "novelty_at_10", "prospect_lift_vs_random", "federated_vs_central_max_abs_diff",
+                   "shapley_carrier", "shapley_internet", "tower_prospect_ndcg_at_10"):
+        assert metric in metrics, metric
+    assert metrics["federated_vs_central_max_abs_diff"] < 1e-2
+    assert metrics["ndcg_at_10"] > metrics["popularity_ndcg_at_10"]
+    dataset = run.inputs.dataset_inputs[0].dataset
+    assert dataset.name == "feature-blocks" and dataset.digest
+    names = {f.path for f in c.list_artifacts(out["run_id"])}
+    assert {"bundle", "model_card.md", "shapley.json"} <= names
+    card = Path(c.download_artifacts(out["run_id"], "model_card.md", str(root / "card")))
+    text = card.read_text()
+    assert "## Privacy" in text and "## Intended use" in text and "federated" in text
+    shap = json.loads(Path(c.download_artifacts(out["run_id"], "shapley.json", str(root / "s"))).read_text())
+    assert shap["values"]["carrier"] == pytest.approx(metrics["shapley_carrier"])
+
+
+def test_champion_bundle_loads_for_serving(trained, tmp_path):
+    root, features, uri, out = trained
+    bundle, version = registry.load_champion_bundle(uri, tmp_path)
+    assert version == out["model_version"]
+    blocks = FeatureBlocks.load(features)
+    assert len(bundle.users) == len(blocks.users) and len(bundle.pois) == len(blocks["tourism/poi_features"])
+    assert bundle.towers_dir is not None and (bundle.towers_dir / "user_tower.pt").exists()
+    assert bundle.meta["mode"] == "federated" and bundle.meta["metrics"]["ndcg@10"] > 0
+    again = evaluate_version(features, None, uri)
+    assert again["model_version"] == version
+    assert again["metrics"]["ndcg@10"] == pytest.approx(out["metrics"]["ndcg@10"], abs=1e-4)
+
+
+def test_no_phone_or_party_statistic_in_the_store(trained):
+    root, features, uri, out = trained
+    artifacts = root / "mlflow" / "artifacts"
+    report = privacy_scan.scan_folder(artifacts)
+    assert report.files > 5 and report.clean, report.findings
+    # params, tags and metric names in the SQLite store: no phone shapes, no per-user carrier value
+    db = sqlite3.connect(root / "mlflow" / "mlflow.db")
+    text = "\n".join(str(v) for table in ("params", "tags", "metrics", "model_versions", "registered_model_tags")
+                     for row in db.execute(f"select * from {table}") for v in row)
+    db.close()
+    assert not privacy_scan.PHONE_RE.search(text)
+    carrier = pd.read_parquet(features / "carrier" / "user_features.parquet")
+    distances = {f"{v:.6f}" for v in carrier["home_distance_km"]}
+    assert not any(d in text for d in distances)
+
+
+def test_central_mode_is_never_champion(trained):
+    root, features, uri, out = trained
+    central = train(features, TrainConfig(mode="central", factors=8, iterations=6, towers=False, shapley=False),
+                    tracking_uri=uri, work_dir=root / "central")
+    assert central["checks"]["federated_matches_central"] is False
+    assert not central["promoted"] and central["champion_version"] == out["model_version"]
+    assert "privacy check federated_matches_central failed" in central["gate"]["reasons"]
+
+
+def test_bad_feature_folders_are_named(tmp_path):
+    with pytest.raises(WenlvError, match="manifest.json is missing"):
+        FeatureBlocks.load(tmp_path)
+    features = write_toy_blocks(tmp_path / "f", n_users=40, seed=2)
+    manifest = json.loads((features / "manifest.json").read_text())
+    manifest["tables"]["tourism/interactions"]["rows"] += 1
+    (features / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(WenlvError, match=re.escape("interactions.parquet") + ".*manifest says"):
+        FeatureBlocks.load(features)
+    manifest["tables"]["tourism/interactions"]["rows"] -= 1
+    (features / "manifest.json").write_text(json.dumps(manifest))
+    frame = pd.read_parquet(features / "carrier" / "interactions.parquet").drop(columns=["confidence"])
+    frame.to_parquet(features / "carrier" / "interactions.parquet")
+    with pytest.raises(WenlvError, match="carrier/interactions lacks column"):
+        FeatureBlocks.load(features)
+    with pytest.raises(WenlvError, match="must include tourism"):
+        TrainConfig(parties=("carrier", "internet"))
