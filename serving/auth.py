@@ -121,7 +121,7 @@ def _load_pepper(db_path: Path) -> bytes:
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer wlv_…`")
 
 
-def get_principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
+async def get_principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
     """The caller behind the bearer key, or 401."""
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
@@ -139,7 +139,7 @@ def require_role(*roles: str):
         raise ValueError(f"unknown roles {sorted(unknown)}")
     allowed = set(roles) | {"admin"}
 
-    def dependency(principal: Principal = Depends(get_principal)) -> Principal:
+    async def dependency(principal: Principal = Depends(get_principal)) -> Principal:
         if principal.role not in allowed:
             raise ApiError(403, "forbidden", f"role {principal.role!r} may not call this route; allowed: {', '.join(sorted(allowed))}")
         return principal

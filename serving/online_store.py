@@ -121,7 +121,7 @@ class RedisStore(KeyValueStore):
 
     backend = "redis"
 
-    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, timeout_s: float = 0.05):
+    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, timeout_s: float = 0.1):
         super().__init__(prefix)
         import redis
         from redis.backoff import NoBackoff

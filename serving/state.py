@@ -36,11 +36,11 @@ class ServingState:
         return previous
 
 
-def get_state(request: Request) -> ServingState:
+async def get_state(request: Request) -> ServingState:
     return request.app.state.serving
 
 
-def get_model(request: Request) -> ServingModel:
+async def get_model(request: Request) -> ServingModel:
     """Dependency: the current model version (503 while none is loaded)."""
     model = request.app.state.serving.model
     if model is None:

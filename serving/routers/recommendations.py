@@ -6,11 +6,12 @@ import re
 import time
 
 from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import JSONResponse
 
 from serving.auth import ApiError, Principal, require_role
 from serving.filters import Filters, now_minute
 from serving.online_store import StoreUnavailable
-from serving.schemas import ERROR_RESPONSES, TOKEN_PATTERN, Category, RecommendationResponse, RecommendedPoi, StoredRecommendation
+from serving.schemas import ERROR_RESPONSES, TOKEN_PATTERN, Category, RecommendationResponse, StoredRecommendation
 from serving.state import ServingModel, get_model
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def reject_phone_like(token: str) -> None:
         raise ApiError(422, "invalid_request", "the visitor token looks like a phone number; send the pseudonymous token")
 
 
-def parse_filters(
+async def parse_filters(
     category: Category | None = Query(None, description="only POIs of this category"),
     city: str | None = Query(None, max_length=64, description="only POIs in this city"),
     near: str | None = Query(None, description="`lat,lon` in degrees: only POIs within radius_km of it", examples=["30.25,120.17"]),
@@ -63,7 +64,7 @@ def parse_filters(
                 "nothing about the visitor (PIPL art. 24); visit exclusion then does not apply.",
     responses=ERROR_RESPONSES,
 )
-def recommendations(
+async def recommendations(
     request: Request,
     token: str = Path(..., pattern=TOKEN_PATTERN, description="pseudonymous visitor token (never a phone number)"),
     k: int = Query(10, ge=1, le=100, description="how many POIs"),
@@ -76,21 +77,22 @@ def recommendations(
     reject_phone_like(token)
     rec = model.recommend(token, k=k, filters=filters, exclude_visited=exclude_visited, personalized=personalized)
     t = model.table
-    items = [RecommendedPoi(poi_id=t.poi_ids[i], name=t.names[i], category=t.categories[i], city=t.cities[i],
-                            score=round(float(s), 6), reason=r) for i, s, r in zip(rec.ids, rec.scores, rec.reasons)]
+    items = [{"poi_id": t.poi_ids[i], "name": t.names[i], "category": t.categories[i], "city": t.cities[i],
+              "score": round(float(s), 6), "reason": r} for i, s, r in zip(rec.ids.tolist(), rec.scores.tolist(), rec.reasons)]
     degraded = rec.degraded
     state = request.app.state.serving
     if state.store is not None:
         payload = {"recommendation_id": rec.recommendation_id, "model_version": model.version, "strategy": rec.strategy,
-                   "personalized": rec.personalized, "poi_ids": [it.poi_id for it in items], "token": token,
+                   "personalized": rec.personalized, "poi_ids": [it["poi_id"] for it in items], "token": token,
                    "created_at": time.time()}
         try:
             state.store.put_recommendation(principal.tenant, rec.recommendation_id, payload)
         except StoreUnavailable:
             degraded = True
     request.app.state.metrics.recommendations.labels(rec.strategy, str(degraded).lower()).inc()
-    return RecommendationResponse(items=items, model_version=model.version, recommendation_id=rec.recommendation_id,
-                                  degraded=degraded, personalized=rec.personalized, strategy=rec.strategy)
+    # Built as plain JSON: the response model documents the shape, re-validating it per request costs ~0.3 ms.
+    return JSONResponse({"items": items, "model_version": model.version, "recommendation_id": rec.recommendation_id,
+                         "degraded": degraded, "personalized": rec.personalized, "strategy": rec.strategy})
 
 
 @router.get(

@@ -1,0 +1,243 @@
+"""`wenlv bench serve`: the recommendation API under load over loopback, beside FAISS alone.
+
+Shape (default): 10,000 POIs × 1,000,000 users, 64 factors (a synthetic bundle with taste
+clusters: random-ish factors are fine for latency, clustered ones make ANN recall mean
+something). A private redis-server on a spare port holds the materialised online store;
+`wenlv serve` runs as its own process (uvicorn, one worker, uvloop + httptools); the load
+comes from `hey` (fixed rate: 3 processes × 100 req/s, per-request CSV) and `wrk`
+(saturation, Lua-rotated tokens, 10% cold). Printed beside it: FAISS-only search latency
+and in-process `ServingModel.recommend` latency, so the HTTP overhead is visible, and
+ANN recall@10 of the approximate user index against exact search.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+GOALS = {"p99_ms_at_300rps": 15.0, "recall_at_10": 0.95}
+CACHE = Path(os.environ.get("WENLV_BENCH_CACHE", Path.home() / ".cache" / "wenlv" / "bench-serve"))
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="recommendation API latency/throughput over loopback (needs hey and wrk)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--pois", type=int, default=10_000)
+    p.add_argument("--users", type=int, default=1_000_000)
+    p.add_argument("--factors", type=int, default=64)
+    p.add_argument("--rate", type=int, default=300, help="fixed request rate (req/s)")
+    p.add_argument("--duration", type=int, default=20, help="seconds per load phase")
+    p.set_defaults(func=main)
+
+
+def _pct(values, q) -> float:
+    return round(float(np.percentile(np.asarray(values), q)), 3)
+
+
+def _tools() -> dict:
+    missing = {t: f"apt-get install -y {t}" for t in ("hey", "wrk") if shutil.which(t) is None}
+    for tool, fix in missing.items():
+        print(f"bench serve: `{tool}` is not installed; install it with: {fix}", file=sys.stderr)
+    return missing
+
+
+def _bundle_dir(n_pois: int, n_users: int, factors: int) -> Path:
+    from serving.synthetic import synthetic_bundle
+
+    path = CACHE / f"bundle-{n_pois}x{n_users}x{factors}"
+    if not (path / "bundle.json").exists():
+        print(f"bench serve: synthesising a {n_pois}×{n_users} bundle in {path} …", file=sys.stderr)
+        bundle = synthetic_bundle(n_pois=n_pois, n_users=n_users, factors=factors, seed=42, visits_per_user=3,
+                                  clusters=64, version=f"bench-{n_pois}x{n_users}")
+        bundle.save(path)
+    return path
+
+
+def _recall_section(model, bundle) -> dict:
+    from serving.indexes import build_index, recall_at_k
+
+    rng = np.random.default_rng(7)
+    out = {}
+    if model.indexes.users is not None:
+        held_out = bundle.poi_factors[rng.choice(len(bundle.poi_factors), 300, replace=False)]
+        out["user_index"] = {**model.indexes.users.info,
+                             "recall_at_10_held_out": round(recall_at_k(model.indexes.users, held_out, 10), 4)}
+    queries = bundle.user_factors[rng.choice(len(bundle.user_factors), 600, replace=False)]
+    for kind in ("hnsw", "ivf"):  # the POI catalogue is served exactly; these show what ANN would give
+        idx = build_index(bundle.poi_factors, queries[:300], kind=kind)
+        out[f"poi_{kind}"] = {**idx.info, "recall_at_10_held_out": round(recall_at_k(idx, queries[300:], 10), 4)}
+    return out
+
+
+def _in_process(model, bundle) -> dict:
+    from serving.filters import Filters
+
+    rng = np.random.default_rng(3)
+    rows = rng.choice(len(bundle.user_factors), 2000, replace=False)
+    vectors = bundle.user_factors[rows]
+    tokens = bundle.users["token"].to_numpy()[rows]
+    mask = model.table.mask(Filters(category="museum"))
+    timings = {"faiss_search": [], "faiss_search_filtered": [], "recommend_in_process": []}
+    for v, t in zip(vectors, tokens):
+        s = time.perf_counter()
+        model.indexes.pois.search(v, 10)
+        timings["faiss_search"].append((time.perf_counter() - s) * 1000)
+        s = time.perf_counter()
+        model.indexes.pois.search(v, 10, mask)
+        timings["faiss_search_filtered"].append((time.perf_counter() - s) * 1000)
+        s = time.perf_counter()
+        model.recommend(str(t), 10)
+        timings["recommend_in_process"].append((time.perf_counter() - s) * 1000)
+    return {name: {"p50_ms": _pct(v, 50), "p95_ms": _pct(v, 95), "p99_ms": _pct(v, 99)} for name, v in timings.items()}
+
+
+def _start_server(bundle_dir: Path, redis_url: str, keys: Path, prefix: str, port: int, env: dict):
+    cmd = [sys.executable, "-m", "wenlv.cli", "serve", "--bundle", str(bundle_dir), "--redis-url", redis_url,
+           "--keys", str(keys), "--prefix", prefix, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    import httpx
+
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("wenlv serve exited: " + proc.stderr.read().decode()[-2000:])
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("wenlv serve did not become ready")
+
+
+def _hey_fixed_rate(base: str, key: str, urls: list[str], rate: int, duration: int) -> dict:
+    per = max(1, rate // len(urls))
+    workers = 5
+    procs = [subprocess.Popen(["hey", "-z", f"{duration}s", "-c", str(workers), "-q", f"{per / workers:g}", "-o", "csv",
+                               "-H", f"Authorization: Bearer {key}", base + u], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for u in urls]
+    latencies, statuses = [], {}
+    for p in procs:
+        out, _ = p.communicate()
+        for row in csv.DictReader(io.StringIO(out.decode())):
+            latencies.append(float(row["response-time"]) * 1000)
+            statuses[row["status-code"]] = statuses.get(row["status-code"], 0) + 1
+    errors = sum(n for s, n in statuses.items() if s != "200")
+    return {"target_rps": per * len(urls), "achieved_rps": round(len(latencies) / duration, 1), "requests": len(latencies),
+            "p50_ms": _pct(latencies, 50), "p95_ms": _pct(latencies, 95), "p99_ms": _pct(latencies, 99),
+            "errors": errors, "statuses": statuses, "tool": "hey"}
+
+
+WRK_LUA = """
+local tokens = {%s}
+local i = 0
+request = function()
+  i = i + 1
+  local t = tokens[(i %% #tokens) + 1]
+  return wrk.format("GET", "/v1/visitors/" .. t .. "/recommendations?k=10")
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests": %%d, "duration_s": %%.3f, "p50_ms": %%.3f, "p95_ms": %%.3f, "p99_ms": %%.3f, "status_errors": %%d, "socket_errors": %%d}\\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(95) / 1000,
+    latency:percentile(99) / 1000, e.status, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+def _wrk_saturation(base: str, key: str, tokens: list[str], duration: int, connections: int = 16) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_LUA % ", ".join(f'"{t}"' for t in tokens))
+        script = f.name
+    try:
+        out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script,
+                              "-H", f"Authorization: Bearer {key}", base], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(script)
+    line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
+    r = json.loads(line[len("WRKJSON "):])
+    return {"throughput_rps": round(r["requests"] / r["duration_s"], 1), "connections": connections, **r,
+            "errors": r["status_errors"] + r["socket_errors"], "tool": "wrk"}
+
+
+def run(n_pois: int, n_users: int, factors: int, rate: int, duration: int) -> dict:
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    from serving.auth import KeyStore
+    from serving.materialize import materialize
+    from serving.model import ServingModel
+    from serving.online_store import RedisStore, ResilientStore
+    from serving.runtime import free_port, load_bundle_dir
+    from serving.testing import PrivateRedis
+
+    missing = _tools()
+    result: dict = {"shape": {"pois": n_pois, "users": n_users, "factors": factors}, "machine_cores": os.cpu_count(),
+                    "goals": GOALS, "missing_tools": missing}
+    bundle_dir = _bundle_dir(n_pois, n_users, factors)
+    bundle, version = load_bundle_dir(bundle_dir)
+    index_cache = CACHE / "indexes"
+    env = {**os.environ, "WENLV_INDEX_CACHE": str(index_cache), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    work = Path(tempfile.mkdtemp(prefix="wenlv-bench-serve-"))
+    redis_server = PrivateRedis().start()
+    server = None
+    try:
+        raw = RedisStore(redis_server.url, prefix="bench:")
+        started = time.perf_counter()
+        materialize(bundle, version, raw)
+        result["materialize_s"] = round(time.perf_counter() - started, 1)
+        started = time.perf_counter()
+        model = ServingModel(bundle, version, ResilientStore(raw), index_cache=index_cache)
+        result["model_build_s"] = round(time.perf_counter() - started, 1)
+        result["ann_recall"] = _recall_section(model, bundle)
+        result["in_process"] = _in_process(model, bundle)
+        del model
+
+        keys = KeyStore(work / "keys.sqlite")
+        key = keys.create("visitor-app", "bench")
+        port = free_port()
+        server = _start_server(bundle_dir, redis_server.url, work / "keys.sqlite", "bench:", port, env)
+        base = f"http://127.0.0.1:{port}"
+        rng = np.random.default_rng(11)
+        all_tokens = bundle.users["token"].to_numpy()
+        tokens = [str(t) for t in all_tokens[rng.choice(len(all_tokens), 1000, replace=False)]]
+        tokens[::10] = [f"cold{i:06d}" for i in range(len(tokens[::10]))]  # 10% cold start
+        if "wrk" not in missing:
+            _wrk_saturation(base, key, tokens, 3)  # warm-up
+        if "hey" not in missing:
+            urls = [f"/v1/visitors/{tokens[1]}/recommendations?k=10",
+                    f"/v1/visitors/{tokens[2]}/recommendations?k=10&category=museum&near=30.25,120.17&radius_km=8",
+                    f"/v1/visitors/{tokens[0]}/recommendations?k=10"]  # cold
+            result["fixed_rate"] = _hey_fixed_rate(base, key, urls, rate, duration)
+        if "wrk" not in missing:
+            result["saturation"] = _wrk_saturation(base, key, tokens, duration)
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+        redis_server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    fixed = result.get("fixed_rate")
+    result["verdict"] = {
+        "p99_at_fixed_rate_ok": None if fixed is None else bool(fixed["p99_ms"] <= GOALS["p99_ms_at_300rps"] and fixed["errors"] == 0),
+        "user_index_recall_ok": bool(result["ann_recall"].get("user_index", {}).get("recall_at_10_held_out", 1.0) >= GOALS["recall_at_10"]),
+    }
+    return result
+
+
+def main(args) -> int:
+    result = run(args.pois, args.users, args.factors, args.rate, args.duration)
+    text = json.dumps(result, default=str)
+    print(text if args.json else json.dumps(result, indent=2, default=str))
+    return 0 if not result["missing_tools"] else 3
