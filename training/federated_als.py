@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numba
@@ -213,6 +214,7 @@ class FederatedALS:
     ``max_retries`` bounds re-keyed retries of a round after a dropout. ``audit_path``
     writes the hash-chained protocol log as JSON lines; ``record_view`` keeps every masked
     message the coordinator received in ``.transcript`` (for tests and audits).
+    ``timings_`` splits a fit's wall time into coordinator and per-party seconds.
     ``collect_items`` names the parties whose item factors are handed back after the fit
     (default: all — an in-process simulation; in production only ``("tourism",)``, whose
     POI factors serving needs; the others keep theirs).
@@ -229,6 +231,7 @@ class FederatedALS:
         self.max_retries, self.audit_path, self.record_view = max_retries, audit_path, record_view
         self.show_progress, self.run_id = show_progress, run_id
         self.collect_items = collect_items
+        self.timings_: dict = {}
         self.user_factors: np.ndarray | None = None
         self.item_factors: dict[str, np.ndarray] = {}
         self.parties_: list[str] = []
@@ -255,6 +258,8 @@ class FederatedALS:
     def fit_parties(self, parties: dict, init: tuple | None = None, callback=None):
         """Fit with party handles: FederatedALSParty objects or remote proxies (privacy.transport)."""
         names = list(parties)
+        self.timings_ = {"party_seconds": {}, "calls_sum": 0.0, "calls_max": 0.0}
+        fit_start = time.perf_counter()
         info = self._call(parties, "describe", {p: () for p in names})
         n_users = {i["n_users"] for i in info.values()}
         if len(n_users) != 1:
@@ -301,6 +306,12 @@ class FederatedALS:
         collect = names if self.collect_items is None else [p for p in names if p in self.collect_items]
         self.item_factors = self._call(parties, "item_factors", {p: () for p in collect})
         self.transcript = agg.view
+        t = self.timings_
+        t["wall_seconds"] = time.perf_counter() - fit_start
+        concurrent = any(getattr(h, "remote", False) for h in parties.values())
+        t["coordinator_seconds"] = t["wall_seconds"] - (t["calls_max"] if concurrent else t["calls_sum"])
+        # the run re-read as if every party were its own machine (network time excluded)
+        t["separate_machines_seconds"] = t["coordinator_seconds"] + t["calls_max"]
         return self
 
     # one user step = one secure-aggregation round ---------------------------------------
@@ -345,23 +356,39 @@ class FederatedALS:
         return agg.close_stage(integer=integer)
 
     # calling parties (in-process objects or remote proxies) -------------------------------
-    @staticmethod
-    def _call(parties: dict, method: str, args: dict, tolerate: bool = False) -> dict:
-        """Call `method` on every party; a party that does not answer raises PartyUnavailable."""
+    def _call(self, parties: dict, method: str, args: dict, tolerate: bool = False) -> dict:
+        """Call `method` on every party; a party that does not answer raises PartyUnavailable.
+
+        Remote parties are called at once, in-process ones one after the other. Each call's
+        duration per party goes to ``timings_``, so a run can also be read as if the parties
+        were separate machines.
+        """
         def one(name):
+            start = time.perf_counter()
             try:
                 return getattr(parties[name], method)(*args[name])
             except PartyUnavailable:
                 if tolerate:
                     return None
                 raise
+            finally:
+                spent[name] = time.perf_counter() - start
 
-        remote = any(getattr(h, "remote", False) for h in parties.values())
-        if not remote:
-            return {name: one(name) for name in args}
-        with ThreadPoolExecutor(max_workers=len(args)) as pool:
-            futures = {name: pool.submit(one, name) for name in args}
-            return {name: f.result() for name, f in futures.items()}
+        spent: dict[str, float] = {}
+        concurrent = any(getattr(h, "remote", False) for h in parties.values())
+        try:
+            if not concurrent:
+                return {name: one(name) for name in args}
+            with ThreadPoolExecutor(max_workers=len(args)) as pool:
+                futures = {name: pool.submit(one, name) for name in args}
+                return {name: f.result() for name, f in futures.items()}
+        finally:
+            t = self.timings_
+            for name, sec in spent.items():
+                t["party_seconds"][name] = t["party_seconds"].get(name, 0.0) + sec
+            if spent:
+                t["calls_sum"] += sum(spent.values())
+                t["calls_max"] += max(spent.values())
 
 
 def fit_factor_model(matrices, parties, factors: int = 16, iterations: int = 10, regularization: float = 0.05,
