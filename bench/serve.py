@@ -184,7 +184,8 @@ def run(n_pois: int, n_users: int, factors: int, rate: int, duration: int) -> di
 
     missing = _tools()
     result: dict = {"shape": {"pois": n_pois, "users": n_users, "factors": factors}, "machine_cores": os.cpu_count(),
-                    "goals": GOALS, "missing_tools": missing}
+                    "goals": GOALS, "missing_tools": missing,
+                    "note": "the machine is shared: compare the HTTP figures with the load averages recorded beside them"}
     bundle_dir = _bundle_dir(n_pois, n_users, factors)
     bundle, version = load_bundle_dir(bundle_dir)
     index_cache = CACHE / "indexes"
@@ -215,6 +216,7 @@ def run(n_pois: int, n_users: int, factors: int, rate: int, duration: int) -> di
         tokens[::10] = [f"cold{i:06d}" for i in range(len(tokens[::10]))]  # 10% cold start
         if "wrk" not in missing:
             _wrk_saturation(base, key, tokens, 3)  # warm-up
+        result["load_average_before_load_test"] = [round(x, 2) for x in os.getloadavg()]
         if "hey" not in missing:
             urls = [f"/v1/visitors/{tokens[1]}/recommendations?k=10",
                     f"/v1/visitors/{tokens[2]}/recommendations?k=10&category=museum&near=30.25,120.17&radius_km=8",
@@ -228,6 +230,7 @@ def run(n_pois: int, n_users: int, factors: int, rate: int, duration: int) -> di
             server.wait(timeout=30)
         redis_server.stop()
         shutil.rmtree(work, ignore_errors=True)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     fixed = result.get("fixed_rate")
     result["verdict"] = {
         "p99_at_fixed_rate_ok": None if fixed is None else bool(fixed["p99_ms"] <= GOALS["p99_ms_at_300rps"] and fixed["errors"] == 0),

@@ -104,13 +104,19 @@ def exact_top_k(vectors: np.ndarray, query: np.ndarray, k: int, mask: np.ndarray
     return ids.astype(np.int64), scores[top].astype(np.float32)
 
 
-def recall_at_k(index: VectorIndex, queries: np.ndarray, k: int = 10) -> float:
+def exact_neighbours(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Exact top-k ids per query (brute force; the ground truth for recall)."""
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return exact.search(np.ascontiguousarray(queries, dtype=np.float32), k)[1]
+
+
+def recall_at_k(index: VectorIndex, queries: np.ndarray, k: int = 10, truth: np.ndarray | None = None) -> float:
     """Share of the exact top-k that the index returns, averaged over queries."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = min(k, index.size)
-    exact = faiss.IndexFlatIP(index.vectors.shape[1])
-    exact.add(index.vectors)
-    _, truth = exact.search(queries, k)
+    if truth is None:
+        truth = exact_neighbours(index.vectors, queries, k)
     params = index._params()
     _, got = index.index.search(queries, k, params=params) if params is not None else index.index.search(queries, k)
     hits = sum(len(set(t) & set(g)) for t, g in zip(truth, got))
@@ -154,9 +160,10 @@ def build_index(vectors: np.ndarray, queries: np.ndarray | None = None, *, exact
     else:
         raise ValueError(f"unknown index kind {kind!r}; one of flat, ivf, hnsw")
     value = out.info[knob]
+    truth = exact_neighbours(vectors, queries, min(10, n))
     while True:  # widen the search until the measured recall meets the target
         out.info[knob] = value
-        recall = recall_at_k(out, queries, 10)
+        recall = recall_at_k(out, queries, 10, truth)
         if recall >= target_recall or value >= limit:
             break
         value = min(limit, value * 2)
