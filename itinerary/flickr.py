@@ -294,6 +294,47 @@ class LogisticModel:
         return ((X - self.mu) / self.sd) @ self.w[:-1] + self.w[-1]
 
 
+class PairwiseModel:
+    """RankSVM-like pairwise ranking: logistic loss on (visited − not visited) feature
+    differences within each training query (the authors rank with RankSVM)."""
+
+    def __init__(self, l2: float = 10.0):
+        self.l2 = l2
+
+    def fit_groups(self, groups: list[tuple[np.ndarray, np.ndarray]]) -> "PairwiseModel":
+        X = np.vstack([g[0] for g in groups])
+        self.mu, self.sd = X.mean(0), X.std(0) + 1e-9
+        diffs = []
+        for Xg, yg in groups:
+            Z = (Xg - self.mu) / self.sd
+            pos, neg = Z[yg > 0], Z[yg == 0]
+            if len(pos) and len(neg):
+                diffs.append((pos[:, None, :] - neg[None, :, :]).reshape(-1, Z.shape[1]))
+        D = np.vstack(diffs)
+
+        def loss(w):
+            z = D @ w
+            return (np.sum(np.logaddexp(0, -z)) + 0.5 * self.l2 * w @ w,
+                    -D.T @ (1 / (1 + np.exp(z))) + self.l2 * w)
+
+        self.w = minimize(loss, np.zeros(D.shape[1]), jac=True, method="L-BFGS-B").x
+        return self
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        return ((X - self.mu) / self.sd) @ self.w
+
+
+# Model choices tuned per half of the queries (inner 5-fold CV), as the authors tune alpha.
+GRID = (("pointwise", 1.0), ("pointwise", 10.0), ("pairwise", 1.0), ("pairwise", 10.0), ("pairwise", 100.0))
+
+
+def fit_model(choice: tuple[str, float], groups: list[tuple[np.ndarray, np.ndarray]]):
+    kind, l2 = choice
+    if kind == "pairwise":
+        return PairwiseModel(l2).fit_groups(groups)
+    return LogisticModel(l2).fit(np.vstack([g[0] for g in groups]), np.concatenate([g[1] for g in groups]))
+
+
 # ---------------------------------------------------------------- route through the chosen POIs
 def best_order(s: int, e: int, chosen: list[int], logp: np.ndarray) -> list[int]:
     """Most likely order of `chosen` between s and e under transition log-probabilities (exact DP)."""
@@ -351,6 +392,7 @@ class CityResult:
     pairs_f1_popularity: float
     skipped: int
     trajectories: int
+    models: list
 
 
 def _example(data: CityData, counts: Counts, dist: np.ndarray, t: int):
@@ -365,46 +407,79 @@ def _example(data: CityData, counts: Counts, dist: np.ndarray, t: int):
         mask[[s, e]] = False
         label = np.zeros(counts.n)
         label[tr[1:-1]] = 1
-        return query_features(counts, dist, s, e, len(tr))[mask], label[mask]
+        return query_features(counts, dist, s, e, len(tr))[mask], label[mask], np.flatnonzero(mask)
     finally:
         restore()
 
 
-def evaluate_city(data: CityData, l2: float = 1.0, progress=None) -> CityResult:
+def _top(data: CityData, t: int, cands: np.ndarray, score: np.ndarray) -> list[int]:
+    tr = data.trajs[t]
+    return [int(p) for p in cands[np.argsort(-score, kind="stable")][: len(tr) - 2]]
+
+
+def choose_model(data: CityData, dist: np.ndarray, short_ids: list[int], tune_ids: list[int],
+                 folds: int = 5) -> tuple[tuple[str, float], dict]:
+    """Pick the model choice with the best 5-fold F1 on the tuning queries only.
+
+    Statistics come from the short trajectories and the tuning half alone (each query's
+    own trajectory removed), so the other half never influences the choice.
+    """
+    counts = Counts(data, short_ids + tune_ids)
+    items = [(t, x) for t in tune_ids if (x := _example(data, counts, dist, t)) is not None]
+    scores = {}
+    for choice in GRID:
+        f1s = []
+        for f in range(folds):
+            model = fit_model(choice, [x[:2] for i, (_, x) in enumerate(items) if i % folds != f])
+            for i, (t, x) in enumerate(items):
+                if i % folds == f:
+                    tr = data.trajs[t]
+                    f1s.append(f1(tr, [tr[0]] + _top(data, t, x[2], model.decision_function(x[0])) + [tr[-1]]))
+        scores[f"{choice[0]}:{choice[1]:g}"] = float(np.mean(f1s))
+    best = max(GRID, key=lambda c: scores[f"{c[0]}:{c[1]:g}"])
+    return best, scores
+
+
+def evaluate_city(data: CityData, seed: int = 1234567890, progress=None) -> CityResult:
     """Leave-one-trajectory-out F1 and pairs-F1 of our recommender and of popularity.
 
-    For each held-out trajectory q every statistic and the model itself are re-learned
-    without q: counts lose q, each training query's features are computed without q and
-    without that training query itself, and the logistic model is refitted.
+    The queries are split in two halves (seeded); the model choice (GRID) for one half is
+    tuned on the other. For each held-out trajectory q every statistic and the model are
+    re-learned without q: counts lose q, each training query's features are computed
+    without q and without that query's own trajectory, and the model is refitted.
     """
     all_ids = list(range(len(data.trajs)))
     long_ids = [t for t in all_ids if len(data.trajs[t]) >= 3]
+    short_ids = [t for t in all_ids if len(data.trajs[t]) < 3]
+    perm = [int(t) for t in np.random.default_rng(seed).permutation(long_ids)]
+    halves = [sorted(perm[: len(perm) // 2]), sorted(perm[len(perm) // 2:])]
     dist = distance_km(data)
     counts = Counts(data, all_ids)
-    f1s, pf1s, f1p, pf1p, skipped = [], [], [], [], 0
-    for q in long_ids:
-        tr = data.trajs[q]
-        s, e, length = tr[0], tr[-1], len(tr)
-        restore = counts.without(q)
-        try:
-            if counts.contains[s] == 0 or counts.contains[e] == 0:
-                skipped += 1
-                continue
-            examples = [x for t in long_ids if t != q and (x := _example(data, counts, dist, t)) is not None]
-            model = LogisticModel(l2).fit(np.vstack([x[0] for x in examples]), np.concatenate([x[1] for x in examples]))
-            known = counts.contains > 0
-            known[[s, e]] = False
-            cands = np.flatnonzero(known)
-            score = model.decision_function(query_features(counts, dist, s, e, length)[cands])
-            chosen = [int(p) for p in cands[np.argsort(-score, kind="stable")][: length - 2]]
-            rec = best_order(s, e, chosen, transition_logp(counts))
-            by_pop = [int(p) for p in cands[np.argsort(-counts.pop[cands], kind="stable")][: length - 2]]
-            pop_rec = [s] + by_pop + [e]
-        finally:
-            restore()
-            if progress is not None:
-                progress.update(1)
-        f1s.append(f1(tr, rec)), pf1s.append(pairs_f1(tr, rec))
-        f1p.append(f1(tr, pop_rec)), pf1p.append(pairs_f1(tr, pop_rec))
+    f1s, pf1s, f1p, pf1p, skipped, chosen_models = [], [], [], [], 0, []
+    for h in (0, 1):
+        choice, cv = choose_model(data, dist, short_ids, halves[1 - h])
+        chosen_models.append({"choice": f"{choice[0]}:{choice[1]:g}", "inner_cv_f1": cv})
+        for q in halves[h]:
+            tr = data.trajs[q]
+            s, e, length = tr[0], tr[-1], len(tr)
+            restore = counts.without(q)
+            try:
+                if counts.contains[s] == 0 or counts.contains[e] == 0:
+                    skipped += 1
+                    continue
+                groups = [x[:2] for t in long_ids if t != q and (x := _example(data, counts, dist, t)) is not None]
+                model = fit_model(choice, groups)
+                known = counts.contains > 0
+                known[[s, e]] = False
+                cands = np.flatnonzero(known)
+                chosen = _top(data, q, cands, model.decision_function(query_features(counts, dist, s, e, length)[cands]))
+                rec = best_order(s, e, chosen, transition_logp(counts))
+                pop_rec = [s] + _top(data, q, cands, counts.pop[cands]) + [e]
+            finally:
+                restore()
+                if progress is not None:
+                    progress.update(1)
+            f1s.append(f1(tr, rec)), pf1s.append(pairs_f1(tr, rec))
+            f1p.append(f1(tr, pop_rec)), pf1p.append(pairs_f1(tr, pop_rec))
     return CityResult(data.city, len(f1s), float(np.mean(f1s)), float(np.mean(pf1s)), float(np.mean(f1p)),
-                      float(np.mean(pf1p)), skipped, len(all_ids))
+                      float(np.mean(pf1p)), skipped, len(all_ids), chosen_models)

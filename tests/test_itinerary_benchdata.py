@@ -1,0 +1,92 @@
+"""Benchmark plumbing: the CIKM'16 metrics against hand-computed examples, exact
+leave-one-out counts, the IJCAI'15 visits reader, and the Solomon TOPTW parser on c101."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from itinerary import core, flickr, toptw
+from wenlv.errors import DataValidationError
+
+
+def test_f1_and_pairs_f1_match_hand_computation():
+    # hits 1, 3, 5 of five each side: P = R = 3/5
+    assert flickr.f1([1, 2, 3, 4, 5], [1, 3, 6, 7, 5]) == pytest.approx(0.6)
+    # of the 10 recommended pairs, (1,3), (1,5), (3,5) are in the real order; 10 real pairs
+    assert flickr.pairs_f1([1, 2, 3, 4, 5], [1, 3, 6, 7, 5]) == pytest.approx(0.3)
+    # same set, one pair reversed: F1 1, pairs-F1 2/3
+    assert flickr.f1([1, 2, 3], [1, 3, 2]) == 1.0
+    assert flickr.pairs_f1([1, 2, 3], [1, 3, 2]) == pytest.approx(2 / 3)
+    assert flickr.f1([1, 2, 3], [4, 5, 6]) == 0.0 and flickr.pairs_f1([1, 2, 3], [3, 2, 1]) == 0.0
+    with pytest.raises(ValueError):
+        flickr.pairs_f1([1, 2, 1], [1, 2])
+
+
+def _city(trajs, users):
+    n = 1 + max(max(t) for t in trajs)
+    return flickr.CityData("X", np.arange(n), np.arange(n) % 2, np.linspace(0, 0.1, n), np.linspace(0, 0.1, n),
+                           trajs, users, [[60.0] * len(t) for t in trajs], {})
+
+
+def test_leave_one_out_counts_equal_counts_built_without_the_trajectory():
+    trajs = [[0, 1, 2], [1, 2, 3, 4], [0, 4], [2, 3], [0, 1, 3, 4]]
+    users = ["a", "a", "b", "c", "b"]
+    data = _city(trajs, users)
+    full = flickr.Counts(data, list(range(5)))
+    dist = flickr.distance_km(data)
+    for t in range(5):
+        restore = full.without(t)
+        rebuilt = flickr.Counts(data, [i for i in range(5) if i != t])
+        for name in ("pop", "visits", "trans", "co", "contains", "start_with", "end_with", "co3", "se_with"):
+            np.testing.assert_array_equal(getattr(full, name), getattr(rebuilt, name), err_msg=f"{name} without {t}")
+        np.testing.assert_allclose(flickr.query_features(full, dist, 0, 4, 3), flickr.query_features(rebuilt, dist, 0, 4, 3))
+        restore()
+    np.testing.assert_array_equal(full.pop, flickr.Counts(data, list(range(5))).pop)
+
+
+def test_best_order_follows_the_likeliest_transitions():
+    logp = np.full((5, 5), -5.0)
+    logp[0, 3] = logp[3, 1] = logp[1, 2] = logp[2, 4] = -0.1
+    assert flickr.best_order(0, 4, [1, 2, 3], logp) == [0, 3, 1, 2, 4]
+
+
+def test_visits_reader_merges_photos_and_counts_absurd_dates(tmp_path):
+    (tmp_path / "POI-Tst.csv").write_text("poiID;poiName;lat;long;theme\r\n1;A%20b;1.0; 2.0;Park\r\n2;C;1.1; 2.1;Museum\r")
+    rows = ['"photoID";"userID";"dateTaken";"poiID";"poiTheme";"poiFreq";"seqID"',
+            '1;"u1";1300000000;1;"Park";5;7', '2;"u1";1300000100;1;"Park";5;7', '3;"u1";1300000900;2;"Museum";5;7',
+            '4;"u1";1300001000;1;"Park";5;7', '5;"u2";-3000000000;2;"Museum";5;8', '6;"u2";1300000000;9;"X";5;8']
+    (tmp_path / "userVisits-Tst.csv").write_text("\r\n".join(rows) + "\r\n")
+    data = flickr.load_visits(tmp_path, "Tst")
+    assert data.trajs == [[0, 1, 0]]  # seq 7: POI 1 (two photos), POI 2, POI 1 again; seq 8 has nothing valid
+    assert data.durations[0] == [100.0, 0.0, 0.0]
+    assert data.dropped == {"bad_time": 1, "unknown_poi": 1}
+
+
+def test_solomon_parser_reads_c101_as_written(shared_data):
+    points = toptw.parse(shared_data / "toptw" / "solomon100" / "c101.txt")
+    assert len(points) == 101
+    depot, first = points[0], points[1]
+    # "  0 40.00 50.00 0.00 0.00 0 0 0 1236": no list entries, window 0..1236
+    assert (depot.i, depot.x, depot.y, depot.service, depot.profit, depot.open, depot.close) == (0, 40, 50, 0, 0, 0, 1236)
+    # "  1 45.00 68.00 90.00 10.00 1 1 1 912 967": a = 1 list entry, then O = 912, C = 967
+    assert (first.i, first.x, first.y, first.service, first.profit, first.open, first.close) == (1, 45, 68, 90, 10, 912, 967)
+    assert toptw.distance(depot, first) == 18.6  # sqrt(349) = 18.68…, rounded down
+    inst = toptw.to_instance(points)
+    assert inst.travel[inst.start, 0] == 18.6 and inst.day_end == 1236
+
+
+def test_parser_names_the_bad_line(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("4 10 2 1\n0 200\n 0 40 50 0 0 0 0 0 1236\n 1 45 68 90 x 1 1 1 912 967\n")
+    with pytest.raises(DataValidationError, match="row 4"):
+        toptw.parse(bad)
+
+
+@pytest.mark.slow
+def test_solver_reaches_the_cited_best_known_score_on_c101(shared_data):
+    points = toptw.parse(shared_data / "toptw" / "solomon100" / "c101.txt")
+    sol, _ = core.solve(toptw.to_instance(points), seed=0, max_iterations=3000, time_limit=60, max_no_improve=1000)
+    route = [points[j + 1].i for j in sol.routes[0].nodes]
+    score, problems = toptw.check_route(points, route)
+    assert problems == []
+    assert score >= 0.95 * toptw.BEST_KNOWN_CITED["c101"]
