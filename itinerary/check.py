@@ -43,6 +43,18 @@ def check_plan(request, plan: dict) -> list[str]:
     pois = {str(r.poi_id): r for r in request.pois.itertuples(index=False)}
     mode = request.travel_mode
     home, end = tuple(request.start), tuple(request.end if request.end is not None else request.start)
+    table = getattr(request, "travel_matrix", None)
+    if table is not None:  # given travel times: places are row numbers, then start and end
+        row = {str(p): i for i, p in enumerate(request.pois["poi_id"])}
+        n = len(request.pois)
+
+        def leg(a, b, _mode):
+            return int(table[a, b])
+
+        where0, end_place = n, n + 1
+    else:
+        leg = leg_minutes
+        where0, end_place = home, end
     meals = [w for w in request.meal_windows if request.meals and request.day_start <= w[0] and w[1] <= request.day_end]
     seen: dict[str, int] = {}
     total_cost = 0.0
@@ -50,7 +62,7 @@ def check_plan(request, plan: dict) -> list[str]:
         problems.append(f"plan has {len(plan['days'])} days, request asks for {request.days}")
     for day in plan["days"]:
         d = day["day"]
-        where, t = home, request.day_start
+        where, t = where0, request.day_start
         sights, meal_starts = 0, []
         for k, stop in enumerate(day["stops"]):
             tag = f"day {d} stop {k + 1} ({stop['poi_id']})"
@@ -61,13 +73,13 @@ def check_plan(request, plan: dict) -> list[str]:
             if stop["poi_id"] in seen:
                 problems.append(f"{tag}: already visited on day {seen[stop['poi_id']]}")
             seen[stop["poi_id"]] = d
-            here = (float(poi.lat), float(poi.lon))
-            leg = leg_minutes(where, here, mode)
-            if stop["travel_minutes"] != leg:
-                problems.append(f"{tag}: travel_minutes {stop['travel_minutes']} but the leg takes {leg}")
+            here = row[stop["poi_id"]] if table is not None else (float(poi.lat), float(poi.lon))
+            minutes = leg(where, here, mode)
+            if stop["travel_minutes"] != minutes:
+                problems.append(f"{tag}: travel_minutes {stop['travel_minutes']} but the leg takes {minutes}")
             arrive, start, depart = _minutes(stop["arrive"]), _minutes(stop["start"]), _minutes(stop["depart"])
-            if arrive != t + leg:
-                problems.append(f"{tag}: arrives {stop['arrive']} but leaving at {t} + {leg} min gives {t + leg}")
+            if arrive != t + minutes:
+                problems.append(f"{tag}: arrives {stop['arrive']} but leaving at {t} + {minutes} min gives {t + minutes}")
             if start < arrive:
                 problems.append(f"{tag}: starts before arriving")
             if depart - start < int(poi.visit_minutes):
@@ -97,7 +109,7 @@ def check_plan(request, plan: dict) -> list[str]:
             else:
                 problems.append(f"{tag}: unknown kind {stop['kind']!r}")
             where, t = here, depart
-        back = leg_minutes(where, end, mode)
+        back = leg(where, end_place, mode)
         if t + back > request.day_end:
             problems.append(f"day {d}: back at the end location at {t + back} min, after the day ends at {request.day_end}")
         if day.get("return_travel_minutes", back) != back:

@@ -60,6 +60,9 @@ class PlanRequest:
     seed: int = 0
     time_limit: float = 1.0
     max_iterations: int = 300
+    # Optional given travel times in whole minutes, (len(pois)+2)², rows/cols = POI rows, then
+    # the start and the end location; replaces the haversine model of `travel_mode`.
+    travel_matrix: np.ndarray | None = None
 
     @property
     def end_location(self) -> tuple[float, float]:
@@ -108,6 +111,12 @@ def _validate(req: PlanRequest) -> None:
         raise InfeasibleRequest("bad_hours", "daily end must be after daily start")
     if req.max_stops < 1:
         raise InfeasibleRequest("bad_pace", "at least one stop per day")
+    if req.travel_matrix is not None:
+        m = np.asarray(req.travel_matrix, dtype=float)
+        if m.shape != (len(req.pois) + 2, len(req.pois) + 2):
+            raise InfeasibleRequest("bad_travel_matrix", f"travel_matrix must be {(len(req.pois) + 2,) * 2}, got {m.shape}")
+        if not np.isfinite(m).all() or (m < 0).any() or (m != np.round(m)).any():
+            raise InfeasibleRequest("bad_travel_matrix", "travel_matrix must hold non-negative whole minutes")
     if req.budget is not None and req.budget < 0:
         raise InfeasibleRequest("bad_budget", "budget_cny must not be negative")
     known = set(req.pois["poi_id"].astype(str))
@@ -154,9 +163,13 @@ def build(req: PlanRequest) -> _Built:
             if e <= l and dur <= day_len:
                 rows.append(r), kinds.append("visit"), slot_of.append(-1), early.append(e), late.append(l)
     rows = np.array(rows, dtype=int)
-    lat = np.r_[pois["lat"].to_numpy(float)[rows], req.start[0], req.end_location[0]]
-    lon = np.r_[pois["lon"].to_numpy(float)[rows], req.start[1], req.end_location[1]]
-    travel = minutes_matrix(lat, lon, req.travel_mode)
+    if req.travel_matrix is not None:
+        ix = np.r_[rows, len(pois), len(pois) + 1]
+        travel = np.asarray(req.travel_matrix, dtype=float)[np.ix_(ix, ix)]
+    else:
+        lat = np.r_[pois["lat"].to_numpy(float)[rows], req.start[0], req.end_location[0]]
+        lon = np.r_[pois["lon"].to_numpy(float)[rows], req.start[1], req.end_location[1]]
+        travel = minutes_matrix(lat, lon, req.travel_mode)
     scores = np.asarray(req.scores, dtype=float)[rows] if len(rows) else np.zeros(0)
     profit = _positive(scores)
     budget = float("inf") if req.budget is None else float(req.budget)

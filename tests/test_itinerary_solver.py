@@ -139,3 +139,23 @@ def test_core_beats_plain_greedy_insertion_on_a_random_instance():
     best, stats = core.solve(inst, seed=1, max_iterations=60, time_limit=30)
     assert best.score() >= greedy.score()
     assert stats.iterations >= 1
+
+
+def test_a_given_travel_table_replaces_the_haversine_model():
+    pois = make_pois(12, n=30)
+    n = len(pois)
+    rng = np.random.default_rng(12)
+    table = rng.integers(5, 40, (n + 2, n + 2)).astype(float)
+    table = np.maximum(table, table.T)
+    np.fill_diagonal(table, 0)
+    for k in range(n + 2):  # shortest paths: the removal step relies on the triangle inequality
+        table = np.minimum(table, table[:, [k]] + table[[k], :])
+    req = fast(planner.PlanRequest(pois=pois, scores=pois["popularity"].to_numpy(), days=2, start=(0.0, 0.0),
+                                   travel_matrix=table, max_stops=4))
+    plan = planner.plan(req)
+    assert check.check_plan(req, plan) == []
+    first = plan["days"][0]["stops"][0]
+    row = int(np.flatnonzero(pois["poi_id"] == first["poi_id"])[0])
+    assert first["travel_minutes"] == int(table[n, row])
+    with pytest.raises(planner.InfeasibleRequest, match="travel_matrix"):
+        planner.plan(fast(planner.PlanRequest(pois=pois, scores=pois["popularity"].to_numpy(), travel_matrix=table[:3, :3])))
