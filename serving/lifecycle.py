@@ -81,21 +81,29 @@ class ChampionFollower:
         try:
             bundle, loaded_version = self.loader()
             model = self.build(bundle, loaded_version)
-            if self.materialize_on_swap and self.state.store is not None:
-                from serving.materialize import materialize
-
-                if self.state.store.store.materialized(loaded_version) is None:
-                    materialize(bundle, loaded_version, self.state.store.store)
         except Exception as exc:  # noqa: BLE001 - keep serving the old version
             self.last_error = f"{type(exc).__name__}: {exc}"
             log.error("champion v%s could not be loaded; still serving %s: %s", version,
                       current.version if current else None, self.last_error)
             return False
+        if self.materialize_on_swap and self.state.store is not None:
+            self._materialize(bundle, loaded_version)
         self.state.swap(model)
         log.info("now serving model version %s (was %s)", model.version, current.version if current else None)
         if self.on_swap is not None:
             self.on_swap(model, current)
         return True
+
+    def _materialize(self, bundle, version: str) -> None:
+        """Write the new version's online keys first; if the store is down, serve from the bundle anyway."""
+        from serving.materialize import materialize
+
+        raw = self.state.store.store
+        try:
+            if raw.materialized(version) is None:
+                materialize(bundle, version, raw, progress=False)
+        except Exception as exc:  # noqa: BLE001 - the model answers from its bundle meanwhile
+            log.warning("could not materialise v%s (%s); serving it from the in-process bundle", version, type(exc).__name__)
 
     def _run(self) -> None:
         while not self._stop.wait(self.poll_s):

@@ -184,3 +184,27 @@ def test_redis_stopped_and_restarted_during_requests(tmp_path):
     assert after and sum(not e[3] for e in after) >= 0.9 * len(after), [e[3] for e in after]
     assert not any(e[3] for e in after[-5:]), "the last answers are from the online store again"
     assert max(e[6] for e in during) < 1.0, "an outage must not stall requests"
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_a_swap_materialises_the_new_version_first(kind, tmp_path, request):
+    v1, v2 = two_versions()
+    raw = make_store(kind, tmp_path, request.getfixturevalue("redis_url") if kind == "redis" else None)
+    try:
+        store = ResilientStore(raw)
+        bundles = {"1": v1, "2": v2}
+        champion = ["1"]
+        swapped_with_keys = []
+        follower = ChampionFollower(ServingState(store), version_source=lambda: champion[0],
+                                    loader=lambda: (bundles[champion[0]], champion[0]),
+                                    build=lambda b, v: ServingModel(b, v, store, index_cache=None),
+                                    on_swap=lambda new, old: swapped_with_keys.append(raw.materialized(new.version) is not None))
+        assert follower.check_once()
+        champion[0] = "2"
+        assert follower.check_once()
+        assert swapped_with_keys == [True, True]
+        token = v2.users.token[0]
+        np.testing.assert_allclose(raw.get_user("2", token).vector, v2.user_factors[0])
+        np.testing.assert_allclose(raw.get_user("1", token).vector, v1.user_factors[0])  # versions never mix
+    finally:
+        raw.delete_prefix(raw.prefix)
