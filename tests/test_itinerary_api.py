@@ -107,6 +107,43 @@ def test_bad_shapes_are_422_and_roles_are_enforced(env):
     assert client.post("/v1/itineraries", json={}).status_code == 401
 
 
-def test_dates_far_out_are_refused_not_crashed(env):
+def test_dates_far_out_and_phone_numbers_are_refused_not_crashed(env):
     client, key, _ = env
     assert post(client, key["app"], start_date="9999-12-31", days=7).status_code == 422
+    r = post(client, key["app"], token="13800138000")
+    assert r.status_code == 422 and "13800138000" not in r.text
+
+
+def test_no_request_shape_produces_a_5xx(env, monkeypatch):
+    import serving.routers.itineraries as route
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    monkeypatch.setattr(route, "TIME_LIMIT_S", 0.2)
+    client, key, bundle = env
+    ids = list(bundle.pois.poi_id[:10]) + ["", "x" * 80, "P99999"]
+    body = st.fixed_dictionaries({}, optional={
+        "token": st.one_of(st.none(), st.sampled_from(list(bundle.users.token[:3]) + ["new-visitor", "13800138000"])),
+        "interests": st.lists(st.sampled_from(["museum", "restaurant", "hotel", "bogus"]), max_size=3),
+        "city": st.sampled_from(["hangzhou", "HANGZHOU", "shaoxing", "", "nowhere"]),
+        "start_date": st.sampled_from(["2026-01-01", "1999-01-01", "not-a-date"]),
+        "days": st.integers(-1, 9),
+        "daily_hours": st.sampled_from([["09:00", "21:00"], ["00:00", "24:00"], ["12:00", "12:30"], ["25:00", "26:00"], []]),
+        "start_location": st.sampled_from([CENTRE, {"lat": 91, "lon": 0}, {"lat": 0, "lon": 0}]),
+        "travel_mode": st.sampled_from(["walk", "transit", "drive", "fly"]),
+        "pace": st.one_of(st.sampled_from(["relaxed", "packed", "fast"]), st.integers(-1, 12)),
+        "budget_cny": st.one_of(st.none(), st.floats(-10, 1e4, allow_nan=False)),
+        "must_include": st.lists(st.sampled_from(ids), max_size=4),
+        "exclude": st.lists(st.sampled_from(ids), max_size=4),
+        "personalized": st.booleans(), "meals": st.booleans(),
+    })
+
+    @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(body)
+    def run(b):
+        r = client.post("/v1/itineraries", json=b, headers={"Authorization": f"Bearer {key['app']}"})
+        assert r.status_code in (200, 422), (r.status_code, r.text[:300])
+        if r.status_code == 422:
+            assert r.json()["message"]
+
+    run()

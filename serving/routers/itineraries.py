@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from itinerary.planner import PACE_STOPS, InfeasibleRequest, PlanRequest, hhmm_to_minutes, plan
 from serving.auth import Principal, require_role
 from serving.online_store import StoreUnavailable
+from serving.routers.recommendations import reject_phone_like
 from serving.schemas import ERROR_RESPONSES, TOKEN_PATTERN, Category
 from serving.state import ServingModel, get_model
 
@@ -168,6 +169,8 @@ def create_itinerary(
     principal: Principal = Depends(require_role("visitor-app")),
     model: ServingModel = Depends(get_model),
 ):
+    if body.token is not None:
+        reject_phone_like(body.token)
     pois = model.bundle.pois
     in_city = pois["city"].astype(str).str.lower() == body.city.lower() if "city" in pois else np.ones(len(pois), bool)
     rows = np.flatnonzero(np.asarray(in_city))
