@@ -62,7 +62,13 @@ def materialize(bundle: ModelBundle, version: str, store: KeyValueStore, feature
     started = time.perf_counter()
     version = str(version)
     tokens = bundle.users["token"].astype(str).to_numpy()
-    hist = bundle.history.groupby(bundle.history["token"].astype(str))["poi_id"].agg(list) if len(bundle.history) else pd.Series(dtype=object)
+    hist: dict = {}
+    if len(bundle.history):  # token -> visited POI ids, as a plain dict (Series.get per user is slow)
+        h = bundle.history.astype({"token": str, "poi_id": str}).sort_values("token", kind="stable")
+        toks, starts = np.unique(h["token"].to_numpy(), return_index=True)
+        pois = h["poi_id"].to_numpy()
+        ends = np.append(starts[1:], len(h))
+        hist = {t: pois[a:b].tolist() for t, a, b in zip(toks, starts, ends)}
     side = side_features(features_dir)
     side_records = {}
     if side is not None:
@@ -73,10 +79,10 @@ def materialize(bundle: ModelBundle, version: str, store: KeyValueStore, feature
         for j in range(len(tokens)):
             tok = tokens[j]
             visited = hist.get(tok, [])
-            yield tok, UserRecord(vector=bundle.user_factors[j], visited=[str(p) for p in visited],
+            yield tok, UserRecord(vector=bundle.user_factors[j], visited=visited,
                                   side=side_records.pop(tok, {}))
         for tok, s in list(side_records.items()):  # cold-start tokens: side features only
-            yield tok, UserRecord(vector=None, visited=[str(p) for p in hist.get(tok, [])], side=s)
+            yield tok, UserRecord(vector=None, visited=hist.get(tok, []), side=s)
 
     total = len(tokens) + len(set(side_records) - set(tokens))
     bar = tqdm(records(), total=total, desc=f"materialise v{version}", unit="user", file=sys.stderr,
