@@ -351,26 +351,38 @@ class Infeasible(Exception):
         self.detail = detail or {}
 
 
-def _place_required(inst: Instance, sol: Solution, order: str) -> tuple[str, dict] | None:
-    """Place meal slots and must-visit groups; returns None or (why it failed, detail)."""
+def _place_required(inst: Instance, sol: Solution, order: str, slot_major: bool = False,
+                    scarce_first: bool = False) -> tuple[str, dict] | None:
+    """Place meal slots and must-visit groups; returns None or (why it failed, detail).
+
+    `slot_major` fills every day's lunch before any dinner; `scarce_first` prefers
+    restaurants that fit only this meal slot, keeping two-slot ones for later.
+    """
+    flexible = np.bincount(inst.group, minlength=int(inst.group.max()) + 1)[inst.group] > 1 if inst.n else np.zeros(0, bool)
 
     def has_slot(d: int, s: int) -> bool:
         return any(inst.slot[j] == s for j in sol.routes[d].nodes)
 
     def meals() -> tuple[str, dict] | None:
-        for d in range(inst.n_days):
-            for s in range(inst.n_slots):
-                if has_slot(d, s):
-                    continue
-                cands = _candidates(inst, sol, d, sights_only=False)
-                cands = cands[inst.slot[cands] == s]
-                if len(cands) == 0:
-                    return (f"no restaurant left for meal slot {s} on day {d + 1} (all used, or over budget)",
-                            {"meal_slot": s, "day": d + 1})
-                move = cheapest_insert(inst, sol, cands, days=[d])
-                if move is None or not _apply(inst, sol, move):
-                    return (f"no restaurant fits meal slot {s} on day {d + 1} (opening hours, travel time or the day's hours)",
-                            {"meal_slot": s, "day": d + 1})
+        pairs = [(d, s) for d in range(inst.n_days) for s in range(inst.n_slots)]
+        if slot_major:
+            pairs.sort(key=lambda ds: (ds[1], ds[0]))
+        for d, s in pairs:
+            if has_slot(d, s):
+                continue
+            cands = _candidates(inst, sol, d, sights_only=False)
+            cands = cands[inst.slot[cands] == s]
+            if scarce_first and (~flexible[cands]).any():
+                single = cands[~flexible[cands]]
+                if cheapest_insert(inst, sol, single, days=[d]) is not None:
+                    cands = single
+            if len(cands) == 0:
+                return (f"no restaurant left for meal slot {s} on day {d + 1} (all used, or over budget)",
+                        {"meal_slot": s, "day": d + 1})
+            move = cheapest_insert(inst, sol, cands, days=[d])
+            if move is None or not _apply(inst, sol, move):
+                return (f"no restaurant fits meal slot {s} on day {d + 1} (opening hours, travel time or the day's hours)",
+                        {"meal_slot": s, "day": d + 1})
         return None
 
     def musts() -> tuple[str, dict] | None:
@@ -402,11 +414,14 @@ def _place_required(inst: Instance, sol: Solution, order: str) -> tuple[str, dic
 def initial_solution(inst: Instance) -> Solution:
     """Routes holding every required meal and must-visit place, or Infeasible with why."""
     reasons = []
-    for order in ("meals", "musts"):
-        sol = Solution(inst, [schedule(inst, []) or Route() for _ in range(inst.n_days)])
-        if schedule(inst, []) is None:
-            raise Infeasible("the day is too short to leave the start and reach the end location")
-        why = _place_required(inst, sol, order)
+    if schedule(inst, []) is None:
+        raise Infeasible("the day is too short to leave the start and reach the end location")
+    attempts = [(order, major, scarce) for scarce in (False, True) for major in (False, True) for order in ("meals", "musts")]
+    if inst.n_slots == 0:
+        attempts = attempts[:2]
+    for order, major, scarce in attempts:
+        sol = Solution(inst, [schedule(inst, []) for _ in range(inst.n_days)])
+        why = _place_required(inst, sol, order, major, scarce)
         if why is None:
             return sol
         reasons.append(why)

@@ -229,6 +229,13 @@ def _precheck(req: PlanRequest, built: _Built, ids: np.ndarray) -> None:
             raise InfeasibleRequest("no_restaurant", f"fewer than {req.days} restaurant(s) open and reachable for the "
                                     f"meal window {minutes_to_hhmm(w0)}–{minutes_to_hhmm(w1)}",
                                     {"meal_window": [minutes_to_hhmm(w0), minutes_to_hhmm(w1)]})
+    if built.slots:
+        usable = np.unique(inst.group[np.flatnonzero((inst.slot >= 0) & ok)])
+        need = req.days * len(built.slots)
+        if len(usable) < need:
+            raise InfeasibleRequest("no_restaurant", f"the trip needs {need} different restaurants ({len(built.slots)} "
+                                    f"meal(s) × {req.days} day(s), no place twice) but only {len(usable)} fit the meal windows",
+                                    {"restaurants_needed": need, "restaurants_available": int(len(usable))})
     if built.slots and budget < float("inf"):
         cheapest = _cheapest_meals(inst, req.days, ok)
         if cheapest > budget + 1e-9:
