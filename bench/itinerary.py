@@ -35,6 +35,8 @@ def register(bench_sub) -> None:
     p.add_argument("--source", type=Path, default=None,
                    help="folder with the Flickr data (trajectories/ or userVisits-CODE*.csv + POI-CODE.csv)")
     p.add_argument("--city", action="append", default=None, help="city code(s); default the five published cities")
+    p.add_argument("--format", choices=("auto", "trajectories", "visits"), default="auto",
+                   help="auto: the CIKM'16 trajectory files when present, else the IJCAI'15 visits")
     p.add_argument("--toptw-dir", type=Path, default=None, help="folder of Solomon TOPTW .txt instances")
     p.add_argument("--skip-flickr", action="store_true")
     p.add_argument("--skip-toptw", action="store_true")
@@ -43,16 +45,17 @@ def register(bench_sub) -> None:
     p.set_defaults(func=main)
 
 
-def run_flickr(source: Path, cities: list[str]) -> dict:
+def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto") -> dict:
     from itinerary import flickr
 
     out = {}
     for city in cities:
-        if (source / "trajectories" / f"traj-{city}.csv").exists():
+        has_traj = (source / "trajectories" / f"traj-{city}.csv").exists()
+        if fmt_choice == "trajectories" or (fmt_choice == "auto" and has_traj):
             data, fmt = flickr.load_trajectories(source, city), "trajectories (CIKM 2016 files)"
         else:
             data, fmt = flickr.load_visits(source, city), "visits (IJCAI 2015 format), one trajectory per seqID"
-        long = sum(len(t) >= 3 for t in data.trajs)
+        long = sum(len(t) >= 3 and len(set(t)) == len(t) for t in data.trajs)
         started = time.perf_counter()
         with tqdm(total=long, desc=f"flickr {city}", file=sys.stderr, leave=False) as bar:
             r = flickr.evaluate_city(data, progress=bar)
@@ -63,6 +66,7 @@ def run_flickr(source: Path, cities: list[str]) -> dict:
             "popularity_f1_same_run": round(r.f1_popularity, 4), "popularity_pairs_f1_same_run": round(r.pairs_f1_popularity, 4),
             "published_f1": {m: v[city] for m, v in flickr.PUBLISHED.items() if city in v},
             "skipped_queries": r.skipped, "trajectories": r.trajectories, "source_format": fmt,
+            "loop_trajectories_not_queried": r.loops_not_queried, "model_choice_per_half": r.models,
             "dropped_rows": data.dropped, "seconds": round(time.perf_counter() - started, 1),
         }
     return out
@@ -125,7 +129,7 @@ def main(args) -> int:
             raise WenlvError(f"Flickr data folder {source} not found (use --source)")
         from itinerary.flickr import CITIES
 
-        result["flickr"] = run_flickr(source, args.city or list(CITIES))
+        result["flickr"] = run_flickr(source, args.city or list(CITIES), args.format)
     if not args.skip_toptw:
         folder = args.toptw_dir or data / "toptw" / "solomon100"
         if not folder.is_dir():

@@ -90,3 +90,34 @@ def test_solver_reaches_the_cited_best_known_score_on_c101(shared_data):
     score, problems = toptw.check_route(points, route)
     assert problems == []
     assert score >= 0.95 * toptw.BEST_KNOWN_CITED["c101"]
+
+
+def test_bench_runs_end_to_end_on_a_small_city_and_one_toptw_instance(tmp_path, shared_data, capsys):
+    import json
+    import shutil
+
+    from wenlv.cli import main
+
+    rng = np.random.default_rng(3)
+    pois = ["poiID;poiName;lat;long;theme"] + [f"{i};P{i};{1 + 0.01 * i}; {2 + 0.01 * (i % 3)};{'AB'[i % 2]}"
+                                                for i in range(1, 9)]
+    (tmp_path / "POI-Tiny.csv").write_text("\n".join(pois) + "\n")
+    rows, photo = ['"photoID";"userID";"dateTaken";"poiID";"poiTheme";"poiFreq";"seqID"'], 0
+    for seq in range(1, 61):
+        stops = rng.choice(np.arange(1, 9), size=int(rng.integers(2, 6)), replace=False, p=np.linspace(2, 1, 8) / 12)
+        for k, poi in enumerate(stops):
+            photo += 1
+            rows.append(f'{photo};"u{seq % 17}";{1_300_000_000 + seq * 86400 + k * 600};{poi};"A";1;{seq}')
+    (tmp_path / "userVisits-Tiny.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "toptw").mkdir()
+    shutil.copy(shared_data / "toptw" / "solomon100" / "c101.txt", tmp_path / "toptw")
+    code = main(["bench", "itinerary", "--json", "--source", str(tmp_path), "--city", "Tiny",
+                 "--toptw-dir", str(tmp_path / "toptw"), "--time-limit", "0.2"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    tiny = out["flickr"]["Tiny"]
+    assert tiny["queries"] > 10 and 0 < tiny["f1"] <= 1 and 0 <= tiny["pairs_f1"] <= 1
+    assert tiny["published_best_f1"] is None and tiny["source_format"].startswith("visits")
+    c101 = out["toptw"]["per_instance"]["c101"]
+    assert c101["best_known"] == 320 and 0 < c101["score"] <= 320 and c101["gap"] == pytest.approx((320 - c101["score"]) / 320, abs=1e-4)
+    assert out["toptw"]["instances"] == 1 and c101["greedy_score"] <= c101["score"]
