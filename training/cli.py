@@ -19,7 +19,7 @@ def register(sub) -> None:
     t.add_argument("--parties", type=_parties, default=contracts.PARTIES, help="comma list, must include tourism")
     t.add_argument("--factors", type=int, default=16)
     t.add_argument("--iterations", type=int, default=10)
-    t.add_argument("--regularization", type=float, default=0.05)
+    t.add_argument("--regularization", type=float, default=1.0)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--data", type=Path, default=None, help="raw data folder, for POI names/places/hours in the bundle")
     t.add_argument("--tower-epochs", type=int, default=30)

@@ -205,8 +205,13 @@ def evaluate_scores(blocks, matrices, user_scores: np.ndarray, k: int = 10, pref
     """Known visitors and prospects on tourism/test_interactions, beside the popularity baseline.
 
     user_scores: [n_users, n_pois] in the row order of `matrices` and the POI order of
-    `matrices.items['tourism']`. Known visitors' training POIs are excluded from their lists
-    (they are not what the test window measures); prospects have none.
+    `matrices.items['tourism']`. Two views of the test window:
+
+    * `ndcg@k`, `known_ndcg@k`, `prospect_ndcg@k`, …: every POI is ranked — a visit in the
+      test window counts whether or not the visitor had been there before (revisits of
+      hotels, restaurants and favourite sights are real visits);
+    * `new_ndcg@k`, …: discovery — each known visitor's training-window POIs are removed
+      from their list, as serving does when asked to exclude visited places.
     """
     tokens, pois = matrices.tokens, matrices.items["tourism"]
     history = matrices.blocks["tourism"]
@@ -217,13 +222,13 @@ def evaluate_scores(blocks, matrices, user_scores: np.ndarray, k: int = 10, pref
     in_test[row_of.reindex(truth[USER].unique()).dropna().astype(int).to_numpy()] = True
     popularity = np.broadcast_to(popularity_scores(train, pois), user_scores.shape)
     out: dict = {}
-    for group, mask in (("", in_test), ("known_", in_test & ~matrices.is_prospect),
-                        ("prospect_", in_test & matrices.is_prospect)):
+    for group, mask, exclude in (("", in_test, False), ("known_", in_test & ~matrices.is_prospect, False),
+                                 ("prospect_", in_test & matrices.is_prospect, False), ("new_", in_test, True)):
         rows = np.flatnonzero(mask)
         if len(rows) == 0:
             continue
         for name, scores in (("", user_scores), ("popularity_", popularity)):
-            recs = top_k(scores[rows], tokens[rows], pois, k, exclude=history[rows])
+            recs = top_k(scores[rows], tokens[rows], pois, k, exclude=history[rows] if exclude else None)
             metrics = ranking_metrics(truth[truth[USER].isin(tokens[rows])], recs, train, k)
             out.update({f"{prefix}{name}{group}{m}": v for m, v in metrics.items()})
     out.update({f"{prefix}{m}": v for m, v in prospect_audiences(blocks, matrices, user_scores).items()})
