@@ -130,16 +130,19 @@ def stage_nonce(stage: str) -> bytes:
 _ZEROS = bytearray()
 
 
-def mask_stream(pair_key: bytes, stage: str, n: int) -> np.ndarray:
-    """n uint64 ring elements of ChaCha20 keystream, expanded from the full 256-bit key."""
+def mask_stream(pair_key: bytes, stage: str, n: int, buffer: np.ndarray | None = None) -> np.ndarray:
+    """n uint64 ring elements of ChaCha20 keystream, expanded from the full 256-bit key.
+
+    ``buffer`` (uint64, at least n + 8 long) is reused instead of allocating.
+    """
     global _ZEROS
     if len(pair_key) != 32:
         raise SecureAggError("pair key must be 32 bytes")
     if len(_ZEROS) < 8 * n:
         _ZEROS = bytearray(8 * n)
-    out = np.empty(n + 8, dtype=np.uint64)  # update_into wants room for one extra block
+    out = buffer if buffer is not None and buffer.size >= n + 8 else np.empty(n + 8, dtype=np.uint64)
     encryptor = Cipher(algorithms.ChaCha20(pair_key, stage_nonce(stage)), mode=None).encryptor()
-    encryptor.update_into(memoryview(_ZEROS)[:8 * n], memoryview(out).cast("B"))
+    encryptor.update_into(memoryview(_ZEROS)[:8 * n], memoryview(out[:n + 8]).cast("B"))
     return out[:n]
 
 
@@ -224,6 +227,7 @@ class MaskingParty:
         self._pair_keys: dict[tuple[str, int], dict[str, bytes]] = {}
         self._used_rounds: set[tuple[str, int]] = set()
         self._sent: set[tuple[str, int, str]] = set()
+        self._stream_buffer = np.empty(0, dtype=np.uint64)
 
     @property
     def name(self) -> str:
@@ -273,8 +277,10 @@ class MaskingParty:
         values = np.asarray(values)
         ring = encode_int(values) if integer else encode_fixed(values, self.frac_bits)
         out = ring.reshape(-1) if not integer else np.array(ring.reshape(-1), dtype=np.uint64, copy=True)
+        if self._stream_buffer.size < out.size + 8:
+            self._stream_buffer = np.empty(out.size + 8, dtype=np.uint64)
         for peer, pair_key in keys.items():
-            stream = mask_stream(pair_key, stage, out.size)
+            stream = mask_stream(pair_key, stage, out.size, self._stream_buffer)
             if self.name < peer:
                 out += stream
             else:

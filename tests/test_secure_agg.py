@@ -91,13 +91,13 @@ def test_coordinator_view_is_uniform_and_independent_of_the_input():
         for values in view.values():
             top_byte = (values >> np.uint64(56)).astype(np.int64)
             counts = np.bincount(top_byte, minlength=256)
-            assert stats.chisquare(counts).pvalue > 1e-4
+            assert stats.chisquare(counts).pvalue > 1e-6
             unit = (values >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
-            assert stats.kstest(unit, "uniform").pvalue > 1e-4
+            assert stats.kstest(unit, "uniform").pvalue > 1e-6
     # the carrier's masked vector has the same distribution whatever it put in
     a = (zeros["carrier"] >> np.uint64(11)).astype(np.float64)
     b = (big["carrier"] >> np.uint64(11)).astype(np.float64)
-    assert stats.ks_2samp(a, b).pvalue > 1e-4
+    assert stats.ks_2samp(a, b).pvalue > 1e-6
     # and it is not the plain encoding
     assert np.mean(big["carrier"] == encode_fixed(np.full(big["carrier"].size, 123456.789))) < 1e-3
 

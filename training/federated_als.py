@@ -100,11 +100,42 @@ def _sparse_terms(indptr, indices, data, Y, V, out, residual):
                 out[u, j] += coef * Y[i, j]
 
 
+@numba.njit(cache=True, nogil=True)
+def _cg_update(X, r, p, Ap_parties, reg, rsold, active, eps):
+    """One CG step per active user, in place (implicit's update order and stopping rule).
+
+    Ap = Σ_parties + λp; α = rsold / p·Ap; x += αp; r −= αAp; stop if r·r < eps, else
+    p = r + (r·r / rsold) p. A user that stops gets p = 0, so later stages send zeros.
+    """
+    n, f = X.shape
+    for u in range(n):
+        if not active[u]:
+            continue
+        pAp = 0.0
+        for j in range(f):
+            pAp += p[u, j] * (Ap_parties[u, j] + reg * p[u, j])
+        a = rsold[u] / pAp
+        rsnew = 0.0
+        for j in range(f):
+            X[u, j] += a * p[u, j]
+            r[u, j] -= a * (Ap_parties[u, j] + reg * p[u, j])
+            rsnew += r[u, j] * r[u, j]
+        if rsnew < eps:
+            active[u] = False
+            for j in range(f):
+                p[u, j] = 0.0
+            continue
+        beta = rsnew / rsold[u]
+        for j in range(f):
+            p[u, j] = r[u, j] + beta * p[u, j]
+        rsold[u] = rsnew
+
+
 def _terms(C: sp.csr_matrix, Y: np.ndarray, V: np.ndarray, residual: bool) -> np.ndarray:
     V = np.ascontiguousarray(V, dtype=np.float64)
     out = np.zeros_like(V)
-    _sparse_terms(C.indptr, C.indices, C.data.astype(np.float64), np.ascontiguousarray(Y, np.float64), V, out,
-                  residual)
+    data = C.data if C.data.dtype == np.float64 else C.data.astype(np.float64)
+    _sparse_terms(C.indptr, C.indices, data, np.ascontiguousarray(Y, np.float64), V, out, residual)
     return out
 
 
@@ -132,8 +163,8 @@ class FederatedALSParty:
         C.sort_indices()
         if alpha != 1.0:
             C = (alpha * C).astype(np.float32)
-        self._C = C
-        self._Ciu = C.T.tocsr()
+        self._Ciu = C.T.tocsr()                       # float32, for implicit's item-step kernel
+        self._C = sp.csr_matrix((C.data.astype(np.float64), C.indices, C.indptr), shape=C.shape)
         self.identity = identity or Identity(name)
         self._masking: MaskingParty | None = None
         self._Y: np.ndarray | None = None
@@ -326,24 +357,17 @@ class FederatedALS:
 
         nonempty = self._stage(parties, agg, "support", "support", (run_id, round_no), integer=True) != 0
         X = X_prev.astype(np.float64)
-        r = self._stage(parties, agg, "residual", "r0", (run_id, round_no, "r0", X)) - reg * X
-        p = r.copy()
+        r = self._stage(parties, agg, "residual", "r0", (run_id, round_no, "r0", X))
+        r -= reg * X
         rsold = np.einsum("ij,ij->i", r, r)
         active = nonempty & (rsold >= _RS_EPS)
+        p = r * active[:, None]            # search directions; zero rows for users that are done
         for step in range(self.cg_steps):
             if not active.any():
                 break
-            P = np.where(active[:, None], p, 0.0)
             stage = f"ap{step + 1}"
-            Ap = self._stage(parties, agg, "product", stage, (run_id, round_no, stage, P)) + reg * P
-            pAp = np.einsum("ij,ij->i", p, Ap)
-            a = np.where(active, rsold / np.where(active, pAp, 1.0), 0.0)
-            X += a[:, None] * p
-            r -= a[:, None] * Ap
-            rsnew = np.einsum("ij,ij->i", r, r)
-            active &= rsnew >= _RS_EPS
-            p = np.where(active[:, None], r + (rsnew / np.where(rsold > 0, rsold, 1.0))[:, None] * p, p)
-            rsold = np.where(active, rsnew, rsold)
+            Ap = self._stage(parties, agg, "product", stage, (run_id, round_no, stage, p))
+            _cg_update(X, r, p, Ap, reg, rsold, active, _RS_EPS)
         X[~nonempty] = 0.0
         agg.close_round()
         self._call(parties, "end_round", {p: (run_id, round_no) for p in names})
