@@ -33,6 +33,10 @@ NOISE_TOPICS = ("sports", "finance", "gaming", "fashion", "tech", "parenting", "
 TOPICS = tuple(dict.fromkeys([t for c in POI_CATEGORIES for t in CATEGORY_TOPICS[c]] + list(TRAVEL_TOPICS) + list(NOISE_TOPICS)))
 TOPIC_INDEX = {t: i for i, t in enumerate(TOPICS)}
 NEAR_KM = 80.0  # closer than this, trips are day trips
+LOCAL_KM = 60.0  # closer than this, people live in the destination
+SCOUTING_SHARE = 0.6  # of remote people whose interest starts mid-year, the share who first come to look around
+BUSINESS_RATE = 0.8  # non-tourist stays a year of a remote person of median mobility (before distance decay)
+FAMILIARITY = 2.0  # trip-rate multiplier once a remote person has stayed in the destination
 
 
 @dataclass
@@ -41,6 +45,18 @@ class Trips:
     start_day: np.ndarray
     days: np.ndarray
     far: np.ndarray  # bool: came from beyond NEAR_KM
+
+
+@dataclass
+class Exposure:
+    """Non-tourist stays in the destination (business, family, transit) of people living
+    elsewhere, and each person's first day of familiarity with the place (locals: day 0;
+    never: n_days). Familiarity raises the trip rate, so the carrier, which sees these
+    stays, can tell who is likely to come back as a tourist."""
+
+    person: np.ndarray
+    day: np.ndarray
+    first_day: np.ndarray  # per person
 
 
 @dataclass
@@ -60,20 +76,56 @@ def trip_rate(people: People, base_rate: float) -> np.ndarray:
     return base_rate * people.activity * distance_decay(people.distance_km)
 
 
-def draw_trips(people: People, n_days: int, cal: DayProfile, base_rate: float, rng: np.random.Generator) -> Trips:
-    active_days = n_days - people.onset_day
-    lam = trip_rate(people, base_rate) * active_days / 365.0
-    n_trips = rng.poisson(lam)
-    person = np.repeat(np.arange(people.n), n_trips)
+def draw_exposure(people: People, n_days: int, rng: np.random.Generator) -> Exposure:
+    """Business/family stays of non-locals (rate decays slowly with distance), plus a first
+    look around soon after a mid-year onset of interest for SCOUTING_SHARE of those people."""
+    remote = people.distance_km >= LOCAL_KM
+    mobility = np.sqrt(people.activity) * rng.lognormal(-0.3, 0.8, people.n)  # who travels for work travels for fun
+    rate = BUSINESS_RATE * mobility * distance_decay(people.distance_km) ** 0.4 * remote
+    k = rng.poisson(rate * n_days / 365.0)
+    person = np.repeat(np.arange(people.n), k)
+    day = rng.integers(0, n_days, len(person))
+    scout = np.flatnonzero(remote & (people.onset_day > 0) & (rng.random(people.n) < SCOUTING_SHARE))
+    person = np.concatenate([person, scout])
+    day = np.concatenate([day, people.onset_day[scout] + rng.integers(0, 21, len(scout))])
+    keep = day < n_days
+    person, day = person[keep], day[keep]
+    first = np.where(remote, n_days, 0)
+    np.minimum.at(first, person, day)
+    return Exposure(person, day, first)
+
+
+def _days_between(cum: np.ndarray, lo: np.ndarray, hi: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A day in [lo, hi) for each row, drawn with the calendar weights whose cumsum is `cum`."""
+    c_lo = np.where(lo > 0, cum[np.maximum(lo - 1, 0)], 0.0)
+    c_hi = cum[np.maximum(hi - 1, 0)]
+    u = c_lo + rng.random(len(lo)) * (c_hi - c_lo)
+    return np.clip(np.searchsorted(cum, u, side="right"), lo, np.maximum(hi - 1, lo))
+
+
+def draw_trips(people: People, exposure: Exposure, n_days: int, cal: DayProfile, base_rate: float,
+               rng: np.random.Generator) -> Trips:
+    """Trips after the onset of interest; the rate is FAMILIARITY times higher once a remote
+    person has stayed in the destination before (exposure)."""
+    lam = trip_rate(people, base_rate) / 365.0
+    pieces = []
+    for lo, hi, boost in ((people.onset_day, np.maximum(people.onset_day, exposure.first_day), 1.0),
+                          (np.maximum(people.onset_day, exposure.first_day), np.full(people.n, n_days), FAMILIARITY)):
+        boost = np.where(people.distance_km >= LOCAL_KM, boost, 1.0)
+        n = rng.poisson(lam * boost * np.maximum(hi - lo, 0))
+        who = np.repeat(np.arange(people.n), n)
+        pieces.append((who, lo[who], hi[who]))
+    person = np.concatenate([p[0] for p in pieces])
+    lo = np.concatenate([p[1] for p in pieces])
+    hi = np.concatenate([p[2] for p in pieces])
     dist = people.distance_km[person]
     far_cal = rng.random(len(person)) < dist / (dist + 250.0)
-    # a trip starts on a day drawn from the calendar, restricted to days after the person's onset
+    # a trip starts on a day drawn from the calendar (near or far profile) within its period
     start = np.empty(len(person), dtype=np.int64)
     for weights, mask in ((cal.near_weight, ~far_cal), (cal.far_weight, far_cal)):
-        cum = np.cumsum(weights)
-        lo = np.where(people.onset_day[person[mask]] > 0, cum[np.maximum(people.onset_day[person[mask]] - 1, 0)], 0.0)
-        u = lo + rng.random(mask.sum()) * (1.0 - lo)
-        start[mask] = np.minimum(np.searchsorted(cum, u, side="right"), n_days - 1)
+        start[mask] = _days_between(np.cumsum(weights), lo[mask], hi[mask], rng)
+    order = np.lexsort((start, person))
+    person, start, dist = person[order], start[order], dist[order]
     far = dist >= NEAR_KM
     extra = np.where(far, rng.poisson(0.2 + np.minimum(dist, 1500.0) / 500.0), (rng.random(len(person)) < 0.08).astype(int))
     length = np.minimum(1 + extra + (far & cal.holiday[start]).astype(int), 7)
@@ -203,11 +255,12 @@ def _aggregate(keys: tuple[np.ndarray, ...], sizes: tuple[int, ...], values: np.
     return out[::-1], sums
 
 
-def draw_presence(people: People, trips: Trips, visits: Visits, pois: pd.DataFrame, area_maps: dict, n_areas: int,
+def draw_presence(people: People, exposure: Exposure, trips: Trips, visits: Visits, pois: pd.DataFrame, area_maps: dict, n_areas: int,
                   n_days: int, base_rate: float, rng: np.random.Generator):
     """Daily dwell per (subscriber, area, day): at the area of each visited POI on the visit
     day, hotel areas overnight, a transit hub on arrival/departure days, home/work cells for
-    locals (a sample of days), and taste-driven strolls past POIs without a ticket.
+    locals (a sample of days), taste-driven strolls past POIs without a ticket, and the
+    non-tourist stays of remote people (Exposure).
     Returns (person, area, day, dwell_minutes) arrays, keys unique."""
     sub = people.is_subscriber
     parts = []
@@ -233,7 +286,7 @@ def draw_presence(people: People, trips: Trips, visits: Visits, pois: pd.DataFra
                       day, rng.integers(20, 90, len(t))))
     # locals: home and work cells on a sample of days
     bg = area_maps["background_areas"]
-    locals_ = np.flatnonzero(sub & (people.distance_km < 60.0))
+    locals_ = np.flatnonzero(sub & (people.distance_km < LOCAL_KM))
     home = bg[rng.integers(0, len(bg), len(locals_))]
     work = bg[rng.integers(0, len(bg), len(locals_))]
     for cell, mean, lo, hi in ((home, 36, 480, 900), (work, 24, 360, 560)):
@@ -251,7 +304,19 @@ def draw_presence(people: People, trips: Trips, visits: Visits, pois: pd.DataFra
     spoi = _sample_poi(cat, people.district_pref[who], pois, rng)
     sday = people.onset_day[who] + (rng.random(len(who)) * (n_days - people.onset_day[who])).astype(np.int64)
     parts.append((who, poi_area[spoi], sday, rng.integers(20, 120, len(who))))
+    # stays of remote people (business, family, a first look): a hub, an office cell, often a POI they like
+    m = sub[exposure.person]
+    who, day = exposure.person[m], exposure.day[m]
+    parts.append((who, hubs[rng.integers(0, len(hubs), len(who))], day, rng.integers(20, 90, len(who))))
+    parts.append((who, bg[rng.integers(0, len(bg), len(who))], day, rng.integers(240, 540, len(who))))
+    look = rng.random(len(who)) < 0.6
+    w = people.taste[who[look]].copy()
+    w[:, HOTEL] = 0.0
+    spoi = _sample_poi(_sample_rows(w, rng), people.district_pref[who[look]], pois, rng)
+    parts.append((who[look], poi_area[spoi], day[look], rng.integers(30, 150, look.sum())))
     cols = [np.concatenate([np.asarray(x[i], dtype=np.int64) for x in parts]) for i in range(4)]
+    ok = cols[2] < n_days
+    cols = [c[ok] for c in cols]
     (person, area, day), dwell = _aggregate(tuple(cols[:3]), (people.n, n_areas, n_days), cols[3].astype(float))
     return person, area, day, np.clip(dwell, 1, 1440).astype(np.int64)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,12 @@ from tqdm import tqdm
 
 from features import contracts as C
 from features import io
-from features.behaviour import TOPICS, draw_engagement, draw_presence, draw_trips, draw_visits, trip_rate
+from features.behaviour import TOPICS, draw_engagement, draw_exposure, draw_presence, draw_trips, draw_visits, trip_rate
 from features.calendar import DEFAULT_TIMELINE, Timeline, day_profile
 from features.population import IdScheme, draw_people
 from features.world import DESTINATION, build_areas, build_pois, home_cities
 from features.contracts import AGE_BANDS, CHANNELS
+from wenlv.errors import WenlvError
 
 GENERATOR_VERSION = "1"
 
@@ -46,17 +47,22 @@ SCALES = {
     "medium": Scale(1_000_000, 10_000, 400),
     "large": Scale(20_000_000, 50_000, 800),
 }
-TRIP_RATE = 8.3  # trips a year for a local of average activity: calibrated to ~10 visits per person
+TRIP_RATE = 7.0  # trips a year for a local of average activity: calibrated to ~10 visits per person
 STROLL_RATE = 3.0  # passes by POIs without a ticket, same scaling
 MEMBER_WITHOUT_VISITS = 0.03  # registered (membership, app) but no recorded visit in the timeline
 
 
 def generate(out: str | Path, scale: str = "tiny", seed: int = 7, timeline: Timeline = DEFAULT_TIMELINE,
-             progress: bool = True) -> dict:
-    """Write the data set; returns a summary (row counts per table, seconds, bytes)."""
+             progress: bool = True, people: int | None = None) -> dict:
+    """Write the data set; returns a summary (row counts per table, seconds, bytes).
+    `people` overrides the scale's head count (e.g. a denser tiny world for statistical tests)."""
     if scale not in SCALES:
-        raise ValueError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
+        raise WenlvError(f"unknown scale {scale!r}; choose one of {', '.join(SCALES)}")
     sc = SCALES[scale]
+    if people is not None:
+        if people < 1:
+            raise WenlvError(f"people must be positive, got {people}")
+        sc = replace(sc, people=people, chunk=max(sc.chunk, min(people, 100_000)))
     out = Path(out)
     started = time.perf_counter()
     root = np.random.SeedSequence(seed)
@@ -82,9 +88,10 @@ def generate(out: str | Path, scale: str = "tiny", seed: int = 7, timeline: Time
         start = c * sc.chunk
         n = min(sc.chunk, sc.people - start)
         people = draw_people(start, n, cities, tl.days, 10, rng)
-        trips = draw_trips(people, tl.days, cal, TRIP_RATE, rng)
+        exposure = draw_exposure(people, tl.days, rng)
+        trips = draw_trips(people, exposure, tl.days, cal, TRIP_RATE, rng)
         visits = draw_visits(people, trips, pois, cal, rng)
-        presence = draw_presence(people, trips, visits, pois, area_maps, len(areas), tl.days, STROLL_RATE, rng)
+        presence = draw_presence(people, exposure, trips, visits, pois, area_maps, len(areas), tl.days, STROLL_RATE, rng)
         engagement = draw_engagement(people, trips, visits, pois, tl.days, rng)
         tables, stats = _chunk_tables(people, trips, visits, presence, engagement, pois, areas, cities, ids, tl,
                                       visit_offset, rng)
@@ -121,6 +128,12 @@ def _strings(prefix: str, numbers: np.ndarray, width: int) -> pa.Array:
     return pc.binary_join_element_wise(pa.scalar(prefix), digits, "")
 
 
+def _json_lists(matrix: np.ndarray, decimals: int) -> pa.Array:
+    """Each row as a JSON list of rounded floats, e.g. "[0.1234,0.5]" (vectorised)."""
+    cols = [pc.cast(pc.round(pa.array(matrix[:, j]), decimals), pa.string()) for j in range(matrix.shape[1])]
+    return pc.binary_join_element_wise(pa.scalar("["), pc.binary_join_element_wise(*cols, ","), pa.scalar("]"), "")
+
+
 def _timestamps(tl: Timeline, minutes: np.ndarray) -> pa.Array:
     us = (tl.epoch_day() * 1440 + np.asarray(minutes, dtype=np.int64)) * 60_000_000
     return pa.array(us, pa.int64()).cast(pa.timestamp("us"))
@@ -149,8 +162,9 @@ def _chunk_tables(people, trips, visits, presence, engagement, pois, areas, citi
     prospect = (~has_pre) & (visits_test > 0)
     # registration: long-standing members, or shortly before the first visit (prospects: after the split)
     lead = rng.integers(0, 14 * 1440, n)
-    created = np.where((rng.random(n) < 0.4) & has_pre, -rng.integers(0, 3 * 365 * 1440, n),
-                       np.where(n_visits > 0, first - lead, rng.integers(0, tl.days * 1440, n)))
+    daytime = rng.integers(8 * 60, 23 * 60, n)  # people sign up while awake
+    created = np.where((rng.random(n) < 0.4) & has_pre, -1440 * rng.integers(1, 3 * 365, n) + daytime,
+                       np.where(n_visits > 0, first - lead, 1440 * rng.integers(0, tl.days, n) + daytime))
     created = np.where(prospect, np.maximum(created, split_min), created)
     created = np.minimum(created, np.where(n_visits > 0, first, created))
     v = np.flatnonzero(is_visitor)
@@ -216,7 +230,7 @@ def _chunk_tables(people, trips, visits, presence, engagement, pois, areas, citi
         "phone": phone,
         "home_city": pa.array(city_names[people.home], pa.string()),
         "home_distance_km": np.round(people.distance_km, 2),
-        "taste": pa.array([json.dumps([round(float(x), 4) for x in row]) for row in people.taste], pa.string()),
+        "taste": _json_lists(people.taste, 4),
         "is_prospect": prospect,
         "campaign_response": np.round(response, 5),
     })
