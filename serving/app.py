@@ -42,6 +42,8 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None) -> FastAP
         finally:
             if lifecycle is not None:
                 lifecycle.stop()
+            if state.rec_log is not None:
+                state.rec_log.close()
 
     app = FastAPI(title="Wenlv", version="1.0", description=DESCRIPTION, lifespan=lifespan)
     metrics = Metrics()

@@ -19,7 +19,10 @@ __all__ = ["ServingState", "ServingModel", "get_model", "get_state"]
 
 class ServingState:
     def __init__(self, store: ResilientStore | None = None, model: ServingModel | None = None):
+        from serving.reclog import RecommendationLog
+
         self.store = store
+        self.rec_log = RecommendationLog(store.store) if store is not None else None
         self._model = model
         self._swap_lock = threading.Lock()
         self.swaps = 0

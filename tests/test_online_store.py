@@ -126,3 +126,33 @@ def test_circuit_breaker_fails_fast_and_recovers():
                 time.sleep(0.05)
     finally:
         server.stop()
+
+
+def test_recommendation_log_survives_a_store_outage():
+    from serving.online_store import RedisStore
+    from serving.reclog import RecommendationLog
+
+    server = PrivateRedis().start()
+    try:
+        raw = RedisStore(server.url, prefix="rl:", timeout_s=0.1)
+        rec_log = RecommendationLog(raw, interval_s=0.05, max_pending=3)
+        rec_log.add("hz", "a" * 32, {"poi_ids": ["P1"]})
+        deadline = time.monotonic() + 5
+        while raw.get_recommendation("hz", "a" * 32) is None:
+            assert time.monotonic() < deadline, "the background flush did not write"
+            time.sleep(0.02)
+        server.stop()
+        for i in range(5):
+            rec_log.add("hz", f"{i:032x}", {"poi_ids": [f"P{i}"]})
+        time.sleep(0.3)  # flushes fail meanwhile: lists stay pending, the oldest beyond 3 are dropped and counted
+        assert rec_log.pending == 3 and rec_log.dropped == 2
+        assert rec_log.get("hz", f"{4:032x}") == {"poi_ids": ["P4"]}
+        server.start()
+        deadline = time.monotonic() + 5
+        while rec_log.pending:
+            assert time.monotonic() < deadline, "pending lists were not written after recovery"
+            time.sleep(0.05)
+        assert [raw.get_recommendation("hz", f"{i:032x}") is not None for i in range(5)] == [False, False, True, True, True]
+        rec_log.close()
+    finally:
+        server.stop()

@@ -175,7 +175,7 @@ def test_auth_roles_and_json_errors(env, bundle):
 
 
 def test_a_tenant_never_sees_another_tenants_recommendations(env, bundle):
-    client, key, *_ = env
+    client, key, _, raw = env
     served = get(client, key["app"], bundle.users.token[4], k=3).json()
     rid = served["recommendation_id"]
     mine = client.get(f"/v1/recommendations/{rid}", headers={"Authorization": f"Bearer {key['analyst']}"})
@@ -183,6 +183,12 @@ def test_a_tenant_never_sees_another_tenants_recommendations(env, bundle):
     assert mine.json()["poi_ids"] == [it["poi_id"] for it in served["items"]] and "token" not in mine.json()
     theirs = client.get(f"/v1/recommendations/{rid}", headers={"Authorization": f"Bearer {key['other_analyst']}"})
     assert theirs.status_code == 404 and theirs.json()["error"] == "not_found"
+    rec_log = client.app.state.serving.rec_log
+    rec_log.flush()  # from the buffer to the online store: the same answers
+    assert rec_log.pending == 0 and raw.get_recommendation("hz", rid)["poi_ids"] == mine.json()["poi_ids"]
+    assert raw.get_recommendation("sx", rid) is None
+    assert client.get(f"/v1/recommendations/{rid}", headers={"Authorization": f"Bearer {key['analyst']}"}).status_code == 200
+    assert client.get(f"/v1/recommendations/{rid}", headers={"Authorization": f"Bearer {key['other_analyst']}"}).status_code == 404
 
 
 @pytest.mark.parametrize("params, needle", [

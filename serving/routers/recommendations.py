@@ -10,7 +10,6 @@ from fastapi.responses import JSONResponse
 
 from serving.auth import ApiError, Principal, require_role
 from serving.filters import Filters, now_minute
-from serving.online_store import StoreUnavailable
 from serving.schemas import ERROR_RESPONSES, TOKEN_PATTERN, Category, RecommendationResponse, StoredRecommendation
 from serving.state import ServingModel, get_model
 
@@ -81,14 +80,11 @@ async def recommendations(
               "score": round(float(s), 6), "reason": r} for i, s, r in zip(rec.ids.tolist(), rec.scores.tolist(), rec.reasons)]
     degraded = rec.degraded
     state = request.app.state.serving
-    if state.store is not None:
-        payload = {"recommendation_id": rec.recommendation_id, "model_version": model.version, "strategy": rec.strategy,
-                   "personalized": rec.personalized, "poi_ids": [it["poi_id"] for it in items], "token": token,
-                   "created_at": time.time()}
-        try:
-            state.store.put_recommendation(principal.tenant, rec.recommendation_id, payload)
-        except StoreUnavailable:
-            degraded = True
+    if state.rec_log is not None:  # written off the request path, in batches
+        state.rec_log.add(principal.tenant, rec.recommendation_id, {
+            "recommendation_id": rec.recommendation_id, "model_version": model.version, "strategy": rec.strategy,
+            "personalized": rec.personalized, "poi_ids": [it["poi_id"] for it in items], "token": token,
+            "created_at": time.time()})
     request.app.state.metrics.recommendations.labels(rec.strategy, str(degraded).lower()).inc()
     # Built as plain JSON: the response model documents the shape, re-validating it per request costs ~0.3 ms.
     return JSONResponse({"items": items, "model_version": model.version, "recommendation_id": rec.recommendation_id,
@@ -108,11 +104,11 @@ def stored_recommendation(
     principal: Principal = Depends(require_role("visitor-app", "marketer", "analyst")),
 ) -> StoredRecommendation:
     state = request.app.state.serving
-    if state.store is None:
+    if state.rec_log is None:
         raise ApiError(404, "not_found", f"recommendation {recommendation_id} not found")
     try:
-        found = state.store.get_recommendation(principal.tenant, recommendation_id)
-    except StoreUnavailable:
+        found = state.rec_log.get(principal.tenant, recommendation_id)
+    except Exception:  # noqa: BLE001 - the store is down: say so, as a 503
         raise ApiError(503, "store_unavailable", "the online store is unavailable; try again shortly", {"Retry-After": "1"})
     if found is None:  # another tenant's id is indistinguishable from an unknown one
         raise ApiError(404, "not_found", f"recommendation {recommendation_id} not found")
