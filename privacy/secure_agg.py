@@ -96,7 +96,9 @@ def encode_fixed(values, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
 
 def decode_fixed(ring_values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
     """uint64 ring elements → reals (the inverse of :func:`encode_fixed`)."""
-    return np.asarray(ring_values, dtype=np.uint64).view(np.int64).astype(np.float64) / (2.0 ** frac_bits)
+    out = np.asarray(ring_values, dtype=np.uint64).view(np.int64).astype(np.float64)
+    out *= 2.0 ** -frac_bits
+    return out
 
 
 def encode_int(values) -> np.ndarray:

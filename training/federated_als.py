@@ -131,22 +131,23 @@ def _cg_update(X, r, p, Ap_parties, reg, rsold, active, eps):
         rsold[u] = rsnew
 
 
-def _terms(C: sp.csr_matrix, Y: np.ndarray, V: np.ndarray, residual: bool) -> np.ndarray:
-    V = np.ascontiguousarray(V, dtype=np.float64)
-    out = np.zeros_like(V)
+def _with_terms(C: sp.csr_matrix, Y: np.ndarray, V: np.ndarray, dense: np.ndarray, residual: bool) -> np.ndarray:
+    """dense + the sparse terms of the block, accumulated in place into `dense`."""
     data = C.data if C.data.dtype == np.float64 else C.data.astype(np.float64)
-    _sparse_terms(C.indptr, C.indices, data, np.ascontiguousarray(Y, np.float64), V, out, residual)
-    return out
+    _sparse_terms(C.indptr, C.indices, data, np.ascontiguousarray(Y, np.float64), V, dense, residual)
+    return dense
 
 
 def block_residual(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, X: np.ndarray) -> np.ndarray:
     """This block's part of r_u = Yᵀ C_u p_u − Yᵀ C_u Y x_u (without the λ term)."""
-    return _terms(C, Y, X, residual=True) - X @ G
+    X = np.ascontiguousarray(X, dtype=np.float64)
+    return _with_terms(C, Y, X, X @ (-G), residual=True)
 
 
 def block_product(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, P: np.ndarray) -> np.ndarray:
     """This block's part of Yᵀ C_u Y p_u (without the λ term)."""
-    return _terms(C, Y, P, residual=False) + P @ G
+    P = np.ascontiguousarray(P, dtype=np.float64)
+    return _with_terms(C, Y, P, P @ G, residual=False)
 
 
 class FederatedALSParty:
@@ -210,7 +211,7 @@ class FederatedALSParty:
 
     def residual(self, run_id: str, round_no: int, stage: str, X: np.ndarray):
         return self._masking.mask(run_id, round_no, stage,
-                                  block_residual(self._C, self._Y64, self._G, X.astype(np.float64)))
+                                  block_residual(self._C, self._Y64, self._G, X))
 
     def product(self, run_id: str, round_no: int, stage: str, P: np.ndarray):
         return self._masking.mask(run_id, round_no, stage, block_product(self._C, self._Y64, self._G, P))
