@@ -246,3 +246,19 @@ def test_factor_model_hook_on_toy_feature_blocks(tmp_path):
     assert fm.params["mode"] == "federated" and fm.params["audit_entries"] > 0
     assert float(np.max(np.abs(fm.user_factors - central.user_factors))) < 1e-2
     assert fm.poi_factors.shape == (matrices.blocks["tourism"].shape[1], 8)
+
+
+def test_bench_als_runs_and_reports_its_peer():
+    """`wenlv bench als` on the tiny scale (without Spark): every figure present and consistent."""
+    from bench.als import run
+
+    result = run(scale="tiny", factors=8, iterations=2, spark=False)
+    spi = result["seconds_per_iteration"]
+    assert spi["federated"] > 0 and spi["implicit"] > 0
+    assert result["ratios"]["federated_over_implicit"] == pytest.approx(spi["federated"] / spi["implicit"])
+    assert result["data"]["users"] == 2000 and sum(result["data"]["nnz"].values()) > 0
+    assert result["ndcg@10_abs_diff_federated_implicit"] < 5e-3
+    assert result["federated_vs_implicit_max_abs_diff"]["user_factors"] < 1e-2
+    breakdown = result["federated_breakdown_seconds_per_iteration"]
+    assert set(breakdown["parties"]) == {"tourism", "carrier", "internet"}
+    assert breakdown["separate_machines_estimate"] <= spi["federated"] + 1e-9
