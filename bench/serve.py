@@ -120,6 +120,22 @@ def _start_server(bundle_dir: Path, redis_url: str, keys: Path, prefix: str, por
     raise RuntimeError("wenlv serve did not become ready")
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc): load-independent cost per request."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _measured(server, phase):
+    """Run a load phase and add the server's CPU ms per request to its result."""
+    before = _cpu_seconds(server.pid)
+    out = phase()
+    used = _cpu_seconds(server.pid) - before
+    out["server_cpu_ms_per_request"] = round(1000 * used / max(1, out["requests"]), 3)
+    out["server_cpu_share_of_one_core"] = round(used / out.get("duration_s", out.get("duration", 1)), 3)
+    return out
+
+
 def _hey_fixed_rate(base: str, key: str, urls: list[str], rate: int, duration: int) -> dict:
     per = max(1, rate // len(urls))
     workers = 5
@@ -134,6 +150,7 @@ def _hey_fixed_rate(base: str, key: str, urls: list[str], rate: int, duration: i
             statuses[row["status-code"]] = statuses.get(row["status-code"], 0) + 1
     errors = sum(n for s, n in statuses.items() if s != "200")
     return {"target_rps": per * len(urls), "achieved_rps": round(len(latencies) / duration, 1), "requests": len(latencies),
+            "duration_s": duration,
             "p50_ms": _pct(latencies, 50), "p95_ms": _pct(latencies, 95), "p99_ms": _pct(latencies, 99),
             "errors": errors, "statuses": statuses, "tool": "hey"}
 
@@ -221,9 +238,9 @@ def run(n_pois: int, n_users: int, factors: int, rate: int, duration: int) -> di
             urls = [f"/v1/visitors/{tokens[1]}/recommendations?k=10",
                     f"/v1/visitors/{tokens[2]}/recommendations?k=10&category=museum&near=30.25,120.17&radius_km=8",
                     f"/v1/visitors/{tokens[0]}/recommendations?k=10"]  # cold
-            result["fixed_rate"] = _hey_fixed_rate(base, key, urls, rate, duration)
+            result["fixed_rate"] = _measured(server, lambda: _hey_fixed_rate(base, key, urls, rate, duration))
         if "wrk" not in missing:
-            result["saturation"] = _wrk_saturation(base, key, tokens, duration)
+            result["saturation"] = _measured(server, lambda: _wrk_saturation(base, key, tokens, duration))
     finally:
         if server is not None:
             server.terminate()
