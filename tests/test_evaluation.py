@@ -101,3 +101,20 @@ def test_audience_precision_and_lift():
     assert out["popularity_precision"] == 0.0
     assert out["lift_vs_random"] == pytest.approx(0.75 / 0.15)
     assert ev.audience_precision(np.array([3.0, 2.0, 1.0]), np.array([0, 1, 1]), 2) == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- real data: Flickr, tourism party only
+def test_flickr_temporal_split_against_popularity(shared_data):
+    from features.flickr import build
+    from training.flickr_eval import temporal_split_eval
+
+    tables, _ = build("Osak", shared_data / "flickr")
+    grid = {"factors": (2, 8), "alpha": (1.0,), "regularization": (10.0,)}
+    out = temporal_split_eval(tables["visits"], grid=grid)
+    assert out["chosen"]["factors"] in (2, 8) and out["test_users"] > 10
+    assert out["train_visits"] > 3 * out["test_visits"] > 0
+    for name in ("als_ndcg@10", "popularity_ndcg@10", "als_new_ndcg@10", "popularity_recall@10"):
+        assert 0.0 < out[name] <= 1.0
+    assert out["als_ndcg@10"] != out["popularity_ndcg@10"]
+    with pytest.raises(Exception, match="test_fraction"):
+        temporal_split_eval(tables["visits"], test_fraction=1.5)

@@ -37,6 +37,12 @@ def register(sub) -> None:
     e.add_argument("--tracking-uri", default=None)
     e.set_defaults(func=_evaluate)
 
+    fl = sub.add_parser("evaluate-flickr", help="ALS vs popularity on one city's real Flickr visits (temporal split)")
+    fl.add_argument("--city", required=True, help="Toro, Osak, Glas, Edin or Melb")
+    fl.add_argument("--source", type=Path, default=Path("../shared/data/flickr"), help="folder holding visits/ and pois/")
+    fl.add_argument("--test-fraction", type=float, default=0.2)
+    fl.set_defaults(func=_evaluate_flickr)
+
     p = sub.add_parser("promote", help="make a version champion if it passes the quality gate")
     p.add_argument("--version", type=int, required=True)
     p.add_argument("--tolerance", type=float, default=None, help="allowed NDCG@10 drop vs the champion")
@@ -70,6 +76,13 @@ def _evaluate(args) -> int:
     from training.pipeline import evaluate_version
 
     print(json.dumps(evaluate_version(args.features, args.version, args.tracking_uri, args.k)))
+    return 0
+
+
+def _evaluate_flickr(args) -> int:
+    from training.flickr_eval import evaluate_city
+
+    print(json.dumps(evaluate_city(args.city, args.source, test_fraction=args.test_fraction), default=str))
     return 0
 
 

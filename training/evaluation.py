@@ -211,7 +211,8 @@ def evaluate_scores(blocks, matrices, user_scores: np.ndarray, k: int = 10, pref
       test window counts whether or not the visitor had been there before (revisits of
       hotels, restaurants and favourite sights are real visits);
     * `new_ndcg@k`, …: discovery — each known visitor's training-window POIs are removed
-      from their list, as serving does when asked to exclude visited places.
+      from their list (as serving does when asked to exclude visited places) and from
+      their test-window truth.
     """
     tokens, pois = matrices.tokens, matrices.items["tourism"]
     history = matrices.blocks["tourism"]
@@ -221,6 +222,8 @@ def evaluate_scores(blocks, matrices, user_scores: np.ndarray, k: int = 10, pref
     in_test = np.zeros(len(tokens), dtype=bool)
     in_test[row_of.reindex(truth[USER].unique()).dropna().astype(int).to_numpy()] = True
     popularity = np.broadcast_to(popularity_scores(train, pois), user_scores.shape)
+    new_truth = truth.merge(train.drop_duplicates(), how="left", indicator=True)
+    new_truth = new_truth.loc[new_truth["_merge"] == "left_only", [USER, ITEM]]
     out: dict = {}
     for group, mask, exclude in (("", in_test, False), ("known_", in_test & ~matrices.is_prospect, False),
                                  ("prospect_", in_test & matrices.is_prospect, False), ("new_", in_test, True)):
@@ -229,7 +232,8 @@ def evaluate_scores(blocks, matrices, user_scores: np.ndarray, k: int = 10, pref
             continue
         for name, scores in (("", user_scores), ("popularity_", popularity)):
             recs = top_k(scores[rows], tokens[rows], pois, k, exclude=history[rows] if exclude else None)
-            metrics = ranking_metrics(truth[truth[USER].isin(tokens[rows])], recs, train, k)
+            view = new_truth if exclude else truth
+            metrics = ranking_metrics(view[view[USER].isin(tokens[rows])], recs, train, k)
             out.update({f"{prefix}{name}{group}{m}": v for m, v in metrics.items()})
     out.update({f"{prefix}{m}": v for m, v in prospect_audiences(blocks, matrices, user_scores).items()})
     return out
