@@ -62,7 +62,7 @@ def generate(out: str | Path, scale: str = "tiny", seed: int = 7, timeline: Time
     if people is not None:
         if people < 1:
             raise WenlvError(f"people must be positive, got {people}")
-        sc = replace(sc, people=people, chunk=max(sc.chunk, min(people, 100_000)))
+        sc = replace(sc, people=people)
     out = Path(out)
     started = time.perf_counter()
     root = np.random.SeedSequence(seed)

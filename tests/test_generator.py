@@ -15,7 +15,7 @@ from features.generator import generate
 from wenlv.cli import main as wenlv_main
 from wenlv.errors import DataValidationError
 
-PEOPLE = 6_000  # the tiny world (60 POIs) with more people, so statistical checks have power
+PEOPLE = 6_000  # the tiny world (60 POIs) with more people, so statistical checks have power (3 chunks)
 TRAVEL_TOPIC_OF = {"scenic_area": "scenery", "museum": "museum", "theme_park": "theme_park",
                    "restaurant": "food", "nightlife": "nightlife"}
 
@@ -50,7 +50,8 @@ def test_every_table_is_written_and_validates_against_its_contract(data):
 
 
 def test_keys_are_unique_and_foreign_keys_hold(data):
-    _, _, t, _ = data
+    out, _, t, _ = data
+    assert pa.parquet.ParquetFile(io.table_path(out, C.VISITS)).num_row_groups == 3  # one per chunk of 2,000 people
     for table in C.RAW_TABLES + C.TRUTH_TABLES:
         if table.key:
             keys = t[table.qualified][list(table.key)]
@@ -225,6 +226,27 @@ def test_prospects_exist_have_no_history_and_leave_signals(data, joined):
     never_remote = remote_subs[~remote_subs.phone.isin(pre | test)].phone
     assert len(p_remote) >= 10
     assert days_seen.reindex(p_remote).fillna(0).mean() > 1.5 * days_seen.reindex(never_remote).fillna(0).mean()
+
+
+def test_travel_engagement_rises_before_trips(data, joined):
+    _, _, t, _ = data
+    _, v = joined
+    eng = t["internet.engagement"].merge(t["internet.accounts"], on="account_id")
+    travel = eng[eng.topic.isin(["travel_guides", "train_tickets", "hotel_deals", *TRAVEL_TOPIC_OF.values()])]
+    daily = travel.groupby(["phone", "date"]).events.sum()
+    days = v[v.phone.isin(set(eng.phone))].assign(day=v.arrived_at.dt.normalize())[["phone", "day"]].drop_duplicates()
+    days = days.sort_values(["phone", "day"])
+    gap = days.groupby("phone").day.diff().dt.days
+    starts = days[gap.isna() | (gap > 60)]  # trip days after two quiet months
+    starts = starts[starts.day >= pd.Timestamp("2025-03-10")]
+    assert len(starts) > 100
+
+    def events(lo, hi):
+        idx = pd.MultiIndex.from_tuples([(p, (d - pd.Timedelta(days=k)).date())
+                                         for p, d in zip(starts.phone, starts.day) for k in range(lo, hi)])
+        return daily.reindex(idx).fillna(0).mean()
+
+    assert events(1, 15) > 2 * events(46, 60)
 
 
 def test_truth_holds_no_personal_data_but_the_phone(data):
