@@ -64,13 +64,20 @@ def run(ctx) -> dict:
 
     rng = np.random.default_rng(ctx.seed)
     known = bundle.users["token"].astype(str).to_numpy()
+    from serving.materialize import side_features
+
+    side = side_features(Path(features_dir)) if features_dir else None
+    newcomers = np.array(sorted(set(side.index.astype(str)) - set(known))) if side is not None else np.array([])
     pois = bundle.pois
     latencies, errors, degraded, strategies = [], 0, 0, {}
     with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=10,
                                                    headers={"Authorization": f"Bearer {key}"}) as client:
         for i in range(N_REQUESTS):
             cold = i % 5 == 4 or len(known) == 0
-            token = uuid.uuid4().hex if cold else known[rng.integers(len(known))]
+            if cold and len(newcomers) and i % 10 == 9:  # a new visitor the carrier/internet parties know: tower
+                token = newcomers[rng.integers(len(newcomers))]
+            else:  # a brand-new token: popularity
+                token = uuid.uuid4().hex if cold else known[rng.integers(len(known))]
             params = {"k": 10}
             if i % 7 == 1:
                 params["category"] = str(pois["category"].iloc[rng.integers(len(pois))])
@@ -96,5 +103,6 @@ def run(ctx) -> dict:
         "p99_ms": round(float(np.percentile(lat, 99)), 2), "errors": errors, "model_version": version,
         "degraded_responses": degraded, "strategies": strategies, "online_store": raw.describe(),
         "materialized_users": mat["users"], "poi_index": model.indexes.pois.info["kind"],
+        "cold_start_tower": model.tower is not None,
         "_paths": {"api_keys": str(workdir / "api_keys.sqlite"), "online_store": raw.describe()},
     }
