@@ -174,8 +174,7 @@ def draw_visits(people: People, trips: Trips, pois: pd.DataFrame, cal: DayProfil
         ready = day_start[v_day[m]] if r == 0 else tod[np.flatnonzero(m) - 1] + duration[np.flatnonzero(m) - 1] + travel[m]
         tod[m] = np.maximum(ready, earliest[m])
         duration[m] = np.minimum(duration[m], np.maximum(close_min[m] - tod[m], 10))
-    open_ok = (tod + 30 <= close_min) & (tod < 1440)  # no arrivals after midnight: the day is over
-    keep = open_ok
+    keep = (tod + 30 <= close_min) & (tod < 1440)  # still open; and no arrivals after midnight
     arrive = v_dayidx * 1440 + tod
     depart = arrive + duration
     price = pois.price_cny.to_numpy()[poi]
@@ -189,8 +188,6 @@ def draw_visits(people: People, trips: Trips, pois: pd.DataFrame, cal: DayProfil
     stay_trips = np.flatnonzero(trips.days >= 2)
     if len(stay_trips):
         h_person = trips.person[stay_trips]
-        w = np.zeros((len(stay_trips), len(POI_CATEGORIES)))
-        w[:, HOTEL] = 1.0
         h_poi = _sample_poi(np.full(len(stay_trips), HOTEL), people.district_pref[h_person], pois, rng,
                             price_pull=people.income[h_person])
         nights = trips.days[stay_trips] - 1

@@ -12,6 +12,7 @@ def register(sub) -> None:
     p.add_argument("--scale", choices=tuple(SCALES), default="tiny")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--out", type=Path, required=True, help="output folder (<out>/<party>/<table>.parquet)")
+    p.add_argument("--people", type=int, default=None, help="override the scale's number of people (same world)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_datagen)
 
@@ -31,7 +32,7 @@ def register(sub) -> None:
 def _datagen(args) -> int:
     from features.generator import generate
 
-    summary = generate(args.out, scale=args.scale, seed=args.seed, progress=not args.no_progress)
+    summary = generate(args.out, scale=args.scale, seed=args.seed, progress=not args.no_progress, people=args.people)
     print(json.dumps(summary))
     return 0
 
@@ -48,7 +49,7 @@ def _contracts(args) -> int:
 
     text = markdown()
     if args.out is None:
-        print(text)
+        print(text, end="" if text.endswith("\n") else "\n")
     else:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text if text.endswith("\n") else text + "\n")

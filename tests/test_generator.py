@@ -308,6 +308,8 @@ def test_cli_datagen_and_contracts(tmp_path, capsys):
     assert wenlv_main(["datagen", "--scale", "tiny", "--seed", "2", "--out", str(tmp_path / "d"), "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["rows"]["truth.people"] == 2000 and (tmp_path / "d" / "meta.json").exists()
+    assert wenlv_main(["datagen", "--scale", "tiny", "--people", "0", "--out", str(tmp_path / "e"), "--no-progress"]) == 2
+    assert "people must be positive" in capsys.readouterr().err
     assert wenlv_main(["contracts", "--out", str(tmp_path / "contracts.md")]) == 0
     from pathlib import Path
 
