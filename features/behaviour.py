@@ -153,8 +153,9 @@ def draw_visits(people: People, trips: Trips, pois: pd.DataFrame, cal: DayProfil
     w[:, HOTEL] = 0.0
     cat = _sample_rows(w, rng)
     poi = _sample_poi(cat, people.district_pref[v_person], pois, rng)
-    # ---- times: attractions first, lunch in between, nightlife last
-    order = np.where(cat == NIGHTLIFE, 2.0, np.where(cat == RESTAURANT, 0.55, rng.random(len(cat)) * 1.1))
+    # ---- times: attractions around lunch, dinner after them (45% of meals), nightlife last
+    meal = np.where(rng.random(len(cat)) < 0.45, 1.5, 0.55)
+    order = np.where(cat == NIGHTLIFE, 2.0, np.where(cat == RESTAURANT, meal, rng.random(len(cat)) * 1.1))
     sort = np.lexsort((order, v_day))
     v_day, v_person, v_dayidx, cat, poi = v_day[sort], v_person[sort], v_dayidx[sort], cat[sort], poi[sort]
     base_minutes = pois.visit_minutes.to_numpy()[poi]
@@ -172,6 +173,11 @@ def draw_visits(people: People, trips: Trips, pois: pd.DataFrame, cal: DayProfil
     for r in range(int(rank.max()) + 1 if len(rank) else 0):
         m = rank == r
         ready = day_start[v_day[m]] if r == 0 else tod[np.flatnonzero(m) - 1] + duration[np.flatnonzero(m) - 1] + travel[m]
+        # meals at meal times: lunch from 11:15, or dinner from 17:30 once lunch time has passed
+        lunch = 675 + rng.integers(0, 61, m.sum())
+        dinner = 1050 + rng.integers(0, 91, m.sum())
+        meal_time = np.where(ready > 14 * 60, dinner, lunch)
+        ready = np.where(cat[m] == RESTAURANT, np.maximum(ready, meal_time), ready)
         tod[m] = np.maximum(ready, earliest[m])
         duration[m] = np.minimum(duration[m], np.maximum(close_min[m] - tod[m], 10))
     keep = (tod + 30 <= close_min) & (tod < 1440)  # still open; and no arrivals after midnight
