@@ -165,3 +165,17 @@ def _alias(logical: str) -> str:
     from features.contracts import _ARROW
 
     return _ARROW[logical]
+
+
+def read_meta(data_dir: str | Path) -> dict | None:
+    """`<data_dir>/meta.json` written by the generator (timeline, `split_date`, test window),
+    or None when the data has none (e.g. a real-data import)."""
+    import json
+
+    path = Path(data_dir) / "meta.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise WenlvError(f"{path}: not valid JSON ({exc})") from None

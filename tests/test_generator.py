@@ -102,6 +102,7 @@ def test_meta_records_the_timeline_and_split(data):
     visits = t["tourism.visits"]
     assert visits.arrived_at.min() >= pd.Timestamp(meta["start"])
     assert visits.arrived_at.max() < pd.Timestamp(meta["end"]) + pd.Timedelta(days=1)
+    assert io.read_meta(data[0]) == meta and io.read_meta(data[0] / "tourism") is None
     future = t["truth.future_visits"]
     assert (future.arrived_at >= split).all()
     assert len(future) == (visits.arrived_at >= split).sum()
