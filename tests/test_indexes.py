@@ -66,3 +66,19 @@ def test_index_cache_is_keyed_by_the_vectors(vectors, tmp_path):
     assert list(again.search(queries[0], 10)[0]) == list(first.search(queries[0], 10)[0])
     load_or_build(items * 1.01, queries, cache_dir=tmp_path, kind="ivf")  # other vectors, other entry
     assert len(list(tmp_path.glob("*.faiss"))) == 2
+
+
+@pytest.mark.parametrize("exact_below", [10_000, 100])  # flat, and IVF over the users
+def test_audience_is_the_top_users_for_a_target(exact_below):
+    from serving.model import ServingModel
+
+    b = synthetic_bundle(n_pois=30, n_users=2000, factors=8, seed=6)
+    model = ServingModel(b, "1", None, index_cache=None, exact_below=exact_below)
+    target = list(b.pois.poi_id[:2])
+    tokens, scores = model.audience(target, 50)
+    truth = np.argsort(-(b.user_factors @ b.poi_factors[:2].mean(axis=0)))[:50]
+    overlap = len(set(tokens) & set(b.users.token[truth])) / 50
+    assert len(tokens) == 50 and list(scores) == sorted(scores, reverse=True)
+    assert overlap == 1.0 if exact_below == 10_000 else overlap >= 0.9
+    with pytest.raises(KeyError, match="none of the POIs"):
+        model.audience(["nope"], 5)
