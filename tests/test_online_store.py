@@ -16,7 +16,7 @@ from serving.testing import PrivateRedis, make_store
 PHONE = re.compile(rb"(?<![0-9a-f])1[3-9]\d{9}(?![0-9a-f])")  # a mainland mobile number on its own
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def store(request, tmp_path):
     url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     s = make_store(request.param, tmp_path, url)

@@ -26,7 +26,7 @@ def bundle():
     return synthetic_bundle(n_pois=80, n_users=60, factors=8, seed=5, visits_per_user=4, version="3")
 
 
-@pytest.fixture(params=["sqlite", "redis"])
+@pytest.fixture(params=["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def env(request, tmp_path, bundle):
     url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     raw = make_store(request.param, tmp_path, url)

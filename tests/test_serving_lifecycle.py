@@ -30,7 +30,7 @@ def two_versions():
     return v1, v2
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def test_champion_swap_under_concurrent_requests(kind, tmp_path, request):
     v1, v2 = two_versions()
     raw = make_store(kind, tmp_path, request.getfixturevalue("redis_url") if kind == "redis" else None)
@@ -186,7 +186,7 @@ def test_redis_stopped_and_restarted_during_requests(tmp_path):
     assert max(e[6] for e in during) < 1.0, "an outage must not stall requests"
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
 def test_a_swap_materialises_the_new_version_first(kind, tmp_path, request):
     v1, v2 = two_versions()
     raw = make_store(kind, tmp_path, request.getfixturevalue("redis_url") if kind == "redis" else None)
