@@ -106,3 +106,27 @@ def test_bad_feature_folders_are_named(tmp_path):
         FeatureBlocks.load(features)
     with pytest.raises(WenlvError, match="must include tourism"):
         TrainConfig(parties=("carrier", "internet"))
+
+
+@pytest.mark.slow
+@pytest.mark.spark
+def test_train_on_real_pipeline_blocks_leaks_no_phone(spark, tmp_path):
+    """datagen → Spark feature job → train: the generated phone numbers appear nowhere in MLflow."""
+    from features.generator import generate
+    from spark_jobs import features_job
+
+    data, features = tmp_path / "data", tmp_path / "features"
+    generate(data, scale="tiny", seed=1, progress=False, people=800)
+    features_job.run(data, features, spark=spark, progress=False)
+    uri = tracking.store_for_dir(tmp_path / "mlflow")[0]
+    out = train(features, TrainConfig(factors=8, iterations=5, tower_epochs=5), tracking_uri=uri, data_dir=data,
+                work_dir=tmp_path / "work")
+    assert out["checks"] == {"federated_matches_central": True, "artifacts_clean": True} and out["promoted"]
+    bundle, _ = registry.load_champion_bundle(uri, tmp_path / "dl")
+    assert bundle.meta["poi_metadata"] == "ok" and bundle.pois["name"].notna().all()
+    phones = set(pd.read_parquet(data / "carrier" / "subscribers.parquet")["phone"].astype(str))
+    assert len(phones) > 100
+    report = privacy_scan.scan_folder(tmp_path / "mlflow" / "artifacts", phones=phones)
+    assert report.clean, report.findings
+    db = (tmp_path / "mlflow" / "mlflow.db").read_bytes().decode("latin-1")
+    assert not any(p in db for p in phones)
