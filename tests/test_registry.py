@@ -125,3 +125,15 @@ def test_scan_passes_a_clean_bundle_and_catches_leaks(tmp_path):
     np.save(folder / "area_factors.npy", np.zeros((12, 4), np.float32))
     assert privacy_scan.scan_folder(folder, forbidden_shapes=[(12, 4)]).findings
     assert privacy_scan.scan_folder(folder, phones=["8613700000000"], forbidden_shapes=[(7, 4)]).clean
+
+
+def test_tracking_uri_resolution(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    default = tracking.resolve_tracking_uri()
+    assert default == f"sqlite:///{(tracking.REPO_ROOT / 'mlflow' / 'mlflow.db').resolve()}"
+    assert tracking._artifact_root(default) == (tracking.REPO_ROOT / "mlflow" / "artifacts").resolve().as_uri()
+    assert tracking.resolve_tracking_uri(store_dir=tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking.resolve_tracking_uri() == "http://mlflow.example:5000"
+    assert tracking.resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
+    assert tracking.mlflow_name("ndcg@10") == "ndcg_at_10" and tracking.wenlv_name("ndcg_at_10") == "ndcg@10"

@@ -101,6 +101,9 @@ def build_matrices(blocks: FeatureBlocks) -> Matrices:
         unknown = ~frame["token"].isin(row.index)
         if unknown.any():
             raise WenlvError(f"{party}/{table.name}: {int(unknown.sum())} rows have a token not in carrier/users")
+        dup = frame.duplicated(["token", col])
+        if dup.any():
+            raise WenlvError(f"{party}/{table.name}: {int(dup.sum())} duplicate (token, {col}) rows; the key must be unique")
         ids = pois if party == "tourism" else np.sort(frame[col].unique())
         if party == "tourism":
             stray = ~frame[col].isin(pois)

@@ -11,8 +11,8 @@ def run(ctx) -> dict:
     features_dir = ctx.results["features"]["_paths"]["features_dir"]
     data_dir = ctx.results.get("data", {}).get("_paths", {}).get("data_dir")
     tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.store_for_dir(ctx.workdir / "mlflow")[0]
-    out = train(features_dir, TrainConfig(mode="federated", seed=ctx.seed), tracking_uri=tracking_uri,
-                data_dir=data_dir, work_dir=ctx.workdir / "train")
+    config = TrainConfig(mode="federated", seed=ctx.seed, progress=ctx.progress)
+    out = train(features_dir, config, tracking_uri=tracking_uri, data_dir=data_dir, work_dir=ctx.workdir / "train")
     m = out["metrics"]
     ctx.log(f"model version {out['model_version']} (champion: {out['champion_version']}); "
             f"NDCG@10 {m['ndcg@10']:.3f} vs popularity {m['popularity_ndcg@10']:.3f}")

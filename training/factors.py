@@ -90,7 +90,7 @@ def _max_diff(a_users, a_items, b_users, b_items) -> float:
 
 def fit(matrices: Matrices, parties=("tourism", "carrier", "internet"), mode: str = "federated",
         factors: int = 16, iterations: int = 10, regularization: float = 1.0, seed: int = 0,
-        fixed_point_bits: int | None = None) -> FactorModel:
+        fixed_point_bits: int | None = None, progress: bool = False) -> FactorModel:
     parties = tuple(parties)
     if mode not in MODES:
         raise WenlvError(f"mode must be one of {MODES}, got {mode!r}")
@@ -108,8 +108,10 @@ def fit(matrices: Matrices, parties=("tourism", "carrier", "internet"), mode: st
     if mode == "central":
         return _model(central_users, central_items, parties, params, {})
 
+    from tqdm import tqdm
+
     per_iteration, rounds_aborted, audit_entries = [], 0, 0
-    for _ in range(iterations):
+    for _ in tqdm(range(iterations), desc=f"federated ALS ({'+'.join(parties)})", disable=not progress):
         fed_users, fed_items, fed = _federated_step(blocks, factors, regularization, 1, seed, state, fixed_point_bits)
         ref_users, ref_items, _ = _central_step(blocks, factors, regularization, 1, seed, state)
         per_iteration.append(_max_diff(fed_users, fed_items, ref_users, ref_items))

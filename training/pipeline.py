@@ -51,6 +51,7 @@ class TrainConfig:
     shapley: bool = True
     gate_tolerance: float = registry.DEFAULT_TOLERANCE
     promote: bool = True
+    progress: bool = True  # tqdm bars on stderr
 
     def __post_init__(self):
         self.parties = tuple(self.parties)
@@ -70,7 +71,7 @@ def fit_and_evaluate(blocks: FeatureBlocks, matrices: Matrices, config: TrainCon
     """ALS on `parties` (default: the config's), then metrics on the temporal split."""
     model = factors.fit(matrices, parties or config.parties, mode=config.mode, factors=config.factors,
                         iterations=config.iterations, regularization=config.regularization, seed=config.seed,
-                        fixed_point_bits=config.fixed_point_bits)
+                        fixed_point_bits=config.fixed_point_bits, progress=config.progress)
     metrics = evaluation.evaluate_scores(blocks, matrices, model.user_factors @ model.poi_factors.T, k=config.k)
     return model, metrics
 
@@ -97,7 +98,7 @@ def train_cold_start_towers(blocks, matrices, model, config: TrainConfig, out_di
     result = towers.train_towers({p: f[known].reset_index(drop=True) for p, f in frames.items()}, targets,
                                  model.poi_factors, epochs=config.tower_epochs,
                                  noise_multiplier=config.tower_noise_multiplier, seed=config.seed,
-                                 frac_bits=config.fixed_point_bits)
+                                 frac_bits=config.fixed_point_bits, progress=config.progress)
     towers.export_towers(result, out_dir)
     scores = result.embed(frames) @ model.poi_factors.T
     metrics = evaluation.evaluate_scores(blocks, matrices, scores, k=config.k, prefix="tower_")
@@ -244,7 +245,8 @@ def train(features_dir: str | Path, config: TrainConfig | None = None, *, tracki
         shapley = shapley_mod.data_source_values(blocks, matrices, config, full_metrics=metrics)
         metrics.update(shapley_mod.as_metrics(shapley))
 
-    params = {**asdict(config), **{f"als_{k}": v for k, v in model.params.items()},
+    params = {**{k: v for k, v in asdict(config).items() if k != "progress"},
+              **{f"als_{k}": v for k, v in model.params.items()},
               **(tower_result.params if tower_result else {}),
               "features_dir": str(Path(features_dir).resolve()), "secure_aggregation": "x25519-hkdf-chacha20-z2^64",
               "n_users": len(matrices.tokens), "n_pois": len(matrices.items["tourism"])}
