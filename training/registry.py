@@ -157,7 +157,8 @@ def rollback(tracking_uri: str | None = None) -> int:
         raise WenlvError("nothing to roll back to: there is no earlier champion")
     previous = history[-1]
     _set_champion(c, previous, history)
-    c.set_model_version_tag(MODEL_NAME, str(current), "rolled_back", "true")
+    if current is not None:
+        c.set_model_version_tag(MODEL_NAME, str(current), "rolled_back", "true")
     log.info("rolled back %s from version %s to %s", ALIAS, current, previous)
     return previous
 
