@@ -16,6 +16,10 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.set_defaults(func=_datagen)
 
+    r = sub.add_parser("datagen-signal", help="how well each party's pre-split data ranks the true prospects (ROC AUC, JSON)")
+    r.add_argument("--data", type=Path, required=True, help="a folder written by `wenlv datagen`")
+    r.set_defaults(func=_signal)
+
     imp = sub.add_parser("import", help="import real data into the raw contracts")
     imp_sub = imp.add_subparsers(dest="source", required=True, metavar="SOURCE")
     f = imp_sub.add_parser("flickr", help="Flickr (YFCC100M) POI visits of one city, IJCAI'15 files, into tourism/")
@@ -34,6 +38,13 @@ def _datagen(args) -> int:
 
     summary = generate(args.out, scale=args.scale, seed=args.seed, progress=not args.no_progress, people=args.people)
     print(json.dumps(summary))
+    return 0
+
+
+def _signal(args) -> int:
+    from features.signal import prospect_signal
+
+    print(json.dumps(prospect_signal(args.data)))
     return 0
 
 

@@ -250,6 +250,18 @@ def test_travel_engagement_rises_before_trips(data, joined):
     assert events(1, 15) > 2 * events(46, 60)
 
 
+def test_signal_report_ranks_prospects_better_than_chance(data, capsys):
+    from features.signal import auc
+
+    assert auc(np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.8, 0.3])) == 1.0
+    assert auc(np.array([1, 0, 1, 0]), np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
+    assert wenlv_main(["datagen-signal", "--data", str(data[0])]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert report["prospects"] == int(data[2]["truth.people"].is_prospect.sum())
+    for name, value in report["auc"].items():
+        assert value > 0.55, (name, value)
+
+
 def test_truth_holds_no_personal_data_but_the_phone(data):
     out, _, t, _ = data
     for table in C.TRUTH_TABLES:
