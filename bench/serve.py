@@ -5,9 +5,10 @@ clusters: random-ish factors are fine for latency, clustered ones make ANN recal
 something). A private redis-server on a spare port holds the materialised online store;
 `wenlv serve` runs as its own process (uvicorn, one worker, uvloop + httptools); the load
 comes from `hey` (fixed rate: 3 processes × 100 req/s, per-request CSV) and `wrk`
-(saturation, Lua-rotated tokens, 10% cold). Printed beside it: FAISS-only search latency
-and in-process `ServingModel.recommend` latency, so the HTTP overhead is visible, and
-ANN recall@10 of the approximate user index against exact search.
+(saturation, Lua-rotated tokens, 10% cold). Printed beside it: FAISS-only search latency,
+in-process `ServingModel.recommend` latency and the same fixed rate on /healthz, so the
+HTTP overhead and the machine's own floor are visible; the server's CPU ms per request
+(from /proc, independent of other load); ANN recall@10 of approximate indexes vs exact.
 """
 from __future__ import annotations
 
@@ -239,6 +240,9 @@ def run(n_pois: int, n_users: int, factors: int, rate: int, duration: int) -> di
                     f"/v1/visitors/{tokens[2]}/recommendations?k=10&category=museum&near=30.25,120.17&radius_km=8",
                     f"/v1/visitors/{tokens[0]}/recommendations?k=10"]  # cold
             result["fixed_rate"] = _measured(server, lambda: _hey_fixed_rate(base, key, urls, rate, duration))
+            # Peer in the same run: the same rate on /healthz (no store, no FAISS) is the floor that the
+            # machine, uvicorn and FastAPI set; the gap to it is what recommendations cost.
+            result["fixed_rate_healthz_peer"] = _measured(server, lambda: _hey_fixed_rate(base, key, ["/healthz"] * 3, rate, duration))
         if "wrk" not in missing:
             result["saturation"] = _measured(server, lambda: _wrk_saturation(base, key, tokens, duration))
     finally:
