@@ -35,7 +35,7 @@ def find_table(data_dir: str | Path, table: Table) -> Path:
     raise WenlvError(f"{table.qualified}: neither {table_path(data_dir, table)} nor its .csv exists")
 
 
-def conform(data, table: Table, file: str = "<memory>") -> pa.Table:
+def conform(data, table: Table, file: str = "<memory>", row_offset: int = 0) -> pa.Table:
     """`data` (pyarrow Table, pandas DataFrame or dict of columns) as an arrow table with exactly
     the contract's columns and types; raises DataValidationError naming what is wrong."""
     if isinstance(data, dict):
@@ -59,7 +59,7 @@ def conform(data, table: Table, file: str = "<memory>") -> pa.Table:
                 raise DataValidationError(file, None, field.name, f"cannot read {col.type} as {field.type}: {exc}") from None
         columns.append(col)
     out = pa.Table.from_arrays(columns, schema=schema)
-    validate(out, table, file)
+    validate(out, table, file, row_offset)
     return out
 
 
@@ -69,34 +69,39 @@ def _cast(col: pa.ChunkedArray, target: pa.DataType) -> pa.ChunkedArray:
     return pc.cast(col, target)
 
 
-def validate(data: pa.Table, table: Table, file: str = "<memory>") -> None:
-    """Nullability, choices and min/max of every column; the first offending row is named."""
+def validate(data: pa.Table, table: Table, file: str = "<memory>", row_offset: int = 0) -> None:
+    """Nullability, choices and min/max of every column; the first offending row is named
+    (1-based data row, counting `row_offset` rows before this chunk). Values of personal
+    columns are never quoted in the message."""
+
+    def _first(mask) -> int:
+        return int(pc.index(mask, True).as_py())
+
+    def fail(mask, column: str, problem) -> None:
+        row = _first(mask)
+        shown = "value" if table.field(column).personal else repr(data.column(column)[row].as_py())
+        raise DataValidationError(file, row_offset + row + 1, column, problem(shown))
+
     for f in table.fields:
         col = data.column(f.name)
         if not f.nullable and col.null_count:
-            raise DataValidationError(file, _first(pc.is_null(col)), f.name, "null in a non-nullable column")
+            fail(pc.is_null(col), f.name, lambda _: "null in a non-nullable column")
         if f.choices:
             bad = pc.invert(pc.is_in(col, value_set=pa.array(f.choices)))
             bad = pc.and_(bad, pc.is_valid(col))
             if pc.any(bad).as_py():
-                row = _first(bad)
-                raise DataValidationError(file, row, f.name, f"{col[row].as_py()!r} is not one of {', '.join(f.choices)}")
+                fail(bad, f.name, lambda v: f"{v} is not one of {', '.join(f.choices)}")
         if f.min is not None or f.max is not None:
             for bound, op, word in ((f.min, pc.less, "below"), (f.max, pc.greater, "above")):
                 if bound is None:
                     continue
                 bad = pc.fill_null(op(col, pa.scalar(bound).cast(col.type)), False)
                 if pc.any(bad).as_py():
-                    row = _first(bad)
-                    raise DataValidationError(file, row, f.name, f"{col[row].as_py()!r} is {word} the allowed {bound}")
+                    fail(bad, f.name, lambda v: f"{v} is {word} the allowed {bound}")
         if pa.types.is_floating(col.type) and len(col):
             bad = pc.fill_null(pc.is_nan(col), False)
             if pc.any(bad).as_py():
-                raise DataValidationError(file, _first(bad), f.name, "NaN is not a value")
-
-
-def _first(mask) -> int:
-    return int(pc.index(mask, True).as_py())
+                fail(bad, f.name, lambda _: "NaN is not a value")
 
 
 def write_table(data_dir: str | Path, table: Table, data) -> Path:
@@ -118,7 +123,7 @@ class TableWriter:
         self._writer: pq.ParquetWriter | None = None
 
     def write(self, data) -> None:
-        chunk = conform(data, self.table, str(self.path))
+        chunk = conform(data, self.table, str(self.path), row_offset=self.rows)
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(self.path, self.table.arrow_schema(), **PARQUET_OPTIONS)

@@ -304,7 +304,7 @@ def test_io_reads_csv_and_names_bad_rows(tmp_path):
     back = io.read_pandas(tmp_path, C.POIS)
     assert back.iloc[0].poi_id == "P1" and back.iloc[0].visit_minutes == 120
     bad = pd.concat([pois, pois.assign(poi_id="P2", category="zoo")])
-    with pytest.raises(DataValidationError, match=r"row 1, column 'category'.*'zoo'"):
+    with pytest.raises(DataValidationError, match=r"row 2, column 'category'.*'zoo'"):
         io.write_table(tmp_path / "out", C.POIS, bad)
     with pytest.raises(DataValidationError, match="missing column"):
         io.write_table(tmp_path / "out", C.POIS, pois.drop(columns=["lat"]))
@@ -313,8 +313,16 @@ def test_io_reads_csv_and_names_bad_rows(tmp_path):
                            "spend_cny": [-3.0], "channel": ["ticket"]})
     (tmp_path / "csv" / "tourism").mkdir(parents=True)
     visits.to_csv(tmp_path / "csv" / "tourism" / "visits.csv", index=False)
-    with pytest.raises(DataValidationError, match=r"visits.csv, row 0, column 'spend_cny'"):
+    with pytest.raises(DataValidationError, match=r"visits.csv, row 1, column 'spend_cny'"):
         io.read_table(tmp_path / "csv", C.VISITS)
+    # chunked writing counts rows across chunks; a personal value is never quoted
+    with pytest.raises(DataValidationError, match=r"row 3, column 'category'"):
+        with io.TableWriter(tmp_path / "chunks", C.POIS) as writer:
+            writer.write(pd.concat([pois, pois.assign(poi_id="P2")]))
+            writer.write(pois.assign(poi_id="P3", category="zoo"))
+    accounts = pd.DataFrame({"account_id": ["A1"], "phone": [None], "consent_ads": [True]})
+    with pytest.raises(DataValidationError, match=r"row 1, column 'phone': null"):
+        io.write_table(tmp_path / "out", C.ACCOUNTS, accounts)
 
 
 def test_cli_datagen_and_contracts(tmp_path, capsys):
