@@ -76,9 +76,12 @@ def test_dp_noise_gives_an_accounted_epsilon(toy):
     loud, _ = _train(toy, epochs=2, noise_multiplier=2.0, seed=1)
     quiet, _ = _train(toy, epochs=2, noise_multiplier=0.8, seed=1)
     none, _ = _train(toy, epochs=2, seed=1)
-    assert none.epsilon is None
+    assert none.epsilon is None and none.epsilon_labels is None and loud.epsilon_labels is None
     assert 0 < loud.epsilon < quiet.epsilon < float("inf")
     assert loud.params["tower_noise_multiplier"] == 2.0
+    labels, _ = _train(toy, epochs=2, grad_noise_multiplier=1.0, seed=1)
+    assert labels.epsilon is None and 0 < labels.epsilon_labels < float("inf")
+    assert np.isfinite(labels.losses).all()
 
 
 def test_export_is_torchscript_with_spec_serving_reads(toy, tmp_path):

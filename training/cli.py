@@ -24,6 +24,8 @@ def register(sub) -> None:
     t.add_argument("--data", type=Path, default=None, help="raw data folder, for POI names/places/hours in the bundle")
     t.add_argument("--tower-epochs", type=int, default=30)
     t.add_argument("--dp-noise", type=float, default=0.0, help="Gaussian noise multiplier on tower outputs (0: off)")
+    t.add_argument("--dp-grad-noise", type=float, default=0.0,
+                   help="Gaussian noise multiplier on the gradients the coordinator returns (protects its labels)")
     t.add_argument("--no-towers", action="store_true", help="skip the cold-start towers")
     t.add_argument("--no-shapley", action="store_true", help="skip the coalition retrains (data-source values)")
     t.add_argument("--no-promote", action="store_true", help="register the version but do not try the quality gate")
@@ -59,7 +61,8 @@ def _train(args) -> int:
 
     config = TrainConfig(mode=args.mode, parties=args.parties, factors=args.factors, iterations=args.iterations,
                          regularization=args.regularization, seed=args.seed, tower_epochs=args.tower_epochs,
-                         tower_noise_multiplier=args.dp_noise, towers=not args.no_towers,
+                         tower_noise_multiplier=args.dp_noise, tower_grad_noise_multiplier=args.dp_grad_noise,
+                         towers=not args.no_towers,
                          shapley=not args.no_shapley, promote=not args.no_promote)
     out = train(args.features, config, tracking_uri=args.tracking_uri, data_dir=args.data)
     print(json.dumps(_public(out), default=str))

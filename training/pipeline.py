@@ -48,6 +48,7 @@ class TrainConfig:
     towers: bool = True
     tower_epochs: int = 30
     tower_noise_multiplier: float = 0.0
+    tower_grad_noise_multiplier: float = 0.0
     shapley: bool = True
     gate_tolerance: float = registry.DEFAULT_TOLERANCE
     promote: bool = True
@@ -98,6 +99,7 @@ def train_cold_start_towers(blocks, matrices, model, config: TrainConfig, out_di
     result = towers.train_towers({p: f[known].reset_index(drop=True) for p, f in frames.items()}, targets,
                                  model.poi_factors, epochs=config.tower_epochs,
                                  noise_multiplier=config.tower_noise_multiplier, seed=config.seed,
+                                 grad_noise_multiplier=config.tower_grad_noise_multiplier,
                                  frac_bits=config.fixed_point_bits, progress=config.progress)
     towers.export_towers(result, out_dir)
     scores = result.embed(frames) @ model.poi_factors.T
@@ -106,6 +108,8 @@ def train_cold_start_towers(blocks, matrices, model, config: TrainConfig, out_di
     keep["tower_loss_first_epoch"], keep["tower_loss_last_epoch"] = result.losses[0], result.losses[-1]
     if result.epsilon is not None:
         keep["tower_dp_epsilon"] = result.epsilon
+    if result.epsilon_labels is not None:
+        keep["tower_dp_epsilon_labels"] = result.epsilon_labels
     return result, keep
 
 
@@ -205,8 +209,10 @@ Cold-start towers on prospects: NDCG {fmt(f'tower_prospect_ndcg@{k}')}, audience
   factors stay with their party; only the tourism POI factors are published).
 - Secure aggregation: X25519 pairwise masks, ChaCha20 streams, fixed point with {config.fixed_point_bits} fractional bits on Z_2^64.
 - Federated vs central max |Δ factor|: {fmt('federated_vs_central_max_abs_diff')} (relative {fmt('federated_vs_central_max_rel_diff')}).
-- Towers: coordinator sees only masked sums of embeddings; DP noise multiplier {config.tower_noise_multiplier}
-  (ε = {'n/a (no noise)' if eps is None else f'{eps:.3g}'} at δ = {params.get('tower_delta', 'n/a')}).
+- Towers: coordinator sees only masked sums of embeddings; DP noise multiplier on the parties' embeddings
+  {config.tower_noise_multiplier} (ε = {'n/a (no noise)' if eps is None else f'{eps:.3g}'}), on the returned
+  gradients {config.tower_grad_noise_multiplier} (labels' ε = {fmt('tower_dp_epsilon_labels')}),
+  δ = {params.get('tower_delta', 'n/a')}.
 {checks_md}
 
 ## Parameters

@@ -13,7 +13,10 @@ own tower.
 Optional DP (`noise_multiplier` > 0): each party clips every example's embedding to L2
 norm `clip_norm` and adds Gaussian noise N(0, (σ·clip_norm)²) before masking — the
 Gaussian mechanism on every release, with Poisson-style sampling rate batch/n. Opacus's
-RDP accountant turns (σ, rate, steps, δ) into the ε that is logged.
+RDP accountant turns (σ, rate, steps, δ) into the ε that is logged. Symmetrically,
+`grad_noise_multiplier` > 0 makes the coordinator clip each example's gradient row to
+`clip_norm` and add N(0, (σ_g·clip_norm)²) before sending it back, which bounds what the
+parties learn about the tourism party's visits (the labels): `epsilon_labels`.
 
 Serving gets one TorchScript module, `towers/user_tower.pt`: raw side features in (the
 order of `spec.json`'s `user_features`; `name=value` entries are one-hots), the summed
@@ -169,7 +172,8 @@ class TowerResult:
     width: int
     losses: list[float]                       # mean training loss per epoch
     params: dict = field(default_factory=dict)
-    epsilon: float | None = None              # DP ε at `delta` (None without noise)
+    epsilon: float | None = None              # DP ε of the parties' features at `delta` (None without noise)
+    epsilon_labels: float | None = None       # DP ε of the coordinator's labels (None without gradient noise)
 
     def embed(self, frames: dict[str, pd.DataFrame]) -> np.ndarray:
         """Summed embedding in clear (for evaluation and serving, not in the protocol)."""
@@ -191,7 +195,7 @@ def side_frames(blocks, tokens, parties=TOWER_PARTIES) -> dict[str, pd.DataFrame
 
 def train_towers(frames: dict[str, pd.DataFrame], targets, poi_factors: np.ndarray, *, epochs: int = 30,
                  batch_size: int = 128, lr: float = 0.01, hidden: int = 32, noise_multiplier: float = 0.0,
-                 clip_norm: float = 1.0, delta: float | None = None, seed: int = 0,
+                 clip_norm: float = 1.0, delta: float | None = None, seed: int = 0, grad_noise_multiplier: float = 0.0,
                  frac_bits: int = secure_agg.DEFAULT_FRAC_BITS, channel: MaskedSum | None = None,
                  progress: bool = False) -> TowerResult:
     """Fit the bottom towers so that the masked sum of embeddings ranks each user's POIs.
@@ -204,13 +208,14 @@ def train_towers(frames: dict[str, pd.DataFrame], targets, poi_factors: np.ndarr
     try:
         return _train_towers(frames, targets, poi_factors, epochs=epochs, batch_size=batch_size, lr=lr,
                              hidden=hidden, noise_multiplier=noise_multiplier, clip_norm=clip_norm, delta=delta,
-                             seed=seed, frac_bits=frac_bits, channel=channel, progress=progress)
+                             seed=seed, frac_bits=frac_bits, channel=channel, progress=progress,
+                             grad_noise_multiplier=grad_noise_multiplier)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train_towers(frames, targets, poi_factors, *, epochs, batch_size, lr, hidden, noise_multiplier, clip_norm,
-                  delta, seed, frac_bits, channel, progress) -> TowerResult:
+                  delta, seed, frac_bits, channel, progress, grad_noise_multiplier) -> TowerResult:
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     parties = tuple(sorted(frames))
@@ -255,6 +260,13 @@ def _train_towers(frames, targets, poi_factors, *, epochs, batch_size, lr, hidde
             loss = -(y_t[idx] * torch.log_softmax(s @ v.T, dim=1)).sum(dim=1).mean()
             loss.backward()
             grad = s.grad.detach()                         # one gradient, sent to every party
+            if grad_noise_multiplier > 0:                  # row i depends on example i's label only
+                per_example = grad * len(idx)              # undo the batch mean
+                norms = per_example.norm(dim=1, keepdim=True).clamp(min=1e-12)
+                per_example = per_example * torch.clamp(clip_norm / norms, max=1.0)
+                per_example = per_example + torch.randn(grad.shape, generator=noise_gen) * (grad_noise_multiplier
+                                                                                            * clip_norm)
+                grad = per_example / len(idx)
             for p in parties:
                 opts[p].zero_grad()
                 released[p].backward(grad)
@@ -263,18 +275,25 @@ def _train_towers(frames, targets, poi_factors, *, epochs, batch_size, lr, hidde
             steps += 1
         losses.append(total / m)
     channel.close()
-    epsilon = None
     delta = delta if delta is not None else 1.0 / max(m, 2)
-    if noise_multiplier > 0:
-        from opacus.accountants import RDPAccountant
-
-        accountant = RDPAccountant()
-        accountant.history.append((noise_multiplier, batch_size / m, steps))
-        epsilon = float(accountant.get_epsilon(delta=delta))
+    epsilon = _epsilon(noise_multiplier, batch_size / m, steps, delta)
+    epsilon_labels = _epsilon(grad_noise_multiplier, batch_size / m, steps, delta)
     params = {"tower_epochs": epochs, "tower_batch_size": batch_size, "tower_lr": lr, "tower_hidden": hidden,
-              "tower_noise_multiplier": noise_multiplier, "tower_clip_norm": clip_norm, "tower_delta": delta,
+              "tower_noise_multiplier": noise_multiplier, "tower_grad_noise_multiplier": grad_noise_multiplier,
+              "tower_clip_norm": clip_norm, "tower_delta": delta,
               "fixed_point_frac_bits": frac_bits, "tower_parties": ",".join(parties)}
-    return TowerResult(towers, specs, width, losses, params, epsilon)
+    return TowerResult(towers, specs, width, losses, params, epsilon, epsilon_labels)
+
+
+def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float | None:
+    """ε of `steps` subsampled Gaussian releases (Opacus RDP accountant); None without noise."""
+    if noise_multiplier <= 0:
+        return None
+    from opacus.accountants import RDPAccountant
+
+    accountant = RDPAccountant()
+    accountant.history.append((noise_multiplier, sample_rate, steps))
+    return float(accountant.get_epsilon(delta=delta))
 
 
 # ---------------------------------------------------------------- export for serving
@@ -302,7 +321,8 @@ def export_towers(result: TowerResult, out: str | Path) -> Path:
         "parties": {p: {"features": result.specs[p].names, "state_dict": f"{p}_tower.pt",
                         "hidden": result.params.get("tower_hidden")} for p in parties},
         "dp": {"noise_multiplier": result.params.get("tower_noise_multiplier", 0.0),
-               "epsilon": result.epsilon, "delta": result.params.get("tower_delta")},
+               "epsilon": result.epsilon, "grad_noise_multiplier": result.params.get("tower_grad_noise_multiplier", 0.0),
+               "epsilon_labels": result.epsilon_labels, "delta": result.params.get("tower_delta")},
     }
     (out / "spec.json").write_text(json.dumps(spec, indent=2))
     return out
