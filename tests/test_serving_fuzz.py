@@ -38,3 +38,9 @@ def test_no_request_shape_gives_a_server_error(case, who):
     content_type = response.headers["content-type"]
     content_type = content_type[0] if isinstance(content_type, list) else content_type
     assert content_type.startswith(("application/json", "text/plain"))  # errors are JSON; /metrics is text
+
+
+def teardown_module():
+    import shutil
+
+    shutil.rmtree(_tmp, ignore_errors=True)
