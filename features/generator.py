@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from features import contracts as C
 from features import io
-from features.behaviour import TOPICS, draw_engagement, draw_exposure, draw_presence, draw_trips, draw_visits, trip_rate
+from features.behaviour import NOISE_TOPICS, TOPICS, draw_engagement, draw_exposure, draw_presence, draw_trips, draw_visits, trip_rate
 from features.calendar import DEFAULT_TIMELINE, Timeline, day_profile
 from features.population import IdScheme, draw_people
 from features.world import DESTINATION, build_areas, build_pois, home_cities
@@ -86,13 +86,13 @@ def generate(out: str | Path, scale: str = "tiny", seed: int = 7, timeline: Time
         rng = np.random.default_rng(chunk_seqs[c])
         start = c * sc.chunk
         n = min(sc.chunk, sc.people - start)
-        people = draw_people(start, n, cities, tl.days, 10, rng)
-        exposure = draw_exposure(people, tl.days, rng)
-        trips = draw_trips(people, exposure, tl.days, cal, TRIP_RATE, rng)
-        visits = draw_visits(people, trips, pois, cal, rng)
-        presence = draw_presence(people, exposure, trips, visits, pois, area_maps, len(areas), tl.days, STROLL_RATE, rng)
-        engagement = draw_engagement(people, trips, visits, pois, tl.days, rng)
-        tables, stats = _chunk_tables(people, trips, visits, presence, engagement, pois, areas, cities, ids, tl,
+        folk = draw_people(start, n, cities, tl.days, len(NOISE_TOPICS), rng)
+        exposure = draw_exposure(folk, tl.days, rng)
+        trips = draw_trips(folk, exposure, tl.days, cal, TRIP_RATE, rng)
+        visits = draw_visits(folk, trips, pois, cal, rng)
+        presence = draw_presence(folk, exposure, trips, visits, pois, area_maps, len(areas), tl.days, STROLL_RATE, rng)
+        engagement = draw_engagement(folk, trips, visits, pois, tl.days, rng)
+        tables, stats = _chunk_tables(folk, trips, visits, presence, engagement, pois, areas, cities, ids, tl,
                                       visit_offset, rng)
         for name, table in tables.items():
             writers[name].write(table)
@@ -107,7 +107,7 @@ def generate(out: str | Path, scale: str = "tiny", seed: int = 7, timeline: Time
         w.close()
         rows[name] = w.rows
     meta = {"generator": "wenlv.features.generator", "generator_version": GENERATOR_VERSION, "scale": scale,
-            "seed": seed, "schema_version": C.SCHEMA_VERSION, "destination": DESTINATION, **tl.meta(),
+            "seed": seed, "people": sc.people, "schema_version": C.SCHEMA_VERSION, "destination": DESTINATION, **tl.meta(),
             "topics": list(TOPICS)}
     _write_json(out / "meta.json", meta)
     _write_json(out / "truth" / "meta.json", {**meta, "rows": rows, **hidden, "trip_rate": TRIP_RATE})
