@@ -28,8 +28,14 @@ STEPS = ("validate", "plan", "psi request", "psi respond", "psi finish", "align"
 
 
 def run(data_dir: str | Path, out_dir: str | Path, spark=None, master: str | None = None,
-        quarantine: bool = False, split_date: date | None = None, progress: bool = True) -> dict:
-    """Run every party's job; returns the manifest (also written to `<out>/manifest.json`)."""
+        quarantine: bool = False, split_date: date | None = None, progress: bool = True,
+        stats: dict | None = None) -> dict:
+    """Run every party's job; returns the manifest (also written to `<out>/manifest.json`).
+
+    `stats`, if given, receives seconds per step and PSI set sizes (for the benchmark).
+    """
+    import time
+
     from tqdm import tqdm
 
     data_dir, out_dir = Path(data_dir), Path(out_dir)
@@ -47,9 +53,18 @@ def run(data_dir: str | Path, out_dir: str | Path, spark=None, master: str | Non
                                   InternetJob(spark, data_dir, out_dir, quarantine))
     bar = tqdm(total=len(STEPS), desc="features", unit="step", file=sys.stderr, disable=not progress)
 
+    stats = {} if stats is None else stats
+    seconds = stats.setdefault("seconds", {})
+    clock = {"name": None, "t": time.perf_counter()}
+
     def step(name):
-        bar.set_postfix_str(name)
-        log.info("features: %s", name)
+        now = time.perf_counter()
+        if clock["name"]:
+            seconds[clock["name"]] = round(now - clock["t"], 3)
+        clock.update(name=name, t=now)
+        if name:
+            bar.set_postfix_str(name)
+            log.info("features: %s", name)
 
     step("validate")
     quarantined = {}
@@ -82,6 +97,8 @@ def run(data_dir: str | Path, out_dir: str | Path, spark=None, master: str | Non
     ct_matched = carrier.psi_finish(TOURISM_SESSION, "tourism")
     ci_matched = carrier.psi_finish(INTERNET_SESSION, "internet")
     psi_counts = {"tourism_carrier_matched": ct_matched.count(), "internet_carrier_matched": ci_matched.count()}
+    stats["psi_set_sizes"] = {f"{job.name}@{session}": job.psi[session].sent for job, session in (
+        (tourism, TOURISM_SESSION), (internet, INTERNET_SESSION), (carrier, TOURISM_SESSION), (carrier, INTERNET_SESSION))}
     for job, session in ((tourism, TOURISM_SESSION), (internet, INTERNET_SESSION),
                          (carrier, TOURISM_SESSION), (carrier, INTERNET_SESSION)):
         psi_exchange.release(job.psi[session])
@@ -117,6 +134,7 @@ def run(data_dir: str | Path, out_dir: str | Path, spark=None, master: str | Non
     for job in (tourism, carrier, internet):
         for checked in job.checked.values():
             checked.release()
+    step(None)
     bar.update()
     bar.close()
     return manifest

@@ -4,7 +4,7 @@ A session between two parties lives in `<exchange>/<session name>/`. The only fi
 cross between parties are written there, and they hold points, never identifiers:
 
 - `session.json`                — the public session id (chosen by the hub)
-- `<party>.request.parquet`     — `point`: the party's own items hashed and blinded, sorted
+- `<party>.request.parquet`     — `point`: the party's own items hashed and blinded, ordered
                                    by point (a pseudorandom order unrelated to the identities)
 - `<party>.response.parquet`    — `point, reblinded`: the other party's request points,
                                    re-blinded with this party's secret
@@ -32,6 +32,7 @@ class PsiState:
     session_id: str
     secret: bytes
     items: object  # DataFrame[phone, point], persisted
+    sent: int = 0  # size of our set, known once the session is finished
 
     def __repr__(self) -> str:  # the secret never reaches a log
         return f"PsiState(party={self.party!r}, session={self.session!r})"
@@ -95,7 +96,7 @@ def _tokens(session_id: str):
 
 
 def request(spark, exchange: Path, session: str, party: str, phones) -> PsiState:
-    """Step 1: hash and blind the party's distinct phones; publish the points sorted by point."""
+    """Step 1: hash and blind the party's distinct phones; publish the points in point order."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -103,7 +104,8 @@ def request(spark, exchange: Path, session: str, party: str, phones) -> PsiState
     secret = psi.new_secret()
     distinct = phones.select(normalised_phone("phone").alias("phone")).distinct()
     items = distinct.mapInPandas(_hash_and_blind(secret), STATE_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
-    items.select("point").orderBy("point").write.mode("overwrite").parquet(
+    # Order by the (pseudorandom) point, never by anything derived from the phone number.
+    items.select("point").repartition("point").sortWithinPartitions("point").write.mode("overwrite").parquet(
         str(session_dir(exchange, session) / f"{party}.request.parquet"))
     return PsiState(party, session, session_id, secret, items)
 
@@ -124,9 +126,9 @@ def finish(spark, exchange: Path, state: PsiState, other: str):
     to_us = spark.read.parquet(str(folder / f"{other}.response.parquet"))
     ours = spark.read.parquet(str(folder / f"{state.party}.response.parquet")).select("reblinded").distinct()
     doubled = state.items.join(to_us, "point", "inner")
-    sent, returned = state.items.count(), doubled.count()
-    if returned != sent:
-        raise psi.PsiError(f"PSI session {state.session}: {other} answered {returned} of our {sent} points")
+    state.sent, returned = state.items.count(), doubled.count()
+    if returned != state.sent:
+        raise psi.PsiError(f"PSI session {state.session}: {other} answered {returned} of our {state.sent} points")
     matched = doubled.join(ours, "reblinded", "left_semi").select("phone", "reblinded")
     return matched.mapInPandas(_tokens(state.session_id), "phone string, token string").select(
         "phone", F.col("token"))
