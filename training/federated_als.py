@@ -297,6 +297,10 @@ class FederatedALS:
         if len(n_users) != 1:
             raise WenlvError(f"party blocks are not aligned on users: { {p: i['n_users'] for p, i in info.items()} }")
         n_users = n_users.pop()
+        if len(names) < 3:
+            log.warning("federated ALS with %d part%s: pairwise masks do not hide a party's statistics from a "
+                        "coordinator that is itself a party (see privacy/SECURE_AGGREGATION.md)",
+                        len(names), "y" if len(names) == 1 else "ies")
         if init is None:
             init = init_factors(n_users, {p: info[p]["n_items"] for p in names}, self.factors,
                                 self.random_state, self.dtype)
