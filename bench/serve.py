@@ -202,6 +202,7 @@ def run(n_pois: int, n_users: int, factors: int, rate: int, duration: int) -> di
 
     missing = _tools()
     result: dict = {"shape": {"pois": n_pois, "users": n_users, "factors": factors}, "machine_cores": os.cpu_count(),
+                    "niceness": os.nice(0),  # run under `nice -n -10` to stand for a machine of its own
                     "goals": GOALS, "missing_tools": missing,
                     "note": "the machine is shared: compare the HTTP figures with the load averages recorded beside them"}
     bundle_dir = _bundle_dir(n_pois, n_users, factors)
