@@ -177,8 +177,10 @@ def _write_blocks(root, rows: dict[str, pd.DataFrame], tokens):
     (root / "carrier").mkdir(parents=True)
     (root / "tourism").mkdir()
     (root / "internet").mkdir()
-    pd.DataFrame({"token": tokens, "in_tourism": True, "in_internet": True, "is_prospect": False}) \
-        .to_parquet(root / "carrier" / "users.parquet")
+    users = pd.DataFrame({"token": tokens, "in_tourism": True, "in_internet": True, "is_prospect": False})
+    (root / "carrier" / "users.parquet").mkdir()             # a folder of parts, as Spark writes it
+    users.iloc[:1].to_parquet(root / "carrier" / "users.parquet" / "part-00000.parquet")
+    users.iloc[1:].to_parquet(root / "carrier" / "users.parquet" / "part-00001.parquet")
     pd.DataFrame({"poi_id": ["p1", "p2", "p3"], "category": "museum", "popularity": 1.0, "summer_share": 0.1,
                   "weekend_share": 0.2}).to_parquet(root / "tourism" / "poi_features.parquet")
     for party, frame in rows.items():

@@ -28,8 +28,8 @@ class PartyBlock:
 
 
 def _read(features: Path, table: contracts.Table, columns: list[str]) -> pd.DataFrame:
-    path = features / table.party / f"{table.name}.parquet"
-    if not path.is_file():
+    path = features / table.party / f"{table.name}.parquet"  # a file, or a folder of parts as Spark writes it
+    if not path.exists():
         raise WenlvError(f"{features}: feature block {table.party}/{table.name} is missing ({path})")
     frame = pd.read_parquet(path)
     missing = [c for c in columns if c not in frame.columns]
