@@ -77,6 +77,14 @@ def _encode_kernel(x, scale, limit, out):
     return -1
 
 
+def _encoding_error(x: np.ndarray, bad: int, frac_bits: int) -> SecureAggError:
+    v = x[bad]
+    if not np.isfinite(v):
+        return SecureAggError(f"fixed-point encoding: element {bad} is {v} (not finite)")
+    return SecureAggError(f"fixed-point encoding: element {bad} has |value| ≥ 2^{63 - frac_bits}, which "
+                          f"overflows the ring with {frac_bits} fractional bits")
+
+
 def encode_fixed(values, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
     """Reals → uint64 ring elements (two's complement of round(x·2^frac_bits)).
 
@@ -86,19 +94,47 @@ def encode_fixed(values, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
     out = np.empty(x.shape, dtype=np.int64)
     bad = _encode_kernel(x.reshape(-1), 2.0 ** frac_bits, 2.0 ** (63 - frac_bits), out.reshape(-1))
     if bad >= 0:
-        v = x.reshape(-1)[bad]
-        if not np.isfinite(v):
-            raise SecureAggError(f"fixed-point encoding: element {bad} is {v} (not finite)")
-        raise SecureAggError(f"fixed-point encoding: element {bad} has |value| ≥ 2^{63 - frac_bits}, which "
-                             f"overflows the ring with {frac_bits} fractional bits")
+        raise _encoding_error(x.reshape(-1), bad, frac_bits)
     return out.view(np.uint64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _encode_mask_kernel(x, scale, limit, streams, signs, out):
+    """out = round(x·scale) + Σ_j signs_j · streams_j on Z_2^64: encode and mask in one pass.
+
+    Same rounding as :func:`_encode_kernel`; returns the index of the first bad value or -1.
+    """
+    for k in range(x.size):
+        v = x[k]
+        if not abs(v) < limit:  # also catches NaN
+            return k
+        acc = np.uint64(np.int64(np.rint(v * scale)))
+        for j in range(streams.shape[0]):
+            if signs[j] > 0:
+                acc += streams[j, k]
+            else:
+                acc -= streams[j, k]
+        out[k] = acc
+    return -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _int_mask_kernel(x, streams, signs, out):
+    """out = x + Σ_j signs_j · streams_j on Z_2^64, for integers (no scaling)."""
+    for k in range(x.size):
+        acc = np.uint64(x[k])
+        for j in range(streams.shape[0]):
+            if signs[j] > 0:
+                acc += streams[j, k]
+            else:
+                acc -= streams[j, k]
+        out[k] = acc
 
 
 def decode_fixed(ring_values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
     """uint64 ring elements → reals (the inverse of :func:`encode_fixed`)."""
-    out = np.asarray(ring_values, dtype=np.uint64).view(np.int64).astype(np.float64)
-    out *= 2.0 ** -frac_bits
-    return out
+    # one pass: int64 → float64 and the exact power-of-two scaling in the same ufunc loop
+    return np.multiply(np.asarray(ring_values, dtype=np.uint64).view(np.int64), 2.0 ** -frac_bits)
 
 
 def encode_int(values) -> np.ndarray:
@@ -229,7 +265,7 @@ class MaskingParty:
         self._pair_keys: dict[tuple[str, int], dict[str, bytes]] = {}
         self._used_rounds: set[tuple[str, int]] = set()
         self._sent: set[tuple[str, int, str]] = set()
-        self._stream_buffer = np.empty(0, dtype=np.uint64)
+        self._streams = np.empty((0, 0), dtype=np.uint64)  # keystream buffers, one row per peer
 
     @property
     def name(self) -> str:
@@ -277,16 +313,22 @@ class MaskingParty:
             raise ProtocolError(f"{self.name}: already sent stage {stage!r} of round {round_no} (masks are single-use)")
         self._sent.add((run_id, round_no, stage))
         values = np.asarray(values)
-        ring = encode_int(values) if integer else encode_fixed(values, self.frac_bits)
-        out = ring.reshape(-1) if not integer else np.array(ring.reshape(-1), dtype=np.uint64, copy=True)
-        if self._stream_buffer.size < out.size + 8:
-            self._stream_buffer = np.empty(out.size + 8, dtype=np.uint64)
-        for peer, pair_key in keys.items():
-            stream = mask_stream(pair_key, stage, out.size, self._stream_buffer)
-            if self.name < peer:
-                out += stream
-            else:
-                out -= stream
+        n = values.size
+        peers = list(keys)
+        if self._streams.shape[0] < len(peers) or self._streams.shape[1] < n + 8:
+            self._streams = np.empty((len(peers), n + 8), dtype=np.uint64)
+        for j, peer in enumerate(peers):
+            mask_stream(keys[peer], stage, n, self._streams[j])
+        streams = self._streams[:len(peers), :n]
+        signs = np.array([1 if self.name < peer else -1 for peer in peers], dtype=np.int8)
+        out = np.empty(n, dtype=np.uint64)  # a fresh payload: the message keeps it
+        if integer:
+            _int_mask_kernel(np.ascontiguousarray(values, dtype=np.int64).reshape(-1), streams, signs, out)
+        else:
+            x = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
+            bad = _encode_mask_kernel(x, 2.0 ** self.frac_bits, 2.0 ** (63 - self.frac_bits), streams, signs, out)
+            if bad >= 0:
+                raise _encoding_error(x, bad, self.frac_bits)
         digest = payload_digest(out)
         msg = MaskedMessage(run_id, round_no, stage, self.name, tuple(values.shape), out, digest, b"")
         return MaskedMessage(run_id, round_no, stage, self.name, tuple(values.shape), out, digest,
@@ -376,9 +418,9 @@ class Aggregator:
         if missing:
             self.abort(f"stage {self.stage!r}: no message from {', '.join(missing)}")
         msgs = list(self._inbox.values())
-        total = np.zeros(msgs[0].payload.size, dtype=np.uint64)
-        for m in msgs:
-            total += m.payload
+        total = msgs[0].payload.copy() if len(msgs) == 1 else np.add(msgs[0].payload, msgs[1].payload)
+        for m in msgs[2:]:
+            np.add(total, m.payload, out=total)  # uint64: wraps mod 2^64, the masks cancel
         shape = msgs[0].shape
         self._closed_stages.add(self.stage)
         self._log("sum", "coordinator", size=int(total.nbytes), digest=payload_digest(total))

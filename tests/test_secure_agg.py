@@ -72,6 +72,27 @@ def test_every_single_message_is_masked():
         assert np.mean(msg.payload == encode_fixed(x)) < 0.05
 
 
+def test_fused_masking_matches_its_definition_and_still_refuses_overflow():
+    """payload = encode(x) + Σ_{peer > me} stream − Σ_{peer < me} stream, in one kernel pass."""
+    parties, agg = make_setup()
+    key_round(parties, agg, 1)
+    me = parties["internet"]
+    x = np.random.default_rng(5).normal(scale=1e3, size=(300, 5))
+    msg = me.mask("run-1", 1, "s", x)
+    expected = encode_fixed(x).reshape(-1).copy()
+    for peer, key in me._pair_keys[("run-1", 1)].items():
+        stream = mask_stream(key, "s", x.size).copy()
+        expected = expected + stream if "internet" < peer else expected - stream
+    assert np.array_equal(msg.payload, expected)
+    flags = np.array([0, 3, 65536, 7])
+    ints = me.mask("run-1", 1, "i", flags, integer=True)
+    assert not np.array_equal(ints.payload, flags.astype(np.uint64))
+    with pytest.raises(SecureAggError, match="element 2 has .value. ≥ 2\\^31"):
+        me.mask("run-1", 1, "big", np.array([0.0, 1.0, 2.0 ** 31]))
+    with pytest.raises(SecureAggError, match="element 1 is nan"):
+        me.mask("run-1", 1, "nan", np.array([0.0, np.nan]))
+
+
 def _coordinator_view(first_party_input, n=4000, rounds=3):
     parties, agg = make_setup()
     agg.record_view = True
