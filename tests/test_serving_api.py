@@ -39,6 +39,7 @@ def env(request, tmp_path, bundle):
         ("other_analyst", "analyst", "sx"), ("admin", "admin", "hz")]}
     client = TestClient(create_app(ServingState(store, model), keys))
     yield client, key, model, raw
+    client.app.state.serving.rec_log.close()  # its last flush must land before the cleanup
     raw.delete_prefix(raw.prefix)
 
 

@@ -79,6 +79,7 @@ def test_champion_swap_under_concurrent_requests(kind, tmp_path, request):
             for th in threads:
                 th.join()
     finally:
+        follower.state.rec_log.close()
         raw.delete_prefix(raw.prefix)
     assert problems == []
     assert seen["1"] > 10 and seen["2"] > 10
