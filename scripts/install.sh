@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Install Wenlv and its system needs on a fresh Debian machine (idempotent).
+#   Java: Spark's JVM. redis-server: tests start a private one to stop and restart.
+#   hey, wrk: HTTP load generators for `wenlv bench serve`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v java >/dev/null 2>&1; then
-  echo "installing a Java runtime for Spark" >&2
-  apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless
+missing=()
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v hey >/dev/null 2>&1 || missing+=(hey)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+if ((${#missing[@]})); then
+  echo "installing Debian packages: ${missing[*]}" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip
