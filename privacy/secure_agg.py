@@ -30,6 +30,7 @@ three parties: the aggregator plus one party can unmask the third).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import struct
 from dataclasses import dataclass, field
@@ -99,42 +100,65 @@ def encode_fixed(values, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _encode_mask_kernel(x, scale, limit, streams, signs, out):
-    """out = round(x·scale) + Σ_j signs_j · streams_j on Z_2^64: encode and mask in one pass.
+def _encode_mask_kernel(x, scale, limit, streams, mult, out):
+    """out = round(x·scale) + Σ_j mult_j · streams_j on Z_2^64: encode and mask in one pass.
 
+    ``mult_j`` is 1 (add) or 2^64 − 1 (subtract), so the loop has no branch and vectorises.
     Same rounding as :func:`_encode_kernel`; returns the index of the first bad value or -1.
     """
-    for k in range(x.size):
-        v = x[k]
-        if not abs(v) < limit:  # also catches NaN
-            return k
-        acc = np.uint64(np.int64(np.rint(v * scale)))
-        for j in range(streams.shape[0]):
-            if signs[j] > 0:
-                acc += streams[j, k]
-            else:
-                acc -= streams[j, k]
-        out[k] = acc
+    n, m = x.size, streams.shape[0]
+    bad = False
+    if m == 2:  # three parties: every party has two peers
+        s0, s1, m0, m1 = streams[0], streams[1], mult[0], mult[1]
+        for k in range(n):
+            v = x[k]
+            bad |= not (abs(v) < limit)  # also catches NaN
+            out[k] = np.uint64(np.int64(np.rint(v * scale))) + m0 * s0[k] + m1 * s1[k]
+    else:
+        for k in range(n):
+            v = x[k]
+            bad |= not (abs(v) < limit)
+            out[k] = np.uint64(np.int64(np.rint(v * scale)))
+        for j in range(m):
+            sj, mj = streams[j], mult[j]
+            for k in range(n):
+                out[k] += mj * sj[k]
+    if bad:
+        for k in range(n):
+            if not abs(x[k]) < limit:
+                return k
     return -1
 
 
 @numba.njit(cache=True, nogil=True)
-def _int_mask_kernel(x, streams, signs, out):
-    """out = x + Σ_j signs_j · streams_j on Z_2^64, for integers (no scaling)."""
+def _int_mask_kernel(x, streams, mult, out):
+    """out = x + Σ_j mult_j · streams_j on Z_2^64, for integers (no scaling)."""
     for k in range(x.size):
-        acc = np.uint64(x[k])
-        for j in range(streams.shape[0]):
-            if signs[j] > 0:
-                acc += streams[j, k]
-            else:
-                acc -= streams[j, k]
-        out[k] = acc
+        out[k] = np.uint64(x[k])
+    for j in range(streams.shape[0]):
+        sj, mj = streams[j], mult[j]
+        for k in range(x.size):
+            out[k] += mj * sj[k]
 
 
-def decode_fixed(ring_values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS) -> np.ndarray:
-    """uint64 ring elements → reals (the inverse of :func:`encode_fixed`)."""
-    # one pass: int64 → float64 and the exact power-of-two scaling in the same ufunc loop
-    return np.multiply(np.asarray(ring_values, dtype=np.uint64).view(np.int64), 2.0 ** -frac_bits)
+@numba.njit(cache=True, nogil=True)
+def _decode_kernel(ring, scale, out):
+    for k in range(ring.size):
+        out[k] = np.float64(np.int64(ring[k])) * scale
+
+
+def decode_fixed(ring_values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS, out: np.ndarray | None = None) -> np.ndarray:
+    """uint64 ring elements → reals (the inverse of :func:`encode_fixed`).
+
+    ``out`` (float64, same size) is written in place instead of allocating a fresh array.
+    """
+    ring = np.ascontiguousarray(ring_values, dtype=np.uint64)
+    if out is None:
+        out = np.empty(ring.shape, dtype=np.float64)
+    elif out.dtype != np.float64 or out.size != ring.size or not out.flags.c_contiguous:
+        raise SecureAggError(f"decode_fixed: out must be contiguous float64 of size {ring.size}")
+    _decode_kernel(ring.reshape(-1), 2.0 ** -frac_bits, out.reshape(-1))
+    return out
 
 
 def encode_int(values) -> np.ndarray:
@@ -304,8 +328,13 @@ class MaskingParty:
             pair_keys[peer] = derive_pair_key(shared, run_id, round_no, self.name, peer)
         self._pair_keys[(run_id, round_no)] = pair_keys
 
-    def mask(self, run_id: str, round_no: int, stage: str, values, integer: bool = False) -> MaskedMessage:
-        """Encode `values` on the ring and add this party's pairwise masks for the stage."""
+    def mask(self, run_id: str, round_no: int, stage: str, values, integer: bool = False,
+             out: np.ndarray | None = None) -> MaskedMessage:
+        """Encode `values` on the ring and add this party's pairwise masks for the stage.
+
+        ``out`` (uint64, at least ``values.size`` long) becomes the payload instead of a fresh
+        array; only pass a buffer nobody still reads (the previous stage is closed).
+        """
         keys = self._pair_keys.get((run_id, round_no))
         if keys is None:
             raise ProtocolError(f"{self.name}: round {round_no} of run {run_id} is not keyed")
@@ -320,13 +349,18 @@ class MaskingParty:
         for j, peer in enumerate(peers):
             mask_stream(keys[peer], stage, n, self._streams[j])
         streams = self._streams[:len(peers), :n]
-        signs = np.array([1 if self.name < peer else -1 for peer in peers], dtype=np.int8)
-        out = np.empty(n, dtype=np.uint64)  # a fresh payload: the message keeps it
+        # the lower id of a pair adds the pair's stream, the higher subtracts it (× (2^64 − 1))
+        mult = np.array([1 if self.name < peer else (1 << 64) - 1 for peer in peers], dtype=np.uint64)
+        if out is None:
+            out = np.empty(n, dtype=np.uint64)  # a fresh payload: the message keeps it
+        elif out.dtype != np.uint64 or out.size < n or not out.flags.c_contiguous:
+            raise SecureAggError(f"mask: out must be contiguous uint64 with at least {n} elements")
+        out = out.reshape(-1)[:n]
         if integer:
-            _int_mask_kernel(np.ascontiguousarray(values, dtype=np.int64).reshape(-1), streams, signs, out)
+            _int_mask_kernel(np.ascontiguousarray(values, dtype=np.int64).reshape(-1), streams, mult, out)
         else:
             x = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
-            bad = _encode_mask_kernel(x, 2.0 ** self.frac_bits, 2.0 ** (63 - self.frac_bits), streams, signs, out)
+            bad = _encode_mask_kernel(x, 2.0 ** self.frac_bits, 2.0 ** (63 - self.frac_bits), streams, mult, out)
             if bad >= 0:
                 raise _encoding_error(x, bad, self.frac_bits)
         digest = payload_digest(out)
@@ -356,6 +390,7 @@ class Aggregator:
         self._keys: dict[str, KeyAnnouncement] = {}
         self.view: list[MaskedMessage] = []  # what the coordinator saw (for tests of what it learns)
         self.record_view = False
+        self._total = np.empty(0, dtype=np.uint64)
 
     # rounds
     def open_round(self, round_no: int) -> None:
@@ -408,25 +443,36 @@ class Aggregator:
         if self._inbox and next(iter(self._inbox.values())).shape != msg.shape:
             raise ProtocolError(f"{msg.stage!r} from {msg.sender!r}: shape {msg.shape} differs from the others")
         self._inbox[msg.sender] = msg
-        if self.record_view:
-            self.view.append(msg)
+        if self.record_view:  # a copy: a party may reuse its payload buffer once the stage is closed
+            self.view.append(dataclasses.replace(msg, payload=msg.payload.copy()))
         self._log("masked", msg.sender, size=msg.size, digest=msg.digest)
 
-    def close_stage(self, integer: bool = False) -> np.ndarray:
-        """The sum of the open stage, released only if every party contributed."""
+    def close_stage(self, integer: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+        """The sum of the open stage, released only if every party contributed.
+
+        ``out`` (float64, the stage's shape) receives the decoded sum instead of a fresh array.
+        """
         missing = [p for p in self.parties if p not in self._inbox]
         if missing:
             self.abort(f"stage {self.stage!r}: no message from {', '.join(missing)}")
         msgs = list(self._inbox.values())
-        total = msgs[0].payload.copy() if len(msgs) == 1 else np.add(msgs[0].payload, msgs[1].payload)
+        size = msgs[0].payload.size
+        if self._total.size != size:
+            self._total = np.empty(size, dtype=np.uint64)  # reused stage after stage: no page faults
+        total = self._total
+        if len(msgs) == 1:
+            total[:] = msgs[0].payload
+        else:
+            np.add(msgs[0].payload, msgs[1].payload, out=total)
         for m in msgs[2:]:
             np.add(total, m.payload, out=total)  # uint64: wraps mod 2^64, the masks cancel
         shape = msgs[0].shape
         self._closed_stages.add(self.stage)
         self._log("sum", "coordinator", size=int(total.nbytes), digest=payload_digest(total))
         self.stage, self._inbox = None, {}
-        result = total.view(np.int64) if integer else decode_fixed(total, self.frac_bits)
-        return result.reshape(shape)
+        if integer:
+            return total.view(np.int64).reshape(shape).copy()
+        return decode_fixed(total, self.frac_bits, None if out is None else out).reshape(shape)
 
     def close_round(self) -> None:
         self._log("round-close", "coordinator")

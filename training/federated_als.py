@@ -138,16 +138,25 @@ def _with_terms(C: sp.csr_matrix, Y: np.ndarray, V: np.ndarray, dense: np.ndarra
     return dense
 
 
-def block_residual(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """This block's part of r_u = Yᵀ C_u p_u − Yᵀ C_u Y x_u (without the λ term)."""
+def _dense_part(V: np.ndarray, G: np.ndarray, out: np.ndarray | None) -> np.ndarray:
+    if out is None or out.shape != V.shape or out.dtype != np.float64:
+        return V @ G
+    return np.matmul(V, G, out=out)
+
+
+def block_residual(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, X: np.ndarray, out=None, negG=None) -> np.ndarray:
+    """This block's part of r_u = Yᵀ C_u p_u − Yᵀ C_u Y x_u (without the λ term).
+
+    ``out`` (float64, X's shape) is filled instead of allocating; ``negG`` is −G if known.
+    """
     X = np.ascontiguousarray(X, dtype=np.float64)
-    return _with_terms(C, Y, X, X @ (-G), residual=True)
+    return _with_terms(C, Y, X, _dense_part(X, -G if negG is None else negG, out), residual=True)
 
 
-def block_product(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """This block's part of Yᵀ C_u Y p_u (without the λ term)."""
+def block_product(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, P: np.ndarray, out=None) -> np.ndarray:
+    """This block's part of Yᵀ C_u Y p_u (without the λ term); ``out`` as in :func:`block_residual`."""
     P = np.ascontiguousarray(P, dtype=np.float64)
-    return _with_terms(C, Y, P, P @ G, residual=False)
+    return _with_terms(C, Y, P, _dense_part(P, G, out), residual=False)
 
 
 class FederatedALSParty:
@@ -171,6 +180,9 @@ class FederatedALSParty:
         self._Y: np.ndarray | None = None
         self._G: np.ndarray | None = None
         self._cfg: dict = {}
+        # per-stage work buffers, reused: fresh 8·users·factors-byte arrays cost page faults every stage
+        self._dense = np.empty((0, 0), dtype=np.float64)
+        self._payload = np.empty(0, dtype=np.uint64)
 
     # setup -----------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -195,6 +207,18 @@ class FederatedALSParty:
         self._Y = Y
         Y64 = Y.astype(np.float64)
         self._Y64, self._G = Y64, Y64.T @ Y64
+        self._negG = -self._G
+
+    def _buffers(self, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+        """The dense-term and payload buffers for a users × factors stage.
+
+        Reusing the payload is safe: the coordinator closes a stage (or aborts the round)
+        before it asks for the next one, and keeps copies if it records what it saw.
+        """
+        if self._dense.shape != shape:
+            self._dense = np.empty(shape, dtype=np.float64)
+            self._payload = np.empty(int(np.prod(shape)), dtype=np.uint64)
+        return self._dense, self._payload
 
     # secure aggregation rounds ------------------------------------------------------------
     def announce(self, run_id: str, round_no: int):
@@ -210,11 +234,14 @@ class FederatedALSParty:
         return self._masking.mask(run_id, round_no, "support", has * weights.astype(np.int64), integer=True)
 
     def residual(self, run_id: str, round_no: int, stage: str, X: np.ndarray):
-        return self._masking.mask(run_id, round_no, stage,
-                                  block_residual(self._C, self._Y64, self._G, X))
+        dense, payload = self._buffers(X.shape)
+        terms = block_residual(self._C, self._Y64, self._G, X, out=dense, negG=self._negG)
+        return self._masking.mask(run_id, round_no, stage, terms, out=payload)
 
     def product(self, run_id: str, round_no: int, stage: str, P: np.ndarray):
-        return self._masking.mask(run_id, round_no, stage, block_product(self._C, self._Y64, self._G, P))
+        dense, payload = self._buffers(P.shape)
+        terms = block_product(self._C, self._Y64, self._G, P, out=dense)
+        return self._masking.mask(run_id, round_no, stage, terms, out=payload)
 
     def end_round(self, run_id: str, round_no: int) -> None:
         self._masking.end_round(run_id, round_no)
@@ -367,22 +394,24 @@ class FederatedALS:
         rsold = np.einsum("ij,ij->i", r, r)
         active = nonempty & (rsold >= _RS_EPS)
         p = r * active[:, None]            # search directions; zero rows for users that are done
+        Ap = np.empty_like(p)              # reused by every CG step
         for step in range(self.cg_steps):
             if not active.any():
                 break
             stage = f"ap{step + 1}"
-            Ap = self._stage(parties, agg, "product", stage, (run_id, round_no, stage, p))
+            self._stage(parties, agg, "product", stage, (run_id, round_no, stage, p), out=Ap)
             _cg_update(X, r, p, Ap, reg, rsold, active, _RS_EPS)
         X[~nonempty] = 0.0
         agg.close_round()
         self._call(parties, "end_round", {p: (run_id, round_no) for p in names})
         return X.astype(self.dtype)
 
-    def _stage(self, parties, agg: Aggregator, method: str, stage: str, args: tuple, integer: bool = False):
+    def _stage(self, parties, agg: Aggregator, method: str, stage: str, args: tuple, integer: bool = False,
+               out: np.ndarray | None = None):
         agg.open_stage(stage)
         for msg in self._call(parties, method, {p: args for p in parties}).values():
             agg.submit(msg)
-        return agg.close_stage(integer=integer)
+        return agg.close_stage(integer=integer, out=out)
 
     # calling parties (in-process objects or remote proxies) -------------------------------
     def _call(self, parties: dict, method: str, args: dict, tolerate: bool = False) -> dict:
