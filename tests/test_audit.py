@@ -5,6 +5,7 @@ import copy
 import json
 import re
 
+import blake3
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -88,6 +89,10 @@ def test_federated_run_audit_holds_metadata_only(tmp_path):
     # one masked entry per party and stage: every protocol message is recorded
     masked = [e for e in entries if e["kind"] == "masked"]
     assert len(masked) == len(model.transcript) == 2 * 3 * (1 + 1 + model.cg_steps)
+    # each entry is the BLAKE3-256 of the masked payload the coordinator received (and kept,
+    # although the parties reuse their payload buffers stage after stage)
+    assert [e["digest"] for e in masked] == [blake3.blake3(m.payload.tobytes()).hexdigest()
+                                             for m in model.transcript]
     for e in entries:
         assert set(e) == set(FIELDS) | {"hash"}
         assert e["sender"] in {"tourism", "carrier", "internet", "coordinator"}
