@@ -4,9 +4,10 @@ All three fit the same user × [POIs | areas | topics] confidence matrix with th
 factors, regularisation and iterations, in the same run, on one machine; the JSON on
 stdout gives seconds per iteration (fit wall time / iterations), the ratios, and each
 model's NDCG@10 on held-out tourism visits (training.evaluation: binary gain, seen POIs
-excluded). Federated and implicit start from the same factors and run single-threaded
-(``OPENBLAS_NUM_THREADS=1``, implicit ``num_threads=1``, the three parties in one
-process one after the other); Spark runs ``local[2]`` (its default parallelism here).
+excluded). Federated and implicit start from the same factors and get the same number of
+threads (``--threads``, default 1; ``OPENBLAS_NUM_THREADS=1``): implicit ``num_threads``,
+the three in-process parties ``party_threads`` (1: one after the other); Spark runs
+``local[2]`` (its default parallelism here).
 
 Spark MLlib's implicit ALS takes ratings r and uses confidence 1 + α·r: it is fed
 r = c − 1 with α = 1, so its confidences equal the others'. It scales λ by each row's
@@ -152,7 +153,8 @@ def load_features(features_dir: str):
 
 
 def run(scale: str = "small", factors: int = 64, iterations: int = 5, regularization: float = 0.05,
-        seed: int = 0, features: str | None = None, spark: bool = True, fixed_point_bits: int = 32) -> dict:
+        seed: int = 0, features: str | None = None, spark: bool = True, fixed_point_bits: int = 32,
+        threads: int = 1) -> dict:
     from training.central_als import CentralALS
     from training.federated_als import FederatedALS, init_factors
 
@@ -168,17 +170,18 @@ def run(scale: str = "small", factors: int = 64, iterations: int = 5, regulariza
     print(f"[bench als] data {json.dumps(shape)}", file=sys.stderr, flush=True)
     init = init_factors(n_users, {p: m.shape[1] for p, m in blocks.items()}, factors, seed, np.float32)
     params = dict(factors=factors, regularization=regularization, iterations=iterations, dtype=np.float32,
-                  num_threads=1, random_state=seed)
+                  random_state=seed)
 
     # warm-up: compile the federated kernels (numba, cached on disk) outside the timed fit
     FederatedALS(factors=factors, iterations=1, show_progress=False).fit({p: m[:50] for p, m in blocks.items()})
     start = time.perf_counter()
-    central = CentralALS(**params).fit(blocks, init=init)
+    central = CentralALS(num_threads=threads, **params).fit(blocks, init=init)
     t_central = (time.perf_counter() - start) / iterations
     print(f"[bench als] implicit {t_central:.3f} s/iteration", file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    fed = FederatedALS(fixed_point_bits=fixed_point_bits, show_progress=True, **params).fit(blocks, init=init)
+    fed = FederatedALS(fixed_point_bits=fixed_point_bits, show_progress=True, num_threads=1, party_threads=threads,
+                       **params).fit(blocks, init=init)
     t_fed = (time.perf_counter() - start) / iterations
     print(f"[bench als] federated {t_fed:.3f} s/iteration", file=sys.stderr, flush=True)
 
@@ -187,7 +190,7 @@ def run(scale: str = "small", factors: int = 64, iterations: int = 5, regulariza
         "benchmark": "als", "data": shape,
         "params": {"factors": factors, "iterations": iterations, "regularization": regularization, "alpha": 1.0,
                    "cg_steps": 3, "fixed_point_bits": fixed_point_bits, "dtype": "float32",
-                   "threads": {"federated": 1, "implicit": 1, "spark": "local[2]"}},
+                   "threads": {"federated": threads, "implicit": threads, "spark": "local[2]"}},
         "seconds_per_iteration": {"federated": t_fed, "implicit": t_central},
         "ndcg@10": {"federated": ndcg10(fed.user_factors, fed.item_factors["tourism"], train, test, seed=seed),
                     "implicit": ndcg10(central.user_factors, central.item_factors["tourism"], train, test, seed=seed)},
@@ -227,6 +230,8 @@ def register(bench_sub) -> None:
     p.add_argument("--iterations", type=int, default=5)
     p.add_argument("--regularization", type=float, default=0.05)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="threads for implicit and for the federated parties alike (default 1)")
     p.add_argument("--no-spark", action="store_true", help="skip the Spark MLlib peer")
     p.set_defaults(func=main)
 
@@ -235,6 +240,6 @@ def main(args) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     result = run(scale=args.scale, factors=args.factors, iterations=args.iterations,
                  regularization=args.regularization, seed=args.seed, features=args.features,
-                 spark=not args.no_spark)
+                 spark=not args.no_spark, threads=args.threads)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0

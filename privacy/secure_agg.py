@@ -202,11 +202,13 @@ def mask_stream(pair_key: bytes, stage: str, n: int, buffer: np.ndarray | None =
     global _ZEROS
     if len(pair_key) != 32:
         raise SecureAggError("pair key must be 32 bytes")
-    if len(_ZEROS) < 8 * n:
-        _ZEROS = bytearray(8 * n)
+    zeros = _ZEROS  # a local reference: parties may mask in threads, and only ever grow it
+    if len(zeros) < 8 * n:
+        zeros = bytearray(8 * n)
+        _ZEROS = zeros
     out = buffer if buffer is not None and buffer.size >= n + 8 else np.empty(n + 8, dtype=np.uint64)
     encryptor = Cipher(algorithms.ChaCha20(pair_key, stage_nonce(stage)), mode=None).encryptor()
-    encryptor.update_into(memoryview(_ZEROS)[:8 * n], memoryview(out[:n + 8]).cast("B"))
+    encryptor.update_into(memoryview(zeros)[:8 * n], memoryview(out[:n + 8]).cast("B"))
     return out[:n]
 
 

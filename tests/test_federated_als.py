@@ -40,6 +40,19 @@ def test_equals_implicit_als_in_float64(data):
     assert nd_fed == pytest.approx(nd_central, abs=1e-9)
 
 
+def test_parties_in_threads_give_exactly_the_same_model(data):
+    """Concurrent parties (fresh masks, reused buffers) sum to the same ring values bit for bit."""
+    blocks, _ = data
+    one = FederatedALS(dtype=np.float64, show_progress=False, **PARAMS).fit(blocks)
+    two = FederatedALS(dtype=np.float64, show_progress=False, party_threads=2, record_view=True, **PARAMS).fit(blocks)
+    assert np.array_equal(one.user_factors, two.user_factors)
+    assert all(np.array_equal(one.item_factors[p], two.item_factors[p]) for p in blocks)
+    assert len({m.payload.ctypes.data for m in two.transcript}) == len(two.transcript)  # kept copies
+    assert two.timings_["coordinator_seconds"] > 0
+    with pytest.raises(WenlvError, match="party_threads"):
+        FederatedALS(party_threads=0)
+
+
 def test_equals_implicit_als_in_float32_and_coarser_fixed_point_is_worse(data):
     blocks, test = data
     central = CentralALS(**PARAMS).fit(blocks)
@@ -250,11 +263,13 @@ def test_factor_model_hook_on_toy_feature_blocks(tmp_path):
     assert fm.poi_factors.shape == (matrices.blocks["tourism"].shape[1], 8)
 
 
-def test_bench_als_runs_and_reports_its_peer():
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bench_als_runs_and_reports_its_peer(threads):
     """`wenlv bench als` on the tiny scale (without Spark): every figure present and consistent."""
     from bench.als import run
 
-    result = run(scale="tiny", factors=8, iterations=2, spark=False)
+    result = run(scale="tiny", factors=8, iterations=2, spark=False, threads=threads)
+    assert result["params"]["threads"]["federated"] == result["params"]["threads"]["implicit"] == threads
     spi = result["seconds_per_iteration"]
     assert spi["federated"] > 0 and spi["implicit"] > 0
     assert result["ratios"]["federated_over_implicit"] == pytest.approx(spi["federated"] / spi["implicit"])
