@@ -50,6 +50,7 @@ from wenlv.errors import WenlvError
 PROTOCOL = b"wenlv/secagg/v2"  # v2: BLAKE3-256 payload digests (v1: SHA-256)
 DIGEST = "blake3-256"
 DEFAULT_FRAC_BITS = 32
+MASK_CHUNK = 1 << 17  # ring elements masked per pass (1 MiB per keystream: stays in cache)
 
 
 class SecureAggError(WenlvError):
@@ -304,7 +305,8 @@ class MaskingParty:
         self._pair_keys: dict[tuple[str, int], dict[str, bytes]] = {}
         self._used_rounds: set[tuple[str, int]] = set()
         self._sent: set[tuple[str, int, str]] = set()
-        self._streams = np.empty((0, 0), dtype=np.uint64)  # keystream buffers, one row per peer
+        self._streams = np.empty((0, 0), dtype=np.uint64)  # keystream chunk buffers, one row per peer
+        self._zeros = bytearray()
 
     @property
     def name(self) -> str:
@@ -359,11 +361,6 @@ class MaskingParty:
         values = np.asarray(values)
         n = values.size
         peers = list(keys)
-        if self._streams.shape[0] < len(peers) or self._streams.shape[1] < n + 8:
-            self._streams = np.empty((len(peers), n + 8), dtype=np.uint64)
-        for j, peer in enumerate(peers):
-            mask_stream(keys[peer], stage, n, self._streams[j])
-        streams = self._streams[:len(peers), :n]
         # the lower id of a pair adds the pair's stream, the higher subtracts it (× (2^64 − 1))
         mult = np.array([1 if self.name < peer else (1 << 64) - 1 for peer in peers], dtype=np.uint64)
         if out is None:
@@ -372,13 +369,35 @@ class MaskingParty:
             raise SecureAggError(f"mask: out must be contiguous uint64 with at least {n} elements")
         out = out.reshape(-1)[:n]
         if integer:
-            _int_mask_kernel(np.ascontiguousarray(values, dtype=np.int64).reshape(-1), streams, mult, out)
+            x = np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
         else:
             x = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
-            bad = _encode_mask_kernel(x, 2.0 ** self.frac_bits, 2.0 ** (63 - self.frac_bits), streams, mult, out)
-            if bad >= 0:
-                raise _encoding_error(x, bad, self.frac_bits)
-        digest = payload_digest(out)
+            scale, limit = 2.0 ** self.frac_bits, 2.0 ** (63 - self.frac_bits)
+        # One streaming pass, a cache-sized chunk at a time: each peer's ChaCha20 keystream
+        # (one cipher per peer, continued across chunks — the same stream as mask_stream),
+        # encode + mask (numba), and the BLAKE3 digest of the payload, while it is in cache.
+        chunk = min(n, MASK_CHUNK)
+        if self._streams.shape[0] < len(peers) or self._streams.shape[1] < chunk + 8:
+            self._streams = np.empty((len(peers), chunk + 8), dtype=np.uint64)
+            self._zeros = bytearray(8 * chunk)
+        nonce = stage_nonce(stage)
+        ciphers = [Cipher(algorithms.ChaCha20(keys[peer], nonce), mode=None).encryptor() for peer in peers]
+        zeros = memoryview(self._zeros)
+        hasher = blake3.blake3()
+        for start in range(0, n, max(chunk, 1)):
+            stop = min(start + chunk, n)
+            c = stop - start
+            for j, cipher in enumerate(ciphers):
+                cipher.update_into(zeros[:8 * c], memoryview(self._streams[j, :c + 8]).cast("B"))
+            streams = self._streams[:len(peers), :c]
+            if integer:
+                _int_mask_kernel(x[start:stop], streams, mult, out[start:stop])
+            else:
+                bad = _encode_mask_kernel(x[start:stop], scale, limit, streams, mult, out[start:stop])
+                if bad >= 0:
+                    raise _encoding_error(x, start + bad, self.frac_bits)
+            hasher.update(memoryview(out[start:stop]).cast("B"))
+        digest = hasher.hexdigest()
         msg = MaskedMessage(run_id, round_no, stage, self.name, tuple(values.shape), out, digest, b"")
         return MaskedMessage(run_id, round_no, stage, self.name, tuple(values.shape), out, digest,
                              self.identity.sign(msg.signed_part()))

@@ -10,8 +10,9 @@ import pytest
 from scipy import stats
 
 from privacy.audit import AuditLog
-from privacy.secure_agg import (Aggregator, DropoutError, Identity, MaskingParty, ProtocolError, SecureAggError,
-                                decode_fixed, derive_pair_key, encode_fixed, mask_stream)
+from privacy.secure_agg import (MASK_CHUNK, Aggregator, DropoutError, Identity, MaskingParty, ProtocolError,
+                                SecureAggError, decode_fixed, derive_pair_key, encode_fixed, mask_stream,
+                                payload_digest)
 
 PARTIES = ("carrier", "internet", "tourism")
 
@@ -73,12 +74,13 @@ def test_every_single_message_is_masked():
 
 
 def test_fused_masking_matches_its_definition_and_still_refuses_overflow():
-    """payload = encode(x) + Σ_{peer > me} stream − Σ_{peer < me} stream, in one kernel pass."""
+    """payload = encode(x) + Σ_{peer > me} stream − Σ_{peer < me} stream, made chunk by chunk."""
     parties, agg = make_setup()
     key_round(parties, agg, 1)
     me = parties["internet"]
-    x = np.random.default_rng(5).normal(scale=1e3, size=(300, 5))
+    x = np.random.default_rng(5).normal(scale=1e3, size=(2 * MASK_CHUNK // 5 + 11, 5))  # 2 chunks and a bit
     msg = me.mask("run-1", 1, "s", x)
+    assert msg.digest == payload_digest(msg.payload)       # streamed digest = digest of the whole
     expected = encode_fixed(x).reshape(-1).copy()
     for peer, key in me._pair_keys[("run-1", 1)].items():
         stream = mask_stream(key, "s", x.size).copy()
