@@ -490,23 +490,37 @@ class Aggregator:
         if missing:
             self.abort(f"stage {self.stage!r}: no message from {', '.join(missing)}")
         msgs = list(self._inbox.values())
-        size = msgs[0].payload.size
-        if self._total.size != size:
-            self._total = np.empty(size, dtype=np.uint64)  # reused stage after stage: no page faults
-        total = self._total
-        if len(msgs) == 1:
-            total[:] = msgs[0].payload
-        else:
-            np.add(msgs[0].payload, msgs[1].payload, out=total)
-        for m in msgs[2:]:
-            np.add(total, m.payload, out=total)  # uint64: wraps mod 2^64, the masks cancel
-        shape = msgs[0].shape
-        self._closed_stages.add(self.stage)
-        self._log("sum", "coordinator", size=int(total.nbytes), digest=payload_digest(total))
-        self.stage, self._inbox = None, {}
+        size, shape = msgs[0].payload.size, msgs[0].shape
         if integer:
-            return total.view(np.int64).reshape(shape).copy()
-        return decode_fixed(total, self.frac_bits, None if out is None else out).reshape(shape)
+            result = np.empty(size, dtype=np.int64)
+        elif out is None:
+            result = np.empty(size, dtype=np.float64)
+        elif out.dtype != np.float64 or out.size != size or not out.flags.c_contiguous:
+            raise SecureAggError(f"close_stage: out must be contiguous float64 of size {size}")
+        else:
+            result = out.reshape(-1)
+        # one pass a chunk at a time: sum (uint64 wraps mod 2^64, the masks cancel), BLAKE3
+        # of the sum for the audit log, decode — while the chunk is in cache
+        chunk = max(min(size, MASK_CHUNK), 1)
+        if self._total.size < chunk:
+            self._total = np.empty(chunk, dtype=np.uint64)
+        hasher, scale = blake3.blake3(), 2.0 ** -self.frac_bits
+        for start in range(0, size, chunk):
+            stop = min(start + chunk, size)
+            total = result.view(np.uint64)[start:stop] if integer else self._total[:stop - start]
+            if len(msgs) == 1:
+                total[:] = msgs[0].payload[start:stop]
+            else:
+                np.add(msgs[0].payload[start:stop], msgs[1].payload[start:stop], out=total)
+            for m in msgs[2:]:
+                np.add(total, m.payload[start:stop], out=total)
+            hasher.update(memoryview(total).cast("B"))
+            if not integer:
+                _decode_kernel(total, scale, result[start:stop])
+        self._closed_stages.add(self.stage)
+        self._log("sum", "coordinator", size=8 * size, digest=hasher.hexdigest())
+        self.stage, self._inbox = None, {}
+        return result.reshape(shape)
 
     def close_round(self) -> None:
         self._log("round-close", "coordinator")
