@@ -65,6 +65,12 @@ def normalised_phone(column: str = "phone"):
     return F.regexp_replace(F.col(column), r"[+ \-]", "")
 
 
+def crypto_partitions(spark) -> int:
+    """Partitions for the group operations: every core busy. Without an explicit count, adaptive
+    execution would coalesce a small shuffle into one partition and run the crypto on one core."""
+    return max(2, 2 * spark.sparkContext.defaultParallelism)
+
+
 def _hash_and_blind(secret: bytes):
     def per_batch(batches):
         import pandas as pd
@@ -103,7 +109,8 @@ def request(spark, exchange: Path, session: str, party: str, phones) -> PsiState
     session_id = read_session_id(exchange, session)
     secret = psi.new_secret()
     distinct = phones.select(normalised_phone("phone").alias("phone")).distinct()
-    items = distinct.mapInPandas(_hash_and_blind(secret), STATE_SCHEMA).persist(StorageLevel.MEMORY_AND_DISK)
+    items = (distinct.repartition(crypto_partitions(spark)).mapInPandas(_hash_and_blind(secret), STATE_SCHEMA)
+             .persist(StorageLevel.MEMORY_AND_DISK))
     # Order by the (pseudorandom) point, never by anything derived from the phone number.
     items.select("point").repartition("point").sortWithinPartitions("point").write.mode("overwrite").parquet(
         str(session_dir(exchange, session) / f"{party}.request.parquet"))
@@ -114,7 +121,7 @@ def respond(spark, exchange: Path, state: PsiState, other: str) -> None:
     """Step 2: re-blind the other party's request with our secret; publish it keyed by their point."""
     folder = session_dir(exchange, state.session)
     their_request = spark.read.parquet(str(folder / f"{other}.request.parquet"))
-    (their_request.mapInPandas(_reblind(state.secret), "point binary, reblinded binary")
+    (their_request.repartition(crypto_partitions(spark)).mapInPandas(_reblind(state.secret), "point binary, reblinded binary")
      .write.mode("overwrite").parquet(str(folder / f"{state.party}.response.parquet")))
 
 

@@ -56,10 +56,15 @@ def find_file(party_dir: Path, table: Table) -> Path:
 
 def _read(spark, path: Path, table: Table):
     """The raw rows, contract schema where the file already matches it, as stored otherwise."""
-    if path.suffix == ".csv":
-        df = spark.read.option("header", True).option("mode", "PERMISSIVE").csv(str(path))
-    else:
-        df = spark.read.parquet(str(path))
+    try:
+        if path.suffix == ".csv":
+            df = spark.read.option("header", True).option("mode", "PERMISSIVE").csv(str(path))
+        else:
+            df = spark.read.parquet(str(path))
+    except Exception as exc:  # noqa: BLE001 - Spark raises several kinds; the user needs the file named
+        first_line = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise DataValidationError(str(path), None, None,
+                                  f"cannot be read by Spark ({type(exc).__name__}: {first_line})") from None
     for name in df.columns:
         if name not in table.columns:
             raise DataValidationError(str(path), None, name, f"column is not in the contract of {table.qualified}")

@@ -279,3 +279,17 @@ def test_quarantine_reaches_the_manifest(run):
     q = pq.read_table(out / "quarantine" / "internet" / "engagement.parquet").to_pandas()
     assert list(q.row) == [BAD_ENGAGEMENT_ROW] and list(q.column) == ["events"]
     assert list(q.reason) == ["is below the minimum 1"]
+
+
+def test_a_party_job_cannot_read_another_partys_table(tmp_path):
+    from spark_jobs.carrier_job import CarrierJob
+    from spark_jobs.tourism_job import TourismJob
+    from wenlv.errors import WenlvError
+
+    tourism = TourismJob(None, tmp_path, tmp_path / "out")
+    assert tourism.raw_dir == tmp_path / "tourism"
+    for table in (C.SUBSCRIBERS, C.PRESENCE, C.ACCOUNTS):
+        with pytest.raises(WenlvError, match="may not read"):
+            tourism.read_raw(table)
+    with pytest.raises(WenlvError, match="may not write"):
+        CarrierJob(None, tmp_path, tmp_path / "out").write_block(C.TOURISM_INTERACTIONS, None)
