@@ -324,6 +324,7 @@ class FederatedALS:
         """Fit with party handles: FederatedALSParty objects or remote proxies (privacy.transport)."""
         names = list(parties)
         self.timings_ = {"party_seconds": {}, "calls_sum": 0.0, "calls_max": 0.0, "calls_wall": 0.0}
+        self._work: dict[str, np.ndarray] = {}
         fit_start = time.perf_counter()
         info = self._call(parties, "describe", {p: () for p in names})
         n_users = {i["n_users"] for i in info.values()}
@@ -393,13 +394,15 @@ class FederatedALS:
         self._call(parties, "receive_keys", {p: (run_id, round_no, keys) for p in names})
 
         nonempty = self._stage(parties, agg, "support", "support", (run_id, round_no), integer=True) != 0
-        X = X_prev.astype(np.float64)
-        r = self._stage(parties, agg, "residual", "r0", (run_id, round_no, "r0", X))
-        r -= reg * X
+        # float64 work arrays reused round after round (fresh ones would page-fault each time)
+        X, r, p, Ap = (self._work_buffer(name, X_prev.shape) for name in ("X", "r", "p", "Ap"))
+        np.copyto(X, X_prev)
+        self._stage(parties, agg, "residual", "r0", (run_id, round_no, "r0", X), out=r)
+        np.multiply(X, reg, out=Ap)
+        r -= Ap
         rsold = np.einsum("ij,ij->i", r, r)
         active = nonempty & (rsold >= _RS_EPS)
-        p = r * active[:, None]            # search directions; zero rows for users that are done
-        Ap = np.empty_like(p)              # reused by every CG step
+        np.multiply(r, active[:, None], out=p)  # search directions; zero rows for users that are done
         for step in range(self.cg_steps):
             if not active.any():
                 break
@@ -410,6 +413,12 @@ class FederatedALS:
         agg.close_round()
         self._call(parties, "end_round", {p: (run_id, round_no) for p in names})
         return X.astype(self.dtype)
+
+    def _work_buffer(self, name: str, shape: tuple) -> np.ndarray:
+        buf = self._work.get(name)
+        if buf is None or buf.shape != shape:
+            buf = self._work[name] = np.empty(shape, dtype=np.float64)
+        return buf
 
     def _stage(self, parties, agg: Aggregator, method: str, stage: str, args: tuple, integer: bool = False,
                out: np.ndarray | None = None):
