@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from features import contracts
 from features.contracts import Table
 from spark_jobs import psi_exchange, validate
 from wenlv.errors import WenlvError
@@ -113,5 +112,3 @@ def content_digest(path: Path) -> str:
 
 
 normalised_phone = psi_exchange.normalised_phone
-
-__all__ = ["Party", "content_digest", "normalised_phone", "contracts"]
