@@ -81,11 +81,11 @@ def _encode_kernel(x, scale, limit, out):
     return -1
 
 
-def _encoding_error(x: np.ndarray, bad: int, frac_bits: int) -> SecureAggError:
+def _encoding_error(x: np.ndarray, bad: int, frac_bits: int, offset: int = 0) -> SecureAggError:
     v = x[bad]
     if not np.isfinite(v):
-        return SecureAggError(f"fixed-point encoding: element {bad} is {v} (not finite)")
-    return SecureAggError(f"fixed-point encoding: element {bad} has |value| ≥ 2^{63 - frac_bits}, which "
+        return SecureAggError(f"fixed-point encoding: element {offset + bad} is {v} (not finite)")
+    return SecureAggError(f"fixed-point encoding: element {offset + bad} has |value| ≥ 2^{63 - frac_bits}, which "
                           f"overflows the ring with {frac_bits} fractional bits")
 
 
@@ -352,14 +352,25 @@ class MaskingParty:
         ``out`` (uint64, at least ``values.size`` long) becomes the payload instead of a fresh
         array; only pass a buffer nobody still reads (the previous stage is closed).
         """
+        values = np.asarray(values)
+        x = np.ascontiguousarray(values, dtype=np.int64 if integer else np.float64).reshape(-1)
+        return self.mask_rows(run_id, round_no, stage, values.shape, lambda lo, hi: x[lo:hi], integer, out)
+
+    def mask_rows(self, run_id: str, round_no: int, stage: str, shape: tuple, rows, integer: bool = False,
+                  out: np.ndarray | None = None) -> MaskedMessage:
+        """:meth:`mask` of a (rows × cols) vector produced block by block: ``rows(lo, hi)``
+        returns the flat values of elements lo..hi (whole rows, float64 or int64 if
+        ``integer``), computed just in time so that they are masked while in cache.
+        """
         keys = self._pair_keys.get((run_id, round_no))
         if keys is None:
             raise ProtocolError(f"{self.name}: round {round_no} of run {run_id} is not keyed")
         if (run_id, round_no, stage) in self._sent:
             raise ProtocolError(f"{self.name}: already sent stage {stage!r} of round {round_no} (masks are single-use)")
         self._sent.add((run_id, round_no, stage))
-        values = np.asarray(values)
-        n = values.size
+        shape = tuple(int(d) for d in shape)
+        n = int(np.prod(shape, dtype=np.int64))
+        row = max(n // shape[0], 1) if shape and shape[0] else 1
         peers = list(keys)
         # the lower id of a pair adds the pair's stream, the higher subtracts it (× (2^64 − 1))
         mult = np.array([1 if self.name < peer else (1 << 64) - 1 for peer in peers], dtype=np.uint64)
@@ -368,15 +379,11 @@ class MaskingParty:
         elif out.dtype != np.uint64 or out.size < n or not out.flags.c_contiguous:
             raise SecureAggError(f"mask: out must be contiguous uint64 with at least {n} elements")
         out = out.reshape(-1)[:n]
-        if integer:
-            x = np.ascontiguousarray(values, dtype=np.int64).reshape(-1)
-        else:
-            x = np.ascontiguousarray(values, dtype=np.float64).reshape(-1)
-            scale, limit = 2.0 ** self.frac_bits, 2.0 ** (63 - self.frac_bits)
-        # One streaming pass, a cache-sized chunk at a time: each peer's ChaCha20 keystream
-        # (one cipher per peer, continued across chunks — the same stream as mask_stream),
-        # encode + mask (numba), and the BLAKE3 digest of the payload, while it is in cache.
-        chunk = min(n, MASK_CHUNK)
+        scale, limit = 2.0 ** self.frac_bits, 2.0 ** (63 - self.frac_bits)
+        # One streaming pass, a cache-sized block of whole rows at a time: the values, each
+        # peer's ChaCha20 keystream (one cipher per peer, continued across blocks — the same
+        # stream as mask_stream), encode + mask (numba) and the BLAKE3 digest of the payload.
+        chunk = min(n, max(MASK_CHUNK // row, 1) * row)
         if self._streams.shape[0] < len(peers) or self._streams.shape[1] < chunk + 8:
             self._streams = np.empty((len(peers), chunk + 8), dtype=np.uint64)
             self._zeros = bytearray(8 * chunk)
@@ -387,19 +394,22 @@ class MaskingParty:
         for start in range(0, n, max(chunk, 1)):
             stop = min(start + chunk, n)
             c = stop - start
+            x = rows(start, stop)
+            if x.size != c or x.dtype != (np.int64 if integer else np.float64):
+                raise SecureAggError(f"mask: block {start}..{stop} has {x.size} {x.dtype} values, expected {c}")
             for j, cipher in enumerate(ciphers):
                 cipher.update_into(zeros[:8 * c], memoryview(self._streams[j, :c + 8]).cast("B"))
             streams = self._streams[:len(peers), :c]
             if integer:
-                _int_mask_kernel(x[start:stop], streams, mult, out[start:stop])
+                _int_mask_kernel(x, streams, mult, out[start:stop])
             else:
-                bad = _encode_mask_kernel(x[start:stop], scale, limit, streams, mult, out[start:stop])
+                bad = _encode_mask_kernel(x, scale, limit, streams, mult, out[start:stop])
                 if bad >= 0:
-                    raise _encoding_error(x, start + bad, self.frac_bits)
+                    raise _encoding_error(x, bad, self.frac_bits, offset=start)
             hasher.update(memoryview(out[start:stop]).cast("B"))
         digest = hasher.hexdigest()
-        msg = MaskedMessage(run_id, round_no, stage, self.name, tuple(values.shape), out, digest, b"")
-        return MaskedMessage(run_id, round_no, stage, self.name, tuple(values.shape), out, digest,
+        msg = MaskedMessage(run_id, round_no, stage, self.name, shape, out, digest, b"")
+        return MaskedMessage(run_id, round_no, stage, self.name, shape, out, digest,
                              self.identity.sign(msg.signed_part()))
 
     def end_round(self, run_id: str, round_no: int) -> None:

@@ -10,8 +10,8 @@ from bench.als import ndcg10, synthesize
 from privacy.secure_agg import decode_fixed
 from training.als_data import load_party_block, load_party_matrices, load_users
 from training.central_als import CentralALS
-from training.federated_als import (FederatedALS, FederatedALSParty, PartyUnavailable, block_residual,
-                                    init_factors)
+from training.federated_als import (FederatedALS, FederatedALSParty, PartyUnavailable, block_product,
+                                    block_residual, init_factors)
 from wenlv.errors import WenlvError
 
 PARAMS = dict(factors=16, regularization=0.05, iterations=8, random_state=11, num_threads=1)
@@ -142,6 +142,40 @@ def test_traffic_is_users_times_factors_per_stage(data):
     model = FederatedALS(factors=8, iterations=1, show_progress=False, record_view=True).fit(blocks)
     vectors = [m for m in model.transcript if m.stage != "support"]
     assert vectors and all(m.shape == (600, 8) and m.size == 600 * 8 * 8 for m in vectors)
+
+
+def test_parties_mask_their_block_terms_block_by_block():
+    """A party's masked residual/product (computed a block of users at a time, in cache) sums to
+    the reference block_residual/block_product over the parties, across several blocks."""
+    from privacy.secure_agg import MASK_CHUNK, Aggregator
+
+    f = 16
+    n_users = 2 * MASK_CHUNK // f + 37                      # two blocks of users and a bit
+    rng = np.random.default_rng(3)
+    blocks = {p: sp.random(n_users, k, density=0.05, random_state=rng, format="csr", dtype=np.float32) * 4
+              for p, k in (("tourism", 20), ("carrier", 12), ("internet", 7))}
+    for m in blocks.values():
+        m.data += 1.0
+    parties = {p: FederatedALSParty(p, m) for p, m in blocks.items()}
+    ids = {p: party.describe()["identity"] for p, party in parties.items()}
+    for party in parties.values():
+        party.setup(list(parties), ids, f, 0.05, 3, "float64", 32, random_state=1)
+    agg = Aggregator("r", tuple(parties), ids)
+    agg.open_round(1)
+    for party in parties.values():
+        agg.receive_key(party.announce("r", 1))
+    keys = agg.keys()
+    for party in parties.values():
+        party.receive_keys("r", 1, keys)
+    V = rng.normal(scale=0.1, size=(n_users, f))
+    for stage, method, reference in (("r0", "residual", block_residual), ("ap1", "product", block_product)):
+        agg.open_stage(stage)
+        for party in parties.values():
+            agg.submit(getattr(party, method)("r", 1, stage, V))
+        got = agg.close_stage()
+        want = sum(reference(party._C, party._Y64, party._G, V) for party in parties.values())
+        assert got.shape == (n_users, f) and np.abs(want).max() > 1e-3
+        assert np.max(np.abs(got - want)) < 1e-8
 
 
 def _attack_accuracy(residuals: np.ndarray, truth: np.ndarray) -> float:

@@ -138,25 +138,16 @@ def _with_terms(C: sp.csr_matrix, Y: np.ndarray, V: np.ndarray, dense: np.ndarra
     return dense
 
 
-def _dense_part(V: np.ndarray, G: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-    if out is None or out.shape != V.shape or out.dtype != np.float64:
-        return V @ G
-    return np.matmul(V, G, out=out)
-
-
-def block_residual(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, X: np.ndarray, out=None, negG=None) -> np.ndarray:
-    """This block's part of r_u = Yᵀ C_u p_u − Yᵀ C_u Y x_u (without the λ term).
-
-    ``out`` (float64, X's shape) is filled instead of allocating; ``negG`` is −G if known.
-    """
+def block_residual(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """This block's part of r_u = Yᵀ C_u p_u − Yᵀ C_u Y x_u (without the λ term)."""
     X = np.ascontiguousarray(X, dtype=np.float64)
-    return _with_terms(C, Y, X, _dense_part(X, -G if negG is None else negG, out), residual=True)
+    return _with_terms(C, Y, X, X @ (-G), residual=True)
 
 
-def block_product(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, P: np.ndarray, out=None) -> np.ndarray:
-    """This block's part of Yᵀ C_u Y p_u (without the λ term); ``out`` as in :func:`block_residual`."""
+def block_product(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """This block's part of Yᵀ C_u Y p_u (without the λ term)."""
     P = np.ascontiguousarray(P, dtype=np.float64)
-    return _with_terms(C, Y, P, _dense_part(P, G, out), residual=False)
+    return _with_terms(C, Y, P, P @ G, residual=False)
 
 
 class FederatedALSParty:
@@ -180,8 +171,8 @@ class FederatedALSParty:
         self._Y: np.ndarray | None = None
         self._G: np.ndarray | None = None
         self._cfg: dict = {}
-        # per-stage work buffers, reused: fresh 8·users·factors-byte arrays cost page faults every stage
-        self._dense = np.empty((0, 0), dtype=np.float64)
+        # work buffers, reused: fresh 8·users·factors-byte arrays cost page faults every stage
+        self._dense = np.empty((0, 0), dtype=np.float64)  # one block of users' terms
         self._payload = np.empty(0, dtype=np.uint64)
 
     # setup -----------------------------------------------------------------------------
@@ -209,16 +200,34 @@ class FederatedALSParty:
         self._Y64, self._G = Y64, Y64.T @ Y64
         self._negG = -self._G
 
-    def _buffers(self, shape: tuple) -> tuple[np.ndarray, np.ndarray]:
-        """The dense-term and payload buffers for a users × factors stage.
+    def _payload_buffer(self, size: int) -> np.ndarray:
+        """The payload buffer, reused stage after stage (a fresh one would page-fault each time).
 
-        Reusing the payload is safe: the coordinator closes a stage (or aborts the round)
-        before it asks for the next one, and keeps copies if it records what it saw.
+        Safe: the coordinator closes a stage (or aborts the round) before it asks for the
+        next one, and keeps copies if it records what it saw.
         """
-        if self._dense.shape != shape:
-            self._dense = np.empty(shape, dtype=np.float64)
-            self._payload = np.empty(int(np.prod(shape)), dtype=np.uint64)
-        return self._dense, self._payload
+        if self._payload.size != size:
+            self._payload = np.empty(size, dtype=np.uint64)
+        return self._payload
+
+    def _masked_terms(self, run_id: str, round_no: int, stage: str, V: np.ndarray, residual: bool):
+        """Mask this block's terms for V (residual or CG product) block of users by block of users:
+        dense part (BLAS), sparse terms and masking of each block happen while it is in cache."""
+        V = np.ascontiguousarray(V, dtype=np.float64)
+        G = self._negG if residual else self._G
+        f = V.shape[1]
+        C, Y = self._C, self._Y64
+        data = C.data if C.data.dtype == np.float64 else C.data.astype(np.float64)
+
+        def rows(lo: int, hi: int) -> np.ndarray:
+            u0, u1 = lo // f, hi // f
+            if self._dense.shape[0] < u1 - u0 or self._dense.shape[1] != f:
+                self._dense = np.empty((u1 - u0, f), dtype=np.float64)
+            dense = np.matmul(V[u0:u1], G, out=self._dense[:u1 - u0])
+            _sparse_terms(C.indptr[u0:u1 + 1], C.indices, data, Y, V[u0:u1], dense, residual)
+            return dense.reshape(-1)
+
+        return self._masking.mask_rows(run_id, round_no, stage, V.shape, rows, out=self._payload_buffer(V.size))
 
     # secure aggregation rounds ------------------------------------------------------------
     def announce(self, run_id: str, round_no: int):
@@ -234,14 +243,12 @@ class FederatedALSParty:
         return self._masking.mask(run_id, round_no, "support", has * weights.astype(np.int64), integer=True)
 
     def residual(self, run_id: str, round_no: int, stage: str, X: np.ndarray):
-        dense, payload = self._buffers(X.shape)
-        terms = block_residual(self._C, self._Y64, self._G, X, out=dense, negG=self._negG)
-        return self._masking.mask(run_id, round_no, stage, terms, out=payload)
+        """Masked block_residual(X) (this block's part of the CG start residual)."""
+        return self._masked_terms(run_id, round_no, stage, X, residual=True)
 
     def product(self, run_id: str, round_no: int, stage: str, P: np.ndarray):
-        dense, payload = self._buffers(P.shape)
-        terms = block_product(self._C, self._Y64, self._G, P, out=dense)
-        return self._masking.mask(run_id, round_no, stage, terms, out=payload)
+        """Masked block_product(P) (this block's part of A·p for a CG step)."""
+        return self._masked_terms(run_id, round_no, stage, P, residual=False)
 
     def end_round(self, run_id: str, round_no: int) -> None:
         self._masking.end_round(run_id, round_no)
