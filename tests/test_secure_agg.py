@@ -115,6 +115,21 @@ def test_streamed_sum_is_released_whole_and_audited_with_its_digest():
     assert audit.entries[-1]["kind"] == "sum" and audit.entries[-1]["digest"] == payload_digest(ring)
 
 
+def test_digests_checked_in_threads_still_reject_an_altered_payload():
+    parties, agg = make_setup()
+    key_round(parties, agg, 1)
+    agg.open_stage("s")
+    msgs = [p.mask("run-1", 1, "s", np.full(1000, 2.0)) for p in parties.values()]
+    msgs[1].payload[7] ^= np.uint64(1 << 40)
+    with pytest.raises(ProtocolError, match="digest mismatch"):
+        agg.submit_all(msgs, threads=3)
+    agg.abort_round()
+    key_round(parties, agg, 2)
+    agg.open_stage("s")
+    agg.submit_all([p.mask("run-1", 2, "s", np.full(1000, 2.0)) for p in parties.values()], threads=3)
+    assert np.allclose(agg.close_stage(), 6.0)
+
+
 def _coordinator_view(first_party_input, n=4000, rounds=3):
     parties, agg = make_setup()
     agg.record_view = True

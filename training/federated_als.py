@@ -430,8 +430,7 @@ class FederatedALS:
     def _stage(self, parties, agg: Aggregator, method: str, stage: str, args: tuple, integer: bool = False,
                out: np.ndarray | None = None):
         agg.open_stage(stage)
-        for msg in self._call(parties, method, {p: args for p in parties}).values():
-            agg.submit(msg)
+        agg.submit_all(list(self._call(parties, method, {p: args for p in parties}).values()), self.party_threads)
         return agg.close_stage(integer=integer, out=out)
 
     # calling parties (in-process objects or remote proxies) -------------------------------
