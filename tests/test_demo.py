@@ -1,0 +1,74 @@
+"""`wenlv demo --json` end to end on the tiny scale: the real command, every stage, one summary.
+
+The summary is what a user (and CI) reads, so its promises are checked against the files
+the run left behind, not only against themselves.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.spark]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "REDIS_URL", "DATABASE_URL")}
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    done = subprocess.run(
+        [sys.executable, "-m", "wenlv.cli", "demo", "--json", "--workdir", str(workdir)],
+        capture_output=True, text=True, env=env, timeout=1500,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    last_line = done.stdout.strip().splitlines()[-1]
+    return json.loads(last_line), workdir, done.stderr
+
+
+def test_summary_has_every_stage_and_the_promised_keys(demo):
+    summary, _, _ = demo
+    assert summary["scale"] == "tiny"
+    assert list(summary["stages"]) == ["data", "features", "train", "serving", "itinerary"]
+    assert all(seconds > 0 for seconds in summary["stages"].values())
+    for key in ("people", "pois", "visits"):
+        assert summary["data"][key] > 0
+    for key in ("tourism_carrier_matched", "internet_carrier_matched"):
+        assert summary["psi"][key] > 0
+    for key in ("federated_vs_central_max_abs_diff", "ndcg@10", "recall@10", "popularity_ndcg@10",
+                "prospect_lift_vs_random", "shapley", "mlflow_run_id", "model_version"):
+        assert key in summary["train"], key
+    assert set(summary["train"]["shapley"]) == {"carrier", "internet"}
+    for key in ("requests", "p50_ms", "p99_ms", "errors", "model_version"):
+        assert key in summary["serving"], key
+    for key in ("plans", "feasible_share", "mean_stops_per_day", "mean_solve_ms"):
+        assert key in summary["itinerary"], key
+
+
+def test_the_stages_agree_with_each_other_and_with_the_files(demo):
+    summary, workdir, _ = demo
+    manifest = json.loads(Path(summary["features"]["manifest"]).read_text())
+    for table, rows in summary["features"]["row_counts"].items():
+        assert manifest["tables"][table]["rows"] == rows, table
+    visits = pd.read_parquet(workdir / "data" / "tourism" / "visits.parquet")
+    assert len(visits) == summary["data"]["visits"]
+    assert summary["psi"]["tourism_carrier_matched"] <= summary["data"]["people"]
+    # federated ALS reproduces implicit ALS to fixed-point precision
+    assert summary["train"]["federated_vs_central_max_abs_diff"] < 1e-4
+    assert summary["serving"]["model_version"] == str(summary["train"]["model_version"])
+    assert summary["serving"]["errors"] == 0 and summary["serving"]["requests"] > 0
+    assert summary["itinerary"]["feasible_share"] == 1.0
+    assert summary["itinerary"]["plans"] > 0
+
+
+def test_no_phone_number_in_the_summary_or_the_logs(demo):
+    summary, workdir, stderr = demo
+    phones = set(pd.read_parquet(workdir / "data" / "carrier" / "subscribers.parquet")["phone"].astype(str))
+    text = json.dumps(summary) + stderr
+    leaked = [p for p in list(phones)[:5000] if p in text]
+    assert not leaked, f"{len(leaked)} phone numbers appear in the demo's output"
