@@ -1,7 +1,7 @@
 """A tamper-evident audit log of protocol messages: a hash chain that holds no raw values.
 
 Each entry records who sent what kind of message in which (run, round, stage), its size
-in bytes and the SHA-256 digest of its (masked) payload — never a value. Entry n carries
+in bytes and the BLAKE3-256 digest of its (masked) payload (secure aggregation v2) — never a value. Entry n carries
 ``hash_n = SHA-256(hash_{n-1} ‖ canonical JSON of entry n without its hash)``, so changing,
 dropping, reordering or inserting an entry breaks :meth:`AuditLog.verify` from that
 entry on. Kept in memory and, when given a path, appended to a JSON-lines file as it goes.

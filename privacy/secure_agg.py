@@ -5,7 +5,7 @@ Protocol (one *round*; DESIGN §3):
 1. Every party draws a fresh ephemeral X25519 key for the round and announces its public
    key, signed with its long-term Ed25519 identity key over (run, round, party, key).
 2. Each party verifies the other parties' announcements and derives, for every pair
-   {a, b}, ``pair_key = HKDF-SHA256(X25519(a, b), info = "wenlv/secagg/v1" ‖ run ‖ round ‖
+   {a, b}, ``pair_key = HKDF-SHA256(X25519(a, b), info = "wenlv/secagg/v2" ‖ run ‖ round ‖
    sorted pair ids)`` — the full 32-byte key, never folded.
 3. For each *stage* of the round a party encodes its vector in fixed point on the ring
    Z_2^64 and adds, for each pair, the ChaCha20 keystream of ``pair_key`` with a nonce
