@@ -16,7 +16,7 @@ from wenlv.errors import WenlvError
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit and numpy BLAS: no oversubscription
 
 STAGE_CLIS = ("features.cli", "spark_jobs.cli", "training.cli", "serving.cli", "itinerary.cli")
-BENCHES = ("bench.features", "bench.als", "bench.serve", "bench.itinerary")
+BENCHES = ("bench.features", "bench.als", "bench.serve", "bench.itinerary", "bench.charts")
 
 
 def build_parser() -> argparse.ArgumentParser:

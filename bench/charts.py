@@ -1,0 +1,154 @@
+"""`wenlv bench chart`: draw a benchmark's JSON as a PNG, ours beside the peer.
+
+Every benchmark prints one JSON object; a chart of it is what people look at. The kind
+of benchmark is read from the JSON itself, so any saved result can be drawn later:
+
+    wenlv bench itinerary --json > it.json && wenlv bench chart it.json --out it.png
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from wenlv.errors import WenlvError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("chart", help="draw a saved benchmark JSON as a PNG chart")
+    p.add_argument("input", type=Path, help="a JSON file printed by `wenlv bench … --json`")
+    p.add_argument("--out", type=Path, default=None, help="PNG path (default: the input with .png)")
+    p.set_defaults(func=main)
+
+
+def main(args) -> int:
+    try:
+        result = json.loads(args.input.read_text())
+    except FileNotFoundError as exc:
+        raise WenlvError(f"{args.input}: no such file") from exc
+    except json.JSONDecodeError as exc:
+        raise WenlvError(f"{args.input}: not JSON ({exc})") from exc
+    out = draw(result, args.out or args.input.with_suffix(".png"))
+    print(str(out))
+    return 0
+
+
+def kind_of(result: dict) -> str:
+    """Which benchmark printed this object."""
+    if "flickr" in result or "toptw" in result:
+        return "itinerary"
+    if result.get("benchmark") == "als" or "seconds_per_iteration" in result:
+        return "als"
+    if "fixed_rate" in result or "saturation" in result:
+        return "serve"
+    if result.get("bench") == "features" or "scales" in result:
+        return "features"
+    raise WenlvError("not a result of `wenlv bench itinerary|als|serve|features --json` (unknown keys: "
+                     + ", ".join(sorted(result)[:8]) + ")")
+
+
+def draw(result: dict, out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kind = kind_of(result)
+    fig = _DRAW[kind](plt, result)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
+def _bars(ax, groups: list[str], series: dict[str, list[float]], ylabel: str, title: str,
+          label_all: bool = True) -> None:
+    """Grouped bars; values printed on every series, or on the first (ours) only when crowded."""
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        xs = [g + i * width - 0.4 + width / 2 for g in range(len(groups))]
+        bars = ax.bar(xs, values, width, label=name)
+        if label_all or i == 0:
+            ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=1)
+    ax.set_xticks(range(len(groups)), groups)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=3 if len(series) > 3 else 1, loc="upper left")
+
+
+def _itinerary(plt, result: dict):
+    flickr = result.get("flickr", {})
+    cities = sorted(flickr)
+    fig, axes = plt.subplots(1, 2 if "toptw" in result else 1, figsize=(13, 4.5), squeeze=False)
+    if cities:
+        series = {"Wenlv": [flickr[c]["f1"] for c in cities]}
+        methods = sorted({m for c in cities for m in flickr[c].get("published_f1", {})})
+        for m in methods:
+            series[m] = [flickr[c].get("published_f1", {}).get(m, 0.0) for c in cities]
+        _bars(axes[0][0], cities, series, "F1", "Flickr trajectories, CIKM'16 protocol (published beside ours)",
+              label_all=False)
+        axes[0][0].set_ylim(0.4, 1.0)
+    if "toptw" in result:
+        per = result["toptw"].get("per_instance", {})
+        names = sorted(per)
+        ax = axes[0][-1]
+        ax.bar(names, [100 * (per[n].get("gap") or 0.0) for n in names], label="ILS (ours)")
+        ax.plot(names, [100 * (per[n].get("greedy_gap") or _greedy_gap(per[n])) for n in names], "k.", label="greedy")
+        ax.set_ylabel("gap to best known, %")
+        ax.set_title(f"Solomon TOPTW, one route: mean {result['toptw'].get('mean_seconds', 0):.2f} s per instance")
+        ax.tick_params(axis="x", rotation=90, labelsize=7)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _greedy_gap(row: dict) -> float:
+    best, greedy = row.get("best_known"), row.get("greedy_score")
+    return (best - greedy) / best if best and greedy is not None else 0.0
+
+
+def _als(plt, result: dict):
+    seconds = dict(result["seconds_per_iteration"])
+    fig, ax = plt.subplots(figsize=(6, 4))
+    names = list(seconds)
+    bars = ax.bar(names, [seconds[n] for n in names], color=["tab:blue", "tab:green", "tab:red"][: len(names)])
+    ax.bar_label(bars, fmt="%.2f s")
+    ax.set_ylabel("seconds per iteration")
+    shape = result.get("data", {})
+    ax.set_title(f"ALS, {shape.get('users', '?')} users, {result.get('params', {}).get('factors', '?')} factors "
+                 "(same data, same run)")
+    if seconds.get("spark", 0) > 20 * min(seconds.values()):
+        ax.set_yscale("log")
+    return fig
+
+
+def _serve(plt, result: dict):
+    phases = {name: result[name] for name in ("fixed_rate", "fixed_rate_healthz_peer", "saturation") if name in result}
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _bars(ax, ["p50", "p95", "p99"],
+          {f"{name} ({p.get('achieved_rps', p.get('throughput_rps', 0)):.0f} req/s)":
+           [p.get("p50_ms", 0), p.get("p95_ms", 0), p.get("p99_ms", 0)] for name, p in phases.items()},
+          "latency, ms", "Recommendations over loopback HTTP (recommend vs /healthz peer)")
+    return fig
+
+
+def _features(plt, result: dict):
+    scales = result["scales"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    names = [s["scale"] for s in scales]
+    rows = [s["raw_rows"] for s in scales]
+    axes[0].plot(rows, [s["seconds"] for s in scales], "o-", label="feature pipeline")
+    axes[0].plot(rows, [s["psi"]["seconds"] for s in scales], "s-", label="of which PSI")
+    for name, x, y in zip(names, rows, [s["seconds"] for s in scales]):
+        axes[0].annotate(name, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes[0].set_xscale("log")
+    axes[0].set_yscale("log")
+    axes[0].set_xlabel("raw rows")
+    axes[0].set_ylabel("seconds")
+    axes[0].set_title("Spark feature pipeline: time against rows")
+    axes[0].legend(fontsize=8)
+    _bars(axes[1], names, {"PSI items/s per core": [s["psi"]["items_per_s_per_core"] for s in scales],
+                           "matched/s per core": [s["psi"]["matched_per_s_per_core"] for s in scales]},
+          "items per second per core", "PSI throughput")
+    return fig
+
+
+_DRAW = {"itinerary": _itinerary, "als": _als, "serve": _serve, "features": _features}
