@@ -38,6 +38,8 @@ def register(bench_sub) -> None:
     p.add_argument("--city", action="append", default=None, help="city code(s); default the five published cities")
     p.add_argument("--format", choices=("auto", "trajectories", "visits"), default="auto",
                    help="auto: the CIKM'16 trajectory files when present, else the IJCAI'15 visits")
+    p.add_argument("--features", choices=("ours", "authors", "both"), default="ours",
+                   help="POI features for the rankers: ours, the CIKM'16 PoiRank set, or both side by side")
     p.add_argument("--toptw-dir", type=Path, default=None, help="folder of Solomon TOPTW .txt instances")
     p.add_argument("--skip-flickr", action="store_true")
     p.add_argument("--skip-toptw", action="store_true")
@@ -46,7 +48,7 @@ def register(bench_sub) -> None:
     p.set_defaults(func=main)
 
 
-def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto") -> dict:
+def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", features: str = "ours") -> dict:
     from itinerary import flickr
 
     out = {}
@@ -59,9 +61,11 @@ def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto") -> dic
         long = sum(len(t) >= 3 and len(set(t)) == len(t) for t in data.trajs)
         started = time.perf_counter()
         with tqdm(total=long, desc=f"flickr {city}", file=sys.stderr, leave=False) as bar:
-            r = flickr.evaluate_city(data, progress=bar)
+            r = flickr.evaluate_city(data, progress=bar, feature_set=features)
         out[city] = {
             "f1": round(r.f1, 4), "pairs_f1": round(r.pairs_f1, 4), "queries": r.queries,
+            "f1_std": round(r.f1_std, 4), "f1_standard_error": round(r.f1_std / max(r.queries, 1) ** 0.5, 4),
+            "features": features,
             "model": "ensemble of pointwise (L2 1) and pairwise (L2 10) logistic rankers, fixed",
             "f1_tuned_choice": round(r.f1_tuned, 4), "pairs_f1_tuned_choice": round(r.pairs_f1_tuned, 4),
             "published_best_f1": flickr.PUBLISHED_BEST_F1.get(city),
@@ -134,7 +138,7 @@ def main(args) -> int:
             raise WenlvError(f"Flickr data folder {source} not found (use --source)")
         from itinerary.flickr import CITIES
 
-        result["flickr"] = run_flickr(source, args.city or list(CITIES), args.format)
+        result["flickr"] = run_flickr(source, args.city or list(CITIES), args.format, args.features)
     if not args.skip_toptw:
         folder = args.toptw_dir or data / "toptw" / "solomon100"
         if not folder.is_dir():

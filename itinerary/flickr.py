@@ -6,10 +6,16 @@ held out in turn; everything learned comes from all OTHER trajectories (short on
 included); the query is (start POI, end POI, number of POIs); queries whose start or end
 never occurs in the training trajectories are skipped; F1 compares the recommended and
 the real POI lists (start and end included), pairs-F1 their visiting order.
+The authors' published means are over the queries that PersTour (an ILP that could time
+out) also answered (parse_results.ipynb: keys of ijcai-CITY.pkl ∩ rank-CITY.pkl); that
+subset is in binary result files we cannot read, so we average over all queries. Our
+popularity baseline reproduces their PoiPopularity in Edin/Glas/Osak/Toro to 0.001, not
+in Melbourne (.607 vs .620): there the published subset is evidently smaller.
 
 Our recommender: logistic POI rankers (pointwise and pairwise, averaged) on query features computed from training counts
 (popularity, visit counts, co-occurrence with the start and end POI, transitions out of
-the start and into the end, distances, categories), then the best visiting order of the
+the start and into the end, distances, categories) — or the authors' PoiRank feature set,
+or both side by side (`Featurizer`) — then the best visiting order of the
 chosen POIs under a smoothed first-order transition model (exact DP over subsets).
 Counts are held as totals from which the held-out trajectory is subtracted, which makes
 leave-one-out exact and cheap; the model is refitted for every held-out trajectory on
@@ -270,6 +276,58 @@ def query_features(c: Counts, dist: np.ndarray, s: int, e: int, length: int) -> 
     return feats
 
 
+def neighbourhoods(data: CityData, k: int = 5, seed: int = 987654321) -> np.ndarray:
+    """k-means cluster of each POI on (lon, lat), Euclidean, as the authors' neighbourhoods (5 clusters)."""
+    from scipy.cluster.vq import kmeans2
+
+    xy = np.column_stack([data.lon, data.lat])
+    _, labels = kmeans2(xy, min(k, len(xy)), seed=seed, minit="++")
+    return labels
+
+
+def _log10_or_small(x: np.ndarray) -> np.ndarray:
+    return np.where(x < 1, -10.0, np.log10(np.maximum(x, 1)))  # the authors' LOG_SMALL for 0
+
+
+def authors_features(c: Counts, dist: np.ndarray, clusters: np.ndarray, s: int, e: int, length: int) -> np.ndarray:
+    """The CIKM'16 PoiRank features (rank_markov notebook, section 2.1) for query (s, e, length):
+    ±1 one-hot category and neighbourhood, log10 popularity / visits / mean duration, length,
+    same category / neighbourhood as s and e (±1), distance to s and e, and the raw
+    differences in popularity, visits and mean duration from s and e."""
+    cat = c.data.category
+    ncat, ncl = int(cat.max()) + 1, int(clusters.max()) + 1
+    pm = lambda b: np.where(b, 1.0, -1.0)  # noqa: E731
+    dur = c.dur_sum / np.maximum(c.visits, 1)
+    return np.column_stack([
+        pm(cat[:, None] == np.arange(ncat)[None]), pm(clusters[:, None] == np.arange(ncl)[None]),
+        _log10_or_small(c.pop), _log10_or_small(c.visits), _log10_or_small(dur), np.full(c.n, float(length)),
+        pm(cat == cat[s]), pm(cat == cat[e]), dist[s], dist[e],
+        c.pop - c.pop[s], c.pop - c.pop[e], c.visits - c.visits[s], c.visits - c.visits[e],
+        dur - dur[s], dur - dur[e], pm(clusters == clusters[s]), pm(clusters == clusters[e]),
+    ])
+
+
+FEATURE_SETS = ("ours", "authors", "both")
+
+
+class Featurizer:
+    """Query features of one city by the named set: ours (query_features), the authors' (authors_features), or both."""
+
+    def __init__(self, data: CityData, feature_set: str = "ours"):
+        if feature_set not in FEATURE_SETS:
+            raise ValueError(f"feature_set must be one of {FEATURE_SETS}, got {feature_set!r}")
+        self.kind, self.dist = feature_set, distance_km(data)
+        self.clusters = neighbourhoods(data) if feature_set != "ours" else None
+
+    def __call__(self, c: Counts, s: int, e: int, length: int) -> np.ndarray:
+        parts = []
+        if self.kind in ("ours", "both"):
+            parts.append(query_features(c, self.dist, s, e, length))
+        if self.kind in ("authors", "both"):
+            parts.append(authors_features(c, self.dist, self.clusters, s, e, length))
+        return np.hstack(parts)
+
+
 class LogisticModel:
     """L2-regularised logistic regression (scipy L-BFGS) on standardised features."""
 
@@ -410,9 +468,10 @@ class CityResult:
     loops_not_queried: int = 0
     f1_tuned: float = 0.0
     pairs_f1_tuned: float = 0.0
+    f1_std: float = 0.0  # population std over queries, as the authors report mean ± std
 
 
-def _example(data: CityData, counts: Counts, dist: np.ndarray, t: int):
+def _example(data: CityData, counts: Counts, featurize: Featurizer, t: int):
     """Features and labels of trajectory t as a training query, its own counts removed."""
     restore = counts.without(t)
     try:
@@ -424,7 +483,7 @@ def _example(data: CityData, counts: Counts, dist: np.ndarray, t: int):
         mask[[s, e]] = False
         label = np.zeros(counts.n)
         label[tr[1:-1]] = 1
-        return query_features(counts, dist, s, e, len(tr))[mask], label[mask], np.flatnonzero(mask)
+        return featurize(counts, s, e, len(tr))[mask], label[mask], np.flatnonzero(mask)
     finally:
         restore()
 
@@ -434,7 +493,7 @@ def _top(data: CityData, t: int, cands: np.ndarray, score: np.ndarray) -> list[i
     return [int(p) for p in cands[np.argsort(-score, kind="stable")][: len(tr) - 2]]
 
 
-def choose_model(data: CityData, dist: np.ndarray, short_ids: list[int], tune_ids: list[int],
+def choose_model(data: CityData, featurize: Featurizer, short_ids: list[int], tune_ids: list[int],
                  folds: int = 5) -> tuple[tuple[str, float], dict]:
     """Pick the model choice with the best 5-fold F1 on the tuning queries only.
 
@@ -442,7 +501,7 @@ def choose_model(data: CityData, dist: np.ndarray, short_ids: list[int], tune_id
     own trajectory removed), so the other half never influences the choice.
     """
     counts = Counts(data, short_ids + tune_ids)
-    items = [(t, x) for t in tune_ids if (x := _example(data, counts, dist, t)) is not None]
+    items = [(t, x) for t in tune_ids if (x := _example(data, counts, featurize, t)) is not None]
     if len(items) < 2 * folds:  # too few to tune: the plain default
         return GRID[0], {}
     scores = {}
@@ -459,7 +518,7 @@ def choose_model(data: CityData, dist: np.ndarray, short_ids: list[int], tune_id
     return best, scores
 
 
-def evaluate_city(data: CityData, seed: int = 1234567890, progress=None) -> CityResult:
+def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature_set: str = "ours") -> CityResult:
     """Leave-one-trajectory-out F1 and pairs-F1 of our recommender and of popularity.
 
     Two variants of the POI scorer are measured on the same queries: the fixed ENSEMBLE
@@ -477,11 +536,11 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None) -> City
     query_ids = [t for t in long_ids if len(set(data.trajs[t])) == len(data.trajs[t])]
     perm = [int(t) for t in np.random.default_rng(seed).permutation(query_ids)]
     halves = [sorted(perm[: len(perm) // 2]), sorted(perm[len(perm) // 2:])]
-    dist = distance_km(data)
+    featurize = Featurizer(data, feature_set)
     counts = Counts(data, all_ids)
     f1s, pf1s, f1p, pf1p, f1t, pf1t, skipped, chosen_models = [], [], [], [], [], [], 0, []
     for h in (0, 1):
-        choice, cv = choose_model(data, dist, short_ids, halves[1 - h])
+        choice, cv = choose_model(data, featurize, short_ids, halves[1 - h])
         chosen_models.append({"choice": f"{choice[0]}:{choice[1]:g}", "inner_cv_f1": cv})
         for q in halves[h]:
             tr = data.trajs[q]
@@ -491,11 +550,11 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None) -> City
                 if counts.contains[s] == 0 or counts.contains[e] == 0:
                     skipped += 1
                     continue
-                groups = [x[:2] for t in long_ids if t != q and (x := _example(data, counts, dist, t)) is not None]
+                groups = [x[:2] for t in long_ids if t != q and (x := _example(data, counts, featurize, t)) is not None]
                 known = counts.contains > 0
                 known[[s, e]] = False
                 cands = np.flatnonzero(known)
-                X = query_features(counts, dist, s, e, length)[cands]
+                X = featurize(counts, s, e, length)[cands]
                 fitted = {c: fit_model(c, groups) for c in {*ENSEMBLE, choice}}
                 logp = transition_logp(counts)
                 rec = best_order(s, e, _top(data, q, cands, ensemble_score(fitted, X)), logp)
@@ -510,4 +569,4 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None) -> City
             f1p.append(f1(tr, pop_rec)), pf1p.append(pairs_f1(tr, pop_rec))
     return CityResult(data.city, len(f1s), float(np.mean(f1s)), float(np.mean(pf1s)), float(np.mean(f1p)),
                       float(np.mean(pf1p)), skipped, len(all_ids), chosen_models, len(long_ids) - len(query_ids),
-                      float(np.mean(f1t)), float(np.mean(pf1t)))
+                      float(np.mean(f1t)), float(np.mean(pf1t)), float(np.std(f1s)))

@@ -121,3 +121,39 @@ def test_bench_runs_end_to_end_on_a_small_city_and_one_toptw_instance(tmp_path, 
     c101 = out["toptw"]["per_instance"]["c101"]
     assert c101["best_known"] == 320 and 0 < c101["score"] <= 320 and c101["gap"] == pytest.approx((320 - c101["score"]) / 320, abs=1e-4)
     assert out["toptw"]["instances"] == 1 and c101["greedy_score"] <= c101["score"]
+
+
+def test_trajectory_reader_takes_coordinates_by_header_name(tmp_path):
+    # Melbourne's poi file has poiLat before poiLon (the other four cities the reverse)
+    base = tmp_path / "trajectories"
+    base.mkdir()
+    (base / "poi-Mel.csv").write_text("poiID,poiCat,poiLat,poiLon\n0,Park,-37.82,144.97\n5,Museum,-37.81,144.96\n")
+    (base / "traj-Mel.csv").write_text(
+        "userID,trajID,poiID,startTime,endTime,#photo,trajLen,poiDuration\n"
+        "u,1,5,200,260,2,2,60\nu,1,0,100,130,1,2,30\n")
+    data = flickr.load_trajectories(tmp_path, "Mel")
+    assert data.lat.tolist() == [-37.82, -37.81] and data.lon.tolist() == [144.97, 144.96]
+    assert data.trajs == [[0, 1]] and data.durations == [[30.0, 60.0]]  # ordered by startTime
+
+
+def test_authors_poirank_features_match_hand_computation():
+    # 4 POIs, categories 0,1,0,1; trips by users a, a, b: [0,1,2], [0,3], [1,2]
+    data = flickr.CityData("X", np.arange(4), np.array([0, 1, 0, 1]), np.zeros(4), np.zeros(4),
+                           [[0, 1, 2], [0, 3], [1, 2]], ["a", "a", "b"],
+                           [[10.0, 100.0, 1000.0], [20.0, 1.0], [300.0, 2000.0]], {})
+    c = flickr.Counts(data, [0, 1, 2])
+    dist = np.arange(16, dtype=float).reshape(4, 4)
+    clusters = np.array([0, 0, 1, 1])
+    X = flickr.authors_features(c, dist, clusters, 0, 2, 3)
+    assert X.shape == (4, 2 + 2 + 4 + 12)
+    p1 = X[1]
+    # POI 1: category 1 -> (-1, 1); cluster 0 -> (1, -1); popularity 2 users, 2 visits,
+    # mean duration (100 + 300) / 2 = 200; length 3
+    np.testing.assert_allclose(p1[:8], [-1, 1, 1, -1, np.log10(2), np.log10(2), np.log10(200), 3])
+    # same category as start 0 / end 2 (both category 0): -1, -1; distances dist[0,1] = 1, dist[2,1] = 9
+    # popularity diffs 2 - pop(0)=1 and 2 - pop(2)=2; visits 2 - 2, 2 - 2;
+    # duration 200 - 15 (POI 0: (10 + 20) / 2), 200 - 1500 (POI 2: (1000 + 2000) / 2); same cluster as 0 yes, as 2 no
+    np.testing.assert_allclose(p1[8:], [-1, -1, 1, 9, 1, 0, 0, 0, 185, -1300, 1, -1])
+    # a POI never visited gets the authors' LOG_SMALL (-10) for its logs
+    c0 = flickr.Counts(data, [2])
+    assert flickr.authors_features(c0, dist, clusters, 1, 2, 3)[0, 4] == -10.0
