@@ -6,12 +6,12 @@ Index type by size: an exact `IndexFlatIP` below `exact_below` vectors (a 10k-PO
 tuned at build time until recall@10 against exact search reaches `target_recall` on a
 sample of real queries; the measured recall travels with the index (`VectorIndex.info`).
 
-Indexes are not logged to MLflow: they are a deterministic function of the bundle's
-factors and these parameters, so they are rebuilt from the bundle and cached on disk
-under a fingerprint of (factors, parameters, faiss version). That keeps one source of
-truth per model version (the bundle), costs milliseconds for POIs and one build per
-version for users, and a cache hit can never belong to another version because the
-fingerprint covers the vectors themselves.
+Served from the registry, an index belongs to one model version: `serving.index_artifacts`
+stores the built indexes as the `indexes/` artifact of that version's MLflow run, with a
+manifest naming the version and the sha256 of the vectors each index was built from, and
+reuses them only when everything matches (MLflow is the record). Builds are also cached on
+local disk under a fingerprint of (vectors, parameters, faiss version), so a cache hit can
+never belong to other vectors; `wenlv serve --bundle DIR` uses only that cache.
 
 Filters use FAISS ID selectors (a bitmap, `IDSelectorBitmap`) passed with
 `SearchParameters`; when an approximate index returns fewer than k eligible items while
@@ -199,22 +199,44 @@ def load_or_build(vectors: np.ndarray, queries: np.ndarray | None = None, *, cac
     return built
 
 
+def index_params(n: int, *, exact_below: int = EXACT_BELOW, kind: str | None = None,
+                 target_recall: float = TARGET_RECALL) -> dict:
+    """What decides how an index over `n` vectors is built (recorded beside a stored index)."""
+    return {"kind": kind or ("flat" if n < exact_below else "ivf"), "target_recall": target_recall,
+            "faiss": faiss.__version__}
+
+
+def vectors_sha256(vectors: np.ndarray) -> str:
+    """Digest of the float32 vectors and their shape: what an index was built from."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    h = hashlib.sha256(json.dumps(list(vectors.shape)).encode())
+    h.update(vectors.tobytes())
+    return h.hexdigest()
+
+
 @dataclass
 class BundleIndexes:
-    """The two indexes of one model version."""
+    """The two indexes of one model version; `source` says where they came from (built | mlflow)."""
 
     pois: VectorIndex
     users: VectorIndex | None
+    source: str = "built"
+
+
+def bundle_index_inputs(bundle, *, with_users: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """name → (vectors to index, sample of the vectors that will query them), per index of a bundle."""
+    rng = np.random.default_rng(0)
+    users = np.ascontiguousarray(bundle.user_factors, dtype=np.float32)
+    user_sample = users[rng.choice(len(users), size=min(len(users), 500), replace=False)] if len(users) else None
+    inputs = {"pois": (np.ascontiguousarray(bundle.poi_factors, dtype=np.float32), user_sample)}
+    if with_users and len(users):
+        inputs["users"] = (users, inputs["pois"][0])
+    return inputs
 
 
 def build_bundle_indexes(bundle, *, with_users: bool = True, cache_dir: Path | None = DEFAULT_CACHE,
                          exact_below: int = EXACT_BELOW) -> BundleIndexes:
     """POI index (queried by user vectors) and, optionally, the user index (queried by POI vectors)."""
-    rng = np.random.default_rng(0)
-    users = bundle.user_factors
-    user_sample = users[rng.choice(len(users), size=min(len(users), 500), replace=False)] if len(users) else None
-    pois = load_or_build(bundle.poi_factors, user_sample, cache_dir=cache_dir, exact_below=exact_below)
-    user_index = None
-    if with_users and len(users):
-        user_index = load_or_build(users, bundle.poi_factors, cache_dir=cache_dir, exact_below=exact_below)
-    return BundleIndexes(pois=pois, users=user_index)
+    built = {name: load_or_build(vectors, queries, cache_dir=cache_dir, exact_below=exact_below)
+             for name, (vectors, queries) in bundle_index_inputs(bundle, with_users=with_users).items()}
+    return BundleIndexes(pois=built["pois"], users=built.get("users"))

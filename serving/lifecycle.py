@@ -6,6 +6,9 @@ A background thread polls `MlflowClient.get_model_version_by_alias` (cheap) ever
 the version's run), builds the whole `ServingModel` (indexes included), materialises the
 version's online keys, and only then swaps the one reference in `ServingState`. Requests
 in flight keep the model they started with; a failed load leaves the old version serving.
+
+The indexes of a registered version come from (or, the first time, go to) the `indexes/`
+artifact of that version's run: see `serving.index_artifacts` and `model_from_registry`.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from serving.indexes import DEFAULT_CACHE, EXACT_BELOW
 from serving.model import ServingModel
 from serving.state import ServingState
 from training.bundle import ModelBundle
@@ -51,6 +55,18 @@ def load_champion(tracking_uri: str | None = None, model_name: str = MODEL_NAME,
     return ModelBundle.load(path), str(mv.version)
 
 
+def model_from_registry(bundle: ModelBundle, version: str, store=None, *, tracking_uri: str | None = None,
+                        model_name: str = MODEL_NAME, with_user_index: bool = True,
+                        index_cache: Path | None = DEFAULT_CACHE, exact_below: int = EXACT_BELOW) -> ServingModel:
+    """A registered version's ServingModel, its indexes read from (or first written to) the version's run."""
+    from serving.index_artifacts import indexes_for_version, version_run_id
+
+    run_id = version_run_id(version, tracking_uri=tracking_uri, model_name=model_name)
+    indexes = indexes_for_version(bundle, str(version), run_id, tracking_uri=tracking_uri, with_users=with_user_index,
+                                  cache_dir=index_cache, exact_below=exact_below)
+    return ServingModel(bundle, version, store, indexes, with_user_index=with_user_index, exact_below=exact_below)
+
+
 class ChampionFollower:
     """Poll the alias; on a move build the new model fully, then swap (one reference)."""
 
@@ -58,7 +74,8 @@ class ChampionFollower:
                  build=None, materialize_on_swap: bool = True, on_swap=None,
                  version_source=None, loader=None):
         self.state, self.tracking_uri, self.poll_s = state, tracking_uri, poll_s
-        self.build = build or (lambda bundle, version: ServingModel(bundle, version, state.store))
+        self.build = build or (lambda bundle, version: model_from_registry(bundle, version, state.store,
+                                                                           tracking_uri=self.tracking_uri))
         self.materialize_on_swap = materialize_on_swap
         self.on_swap = on_swap
         self.version_source = version_source or (lambda: str(champion_version(self.tracking_uri).version))

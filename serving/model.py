@@ -161,4 +161,5 @@ class ServingModel:
     def describe(self) -> dict:
         return {"model_version": self.version, "n_pois": int(self.table.n), "n_users": len(self.user_rows),
                 "poi_index": self.indexes.pois.info, "user_index": self.indexes.users.info if self.indexes.users else None,
+                "index_source": self.indexes.source,
                 "tower": self.tower is not None, "built_seconds": self.built_seconds}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from serving.app import create_app
 from serving.auth import DEFAULT_KEY_DB, KeyStore
-from serving.lifecycle import ChampionFollower, load_champion
+from serving.lifecycle import ChampionFollower, load_champion, model_from_registry
 from serving.model import ServingModel
 from serving.online_store import DEFAULT_PREFIX, ResilientStore, open_store
 from serving.state import ServingState
@@ -41,11 +41,17 @@ def load_bundle_dir(path: Path) -> tuple[ModelBundle, str]:
 def build_app(*, bundle_dir: Path | None = None, tracking_uri: str | None = None, redis_url: str | None = None,
               sqlite_path: Path | None = None, prefix: str = DEFAULT_PREFIX, keys_path: Path = DEFAULT_KEY_DB,
               follow: bool = True, poll_s: float = 10.0, with_user_index: bool = True):
-    """The app for a bundle directory (static) or for the champion (followed unless follow=False)."""
+    """The app for a bundle directory (static) or for the champion (followed unless follow=False).
+
+    A registered version's indexes are its MLflow run's `indexes/` artifact (uploaded by the
+    first server that builds them); a bundle directory's are built or taken from the disk cache.
+    """
     store = ResilientStore(open_store(redis_url, sqlite_path, prefix))
 
     def build(bundle, version):
-        return ServingModel(bundle, version, store, with_user_index=with_user_index)
+        if bundle_dir is not None:  # no registry: indexes from the local disk cache or built
+            return ServingModel(bundle, version, store, with_user_index=with_user_index)
+        return model_from_registry(bundle, version, store, tracking_uri=tracking_uri, with_user_index=with_user_index)
 
     if bundle_dir is not None:
         bundle, version = load_bundle_dir(Path(bundle_dir))

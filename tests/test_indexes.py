@@ -82,3 +82,42 @@ def test_audience_is_the_top_users_for_a_target(exact_below):
     assert overlap == 1.0 if exact_below == 10_000 else overlap >= 0.9
     with pytest.raises(KeyError, match="none of the POIs"):
         model.audience(["nope"], 5)
+
+
+def test_stored_indexes_are_checked_against_the_bundle(tmp_path):
+    """A stored index is used only for the exact vectors, version and a faithful file (no MLflow needed here)."""
+    import json
+
+    import faiss
+
+    from serving.index_artifacts import IndexArtifactRefused, expected_manifest, read_indexes, write_indexes
+    from serving.indexes import build_bundle_indexes
+
+    b = synthetic_bundle(n_pois=80, n_users=50, factors=8, seed=9, version="3")
+    built = build_bundle_indexes(b, cache_dir=None, exact_below=60)
+    expected = expected_manifest(b, "3", "run-a", exact_below=60)
+    write_indexes(built, expected, tmp_path)
+    loaded = read_indexes(tmp_path, expected, b)
+    assert loaded.source == "mlflow" and isinstance(loaded.pois.index, faiss.IndexIVFFlat)
+    q = b.user_factors[0]
+    assert list(loaded.pois.search(q, 10)[0]) == list(built.pois.search(q, 10)[0])
+
+    with pytest.raises(IndexArtifactRefused, match="model_version is '3', expected '4'"):
+        read_indexes(tmp_path, expected_manifest(b, "4", "run-a", exact_below=60), b)
+    other = synthetic_bundle(n_pois=80, n_users=50, factors=8, seed=10, version="3")
+    with pytest.raises(IndexArtifactRefused, match="pois index vectors_sha256"):
+        read_indexes(tmp_path, expected_manifest(other, "3", "run-a", exact_below=60), other)
+    with pytest.raises(IndexArtifactRefused, match="pois index params"):  # would be built exact now
+        read_indexes(tmp_path, expected_manifest(b, "3", "run-a", exact_below=10_000), b)
+
+    # a valid FAISS file of the wrong index, with its digest fixed up, is still refused
+    from serving.index_artifacts import _file_sha256
+
+    wrong = faiss.IndexFlatIP(8)
+    wrong.add(b.poi_factors[:10])
+    faiss.write_index(wrong, str(tmp_path / "pois.faiss"))
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    manifest["indexes"]["pois"]["file_sha256"] = _file_sha256(tmp_path / "pois.faiss")
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexArtifactRefused, match="holds a IndexFlatIP of 10×8"):
+        read_indexes(tmp_path, expected, b)

@@ -209,3 +209,179 @@ def test_a_swap_materialises_the_new_version_first(kind, tmp_path, request):
         np.testing.assert_allclose(raw.get_user("1", token).vector, v1.user_factors[0])  # versions never mix
     finally:
         raw.delete_prefix(raw.prefix)
+
+
+# ---------------------------------------------------------------- indexes as MLflow artifacts
+def _register(tmp_path, bundles):
+    """A real MLflow (SQLite store) with one registered version per bundle; returns (uri, client, versions)."""
+    mlflow = pytest.importorskip("mlflow")
+    from mlflow import MlflowClient
+
+    from serving.lifecycle import MODEL_NAME
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("serving-index-test")
+    client = MlflowClient(uri)
+    client.create_registered_model(MODEL_NAME)
+    versions = []
+    for b in bundles:
+        with mlflow.start_run() as run:
+            path = b.save(tmp_path / f"bundle-{b.meta['version']}")
+            mlflow.log_artifacts(str(path), artifact_path="bundle")
+        mv = client.create_model_version(MODEL_NAME, f"runs:/{run.info.run_id}/bundle", run.info.run_id)
+        versions.append((str(mv.version), run.info.run_id))
+    return uri, client, versions
+
+
+@pytest.fixture
+def count_builds(monkeypatch):
+    """Count real index builds (serving.indexes.build_index still runs)."""
+    import serving.indexes as indexes
+
+    calls = []
+    real = indexes.build_index
+
+    def counting(vectors, *args, **kwargs):
+        calls.append(len(vectors))
+        return real(vectors, *args, **kwargs)
+
+    monkeypatch.setattr(indexes, "build_index", counting)
+    return calls
+
+
+def _manifest(uri, run_id, tmp_path):
+    import json
+
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="indexes/manifest.json",
+                                                dst_path=str(tmp_path / f"m-{time.monotonic_ns()}"), tracking_uri=uri)
+    return json.loads(open(local).read())
+
+
+def _load(uri, version, bundle, **kw):
+    from serving.lifecycle import model_from_registry
+
+    # exact_below=50: the 60-70 POIs get a tuned IVF index, the 40 users an exact one
+    return model_from_registry(bundle, version, None, tracking_uri=uri, index_cache=None, exact_below=50, **kw)
+
+
+def _results(model, bundle):
+    recs = [list(model.recommend(t, k=5).ids) for t in bundle.users.token[:10]]
+    aud = model.audience(list(bundle.pois.poi_id[:2]), 10)[0]
+    return recs, aud
+
+
+def test_first_load_uploads_indexes_and_the_next_load_reuses_them(tmp_path, count_builds):
+    import faiss
+
+    v1, _ = two_versions()
+    uri, client, [(version, run_id)] = _register(tmp_path, [v1])
+    first = _load(uri, version, v1)
+    assert first.indexes.source == "built" and count_builds == [60, 40]
+    names = sorted(a.path for a in client.list_artifacts(run_id, "indexes"))
+    assert names == ["indexes/manifest.json", "indexes/pois.faiss", "indexes/users.faiss"]
+    manifest = _manifest(uri, run_id, tmp_path)
+    assert manifest["model_version"] == version and manifest["run_id"] == run_id and manifest["bundle_version"] == "1"
+    assert manifest["indexes"]["pois"]["params"]["kind"] == "ivf" and manifest["indexes"]["users"]["params"]["kind"] == "flat"
+    assert manifest["indexes"]["pois"]["info"] == first.indexes.pois.info
+
+    second = _load(uri, version, v1)  # a restart, or the next server
+    assert second.indexes.source == "mlflow" and count_builds == [60, 40], "the stored indexes were used, not rebuilt"
+    assert isinstance(second.indexes.pois.index, faiss.IndexIVFFlat)
+    assert second.indexes.pois.info == first.indexes.pois.info
+    assert _results(second, v1) == _results(first, v1)
+    assert second.describe()["index_source"] == "mlflow"
+
+
+def test_the_champion_follower_stores_and_reuses_the_version_indexes(tmp_path, count_builds):
+    v1, _ = two_versions()
+    uri, client, [(version, run_id)] = _register(tmp_path, [v1])
+    client.set_registered_model_alias("wenlv-recommender", "champion", version)
+    follower = ChampionFollower(ServingState(None), tracking_uri=uri)  # the default (registry) build
+    assert follower.check_once() and follower.state.model.indexes.source == "built"
+    assert _manifest(uri, run_id, tmp_path)["model_version"] == version
+    again = ChampionFollower(ServingState(None), tracking_uri=uri)
+    assert again.check_once() and again.state.model.indexes.source == "mlflow"
+    assert len(count_builds) == 2
+
+
+@pytest.mark.parametrize("tamper", ["vectors_digest", "garbage_bytes", "garbage_with_matching_digest", "no_user_index"])
+def test_a_tampered_index_artifact_is_refused_and_rebuilt(tmp_path, count_builds, caplog, tamper):
+    import json
+    import logging
+
+    import mlflow
+
+    from serving.index_artifacts import _file_sha256
+
+    v1, _ = two_versions()
+    uri, client, [(version, run_id)] = _register(tmp_path, [v1])
+    built = _load(uri, version, v1)
+    local = tmp_path / "tampered"
+    mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="indexes", dst_path=str(local), tracking_uri=uri)
+    folder = local / "indexes"
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if tamper == "vectors_digest":
+        manifest["indexes"]["pois"]["vectors_sha256"] = "0" * 64
+    elif tamper.startswith("garbage"):
+        (folder / "pois.faiss").write_bytes(b"IxFI" + bytes(range(256)) * 4)
+        if tamper == "garbage_with_matching_digest":  # the digest passes, faiss.read_index must fail
+            manifest["indexes"]["pois"]["file_sha256"] = _file_sha256(folder / "pois.faiss")
+    else:
+        del manifest["indexes"]["users"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    client.log_artifacts(run_id, str(folder), "indexes")
+    builds_before = len(count_builds)
+
+    with caplog.at_level(logging.WARNING, logger="serving.index_artifacts"):
+        reloaded = _load(uri, version, v1)
+    assert reloaded.indexes.source == "built" and len(count_builds) == builds_before + 2
+    why = {"vectors_digest": "pois index vectors_sha256", "garbage_bytes": "pois.faiss does not match its recorded sha256",
+           "garbage_with_matching_digest": "pois.faiss is not a readable FAISS index",
+           "no_user_index": "no users index"}[tamper]
+    refusals = [r.getMessage() for r in caplog.records if "refusing the stored indexes" in r.getMessage()]
+    assert len(refusals) == 1 and why in refusals[0] and f"model version {version}" in refusals[0]
+    assert _results(reloaded, v1) == _results(built, v1)
+    # the rebuild replaced the bad artifact: the next load uses it again
+    assert _load(uri, version, v1).indexes.source == "mlflow"
+
+
+def test_two_versions_never_share_an_index(tmp_path, count_builds, caplog):
+    import logging
+
+    import mlflow
+
+    v1, v2 = two_versions()
+    uri, client, [(n1, run1), (n2, run2)] = _register(tmp_path, [v1, v2])
+    m1, m2 = _load(uri, n1, v1), _load(uri, n2, v2)
+    a, b = _manifest(uri, run1, tmp_path), _manifest(uri, run2, tmp_path)
+    assert (a["model_version"], b["model_version"]) == (n1, n2)
+    for name in ("pois", "users"):
+        assert a["indexes"][name]["vectors_sha256"] != b["indexes"][name]["vectors_sha256"]
+    assert m2.indexes.pois.size == 70 and m1.indexes.pois.size == 60
+
+    # v1's indexes copied onto v2's run are refused (they name another version) and rebuilt
+    copied = mlflow.artifacts.download_artifacts(run_id=run1, artifact_path="indexes", dst_path=str(tmp_path / "v1"),
+                                                 tracking_uri=uri)
+    client.log_artifacts(run2, copied, "indexes")
+    with caplog.at_level(logging.WARNING, logger="serving.index_artifacts"):
+        again = _load(uri, n2, v2)
+    assert again.indexes.source == "built"
+    assert any(f"manifest model_version is '{n1}', expected '{n2}'" in r.getMessage() for r in caplog.records)
+    assert _manifest(uri, run2, tmp_path)["model_version"] == n2
+    assert set(again.table.poi_ids[again.recommend(v2.users.token[0], k=5).ids]) <= set(v2.pois.poi_id)
+
+
+def test_serving_the_champion_records_its_indexes_and_a_bundle_dir_does_not_need_mlflow(tmp_path):
+    from serving.runtime import build_app
+
+    v1, _ = two_versions()
+    uri, client, [(version, run_id)] = _register(tmp_path, [v1])
+    client.set_registered_model_alias("wenlv-recommender", "champion", version)
+    build_app(tracking_uri=uri, sqlite_path=tmp_path / "online.sqlite", keys_path=tmp_path / "keys.sqlite", follow=False)
+    assert _manifest(uri, run_id, tmp_path)["model_version"] == version
+    app = build_app(bundle_dir=tmp_path / "bundle-1", tracking_uri="sqlite:///" + str(tmp_path / "absent" / "no.db"),
+                    sqlite_path=tmp_path / "online2.sqlite", keys_path=tmp_path / "keys.sqlite")
+    assert app is not None and not (tmp_path / "absent").exists()
