@@ -125,7 +125,7 @@ def write_indexes(indexes: BundleIndexes, expected: dict, local_dir: Path) -> di
     return manifest
 
 
-def _resolve_uri(tracking_uri: str | None) -> str | None:
+def registry_uri(tracking_uri: str | None) -> str | None:
     """The same store the loader reads (training.tracking's default) when no URI is given."""
     if tracking_uri:
         return tracking_uri
@@ -162,7 +162,7 @@ def indexes_for_version(bundle, version: str, run_id: str, *, tracking_uri: str 
     """The model version's indexes: its MLflow artifact when valid, else built here and uploaded."""
     from mlflow import MlflowClient
 
-    tracking_uri = _resolve_uri(tracking_uri)
+    tracking_uri = registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     expected = expected_manifest(bundle, version, run_id, with_users=with_users, exact_below=exact_below)
     try:
@@ -191,5 +191,5 @@ def version_run_id(version: str, *, tracking_uri: str | None = None, model_name:
     """The MLflow run a registered model version was created from."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=_resolve_uri(tracking_uri)).get_model_version(model_name, str(version)).run_id
+    return MlflowClient(tracking_uri=registry_uri(tracking_uri)).get_model_version(model_name, str(version)).run_id
 

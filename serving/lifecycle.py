@@ -32,7 +32,9 @@ def champion_version(tracking_uri: str | None = None, model_name: str = MODEL_NA
     """The registered model version the alias points at (an mlflow ModelVersion)."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(model_name, alias)
+    from serving.index_artifacts import registry_uri
+
+    return MlflowClient(tracking_uri=registry_uri(tracking_uri)).get_model_version_by_alias(model_name, alias)
 
 
 def load_champion(tracking_uri: str | None = None, model_name: str = MODEL_NAME, alias: str = ALIAS) -> tuple[ModelBundle, str]:
@@ -48,6 +50,9 @@ def load_champion(tracking_uri: str | None = None, model_name: str = MODEL_NAME,
         return bundle, str(version)
     import mlflow
 
+    from serving.index_artifacts import registry_uri
+
+    tracking_uri = registry_uri(tracking_uri)
     mv = champion_version(tracking_uri, model_name, alias)
     dst = Path(tempfile.mkdtemp(prefix=f"wenlv-champion-v{mv.version}-"))
     path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="bundle", dst_path=str(dst),
