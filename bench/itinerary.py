@@ -18,6 +18,7 @@ from tqdm import tqdm
 from wenlv.errors import WenlvError
 
 MAX_ITERATIONS = 400  # per TOPTW instance: deterministic for a seed unless the time limit cuts in first
+FEATURE_SETS = ("ours", "authors", "both", "cv", "ours+poirank")  # = itinerary.flickr.FEATURE_SETS (not imported: CLI start-up)
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # Best-known one-route scores NOT cited in toptw/FORMAT.txt: recalled from the literature
@@ -38,8 +39,10 @@ def register(bench_sub) -> None:
     p.add_argument("--city", action="append", default=None, help="city code(s); default the five published cities")
     p.add_argument("--format", choices=("auto", "trajectories", "visits"), default="auto",
                    help="auto: the CIKM'16 trajectory files when present, else the IJCAI'15 visits")
-    p.add_argument("--features", choices=("ours", "authors", "both"), default="ours",
-                   help="POI features for the rankers: ours, the CIKM'16 PoiRank set, or both side by side")
+    p.add_argument("--features", choices=FEATURE_SETS, default="ours",
+                   help="POI features: ours; authors (CIKM'16 PoiRank set); both side by side; cv (ours, both or the PoiRank replica, "
+                        "chosen per half by 5-fold F1 on the other half); ours+poirank (ours, plus a PoiRank "
+                        "replica on the authors' features, pairwise, C=10, as a third ensemble member)")
     p.add_argument("--toptw-dir", type=Path, default=None, help="folder of Solomon TOPTW .txt instances")
     p.add_argument("--skip-flickr", action="store_true")
     p.add_argument("--skip-toptw", action="store_true")
@@ -65,7 +68,7 @@ def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", featur
         out[city] = {
             "f1": round(r.f1, 4), "pairs_f1": round(r.pairs_f1, 4), "queries": r.queries,
             "f1_std": round(r.f1_std, 4), "f1_standard_error": round(r.f1_std / max(r.queries, 1) ** 0.5, 4),
-            "features": features,
+            "features": features, "f1_poirank_replica_same_run": r.f1_poirank_replica and round(r.f1_poirank_replica, 4),
             "model": "ensemble of pointwise (L2 1) and pairwise (L2 10) logistic rankers, fixed",
             "f1_tuned_choice": round(r.f1_tuned, 4), "pairs_f1_tuned_choice": round(r.pairs_f1_tuned, 4),
             "published_best_f1": flickr.PUBLISHED_BEST_F1.get(city),

@@ -307,7 +307,13 @@ def authors_features(c: Counts, dist: np.ndarray, clusters: np.ndarray, s: int, 
     ])
 
 
-FEATURE_SETS = ("ours", "authors", "both")
+# cv: ours or both, chosen per half on the other half; ours+poirank: ours, plus POIRANK as a
+# third ensemble member on the authors' features
+FEATURE_SETS = ("ours", "authors", "both", "cv", "ours+poirank")
+
+# The authors' PoiRank, replicated: pairwise ranker on authors_features with their RankSVM
+# cost C = 10, i.e. an L2 weight of 1/C on the summed pair losses.
+POIRANK = ("pairwise", 0.1)
 
 
 class Featurizer:
@@ -316,8 +322,9 @@ class Featurizer:
     def __init__(self, data: CityData, feature_set: str = "ours"):
         if feature_set not in FEATURE_SETS:
             raise ValueError(f"feature_set must be one of {FEATURE_SETS}, got {feature_set!r}")
-        self.kind, self.dist = feature_set, distance_km(data)
-        self.clusters = neighbourhoods(data) if feature_set != "ours" else None
+        self.kind = "both" if feature_set in ("cv", "ours+poirank") else feature_set
+        self.dist = distance_km(data)
+        self.clusters = neighbourhoods(data) if self.kind != "ours" else None
 
     def __call__(self, c: Counts, s: int, e: int, length: int) -> np.ndarray:
         parts = []
@@ -469,6 +476,7 @@ class CityResult:
     f1_tuned: float = 0.0
     pairs_f1_tuned: float = 0.0
     f1_std: float = 0.0  # population std over queries, as the authors report mean ± std
+    f1_poirank_replica: float | None = None  # POIRANK alone, same queries (ours+poirank only)
 
 
 def _example(data: CityData, counts: Counts, featurize: Featurizer, t: int):
@@ -518,6 +526,40 @@ def choose_model(data: CityData, featurize: Featurizer, short_ids: list[int], tu
     return best, scores
 
 
+# Scorers "cv" chooses among, on featurize = Featurizer(data, "both") columns.
+CV_SCORERS = ("ours", "both", "poirank")
+
+
+def cv_score(name: str, groups: list, X: np.ndarray, groups_fitted: dict | None = None) -> np.ndarray:
+    """Score of scorer `name` ("ours"/"both": the ENSEMBLE on those columns; "poirank": POIRANK
+    on the authors' columns), fitted on `groups` (features of both sets side by side)."""
+    cols = {"ours": slice(0, N_FEATURES), "both": slice(None), "poirank": slice(N_FEATURES, None)}[name]
+    sliced = [(g[0][:, cols], g[1]) for g in groups]
+    if name == "poirank":
+        return fit_model(POIRANK, sliced).decision_function(X[:, cols])
+    return ensemble_score({c: fit_model(c, sliced) for c in ENSEMBLE}, X[:, cols])
+
+
+def choose_scorer(data: CityData, featurize: Featurizer, short_ids: list[int], tune_ids: list[int],
+                  folds: int = 5) -> tuple[str, dict]:
+    """One of CV_SCORERS by 5-fold F1 on the tuning queries only (statistics as in choose_model)."""
+    counts = Counts(data, short_ids + tune_ids)
+    items = [(t, x) for t in tune_ids if (x := _example(data, counts, featurize, t)) is not None]
+    if len(items) < 2 * folds:
+        return "ours", {}
+    scores = {}
+    for name in CV_SCORERS:
+        f1s = []
+        for f in range(folds):
+            train = [x[:2] for i, (_, x) in enumerate(items) if i % folds != f]
+            for i, (t, x) in enumerate(items):
+                if i % folds == f:
+                    tr = data.trajs[t]
+                    f1s.append(f1(tr, [tr[0]] + _top(data, t, x[2], cv_score(name, train, x[0])) + [tr[-1]]))
+        scores[name] = float(np.mean(f1s))
+    return max(scores, key=scores.get), scores  # a tie keeps the earlier ("ours" first)
+
+
 def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature_set: str = "ours") -> CityResult:
     """Leave-one-trajectory-out F1 and pairs-F1 of our recommender and of popularity.
 
@@ -527,6 +569,10 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
     trajectory q every statistic and the model are re-learned without q: counts lose q,
     each training query's features are computed without q and without that query's own
     trajectory, and the models are refitted.
+
+    feature_set (FEATURE_SETS): "ours" is the headline; "cv" replaces the fixed ensemble by
+    one of CV_SCORERS chosen per half by 5-fold F1 on the other half (training queries only);
+    "ours+poirank" adds POIRANK as a third ensemble member and reports it alone as well.
     """
     all_ids = list(range(len(data.trajs)))
     long_ids = [t for t in all_ids if len(data.trajs[t]) >= 3]
@@ -539,9 +585,17 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
     featurize = Featurizer(data, feature_set)
     counts = Counts(data, all_ids)
     f1s, pf1s, f1p, pf1p, f1t, pf1t, skipped, chosen_models = [], [], [], [], [], [], 0, []
+    with_poirank, f1_poirank = feature_set == "ours+poirank", []
     for h in (0, 1):
-        choice, cv = choose_model(data, featurize, short_ids, halves[1 - h])
-        chosen_models.append({"choice": f"{choice[0]}:{choice[1]:g}", "inner_cv_f1": cv})
+        half_featurize, picked = featurize, {}
+        if feature_set == "cv":
+            scorer, sc_cv = choose_scorer(data, featurize, short_ids, halves[1 - h])
+            picked = {"scorer": scorer, "scorer_inner_cv_f1": sc_cv}
+        ours_only = half_featurize
+        if feature_set in ("cv", "ours+poirank"):  # the GRID choice stays on our own features
+            ours_only = lambda c, s, e, n: featurize(c, s, e, n)[:, :N_FEATURES]  # noqa: E731
+        choice, cv = choose_model(data, ours_only, short_ids, halves[1 - h])
+        chosen_models.append({"choice": f"{choice[0]}:{choice[1]:g}", "inner_cv_f1": cv, **picked})
         for q in halves[h]:
             tr = data.trajs[q]
             s, e, length = tr[0], tr[-1], len(tr)
@@ -550,14 +604,24 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
                 if counts.contains[s] == 0 or counts.contains[e] == 0:
                     skipped += 1
                     continue
-                groups = [x[:2] for t in long_ids if t != q and (x := _example(data, counts, featurize, t)) is not None]
+                groups = [x[:2] for t in long_ids if t != q and (x := _example(data, counts, half_featurize, t)) is not None]
                 known = counts.contains > 0
                 known[[s, e]] = False
                 cands = np.flatnonzero(known)
-                X = featurize(counts, s, e, length)[cands]
+                X = half_featurize(counts, s, e, length)[cands]
+                if feature_set == "cv":
+                    score_cv = cv_score(picked["scorer"], groups, X)
+                if with_poirank or feature_set == "cv":
+                    Xa, groups_a = X[:, N_FEATURES:], [(g[0][:, N_FEATURES:], g[1]) for g in groups]
+                    X, groups = X[:, :N_FEATURES], [(g[0][:, :N_FEATURES], g[1]) for g in groups]
                 fitted = {c: fit_model(c, groups) for c in {*ENSEMBLE, choice}}
                 logp = transition_logp(counts)
-                rec = best_order(s, e, _top(data, q, cands, ensemble_score(fitted, X)), logp)
+                score = score_cv if feature_set == "cv" else ensemble_score(fitted, X)
+                if with_poirank:
+                    v = fit_model(POIRANK, groups_a).decision_function(Xa)
+                    score = score + (v - v.mean()) / (v.std() + 1e-9)
+                    f1_poirank.append(f1(tr, [s] + _top(data, q, cands, v) + [e]))
+                rec = best_order(s, e, _top(data, q, cands, score), logp)
                 rec_tuned = best_order(s, e, _top(data, q, cands, fitted[choice].decision_function(X)), logp)
                 pop_rec = [s] + _top(data, q, cands, counts.pop[cands]) + [e]
             finally:
@@ -569,4 +633,5 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
             f1p.append(f1(tr, pop_rec)), pf1p.append(pairs_f1(tr, pop_rec))
     return CityResult(data.city, len(f1s), float(np.mean(f1s)), float(np.mean(pf1s)), float(np.mean(f1p)),
                       float(np.mean(pf1p)), skipped, len(all_ids), chosen_models, len(long_ids) - len(query_ids),
-                      float(np.mean(f1t)), float(np.mean(pf1t)), float(np.std(f1s)))
+                      float(np.mean(f1t)), float(np.mean(pf1t)), float(np.std(f1s)),
+                      float(np.mean(f1_poirank)) if f1_poirank else None)

@@ -157,3 +157,28 @@ def test_authors_poirank_features_match_hand_computation():
     # a POI never visited gets the authors' LOG_SMALL (-10) for its logs
     c0 = flickr.Counts(data, [2])
     assert flickr.authors_features(c0, dist, clusters, 1, 2, 3)[0, 4] == -10.0
+
+
+def test_featurizer_sets_are_ours_and_the_authors_side_by_side():
+    data = _city([[0, 1, 2], [1, 2, 3, 4], [0, 4], [2, 3], [0, 1, 3, 4]], ["a", "a", "b", "c", "b"])
+    c = flickr.Counts(data, list(range(5)))
+    both = flickr.Featurizer(data, "both")
+    ours = flickr.query_features(c, both.dist, 0, 4, 3)
+    authors = flickr.authors_features(c, both.dist, both.clusters, 0, 4, 3)
+    np.testing.assert_array_equal(both(c, 0, 4, 3), np.hstack([ours, authors]))
+    np.testing.assert_array_equal(flickr.Featurizer(data, "ours")(c, 0, 4, 3), ours)
+    np.testing.assert_array_equal(flickr.Featurizer(data, "cv")(c, 0, 4, 3), both(c, 0, 4, 3))
+    with pytest.raises(ValueError, match="feature_set"):
+        flickr.Featurizer(data, "nope")
+
+
+def test_cv_scorer_is_chosen_from_the_other_half_only():
+    rng = np.random.default_rng(0)
+    trajs = [list(rng.choice(8, size=int(rng.integers(2, 6)), replace=False)) for _ in range(80)]
+    data = _city(trajs, [f"u{i % 13}" for i in range(80)])
+    r = flickr.evaluate_city(data, feature_set="cv")
+    assert r.queries == sum(len(t) >= 3 for t in trajs) - r.skipped
+    for half in r.models:  # one choice per half, with the inner-CV F1 of every candidate
+        assert half["scorer"] in flickr.CV_SCORERS and set(half["scorer_inner_cv_f1"]) == set(flickr.CV_SCORERS)
+        assert half["scorer_inner_cv_f1"][half["scorer"]] == max(half["scorer_inner_cv_f1"].values())
+    assert 0 < r.f1 <= 1 and r.f1_poirank_replica is None
