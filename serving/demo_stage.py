@@ -21,6 +21,7 @@ N_REQUESTS = 300
 
 
 def _load(ctx):
+    """(bundle, version, tracking URI or None): the MLflow champion, else the trained bundle folder."""
     from serving.lifecycle import load_champion
     from serving.runtime import load_bundle_dir
 
@@ -28,12 +29,12 @@ def _load(ctx):
     paths = train.get("_paths", {})
     if paths.get("tracking_uri"):
         try:
-            return load_champion(paths["tracking_uri"])
+            return (*load_champion(paths["tracking_uri"]), paths["tracking_uri"])
         except Exception as exc:  # noqa: BLE001 - fall back to the bundle folder
             ctx.log(f"serving: no champion in MLflow ({type(exc).__name__}); using the trained bundle folder")
     if paths.get("bundle_dir"):
         bundle, version = load_bundle_dir(Path(paths["bundle_dir"]))
-        return bundle, str(train.get("model_version") or version)
+        return bundle, str(train.get("model_version") or version), None
     raise WenlvError("serving demo: the train stage left neither a tracking URI nor a bundle folder")
 
 
@@ -48,7 +49,7 @@ def run(ctx) -> dict:
     from serving.runtime import ServerThread
     from serving.state import ServingState
 
-    bundle, version = _load(ctx)
+    bundle, version, tracking_uri = _load(ctx)
     workdir = Path(ctx.workdir)
     features = ((ctx.results.get("features") or {}).get("_paths") or {})
     features_dir = features.get("features_dir") or features.get("out")
@@ -59,7 +60,13 @@ def run(ctx) -> dict:
     store = ResilientStore(raw)
     keys = KeyStore(workdir / "api_keys.sqlite")
     key = keys.create("visitor-app", "demo")
-    model = ServingModel(bundle, version, store, index_cache=workdir / "index_cache")
+    if tracking_uri:  # the version's indexes are read from (or first recorded to) its MLflow run
+        from serving.lifecycle import model_from_registry
+
+        model = model_from_registry(bundle, version, store, tracking_uri=tracking_uri,
+                                    index_cache=workdir / "index_cache")
+    else:
+        model = ServingModel(bundle, version, store, index_cache=workdir / "index_cache")
     app = create_app(ServingState(store, model), keys)
 
     rng = np.random.default_rng(ctx.seed)
@@ -103,6 +110,6 @@ def run(ctx) -> dict:
         "p99_ms": round(float(np.percentile(lat, 99)), 2), "errors": errors, "model_version": version,
         "degraded_responses": degraded, "strategies": strategies, "online_store": raw.describe(),
         "materialized_users": mat["users"], "poi_index": model.indexes.pois.info["kind"],
-        "cold_start_tower": model.tower is not None,
+        "cold_start_tower": model.tower is not None, "index_source": model.indexes.source,
         "_paths": {"api_keys": str(workdir / "api_keys.sqlite"), "online_store": raw.describe()},
     }

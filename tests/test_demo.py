@@ -72,3 +72,18 @@ def test_no_phone_number_in_the_summary_or_the_logs(demo):
     text = json.dumps(summary) + stderr
     leaked = [p for p in list(phones)[:5000] if p in text]
     assert not leaked, f"{len(leaked)} phone numbers appear in the demo's output"
+
+
+def test_the_served_version_has_its_indexes_recorded_in_mlflow(demo):
+    from mlflow.tracking import MlflowClient
+
+    from training import tracking
+
+    summary, workdir, _ = demo
+    uri = tracking.store_for_dir(workdir / "mlflow")[0]
+    client = MlflowClient(tracking_uri=uri)
+    version = client.get_model_version_by_alias("wenlv-recommender", "champion")
+    assert str(version.version) == str(summary["serving"]["model_version"])
+    stored = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(version.run_id, "indexes")}
+    assert {"manifest.json", "pois.faiss"} <= stored
+    assert summary["serving"]["index_source"] in ("built", "mlflow")
