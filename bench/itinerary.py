@@ -18,7 +18,7 @@ from tqdm import tqdm
 from wenlv.errors import WenlvError
 
 MAX_ITERATIONS = 400  # per TOPTW instance: deterministic for a seed unless the time limit cuts in first
-FEATURE_SETS = ("ours", "authors", "both", "cv", "ours+poirank")  # = itinerary.flickr.FEATURE_SETS (not imported: CLI start-up)
+FEATURE_SETS = ("ours", "authors", "both", "cv", "ours+poirank", "nested")  # = itinerary.flickr.FEATURE_SETS (not imported: CLI start-up)
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # Best-known one-route scores NOT cited in toptw/FORMAT.txt: recalled from the literature
@@ -42,7 +42,8 @@ def register(bench_sub) -> None:
     p.add_argument("--features", choices=FEATURE_SETS, default="ours",
                    help="POI features: ours; authors (CIKM'16 PoiRank set); both side by side; cv (ours, both or the PoiRank replica, "
                         "chosen per half by 5-fold F1 on the other half); ours+poirank (ours, plus a PoiRank "
-                        "replica on the authors' features, pairwise, C=10, as a third ensemble member)")
+                        "replica on the authors' features, pairwise, C=10, as a third ensemble member); nested (as cv, chosen "
+                        "for each held-out query by 5-fold F1 over all other queries)")
     p.add_argument("--toptw-dir", type=Path, default=None, help="folder of Solomon TOPTW .txt instances")
     p.add_argument("--skip-flickr", action="store_true")
     p.add_argument("--skip-toptw", action="store_true")

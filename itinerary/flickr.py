@@ -309,7 +309,8 @@ def authors_features(c: Counts, dist: np.ndarray, clusters: np.ndarray, s: int, 
 
 # cv: ours or both, chosen per half on the other half; ours+poirank: ours, plus POIRANK as a
 # third ensemble member on the authors' features
-FEATURE_SETS = ("ours", "authors", "both", "cv", "ours+poirank")
+# nested: like cv, but chosen for each held-out query by 5-fold F1 over ALL other queries
+FEATURE_SETS = ("ours", "authors", "both", "cv", "ours+poirank", "nested")
 
 # The authors' PoiRank, replicated: pairwise ranker on authors_features with their RankSVM
 # cost C = 10, i.e. an L2 weight of 1/C on the summed pair losses.
@@ -322,7 +323,7 @@ class Featurizer:
     def __init__(self, data: CityData, feature_set: str = "ours"):
         if feature_set not in FEATURE_SETS:
             raise ValueError(f"feature_set must be one of {FEATURE_SETS}, got {feature_set!r}")
-        self.kind = "both" if feature_set in ("cv", "ours+poirank") else feature_set
+        self.kind = "both" if feature_set in ("cv", "ours+poirank", "nested") else feature_set
         self.dist = distance_km(data)
         self.clusters = neighbourhoods(data) if self.kind != "ours" else None
 
@@ -540,11 +541,8 @@ def cv_score(name: str, groups: list, X: np.ndarray, groups_fitted: dict | None 
     return ensemble_score({c: fit_model(c, sliced) for c in ENSEMBLE}, X[:, cols])
 
 
-def choose_scorer(data: CityData, featurize: Featurizer, short_ids: list[int], tune_ids: list[int],
-                  folds: int = 5) -> tuple[str, dict]:
-    """One of CV_SCORERS by 5-fold F1 on the tuning queries only (statistics as in choose_model)."""
-    counts = Counts(data, short_ids + tune_ids)
-    items = [(t, x) for t in tune_ids if (x := _example(data, counts, featurize, t)) is not None]
+def pick_scorer(data: CityData, items: list, folds: int = 5) -> tuple[str, dict]:
+    """One of CV_SCORERS by 5-fold F1 over `items` [(trajectory id, _example output)] only."""
     if len(items) < 2 * folds:
         return "ours", {}
     scores = {}
@@ -560,6 +558,13 @@ def choose_scorer(data: CityData, featurize: Featurizer, short_ids: list[int], t
     return max(scores, key=scores.get), scores  # a tie keeps the earlier ("ours" first)
 
 
+def choose_scorer(data: CityData, featurize: Featurizer, short_ids: list[int], tune_ids: list[int],
+                  folds: int = 5) -> tuple[str, dict]:
+    """pick_scorer on the tuning queries only (statistics as in choose_model)."""
+    counts = Counts(data, short_ids + tune_ids)
+    return pick_scorer(data, [(t, x) for t in tune_ids if (x := _example(data, counts, featurize, t)) is not None], folds)
+
+
 def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature_set: str = "ours") -> CityResult:
     """Leave-one-trajectory-out F1 and pairs-F1 of our recommender and of popularity.
 
@@ -572,7 +577,8 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
 
     feature_set (FEATURE_SETS): "ours" is the headline; "cv" replaces the fixed ensemble by
     one of CV_SCORERS chosen per half by 5-fold F1 on the other half (training queries only);
-    "ours+poirank" adds POIRANK as a third ensemble member and reports it alone as well.
+    "ours+poirank" adds POIRANK as a third ensemble member and reports it alone as well;
+    "nested" picks one of CV_SCORERS for each held-out query by 5-fold F1 over all other queries.
     """
     all_ids = list(range(len(data.trajs)))
     long_ids = [t for t in all_ids if len(data.trajs[t]) >= 3]
@@ -585,14 +591,14 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
     featurize = Featurizer(data, feature_set)
     counts = Counts(data, all_ids)
     f1s, pf1s, f1p, pf1p, f1t, pf1t, skipped, chosen_models = [], [], [], [], [], [], 0, []
-    with_poirank, f1_poirank = feature_set == "ours+poirank", []
+    with_poirank, f1_poirank, nested_picks = feature_set == "ours+poirank", [], {}
     for h in (0, 1):
         half_featurize, picked = featurize, {}
         if feature_set == "cv":
             scorer, sc_cv = choose_scorer(data, featurize, short_ids, halves[1 - h])
             picked = {"scorer": scorer, "scorer_inner_cv_f1": sc_cv}
         ours_only = half_featurize
-        if feature_set in ("cv", "ours+poirank"):  # the GRID choice stays on our own features
+        if feature_set in ("cv", "ours+poirank", "nested"):  # the GRID choice stays on our own features
             ours_only = lambda c, s, e, n: featurize(c, s, e, n)[:, :N_FEATURES]  # noqa: E731
         choice, cv = choose_model(data, ours_only, short_ids, halves[1 - h])
         chosen_models.append({"choice": f"{choice[0]}:{choice[1]:g}", "inner_cv_f1": cv, **picked})
@@ -604,19 +610,23 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
                 if counts.contains[s] == 0 or counts.contains[e] == 0:
                     skipped += 1
                     continue
-                groups = [x[:2] for t in long_ids if t != q and (x := _example(data, counts, half_featurize, t)) is not None]
+                items = [(t, x) for t in long_ids if t != q and (x := _example(data, counts, half_featurize, t)) is not None]
+                groups = [x[:2] for _, x in items]
                 known = counts.contains > 0
                 known[[s, e]] = False
                 cands = np.flatnonzero(known)
                 X = half_featurize(counts, s, e, length)[cands]
-                if feature_set == "cv":
-                    score_cv = cv_score(picked["scorer"], groups, X)
-                if with_poirank or feature_set == "cv":
+                if feature_set == "nested":
+                    name, _ = pick_scorer(data, items)
+                    nested_picks[name] = nested_picks.get(name, 0) + 1
+                if feature_set in ("cv", "nested"):
+                    score_cv = cv_score(picked["scorer"] if feature_set == "cv" else name, groups, X)
+                if feature_set in ("cv", "nested", "ours+poirank"):
                     Xa, groups_a = X[:, N_FEATURES:], [(g[0][:, N_FEATURES:], g[1]) for g in groups]
                     X, groups = X[:, :N_FEATURES], [(g[0][:, :N_FEATURES], g[1]) for g in groups]
                 fitted = {c: fit_model(c, groups) for c in {*ENSEMBLE, choice}}
                 logp = transition_logp(counts)
-                score = score_cv if feature_set == "cv" else ensemble_score(fitted, X)
+                score = score_cv if feature_set in ("cv", "nested") else ensemble_score(fitted, X)
                 if with_poirank:
                     v = fit_model(POIRANK, groups_a).decision_function(Xa)
                     score = score + (v - v.mean()) / (v.std() + 1e-9)
@@ -631,6 +641,8 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
             f1t.append(f1(tr, rec_tuned)), pf1t.append(pairs_f1(tr, rec_tuned))
             f1s.append(f1(tr, rec)), pf1s.append(pairs_f1(tr, rec))
             f1p.append(f1(tr, pop_rec)), pf1p.append(pairs_f1(tr, pop_rec))
+    if nested_picks:
+        chosen_models.append({"nested_scorer_picks": nested_picks})
     return CityResult(data.city, len(f1s), float(np.mean(f1s)), float(np.mean(pf1s)), float(np.mean(f1p)),
                       float(np.mean(pf1p)), skipped, len(all_ids), chosen_models, len(long_ids) - len(query_ids),
                       float(np.mean(f1t)), float(np.mean(pf1t)), float(np.std(f1s)),

@@ -182,3 +182,5 @@ def test_cv_scorer_is_chosen_from_the_other_half_only():
         assert half["scorer"] in flickr.CV_SCORERS and set(half["scorer_inner_cv_f1"]) == set(flickr.CV_SCORERS)
         assert half["scorer_inner_cv_f1"][half["scorer"]] == max(half["scorer_inner_cv_f1"].values())
     assert 0 < r.f1 <= 1 and r.f1_poirank_replica is None
+    # too few training queries to cross-validate: the plain default, no scores
+    assert flickr.pick_scorer(data, []) == ("ours", {})
