@@ -106,23 +106,11 @@ def test_a_failed_load_keeps_the_old_version(tmp_path):
 
 @pytest.mark.slow
 def test_follows_the_mlflow_champion_alias(tmp_path):
-    mlflow = pytest.importorskip("mlflow")
-    from mlflow import MlflowClient
-
     from serving.lifecycle import MODEL_NAME
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment("serving-test")
-    client = MlflowClient(uri)
-    client.create_registered_model(MODEL_NAME)
     v1, v2 = two_versions()
-    versions = []
-    for b in (v1, v2):
-        with mlflow.start_run() as run:
-            path = b.save(tmp_path / f"bundle-{b.meta['version']}")
-            mlflow.log_artifacts(str(path), artifact_path="bundle")
-        versions.append(client.create_model_version(MODEL_NAME, f"runs:/{run.info.run_id}/bundle", run.info.run_id).version)
+    uri, client, registered = _register(tmp_path, (v1, v2))
+    versions = [version for version, _run in registered]
     client.set_registered_model_alias(MODEL_NAME, "champion", versions[0])
 
     state = ServingState(None)
