@@ -6,7 +6,6 @@ The itinerary router (`serving.routers.itineraries`) is included when it exists.
 """
 from __future__ import annotations
 
-import importlib
 import logging
 
 from fastapi import FastAPI, Request
@@ -20,7 +19,6 @@ from serving.state import ServingState
 
 log = logging.getLogger(__name__)
 
-OPTIONAL_ROUTERS = ("serving.routers.itineraries",)
 
 DESCRIPTION = """Wenlv serving API: POI recommendations for visitors (and, from other routers, itineraries).
 
@@ -53,17 +51,9 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None) -> FastAP
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _install_error_handlers(app)
 
-    from serving.routers import health, recommendations
+    from serving.routers import health, itineraries, recommendations
 
-    app.include_router(health.router)
-    app.include_router(recommendations.router)
-    for name in OPTIONAL_ROUTERS:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
+    for module in (health, recommendations, itineraries):
         app.include_router(module.router)
     return app
 

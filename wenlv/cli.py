@@ -1,6 +1,6 @@
 """The `wenlv` command: one subcommand per stage; each stage package registers its own.
 
-Each package listed in STAGE_CLIS has a `cli.py` with `register(subparsers)` that adds
+Each module listed in STAGE_CLIS has a `cli.py` with `register(subparsers)` that adds
 its subcommands and sets `func` on them; benchmarks register under `wenlv bench`.
 """
 from __future__ import annotations
@@ -28,29 +28,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo.register(sub)
     for name in STAGE_CLIS:
-        _optional(name).register(sub)
+        importlib.import_module(name).register(sub)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON on stdout, peers measured in the same run)")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     for name in BENCHES:
-        _optional(name).register(bench_sub)
+        importlib.import_module(name).register(bench_sub)
     return parser
-
-
-def _optional(module: str):
-    """Import a stage's CLI module; a stage not built yet registers nothing."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if exc.name != module:
-            raise
-
-        class _Missing:
-            @staticmethod
-            def register(_sub):
-                return None
-
-        return _Missing
 
 
 def main(argv: list[str] | None = None) -> int:

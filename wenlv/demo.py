@@ -48,12 +48,7 @@ def run(ctx: DemoContext) -> dict:
 
     summary: dict = {"scale": ctx.scale, "seed": ctx.seed, "workdir": str(ctx.workdir), "stages": {}}
     for key, module in STAGES:
-        try:
-            stage = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
+        stage = importlib.import_module(module)
         ctx.log(f"stage {key} …")
         started = time.perf_counter()
         section = stage.run(ctx)
