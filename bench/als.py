@@ -5,9 +5,10 @@ factors, regularisation and iterations, in the same run, on one machine; the JSO
 stdout gives seconds per iteration (fit wall time / iterations), the ratios, and each
 model's NDCG@10 on held-out tourism visits (training.evaluation: binary gain, seen POIs
 excluded). Federated and implicit start from the same factors and get the same number of
-threads (``--threads``, default 1; ``OPENBLAS_NUM_THREADS=1``): implicit ``num_threads``,
-the three in-process parties ``party_threads`` (1: one after the other); Spark runs
-``local[2]`` (its default parallelism here).
+threads (``--threads``, default 1; ``OPENBLAS_NUM_THREADS=1``): implicit ``num_threads``;
+federated ``num_threads`` for each party's and the coordinator's own work, the three
+in-process parties called one after the other; Spark runs ``local[2]`` (its default
+parallelism here).
 
 Spark MLlib's implicit ALS takes ratings r and uses confidence 1 + α·r: it is fed
 r = c − 1 with α = 1, so its confidences equal the others'. It scales λ by each row's
@@ -180,7 +181,7 @@ def run(scale: str = "small", factors: int = 64, iterations: int = 5, regulariza
     print(f"[bench als] implicit {t_central:.3f} s/iteration", file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    fed = FederatedALS(fixed_point_bits=fixed_point_bits, show_progress=True, num_threads=1, party_threads=threads,
+    fed = FederatedALS(fixed_point_bits=fixed_point_bits, show_progress=True, num_threads=threads,
                        **params).fit(blocks, init=init)
     t_fed = (time.perf_counter() - start) / iterations
     print(f"[bench als] federated {t_fed:.3f} s/iteration", file=sys.stderr, flush=True)

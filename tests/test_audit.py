@@ -88,7 +88,8 @@ def test_federated_run_audit_holds_metadata_only(tmp_path):
     assert {"round-open", "key", "masked", "sum", "round-close"} <= kinds
     # one masked entry per party and stage: every protocol message is recorded
     masked = [e for e in entries if e["kind"] == "masked"]
-    assert len(masked) == len(model.transcript) == 2 * 3 * (1 + 1 + model.cg_steps)
+    # per iteration and party: support, gram, r0 and one product per CG step
+    assert len(masked) == len(model.transcript) == 2 * 3 * (1 + 1 + 1 + model.cg_steps)
     # each entry is the BLAKE3-256 of the masked payload the coordinator received (and kept,
     # although the parties reuse their payload buffers stage after stage)
     assert [e["digest"] for e in masked] == [blake3.blake3(m.payload.tobytes()).hexdigest()
@@ -97,7 +98,7 @@ def test_federated_run_audit_holds_metadata_only(tmp_path):
         assert set(e) == set(FIELDS) | {"hash"}
         assert e["sender"] in {"tourism", "carrier", "internet", "coordinator"}
         assert e["digest"] == "" or re.fullmatch(r"[0-9a-f]{64}", e["digest"])
-        assert re.fullmatch(r"(support|r0|ap\d+)?", e["stage"])
+        assert re.fullmatch(r"(support|gram|r0|ap\d+)?", e["stage"])
         assert all(isinstance(e[k], (int, type(None))) for k in ("seq", "round", "size"))
     # no raw value anywhere in the file: not a confidence, not a factor
     text = path.read_text()

@@ -120,7 +120,7 @@ def test_dropout_aborts_the_round_rekeys_and_gives_the_same_model(data, method):
             senders = {m["sender"] for m in in_round if m["kind"] == "masked" and m["stage"] == e["stage"]}
             assert senders == set(blocks)
     released = {e["stage"] for e in in_round if e["kind"] == "sum"}
-    assert released == ({"support", "r0"} if method == "product" else set())
+    assert released == ({"support", "gram", "r0"} if method == "product" else set())
     assert any(e["kind"] == "key" and e["round"] == aborted[0]["round"] + 1 for e in entries)
     assert model.audit_log.verify()
 
@@ -140,13 +140,16 @@ def test_too_many_dropouts_give_up_with_a_clear_error(data):
 def test_traffic_is_users_times_factors_per_stage(data):
     blocks, _ = data
     model = FederatedALS(factors=8, iterations=1, show_progress=False, record_view=True).fit(blocks)
-    vectors = [m for m in model.transcript if m.stage != "support"]
+    vectors = [m for m in model.transcript if m.stage not in ("support", "gram")]
     assert vectors and all(m.shape == (600, 8) and m.size == 600 * 8 * 8 for m in vectors)
+    grams = [m for m in model.transcript if m.stage == "gram"]  # one factors × factors matrix per party
+    assert len(grams) == 3 and all(m.shape == (8, 8) for m in grams)
 
 
 def test_parties_mask_their_block_terms_block_by_block():
-    """A party's masked residual/product (computed a block of users at a time, in cache) sums to
-    the reference block_residual/block_product over the parties, across several blocks."""
+    """A party's masked residual/product (computed a block of users at a time, in cache) plus the
+    coordinator's V·ΣY_pᵀY_p sums to the reference block_residual/block_product over the
+    parties, across several blocks; the masked grams sum to Σ_p Y_pᵀY_p."""
     from privacy.secure_agg import MASK_CHUNK, Aggregator
 
     f = 16
@@ -168,11 +171,17 @@ def test_parties_mask_their_block_terms_block_by_block():
     for party in parties.values():
         party.receive_keys("r", 1, keys)
     V = rng.normal(scale=0.1, size=(n_users, f))
-    for stage, method, reference in (("r0", "residual", block_residual), ("ap1", "product", block_product)):
+    agg.open_stage("gram")
+    for party in parties.values():
+        agg.submit(party.gram("r", 1))
+    G = agg.close_stage()
+    assert np.max(np.abs(G - sum(party._Y64.T @ party._Y64 for party in parties.values()))) < 1e-8
+    for stage, method, reference, sign in (("r0", "residual", block_residual, -1),
+                                           ("ap1", "product", block_product, 1)):
         agg.open_stage(stage)
         for party in parties.values():
             agg.submit(getattr(party, method)("r", 1, stage, V))
-        got = agg.close_stage()
+        got = agg.close_stage() + sign * (V @ G)
         want = sum(reference(party._C, party._Y64, party._G, V) for party in parties.values())
         assert got.shape == (n_users, f) and np.abs(want).max() > 1e-3
         assert np.max(np.abs(got - want)) < 1e-8

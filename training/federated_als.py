@@ -15,17 +15,21 @@ get a zero factor, as in ``implicit``.
 
 Who computes what (DESIGN §3):
 
-* The user system splits over the parties' item blocks: ``Yᵀ C_u Y = Σ_p Y_pᵀ C_{u,p} Y_p``.
-  Each CG step needs, per party, one matrix–vector product per user (users × factors
-  numbers); each party masks its product (privacy.secure_agg) and the coordinator sees
-  only the sum. Traffic per iteration: (cg_steps + 1) · users · factors ring elements
+* The user system splits over the parties' item blocks: ``Yᵀ C_u Y = YᵀY + Σ_p Y_pᵀ (C_{u,p} − I) Y_p``.
+  Once per round each party masks its gram matrix Y_pᵀY_p (factors × factors) and the
+  coordinator learns only the sum YᵀY. Each CG step then needs, per party, the sparse
+  part of one matrix–vector product per user (users × factors numbers, work ∝ the
+  party's interactions); each party masks it (privacy.secure_agg), the coordinator sees
+  only the sum and adds YᵀY p_u itself — one dense product for all parties instead of
+  one per party. Traffic per iteration: (cg_steps + 1) · users · factors ring elements
   per party, never users × factors².
 * Item factors of a block are solved by the party that owns it, against the user
   factors (the model's shared output, broadcast after each user step). They never leave
   the party; nor do its confidences.
 
 What is revealed, beyond the final model: the coordinator learns per stage only the
-sum over parties. The parties receive the user factors after every iteration and the
+sum over parties, and per round the gram matrix YᵀY of all item factors (factors² numbers
+summed over every item of every party; no item, no user, no party share in it). The parties receive the user factors after every iteration and the
 CG search directions of every step (needed to compute their products); from those a
 party can learn the *aggregate* contribution of the other parties (with three parties:
 the sum of the other two, not either one alone). Per user, the coordinator also learns
@@ -38,7 +42,9 @@ exactly those of the aborted round's completed stages, and the model is unchange
 from __future__ import annotations
 
 import logging
+import os
 import secrets
+import threading
 import uuid
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +62,22 @@ from wenlv.errors import WenlvError
 log = logging.getLogger(__name__)
 
 _RS_EPS = 1e-20  # implicit's "residual is zero" threshold on r·r
+_GRAM_BLOCK_ROWS = 2048  # users per dense V·YᵀY product: the block and its result stay in L2
+
+
+def resolve_threads(num_threads: int) -> int:
+    """``implicit``'s convention: 0 means every core."""
+    return int(num_threads) if int(num_threads) > 0 else (os.cpu_count() or 1)
+
+
+def _in_row_ranges(n: int, threads: int, work) -> None:
+    """work(lo, hi) over `threads` contiguous row ranges of [0, n), at once (kernels release the GIL)."""
+    if threads <= 1 or n < 2 * _GRAM_BLOCK_ROWS:
+        work(0, n)
+        return
+    edges = np.linspace(0, n, threads + 1).astype(int)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(lambda k: work(int(edges[k]), int(edges[k + 1])), range(threads)))
 
 
 def init_factors(n_users: int, item_counts: dict[str, int], factors: int, random_state=None,
@@ -138,16 +160,31 @@ def _with_terms(C: sp.csr_matrix, Y: np.ndarray, V: np.ndarray, dense: np.ndarra
     return dense
 
 
-def block_residual(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """This block's part of r_u = Yᵀ C_u p_u − Yᵀ C_u Y x_u (without the λ term)."""
+def sparse_residual(C: sp.csr_matrix, Y: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """What a party sends for the CG start residual: Σ_{i ∈ u} (b_ui − (c_ui − 1) y_i·x_u) y_i."""
     X = np.ascontiguousarray(X, dtype=np.float64)
-    return _with_terms(C, Y, X, X @ (-G), residual=True)
+    return _with_terms(C, Y, X, np.zeros_like(X), residual=True)
+
+
+def sparse_product(C: sp.csr_matrix, Y: np.ndarray, P: np.ndarray) -> np.ndarray:
+    """What a party sends for a CG step: Σ_{i ∈ u} (c_ui − 1)(y_i·p_u) y_i."""
+    P = np.ascontiguousarray(P, dtype=np.float64)
+    return _with_terms(C, Y, P, np.zeros_like(P), residual=False)
+
+
+def block_residual(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """This block's whole part of r_u = Yᵀ C_u p_u − Yᵀ C_u Y x_u (without the λ term), G = YᵀY.
+
+    The reference: in the protocol the party sends only :func:`sparse_residual` and the
+    coordinator subtracts X·ΣG once for all blocks.
+    """
+    return sparse_residual(C, Y, X) - np.asarray(X, np.float64) @ G
 
 
 def block_product(C: sp.csr_matrix, Y: np.ndarray, G: np.ndarray, P: np.ndarray) -> np.ndarray:
-    """This block's part of Yᵀ C_u Y p_u (without the λ term)."""
-    P = np.ascontiguousarray(P, dtype=np.float64)
-    return _with_terms(C, Y, P, P @ G, residual=False)
+    """This block's whole part of Yᵀ C_u Y p_u (without the λ term); the reference of
+    :func:`sparse_product` plus the coordinator's P·ΣG."""
+    return sparse_product(C, Y, P) + np.asarray(P, np.float64) @ G
 
 
 class FederatedALSParty:
@@ -172,7 +209,7 @@ class FederatedALSParty:
         self._G: np.ndarray | None = None
         self._cfg: dict = {}
         # work buffers, reused: fresh 8·users·factors-byte arrays cost page faults every stage
-        self._dense = np.empty((0, 0), dtype=np.float64)  # one block of users' terms
+        self._local = threading.local()  # per masking thread: one block of users' terms
         self._payload = np.empty(0, dtype=np.uint64)
 
     # setup -----------------------------------------------------------------------------
@@ -186,6 +223,7 @@ class FederatedALSParty:
         self._masking = MaskingParty(self.identity, tuple(parties), identities, frac_bits)
         self._cfg = dict(regularization=float(regularization), cg_steps=int(cg_steps), dtype=np.dtype(dtype),
                          num_threads=int(num_threads))
+        self._threads = resolve_threads(num_threads)
         if item_factors is None:
             item_factors = np.random.default_rng(random_state).random((self._C.shape[1], factors),
                                                                       dtype=np.dtype(dtype)) * 0.01
@@ -198,7 +236,6 @@ class FederatedALSParty:
         self._Y = Y
         Y64 = Y.astype(np.float64)
         self._Y64, self._G = Y64, Y64.T @ Y64
-        self._negG = -self._G
 
     def _payload_buffer(self, size: int) -> np.ndarray:
         """The payload buffer, reused stage after stage (a fresh one would page-fault each time).
@@ -211,23 +248,28 @@ class FederatedALSParty:
         return self._payload
 
     def _masked_terms(self, run_id: str, round_no: int, stage: str, V: np.ndarray, residual: bool):
-        """Mask this block's terms for V (residual or CG product) block of users by block of users:
-        dense part (BLAS), sparse terms and masking of each block happen while it is in cache."""
+        """Mask this block's sparse terms for V (residual or CG product) block of users by block
+        of users, each block computed and masked while it is in cache. The dense part V·Y_pᵀY_p
+        is not sent: the coordinator applies the summed gram matrix once for all parties."""
         V = np.ascontiguousarray(V, dtype=np.float64)
-        G = self._negG if residual else self._G
         f = V.shape[1]
         C, Y = self._C, self._Y64
         data = C.data if C.data.dtype == np.float64 else C.data.astype(np.float64)
 
-        def rows(lo: int, hi: int) -> np.ndarray:
-            u0, u1 = lo // f, hi // f
-            if self._dense.shape[0] < u1 - u0 or self._dense.shape[1] != f:
-                self._dense = np.empty((u1 - u0, f), dtype=np.float64)
-            dense = np.matmul(V[u0:u1], G, out=self._dense[:u1 - u0])
-            _sparse_terms(C.indptr[u0:u1 + 1], C.indices, data, Y, V[u0:u1], dense, residual)
-            return dense.reshape(-1)
+        local = self._local
 
-        return self._masking.mask_rows(run_id, round_no, stage, V.shape, rows, out=self._payload_buffer(V.size))
+        def rows(lo: int, hi: int) -> np.ndarray:  # called from the masking threads
+            u0, u1 = lo // f, hi // f
+            dense = getattr(local, "dense", None)
+            if dense is None or dense.shape[0] < u1 - u0 or dense.shape[1] != f:
+                dense = local.dense = np.empty((u1 - u0, f), dtype=np.float64)
+            terms = dense[:u1 - u0]
+            terms.fill(0.0)
+            _sparse_terms(C.indptr[u0:u1 + 1], C.indices, data, Y, V[u0:u1], terms, residual)
+            return terms.reshape(-1)
+
+        return self._masking.mask_rows(run_id, round_no, stage, V.shape, rows, out=self._payload_buffer(V.size),
+                                       threads=self._threads)
 
     # secure aggregation rounds ------------------------------------------------------------
     def announce(self, run_id: str, round_no: int):
@@ -242,12 +284,16 @@ class FederatedALSParty:
         weights = np.frombuffer(secrets.token_bytes(4 * has.size), dtype=np.uint32) % (1 << 16) + 1
         return self._masking.mask(run_id, round_no, "support", has * weights.astype(np.int64), integer=True)
 
+    def gram(self, run_id: str, round_no: int):
+        """Masked Y_pᵀY_p (factors × factors): the coordinator learns only Σ_p Y_pᵀY_p = YᵀY."""
+        return self._masking.mask(run_id, round_no, "gram", self._G)
+
     def residual(self, run_id: str, round_no: int, stage: str, X: np.ndarray):
-        """Masked block_residual(X) (this block's part of the CG start residual)."""
+        """Masked sparse_residual(X) (this block's sparse part of the CG start residual)."""
         return self._masked_terms(run_id, round_no, stage, X, residual=True)
 
     def product(self, run_id: str, round_no: int, stage: str, P: np.ndarray):
-        """Masked block_product(P) (this block's part of A·p for a CG step)."""
+        """Masked sparse_product(P) (this block's sparse part of A·p for a CG step)."""
         return self._masked_terms(run_id, round_no, stage, P, residual=False)
 
     def end_round(self, run_id: str, round_no: int) -> None:
@@ -275,7 +321,9 @@ class FederatedALS:
     """implicit-style estimator: ``FederatedALS(...).fit({party: csr}) → .user_factors, .item_factors``.
 
     Parameters follow ``implicit.cpu.als.AlternatingLeastSquares`` (factors, regularization,
-    alpha, dtype, iterations, random_state, num_threads for the local item step, cg_steps=3);
+    alpha, dtype, iterations, random_state, cg_steps=3); ``num_threads`` (implicit's meaning: 0 =
+    every core) is the thread count of each party's own work (masking, item step) and of the
+    coordinator's (dense products, digests, sums) — results do not depend on it;
     ``fixed_point_bits`` sets the ring encoding (2^-bits resolution, ±2^(63-bits) range).
     ``max_retries`` bounds re-keyed retries of a round after a dropout. ``audit_path``
     writes the hash-chained protocol log as JSON lines; ``record_view`` keeps every masked
@@ -285,7 +333,8 @@ class FederatedALS:
     (default: all — an in-process simulation; in production only ``("tourism",)``, whose
     POI factors serving needs; the others keep theirs).
     ``party_threads`` runs in-process parties concurrently in that many threads (their
-    kernels, BLAS, ChaCha20 and BLAKE3 release the GIL); 1 calls them one after the other.
+    kernels, BLAS, ChaCha20 and BLAKE3 release the GIL); 1 (the default) calls them one after
+    the other, each using ``num_threads``.
     Remote parties always run at once, each in its own process.
     """
 
@@ -303,6 +352,7 @@ class FederatedALS:
         if int(party_threads) < 1:
             raise WenlvError(f"party_threads must be at least 1, got {party_threads}")
         self.party_threads = int(party_threads)
+        self._threads = resolve_threads(num_threads)  # the coordinator's own work
         self.timings_: dict = {}
         self.user_factors: np.ndarray | None = None
         self.item_factors: dict[str, np.ndarray] = {}
@@ -401,12 +451,12 @@ class FederatedALS:
         self._call(parties, "receive_keys", {p: (run_id, round_no, keys) for p in names})
 
         nonempty = self._stage(parties, agg, "support", "support", (run_id, round_no), integer=True) != 0
+        G = self._stage(parties, agg, "gram", "gram", (run_id, round_no))  # YᵀY = Σ_p Y_pᵀY_p
         # float64 work arrays reused round after round (fresh ones would page-fault each time)
         X, r, p, Ap = (self._work_buffer(name, X_prev.shape) for name in ("X", "r", "p", "Ap"))
         np.copyto(X, X_prev)
         self._stage(parties, agg, "residual", "r0", (run_id, round_no, "r0", X), out=r)
-        np.multiply(X, reg, out=Ap)
-        r -= Ap
+        r -= self._times_gram(X, G, reg)                      # r = Σ_p sparse_p − (YᵀY + λI) x
         rsold = np.einsum("ij,ij->i", r, r)
         active = nonempty & (rsold >= _RS_EPS)
         np.multiply(r, active[:, None], out=p)  # search directions; zero rows for users that are done
@@ -415,11 +465,28 @@ class FederatedALS:
                 break
             stage = f"ap{step + 1}"
             self._stage(parties, agg, "product", stage, (run_id, round_no, stage, p), out=Ap)
-            _cg_update(X, r, p, Ap, reg, rsold, active, _RS_EPS)
+            Ap += self._times_gram(p, G, 0.0)                 # the sparse sum plus YᵀY p (λp: in _cg_update)
+            _in_row_ranges(X.shape[0], self._threads, lambda lo, hi: _cg_update(
+                X[lo:hi], r[lo:hi], p[lo:hi], Ap[lo:hi], reg, rsold[lo:hi], active[lo:hi], _RS_EPS))
         X[~nonempty] = 0.0
         agg.close_round()
         self._call(parties, "end_round", {p: (run_id, round_no) for p in names})
         return X.astype(self.dtype)
+
+    def _times_gram(self, V: np.ndarray, G: np.ndarray, reg: float) -> np.ndarray:
+        """V·(G + reg·I) into a reused buffer: the dense part of every user's system, computed
+        once for all parties, in cache-sized blocks of users (faster than one large product),
+        over the coordinator's threads (BLAS releases the GIL)."""
+        out = self._work_buffer("VG", V.shape)
+        Gr = G + reg * np.eye(G.shape[0]) if reg else G
+
+        def rows(lo: int, hi: int) -> None:
+            for start in range(lo, hi, _GRAM_BLOCK_ROWS):
+                stop = min(start + _GRAM_BLOCK_ROWS, hi)
+                np.matmul(V[start:stop], Gr, out=out[start:stop])
+
+        _in_row_ranges(V.shape[0], self._threads, rows)
+        return out
 
     def _work_buffer(self, name: str, shape: tuple) -> np.ndarray:
         buf = self._work.get(name)
@@ -430,8 +497,8 @@ class FederatedALS:
     def _stage(self, parties, agg: Aggregator, method: str, stage: str, args: tuple, integer: bool = False,
                out: np.ndarray | None = None):
         agg.open_stage(stage)
-        agg.submit_all(list(self._call(parties, method, {p: args for p in parties}).values()), self.party_threads)
-        return agg.close_stage(integer=integer, out=out)
+        agg.submit_all(list(self._call(parties, method, {p: args for p in parties}).values()), self._threads)
+        return agg.close_stage(integer=integer, out=out, threads=self._threads)
 
     # calling parties (in-process objects or remote proxies) -------------------------------
     def _call(self, parties: dict, method: str, args: dict, tolerate: bool = False) -> dict:
