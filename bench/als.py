@@ -173,28 +173,48 @@ def run(scale: str = "small", factors: int = 64, iterations: int = 5, regulariza
     params = dict(factors=factors, regularization=regularization, iterations=iterations, dtype=np.float32,
                   random_state=seed)
 
+    load_before = os.getloadavg()
     # warm-up: compile the federated kernels (numba, cached on disk) outside the timed fit
     FederatedALS(factors=factors, iterations=1, show_progress=False).fit({p: m[:50] for p, m in blocks.items()})
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     central = CentralALS(num_threads=threads, **params).fit(blocks, init=init)
     t_central = (time.perf_counter() - start) / iterations
+    cpu_central = (time.process_time() - cpu) / iterations
     print(f"[bench als] implicit {t_central:.3f} s/iteration", file=sys.stderr, flush=True)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     fed = FederatedALS(fixed_point_bits=fixed_point_bits, show_progress=True, num_threads=threads,
                        **params).fit(blocks, init=init)
     t_fed = (time.perf_counter() - start) / iterations
+    cpu_fed = (time.process_time() - cpu) / iterations
     print(f"[bench als] federated {t_fed:.3f} s/iteration", file=sys.stderr, flush=True)
+
+    # Equality: the timed float32 fits drift apart over iterations (implicit's CG ALS is chaotic:
+    # see training/README.md), so one iteration of each from the same state, in float64 as
+    # `wenlv train` checks it, is what shows the protocol computes implicit's update.
+    check = dict(params, iterations=1, dtype=np.float64)
+    init64 = (init[0].astype(np.float64), {p: v.astype(np.float64) for p, v in init[1].items()})
+    one_fed = FederatedALS(fixed_point_bits=fixed_point_bits, show_progress=False, num_threads=threads,
+                           **check).fit(blocks, init=init64)
+    one_central = CentralALS(num_threads=threads, **check).fit(blocks, init=init64)
+    one_iteration_diff = max([float(np.max(np.abs(one_fed.user_factors - one_central.user_factors)))] +
+                             [float(np.max(np.abs(one_fed.item_factors[p] - one_central.item_factors[p])))
+                              for p in blocks])
 
     train = blocks["tourism"]
     result = {
-        "benchmark": "als", "data": shape,
+        "benchmark": "als", "data": shape, "cpu_count": os.cpu_count(),
+        "load_average_before_after": [list(load_before), list(os.getloadavg())],
         "params": {"factors": factors, "iterations": iterations, "regularization": regularization, "alpha": 1.0,
                    "cg_steps": 3, "fixed_point_bits": fixed_point_bits, "dtype": "float32",
                    "threads": {"federated": threads, "implicit": threads, "spark": "local[2]"}},
         "seconds_per_iteration": {"federated": t_fed, "implicit": t_central},
+        # CPU seconds of this process (all threads): less sensitive than wall time to other
+        # work on a shared machine (not available for Spark, whose work runs in a JVM)
+        "cpu_seconds_per_iteration": {"federated": cpu_fed, "implicit": cpu_central},
         "ndcg@10": {"federated": ndcg10(fed.user_factors, fed.item_factors["tourism"], train, test, seed=seed),
                     "implicit": ndcg10(central.user_factors, central.item_factors["tourism"], train, test, seed=seed)},
+        "federated_vs_implicit_one_iteration_float64_max_abs_diff": one_iteration_diff,
         "federated_vs_implicit_max_abs_diff": {
             "user_factors": float(np.max(np.abs(fed.user_factors - central.user_factors))),
             "item_factors": float(max(np.max(np.abs(fed.item_factors[p] - central.item_factors[p])) for p in blocks)),
@@ -207,7 +227,8 @@ def run(scale: str = "small", factors: int = 64, iterations: int = 5, regulariza
             "parties": {p: s / iterations for p, s in fed.timings_["party_seconds"].items()},
             "separate_machines_estimate": fed.timings_["separate_machines_seconds"] / iterations,
         },
-        "ratios": {"federated_over_implicit": t_fed / t_central},
+        "ratios": {"federated_over_implicit": t_fed / t_central,
+                   "federated_over_implicit_cpu": cpu_fed / cpu_central},
     }
     result["ndcg@10_abs_diff_federated_implicit"] = abs(result["ndcg@10"]["federated"] - result["ndcg@10"]["implicit"])
     if spark:

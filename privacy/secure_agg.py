@@ -8,8 +8,8 @@ Protocol (one *round*; DESIGN §3):
    {a, b}, ``pair_key = HKDF-SHA256(X25519(a, b), info = "wenlv/secagg/v2" ‖ run ‖ round ‖
    sorted pair ids)`` — the full 32-byte key, never folded.
 3. For each *stage* of the round a party encodes its vector in fixed point on the ring
-   Z_2^64 and adds, for each pair, the ChaCha20 keystream of ``pair_key`` with a nonce
-   bound to the stage (the lower id of the pair adds, the higher subtracts). The message
+   Z_2^64 and adds, for each pair, the AES-256-CTR keystream of ``pair_key`` with an
+   initial counter block bound to the stage (the lower id of the pair adds, the higher subtracts). The message
    carries (run, round, stage, sender), a BLAKE3-256 digest of its payload and an Ed25519
    signature over all of them.
 4. The :class:`Aggregator` accepts exactly one message per party for the open stage and
@@ -42,12 +42,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from wenlv.errors import WenlvError
 
-PROTOCOL = b"wenlv/secagg/v2"  # v2: BLAKE3-256 payload digests (v1: SHA-256)
+PROTOCOL = b"wenlv/secagg/v3"  # v3: AES-256-CTR keystreams (v2: ChaCha20); BLAKE3-256 digests since v2
 DIGEST = "blake3-256"
 DEFAULT_FRAC_BITS = 32
 MASK_CHUNK = 1 << 17  # ring elements masked per pass (1 MiB per keystream: stays in cache)
@@ -187,29 +187,44 @@ def derive_pair_key(shared_secret: bytes, run_id: str, round_no: int, a: str, b:
                 info=pair_info(run_id, round_no, a, b)).derive(shared_secret)
 
 
-def stage_nonce(stage: str) -> bytes:
-    """ChaCha20 nonce (counter 0 ‖ 96-bit stage digest): one keystream per stage of a round."""
-    return b"\x00\x00\x00\x00" + hashlib.sha256(b"stage:" + stage.encode()).digest()[:12]
+def stage_counter(stage: str) -> int:
+    """AES-CTR initial counter block (96-bit stage digest ‖ 32 zero bits): one keystream per stage."""
+    return int.from_bytes(hashlib.sha256(b"stage:" + stage.encode()).digest()[:12] + bytes(4), "big")
+
+
+def keystream(pair_key: bytes, stage: str, offset_bytes: int = 0):
+    """The pair's AES-256-CTR keystream for a stage, positioned at byte `offset_bytes`.
+
+    CTR is seekable: the counter block of byte k is the stage's initial block + k // 16
+    (mod 2^128, as OpenSSL increments it), so a payload can be masked in segments, in any
+    order or in parallel, and give the same bytes. AES-256 (not ChaCha20, v2) because it
+    runs ~1.5× faster here with AES-NI/VAES: 6 GB/s against 3.5–5 on one core.
+    """
+    if len(pair_key) != 32:
+        raise SecureAggError("pair key must be 32 bytes")
+    block, skip = divmod(offset_bytes, 16)
+    counter = ((stage_counter(stage) + block) % (1 << 128)).to_bytes(16, "big")
+    cipher = Cipher(algorithms.AES(pair_key), modes.CTR(counter)).encryptor()
+    if skip:
+        cipher.update(bytes(skip))
+    return cipher
 
 
 _ZEROS = bytearray()
 
 
 def mask_stream(pair_key: bytes, stage: str, n: int, buffer: np.ndarray | None = None) -> np.ndarray:
-    """n uint64 ring elements of ChaCha20 keystream, expanded from the full 256-bit key.
+    """n uint64 ring elements of the pair's keystream for a stage, expanded from the full 256-bit key.
 
     ``buffer`` (uint64, at least n + 8 long) is reused instead of allocating.
     """
     global _ZEROS
-    if len(pair_key) != 32:
-        raise SecureAggError("pair key must be 32 bytes")
     zeros = _ZEROS  # a local reference: parties may mask in threads, and only ever grow it
     if len(zeros) < 8 * n:
         zeros = bytearray(8 * n)
         _ZEROS = zeros
     out = buffer if buffer is not None and buffer.size >= n + 8 else np.empty(n + 8, dtype=np.uint64)
-    encryptor = Cipher(algorithms.ChaCha20(pair_key, stage_nonce(stage)), mode=None).encryptor()
-    encryptor.update_into(memoryview(zeros)[:8 * n], memoryview(out[:n + 8]).cast("B"))
+    keystream(pair_key, stage).update_into(memoryview(zeros)[:8 * n], memoryview(out[:n + 8]).cast("B"))
     return out[:n]
 
 
@@ -295,27 +310,19 @@ def verify_signature(public_key: bytes, signature: bytes, data: bytes, what: str
 # ------------------------------------------------------------------ the party side
 class _MaskSegment:
     """Masks elements [lo, hi) of one payload: its own keystream buffers and ciphers, each
-    cipher started at the segment's offset in the pair's stream (ChaCha20's 32-bit block
-    counter, 64-byte blocks), so segments can run in parallel threads."""
+    positioned at the segment's offset in the pair's stream (:func:`keystream`), so
+    segments can run in parallel threads."""
 
-    def __init__(self, party, keys: list, nonce: bytes, mult: np.ndarray, rows, out: np.ndarray,
+    def __init__(self, party, keys: list, stage: str, mult: np.ndarray, rows, out: np.ndarray,
                  chunk: int, integer: bool):
-        self.party, self.keys, self.nonce, self.mult = party, keys, nonce, mult
+        self.party, self.keys, self.stage, self.mult = party, keys, stage, mult
         self.rows, self.out, self.chunk, self.integer = rows, out, chunk, integer
-
-    def _cipher(self, key: bytes, offset_bytes: int):
-        block, skip = divmod(offset_bytes, 64)
-        nonce = struct.pack("<I", int.from_bytes(self.nonce[:4], "little") + block) + self.nonce[4:]
-        cipher = Cipher(algorithms.ChaCha20(key, nonce), mode=None).encryptor()
-        if skip:
-            cipher.update(bytes(skip))
-        return cipher
 
     def run(self, lo: int, hi: int, hasher=None) -> None:
         chunk, m = self.chunk, len(self.keys)
         streams = np.empty((m, chunk + 8), dtype=np.uint64)
         zeros = memoryview(bytearray(8 * chunk))
-        ciphers = [self._cipher(key, 8 * lo) for key in self.keys]
+        ciphers = [keystream(key, self.stage, 8 * lo) for key in self.keys]
         scale, limit = 2.0 ** self.party.frac_bits, 2.0 ** (63 - self.party.frac_bits)
         for start in range(lo, hi, chunk):
             stop = min(start + chunk, hi)
@@ -426,8 +433,7 @@ class MaskingParty:
             raise SecureAggError(f"mask: out must be contiguous uint64 with at least {n} elements")
         out = out.reshape(-1)[:n]
         chunk = max(min(n, max(MASK_CHUNK // row, 1) * row), 1)
-        segment = _MaskSegment(self, [keys[peer] for peer in peers], stage_nonce(stage), mult, rows, out,
-                               chunk, integer)
+        segment = _MaskSegment(self, [keys[peer] for peer in peers], stage, mult, rows, out, chunk, integer)
         n_chunks = -(-n // chunk)
         threads = max(1, min(int(threads), n_chunks))
         if threads == 1:

@@ -333,7 +333,7 @@ class FederatedALS:
     (default: all — an in-process simulation; in production only ``("tourism",)``, whose
     POI factors serving needs; the others keep theirs).
     ``party_threads`` runs in-process parties concurrently in that many threads (their
-    kernels, BLAS, ChaCha20 and BLAKE3 release the GIL); 1 (the default) calls them one after
+    kernels, BLAS, AES-CTR and BLAKE3 release the GIL); 1 (the default) calls them one after
     the other, each using ``num_threads``.
     Remote parties always run at once, each in its own process.
     """

@@ -207,7 +207,7 @@ Cold-start towers on prospects: NDCG {fmt(f'tower_prospect_ndcg@{k}')}, audience
 ## Privacy
 - Training mode: **{config.mode}** (ALS user factors from masked sums of per-party statistics; item
   factors stay with their party; only the tourism POI factors are published).
-- Secure aggregation: X25519 pairwise masks, ChaCha20 streams, fixed point with {config.fixed_point_bits} fractional bits on Z_2^64.
+- Secure aggregation: X25519 pairwise masks, AES-256-CTR streams, fixed point with {config.fixed_point_bits} fractional bits on Z_2^64.
 - Federated vs central max |Δ factor|: {fmt('federated_vs_central_max_abs_diff')} (relative {fmt('federated_vs_central_max_rel_diff')}).
 - Towers: coordinator sees only masked sums of embeddings; DP noise multiplier on the parties' embeddings
   {config.tower_noise_multiplier} (ε = {'n/a (no noise)' if eps is None else f'{eps:.3g}'}), on the returned
