@@ -286,26 +286,6 @@ def test_bad_party_blocks_stop_with_a_named_error(tmp_path, problem, match):
         load_party_block(tmp_path, "carrier", load_users(tmp_path))
 
 
-def test_factor_model_hook_on_toy_feature_blocks(tmp_path):
-    """training.factors calls fit_factor_model; it must match implicit's CG solver from the same start."""
-    from training.blocks import FeatureBlocks, build_matrices
-    from training.federated_als import fit_factor_model
-    from training.toy_blocks import write_toy_blocks
-
-    write_toy_blocks(tmp_path, n_users=200)
-    matrices = build_matrices(FeatureBlocks.load(tmp_path))
-    parties = ("tourism", "carrier", "internet")
-    n_items = {p: matrices.blocks[p].shape[1] for p in parties}
-    X0, Y0 = init_factors(len(matrices.tokens), n_items, 8, 4)
-    stacked_init = (X0, np.concatenate([Y0[p] for p in parties]))
-    fm = fit_factor_model(matrices, parties, factors=8, iterations=4, seed=4, init=stacked_init)
-    central = CentralALS(factors=8, iterations=4, regularization=0.05).fit(
-        {p: matrices.blocks[p] for p in parties}, init=(X0, Y0))
-    assert fm.params["mode"] == "federated" and fm.params["audit_entries"] > 0
-    assert float(np.max(np.abs(fm.user_factors - central.user_factors))) < 1e-2
-    assert fm.poi_factors.shape == (matrices.blocks["tourism"].shape[1], 8)
-
-
 @pytest.mark.parametrize("threads", [1, 2])
 def test_bench_als_runs_and_reports_its_peer(threads):
     """`wenlv bench als` on the tiny scale (without Spark): every figure present and consistent."""

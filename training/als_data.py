@@ -48,18 +48,22 @@ def load_users(features: str | Path) -> np.ndarray:
     return np.sort(users["token"].to_numpy(str))
 
 
-def load_party_block(features: str | Path, party: str, tokens: np.ndarray) -> PartyBlock:
-    """One party's users × items confidence matrix, read from its own folder only."""
-    features = Path(features)
+def party_matrix(frame: pd.DataFrame, party: str, tokens: np.ndarray, poi_ids=None) -> PartyBlock:
+    """One party's users × items confidence matrix from its interaction rows, checked.
+
+    ``tokens``: the sorted user axis (:func:`load_users`). ``poi_ids``: every POI of
+    ``tourism/poi_features`` (the tourism party's columns, visited or not). The one place
+    interaction rows become a matrix: the in-process pipeline (training.blocks) and a
+    party's own process (this module's loaders) both go through it.
+    """
     if party not in contracts.INTERACTION_TABLE:
         raise WenlvError(f"unknown party {party!r}; known: {', '.join(contracts.PARTIES)}")
     table = contracts.INTERACTION_TABLE[party]
     col = contracts.ITEM_COLUMN[party]
     where = f"{party}/{table.name}"
-    frame = _read(features, table, ["token", col, "confidence"])
     if frame[["token", col]].isna().any().any():
         raise WenlvError(f"{where}: null token or {col}")
-    dup = frame.duplicated(["token", col])
+    dup = frame.duplicated(["token", col]).to_numpy()
     if dup.any():
         raise WenlvError(f"{where}: {int(dup.sum())} duplicate (token, {col}) rows, first at row {int(np.argmax(dup))}")
     conf = frame["confidence"].to_numpy(np.float64)
@@ -73,7 +77,9 @@ def load_party_block(features: str | Path, party: str, tokens: np.ndarray) -> Pa
         raise WenlvError(f"{where}: {int(unknown.sum())} rows have a token not in carrier/users "
                          f"(first at row {int(np.argmax(unknown))})")
     if party == "tourism":
-        items = np.sort(_read(features, contracts.POI_FEATURES, ["poi_id"])["poi_id"].unique().astype(str))
+        if poi_ids is None:
+            raise WenlvError("the tourism matrix needs the POI ids of tourism/poi_features")
+        items = np.sort(pd.unique(np.asarray(poi_ids).astype(str)))
     else:
         items = np.sort(frame[col].unique().astype(str))
     values = frame[col].to_numpy(str)
@@ -86,6 +92,16 @@ def load_party_block(features: str | Path, party: str, tokens: np.ndarray) -> Pa
                            dtype=np.float32)
     matrix.sort_indices()
     return PartyBlock(party=party, items=items, matrix=matrix)
+
+
+def load_party_block(features: str | Path, party: str, tokens: np.ndarray) -> PartyBlock:
+    """One party's users × items confidence matrix, read from its own folder only."""
+    features = Path(features)
+    if party not in contracts.INTERACTION_TABLE:
+        raise WenlvError(f"unknown party {party!r}; known: {', '.join(contracts.PARTIES)}")
+    frame = _read(features, contracts.INTERACTION_TABLE[party], ["token", contracts.ITEM_COLUMN[party], "confidence"])
+    pois = _read(features, contracts.POI_FEATURES, ["poi_id"])["poi_id"] if party == "tourism" else None
+    return party_matrix(frame, party, tokens, pois)
 
 
 def load_party_matrices(features: str | Path, parties=contracts.PARTIES) -> tuple[np.ndarray, dict[str, PartyBlock]]:

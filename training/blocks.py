@@ -87,35 +87,19 @@ class Matrices:
 
 
 def build_matrices(blocks: FeatureBlocks) -> Matrices:
-    """User × item confidence per party, every party's rows aligned on the users block."""
+    """User × item confidence per party, every party's rows aligned on the users block
+    (sorted tokens); each matrix is built and checked by training.als_data.party_matrix."""
+    from training.als_data import party_matrix
+
     users = blocks.users.sort_values("token").reset_index(drop=True)
     if users["token"].duplicated().any():
         raise WenlvError("carrier/users: duplicate tokens")
-    row = pd.Series(np.arange(len(users)), index=users["token"].to_numpy())
-    pois = np.sort(blocks["tourism/poi_features"]["poi_id"].unique())
+    tokens = users["token"].to_numpy(str)
+    pois = blocks["tourism/poi_features"]["poi_id"]
     items, mats = {}, {}
     for party in PARTIES:
-        table = contracts.INTERACTION_TABLE[party]
-        frame = blocks[f"{party}/{table.name}"]
-        col = contracts.ITEM_COLUMN[party]
-        unknown = ~frame["token"].isin(row.index)
-        if unknown.any():
-            raise WenlvError(f"{party}/{table.name}: {int(unknown.sum())} rows have a token not in carrier/users")
-        dup = frame.duplicated(["token", col])
-        if dup.any():
-            raise WenlvError(f"{party}/{table.name}: {int(dup.sum())} duplicate (token, {col}) rows; the key must be unique")
-        ids = pois if party == "tourism" else np.sort(frame[col].unique())
-        if party == "tourism":
-            stray = ~frame[col].isin(pois)
-            if stray.any():
-                raise WenlvError(f"tourism/interactions: {int(stray.sum())} rows name a POI not in tourism/poi_features")
-        col_of = pd.Series(np.arange(len(ids)), index=ids)
-        conf = frame["confidence"].to_numpy(np.float32)
-        if (conf <= 0).any() or not np.isfinite(conf).all():
-            raise WenlvError(f"{party}/{table.name}: confidence must be positive and finite")
-        mats[party] = csr_matrix(
-            (conf, (row[frame["token"]].to_numpy(), col_of[frame[col]].to_numpy())),
-            shape=(len(users), len(ids)), dtype=np.float32)
-        items[party] = ids
+        frame = blocks[f"{party}/{contracts.INTERACTION_TABLE[party].name}"]
+        block = party_matrix(frame, party, tokens, pois if party == "tourism" else None)
+        items[party], mats[party] = block.items, block.matrix
     return Matrices(tokens=users["token"].to_numpy(), is_prospect=users["is_prospect"].to_numpy(bool),
                     items=items, blocks=mats)

@@ -539,40 +539,6 @@ class FederatedALS:
                 t["calls_max"] += max(spent.values())
 
 
-def fit_factor_model(matrices, parties, factors: int = 16, iterations: int = 10, regularization: float = 0.05,
-                     seed: int = 0, init=None, fixed_point_bits: int | None = None, **kwargs):
-    """training.factors hook: federated ALS on `Matrices` blocks → `FactorModel`.
-
-    ``init`` is (user_factors, item_factors of the stacked blocks in `parties` order).
-    Solves as implicit does with ``use_cg=True, cg_steps=3``: compare against a central fit
-    with the same solver (training.central_als.CentralALS), not the Cholesky one.
-    """
-    from training.factors import FactorModel
-
-    parties = tuple(parties)
-    blocks = {p: matrices.blocks[p] for p in parties}
-    if init is not None:
-        user0, item0 = init
-        split, start = {}, 0
-        for p in parties:
-            n = blocks[p].shape[1]
-            split[p] = item0[start:start + n]
-            start += n
-        init = (user0, split)
-    bits = DEFAULT_FRAC_BITS if fixed_point_bits is None else fixed_point_bits
-    kwargs.setdefault("show_progress", False)
-    model = FederatedALS(factors=factors, iterations=iterations, regularization=regularization, random_state=seed,
-                         fixed_point_bits=bits, **kwargs).fit(blocks, init=init)
-    return FactorModel(user_factors=np.asarray(model.user_factors, np.float32),
-                       item_factors={p: np.asarray(model.item_factors[p], np.float32) for p in parties},
-                       parties=parties,
-                       params={"mode": "federated", "factors": factors, "iterations": iterations,
-                               "regularization": regularization, "seed": seed, "fixed_point_bits": bits,
-                               "solver": "cg", "cg_steps": model.cg_steps,
-                               "rounds_aborted": model.rounds_aborted_, "audit_entries": len(model.audit_log),
-                               "audit_head": model.audit_log.head})
-
-
 def party_main(argv=None) -> int:
     """One party in its own process: load only its own block, serve the coordinator over HTTP.
 
