@@ -456,7 +456,7 @@ class FederatedALS:
         X, r, p, Ap = (self._work_buffer(name, X_prev.shape) for name in ("X", "r", "p", "Ap"))
         np.copyto(X, X_prev)
         self._stage(parties, agg, "residual", "r0", (run_id, round_no, "r0", X), out=r)
-        r -= self._times_gram(X, G, reg)                      # r = Σ_p sparse_p − (YᵀY + λI) x
+        self._add_gram(X, G, reg, r, sign=-1.0)               # r = Σ_p sparse_p − (YᵀY + λI) x
         rsold = np.einsum("ij,ij->i", r, r)
         active = nonempty & (rsold >= _RS_EPS)
         np.multiply(r, active[:, None], out=p)  # search directions; zero rows for users that are done
@@ -465,7 +465,7 @@ class FederatedALS:
                 break
             stage = f"ap{step + 1}"
             self._stage(parties, agg, "product", stage, (run_id, round_no, stage, p), out=Ap)
-            Ap += self._times_gram(p, G, 0.0)                 # the sparse sum plus YᵀY p (λp: in _cg_update)
+            self._add_gram(p, G, 0.0, Ap, sign=1.0)           # the sparse sum plus YᵀY p (λp: in _cg_update)
             _in_row_ranges(X.shape[0], self._threads, lambda lo, hi: _cg_update(
                 X[lo:hi], r[lo:hi], p[lo:hi], Ap[lo:hi], reg, rsold[lo:hi], active[lo:hi], _RS_EPS))
         X[~nonempty] = 0.0
@@ -473,20 +473,24 @@ class FederatedALS:
         self._call(parties, "end_round", {p: (run_id, round_no) for p in names})
         return X.astype(self.dtype)
 
-    def _times_gram(self, V: np.ndarray, G: np.ndarray, reg: float) -> np.ndarray:
-        """V·(G + reg·I) into a reused buffer: the dense part of every user's system, computed
-        once for all parties, in cache-sized blocks of users (faster than one large product),
-        over the coordinator's threads (BLAS releases the GIL)."""
-        out = self._work_buffer("VG", V.shape)
-        Gr = G + reg * np.eye(G.shape[0]) if reg else G
+    def _add_gram(self, V: np.ndarray, G: np.ndarray, reg: float, out: np.ndarray, sign: float) -> None:
+        """out += sign · V·(G + reg·I): the dense part of every user's system, computed once for
+        all parties, a cache-sized block of users at a time (product and update while the block
+        is in cache), over the coordinator's threads (BLAS releases the GIL). In float32 when the
+        model is float32, as ``implicit`` computes it; in float64 otherwise."""
+        Gr = (G + reg * np.eye(G.shape[0]) if reg else G) * sign
+        dtype = np.float32 if self.dtype == np.float32 else np.float64
+        Gr = Gr.astype(dtype)
 
         def rows(lo: int, hi: int) -> None:
+            tmp = np.empty((min(_GRAM_BLOCK_ROWS, hi - lo), G.shape[0]), dtype=dtype)
             for start in range(lo, hi, _GRAM_BLOCK_ROWS):
                 stop = min(start + _GRAM_BLOCK_ROWS, hi)
-                np.matmul(V[start:stop], Gr, out=out[start:stop])
+                block = tmp[:stop - start]
+                np.matmul(V[start:stop].astype(dtype, copy=False), Gr, out=block)
+                out[start:stop] += block
 
         _in_row_ranges(V.shape[0], self._threads, rows)
-        return out
 
     def _work_buffer(self, name: str, shape: tuple) -> np.ndarray:
         buf = self._work.get(name)
