@@ -153,6 +153,31 @@ def _cg_update(X, r, p, Ap_parties, reg, rsold, active, eps):
         rsold[u] = rsnew
 
 
+@numba.njit(cache=True, nogil=True)
+def _cg_start(r, p, rsold, active, eps):
+    """rsold = r·r per user; users with nothing (inactive) or r·r < eps stop; p = r, or 0 if stopped."""
+    n, f = r.shape
+    for u in range(n):
+        rs = 0.0
+        for j in range(f):
+            rs += r[u, j] * r[u, j]
+        rsold[u] = rs
+        if rs < eps:
+            active[u] = False
+        keep = 1.0 if active[u] else 0.0
+        for j in range(f):
+            p[u, j] = r[u, j] * keep
+
+
+@numba.njit(cache=True, nogil=True)
+def _cg_finish(X, nonempty, out):
+    """out = X in the model's dtype; users with no interaction anywhere get 0 (as in implicit)."""
+    n, f = X.shape
+    for u in range(n):
+        for j in range(f):
+            out[u, j] = X[u, j] if nonempty[u] else 0.0
+
+
 def _with_terms(C: sp.csr_matrix, Y: np.ndarray, V: np.ndarray, dense: np.ndarray, residual: bool) -> np.ndarray:
     """dense + the sparse terms of the block, accumulated in place into `dense`."""
     data = C.data if C.data.dtype == np.float64 else C.data.astype(np.float64)
@@ -457,9 +482,10 @@ class FederatedALS:
         np.copyto(X, X_prev)
         self._stage(parties, agg, "residual", "r0", (run_id, round_no, "r0", X), out=r)
         self._add_gram(X, G, reg, r, sign=-1.0)               # r = Σ_p sparse_p − (YᵀY + λI) x
-        rsold = np.einsum("ij,ij->i", r, r)
-        active = nonempty & (rsold >= _RS_EPS)
-        np.multiply(r, active[:, None], out=p)  # search directions; zero rows for users that are done
+        rsold = np.empty(X.shape[0], dtype=np.float64)
+        active = nonempty.copy()
+        _in_row_ranges(X.shape[0], self._threads, lambda lo, hi: _cg_start(
+            r[lo:hi], p[lo:hi], rsold[lo:hi], active[lo:hi], _RS_EPS))
         for step in range(self.cg_steps):
             if not active.any():
                 break
@@ -468,10 +494,11 @@ class FederatedALS:
             self._add_gram(p, G, 0.0, Ap, sign=1.0)           # the sparse sum plus YᵀY p (λp: in _cg_update)
             _in_row_ranges(X.shape[0], self._threads, lambda lo, hi: _cg_update(
                 X[lo:hi], r[lo:hi], p[lo:hi], Ap[lo:hi], reg, rsold[lo:hi], active[lo:hi], _RS_EPS))
-        X[~nonempty] = 0.0
+        out = np.empty(X.shape, dtype=self.dtype)
+        _in_row_ranges(X.shape[0], self._threads, lambda lo, hi: _cg_finish(X[lo:hi], nonempty[lo:hi], out[lo:hi]))
         agg.close_round()
         self._call(parties, "end_round", {p: (run_id, round_no) for p in names})
-        return X.astype(self.dtype)
+        return out
 
     def _add_gram(self, V: np.ndarray, G: np.ndarray, reg: float, out: np.ndarray, sign: float) -> None:
         """out += sign · V·(G + reg·I): the dense part of every user's system, computed once for
