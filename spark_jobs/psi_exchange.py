@@ -47,7 +47,8 @@ def open_session(exchange: Path, session: str, parties: tuple[str, str]) -> str:
     folder = session_dir(exchange, session)
     folder.mkdir(parents=True, exist_ok=True)
     session_id = psi.new_session_id()
-    (folder / "session.json").write_text(json.dumps({"session": session, "session_id": session_id, "parties": list(parties)}))
+    (folder / "session.json").write_text(json.dumps({"session": session, "session_id": session_id, "parties": list(parties),
+                                                     "protocol": psi.PROTOCOL}))
     return session_id
 
 
@@ -55,7 +56,11 @@ def read_session_id(exchange: Path, session: str) -> str:
     path = session_dir(exchange, session) / "session.json"
     if not path.exists():
         raise WenlvError(f"PSI session {session!r} has not been opened by the hub ({path} missing)")
-    return json.loads(path.read_text())["session_id"]
+    opened = json.loads(path.read_text())
+    if opened.get("protocol") != psi.PROTOCOL:
+        raise psi.PsiError(f"PSI session {session!r} was opened for protocol {opened.get('protocol') or 'v1 (ed25519)'}; "
+                           f"this party runs {psi.PROTOCOL}")
+    return opened["session_id"]
 
 
 def normalised_phone(column: str = "phone"):
