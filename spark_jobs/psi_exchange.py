@@ -4,8 +4,8 @@ A session between two parties lives in `<exchange>/<session name>/`. The only fi
 cross between parties are written there, and they hold points, never identifiers:
 
 - `session.json`                — the public session id (chosen by the hub)
-- `<party>.request.parquet`     — `point`: the party's own items hashed and blinded, ordered
-                                   by point (a pseudorandom order unrelated to the identities)
+- `<party>.request.parquet`     — `point`: the party's own items hashed and blinded, shuffled
+                                   and ordered by point (pseudorandom, unrelated to the identities)
 - `<party>.response.parquet`    — `point, reblinded`: the other party's request points,
                                    re-blinded with this party's secret
 
@@ -33,6 +33,7 @@ class PsiState:
     secret: bytes
     items: object  # DataFrame[phone, point], persisted
     sent: int = 0  # size of our set, known once the session is finished
+    matched: int = 0  # of which matched
 
     def __repr__(self) -> str:  # the secret never reaches a log
         return f"PsiState(party={self.party!r}, session={self.session!r})"
@@ -76,74 +77,142 @@ def crypto_partitions(spark) -> int:
     return max(2, 2 * spark.sparkContext.defaultParallelism)
 
 
+# ---------------------------------------------------------------- per-batch functions
+# Each runs one privacy.psi batch helper (one tight loop over a preallocated buffer) per Arrow
+# batch. The secret travels in the closure to this party's own Python workers only.
+
+def _hash(batches):
+    for pdf in batches:
+        yield pdf.assign(hashed=psi.hash_all(pdf["phone"]))
+
+
 def _hash_and_blind(secret: bytes):
     def per_batch(batches):
-        import pandas as pd
-
         for pdf in batches:
-            yield pd.DataFrame({"phone": pdf["phone"], "point": psi.hash_and_blind_all(pdf["phone"], secret)})
+            yield pdf.assign(point=psi.hash_and_blind_all(pdf["phone"], secret))
+
+    return per_batch
+
+
+def _blind_hashed(secret: bytes):
+    def per_batch(batches):
+        for pdf in batches:
+            yield pdf[["phone"]].assign(point=psi.blind_all(pdf["hashed"], secret))
 
     return per_batch
 
 
 def _reblind(secret: bytes):
     def per_batch(batches):
-        import pandas as pd
-
         for pdf in batches:
-            yield pd.DataFrame({"point": pdf["point"], "reblinded": psi.blind_all(pdf["point"], secret)})
+            yield pdf.assign(reblinded=psi.blind_all(pdf["point"], secret))
 
     return per_batch
 
 
-def _tokens(session_id: str):
-    def per_batch(batches):
-        import pandas as pd
-
-        for pdf in batches:
-            yield pd.DataFrame({"phone": pdf["phone"], "token": psi.tokens_for(pdf["reblinded"], session_id)})
-
-    return per_batch
-
-
-def request(spark, exchange: Path, session: str, party: str, phones) -> PsiState:
-    """Step 1: hash and blind the party's distinct phones; publish the points in point order."""
-    from pyspark import StorageLevel
+def _distinct(spark, phones, *flags: str):
+    """Distinct normalised phones (with each flag OR-ed over a phone's rows) in crypto_partitions
+    partitions: one shuffle, by the phone, which the de-duplication then needs no other for."""
     from pyspark.sql import functions as F
 
+    df = phones.select(normalised_phone("phone").alias("phone"), *flags).repartition(crypto_partitions(spark), "phone")
+    return df.groupBy("phone").agg(*[F.max(f).alias(f) for f in flags]) if flags else df.distinct()
+
+
+def hash_phones(spark, phones, *flags: str):
+    """DataFrame[phone, *flags, hashed]: a party's distinct phones and H(phone), persisted and counted.
+
+    H holds no secret, so a party that enters the same phones in several sessions (the carrier)
+    hashes them once here and passes the result to `request(..., hashed=...)` of each session,
+    which blinds it with that session's own fresh secret. Boolean flags (e.g. a consent column)
+    are kept, OR-ed over a phone's rows, to choose each session's phones. Release with unpersist().
+    """
+    from pyspark import StorageLevel
+    from pyspark.sql.types import BinaryType, StructField, StructType
+
+    distinct = _distinct(spark, phones, *flags)
+    schema = StructType(distinct.schema.fields + [StructField("hashed", BinaryType(), False)])
+    hashed = distinct.mapInPandas(_hash, schema).persist(StorageLevel.MEMORY_AND_DISK)
+    hashed.count()
+    return hashed
+
+
+def request(spark, exchange: Path, session: str, party: str, phones=None, *, hashed=None) -> PsiState:
+    """Step 1: hash and blind the party's distinct phones; publish the points in point order.
+
+    `phones`: DataFrame[phone] (any form, duplicates allowed); or `hashed`: DataFrame[phone, hashed]
+    of distinct normalised phones from `hash_phones`, to be blinded only.
+    """
+    from pyspark import StorageLevel
+
+    if (phones is None) == (hashed is None):
+        raise WenlvError("psi_exchange.request takes phones or hashed phones, one of the two")
     session_id = read_session_id(exchange, session)
     secret = psi.new_secret()
-    distinct = phones.select(normalised_phone("phone").alias("phone")).distinct()
-    items = (distinct.repartition(crypto_partitions(spark)).mapInPandas(_hash_and_blind(secret), STATE_SCHEMA)
-             .persist(StorageLevel.MEMORY_AND_DISK))
-    # Order by the (pseudorandom) point, never by anything derived from the phone number.
-    items.select("point").repartition("point").sortWithinPartitions("point").write.mode("overwrite").parquet(
-        str(session_dir(exchange, session) / f"{party}.request.parquet"))
+    if hashed is None:
+        items = _distinct(spark, phones).mapInPandas(_hash_and_blind(secret), STATE_SCHEMA)
+    else:
+        items = hashed.select("phone", "hashed").mapInPandas(_blind_hashed(secret), STATE_SCHEMA)
+    items = items.persist(StorageLevel.MEMORY_AND_DISK)
+    # The published order must carry nothing about the phone numbers: the items are partitioned
+    # by the phone (hash partitioning, a public function), so they are shuffled again by the
+    # point, then sorted by the point within each partition. File membership and row order are
+    # then functions of the points alone, which are pseudorandom (DDH) to anyone without our
+    # secret: the receiver learns the set of points and nothing else from the layout.
+    (items.select("point").repartition(crypto_partitions(spark), "point").sortWithinPartitions("point")
+     .write.mode("overwrite").parquet(str(session_dir(exchange, session) / f"{party}.request.parquet")))
     return PsiState(party, session, session_id, secret, items)
 
 
 def respond(spark, exchange: Path, state: PsiState, other: str) -> None:
-    """Step 2: re-blind the other party's request with our secret; publish it keyed by their point."""
+    """Step 2: re-blind the other party's request with our secret; publish it keyed by their point.
+
+    The rows keep the order of the request (the other's point order). The request is read as
+    it lies (one partition per part file) unless that gives fewer partitions than cores' worth.
+    """
     folder = session_dir(exchange, state.session)
     their_request = spark.read.parquet(str(folder / f"{other}.request.parquet"))
-    (their_request.repartition(crypto_partitions(spark)).mapInPandas(_reblind(state.secret), "point binary, reblinded binary")
+    n = crypto_partitions(spark)
+    if their_request.rdd.getNumPartitions() < n:
+        their_request = their_request.repartition(n)
+    (their_request.mapInPandas(_reblind(state.secret), "point binary, reblinded binary")
      .write.mode("overwrite").parquet(str(folder / f"{state.party}.response.parquet")))
 
 
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(Path(path).rglob("*.parquet")))
+
+
 def finish(spark, exchange: Path, state: PsiState, other: str):
-    """Step 3: DataFrame[phone, token] of our phones the other party also holds."""
+    """Step 3: DataFrame[phone, token] of our phones the other party also holds, persisted.
+
+    One pass joins our items to the other's answer and flags the matched ones (token computed
+    in the JVM: SHA-256 over the public prefix and the point, as privacy.psi.session_token);
+    that result is cached once, so the completeness check and the matched rows do not compute
+    the joins twice. Sets state.sent and state.matched.
+    """
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     folder = session_dir(exchange, state.session)
     to_us = spark.read.parquet(str(folder / f"{other}.response.parquet"))
-    ours = spark.read.parquet(str(folder / f"{state.party}.response.parquet")).select("reblinded").distinct()
-    doubled = state.items.join(to_us, "point", "inner")
-    state.sent, returned = state.items.count(), doubled.count()
-    if returned != state.sent:
-        raise psi.PsiError(f"PSI session {state.session}: {other} answered {returned} of our {state.sent} points")
-    matched = doubled.join(ours, "reblinded", "left_semi").select("phone", "reblinded")
-    return matched.mapInPandas(_tokens(state.session_id), "phone string, token string").select(
-        "phone", F.col("token"))
+    ours = (spark.read.parquet(str(folder / f"{state.party}.response.parquet")).select("reblinded").distinct()
+            .withColumn("_matched", F.lit(True)))
+    prefix = F.lit(bytearray(psi.token_prefix(state.session_id)))
+    doubled = (state.items.join(to_us, "point", "inner").join(ours, "reblinded", "left")
+               .select("phone", F.when(F.col("_matched"), F.sha2(F.concat(prefix, F.col("reblinded")), 256)).alias("token"))
+               .persist(StorageLevel.MEMORY_AND_DISK))
+    counts = doubled.agg(F.count(F.lit(1)).alias("returned"), F.count("token").alias("matched")).first()
+    state.sent = _parquet_rows(folder / f"{state.party}.request.parquet")
+    if counts["returned"] != state.sent:
+        doubled.unpersist()
+        raise psi.PsiError(f"PSI session {state.session}: {other} answered {counts['returned']} of our {state.sent} points")
+    matched = doubled.filter(F.col("token").isNotNull()).persist(StorageLevel.MEMORY_AND_DISK)
+    state.matched = matched.count()
+    doubled.unpersist()
+    return matched
 
 
 def release(state: PsiState) -> None:

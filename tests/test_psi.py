@@ -7,6 +7,7 @@ import random
 import pytest
 from privacy import psi, ristretto
 from privacy.psi_align import new_run_key, user_token
+from wenlv.errors import WenlvError
 
 
 def phones(n: int, rng: random.Random, prefix: str = "86138") -> list[str]:
@@ -206,3 +207,95 @@ def test_a_session_of_another_protocol_version_is_refused(tmp_path):
     path.write_text(json.dumps(opened))
     with pytest.raises(psi.PsiError, match="protocol"):
         psi_exchange.read_session_id(tmp_path, "s")
+
+
+def test_at_once_keeps_order_and_raises_the_first_failure():
+    import threading
+
+    from spark_jobs.features_job import at_once
+
+    barrier = threading.Barrier(3, timeout=10)  # passes only if all three run at the same time
+    assert at_once(*[(lambda i=i: (barrier.wait(), i)[1]) for i in range(3)]) == [0, 1, 2]
+
+    def fail():
+        raise psi.PsiError("boom")
+
+    with pytest.raises(psi.PsiError, match="boom"):
+        at_once(lambda: 1, fail)
+
+
+@pytest.mark.spark
+def test_spark_psi_with_hashed_phones_reused_across_sessions(spark, tmp_path):
+    """The carrier's way: H(phone) computed once (secret-free), blinded per session with that
+    session's secret; flags choose each session's set. Same intersections as hashing per session."""
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    from spark_jobs import psi_exchange
+
+    rng = random.Random(12)
+    hub, partner, shared = sets_with_overlap(rng, 160, 90, 50)
+    consenting = set(hub[::2])
+    rows = [(p, p in consenting) for p in hub] + [("+" + hub[0], False)]  # a duplicate in another form
+    hub_df = spark.createDataFrame(rows, "phone string, consent boolean")
+    partner_df = spark.createDataFrame([(p,) for p in partner], "phone string")
+    hashed = psi_exchange.hash_phones(spark, hub_df, "consent")
+    assert hashed.count() == len(hub) and sorted(hashed.columns) == ["consent", "hashed", "phone"]
+    assert {r.phone: r.hashed for r in hashed.collect()} == {p: psi.hash_to_group(p.encode()) for p in hub}
+
+    def session(name, hub_hashed):
+        psi_exchange.open_session(tmp_path, name, ("hub", "partner"))
+        sh = psi_exchange.request(spark, tmp_path, name, "hub", hashed=hub_hashed)
+        sp = psi_exchange.request(spark, tmp_path, name, "partner", partner_df)
+        psi_exchange.respond(spark, tmp_path, sh, "partner")
+        psi_exchange.respond(spark, tmp_path, sp, "hub")
+        got_h = {r.phone: r.token for r in psi_exchange.finish(spark, tmp_path, sh, "partner").collect()}
+        got_p = {r.phone: r.token for r in psi_exchange.finish(spark, tmp_path, sp, "hub").collect()}
+        assert got_h == got_p and sh.matched == sp.matched == len(got_h)
+        return sh, got_h
+
+    everyone, got_all = session("all", hashed)
+    assert set(got_all) == shared and everyone.sent == len(hub)
+    only_consenting, got_c = session("consenting", hashed.filter(F.col("consent")))
+    assert set(got_c) == shared & consenting and only_consenting.sent == len(consenting)
+    assert not set(got_all.values()) & set(got_c.values())  # fresh secret per session
+    hashed.unpersist()
+
+    # Published points: each part file is sorted by point (an order that is a function of the
+    # points alone), and the files together hold each point once.
+    files = sorted((tmp_path / "all" / "hub.request.parquet").glob("*.parquet"))
+    seen = []
+    for f in files:
+        points = pq.read_table(f).column("point").to_pylist()
+        assert points == sorted(points)
+        seen += points
+    assert len(seen) == len(set(seen)) == len(hub)
+
+    with pytest.raises(WenlvError, match="one of the two"):
+        psi_exchange.request(spark, tmp_path, "all", "hub")  # neither phones nor hashed
+
+
+@pytest.mark.spark
+def test_spark_psi_finish_refuses_an_incomplete_answer(spark, tmp_path):
+    import pyarrow.parquet as pq
+
+    from spark_jobs import psi_exchange
+
+    rng = random.Random(13)
+    a, b, _ = sets_with_overlap(rng, 40, 30, 10)
+    psi_exchange.open_session(tmp_path, "s", ("a", "b"))
+    sa = psi_exchange.request(spark, tmp_path, "s", "a", spark.createDataFrame([(p,) for p in a], "phone string"))
+    sb = psi_exchange.request(spark, tmp_path, "s", "b", spark.createDataFrame([(p,) for p in b], "phone string"))
+    psi_exchange.respond(spark, tmp_path, sa, "b")
+    psi_exchange.respond(spark, tmp_path, sb, "a")
+    # b "forgets" one of a's points: drop a row from b's response.
+    folder = tmp_path / "s" / "b.response.parquet"
+    part = next(p for p in sorted(folder.glob("*.parquet")) if pq.ParquetFile(p).metadata.num_rows)
+    table = pq.read_table(part)
+    pq.write_table(table.slice(1), part)
+    (part.parent / f".{part.name}.crc").unlink(missing_ok=True)  # Hadoop's checksum of the old bytes
+    with pytest.raises(psi.PsiError) as info:
+        psi_exchange.finish(spark, tmp_path, sa, "b")
+    message = str(info.value)
+    assert f"answered {len(a) - 1} of our {len(a)}" in message
+    assert not any(p in message for p in a)
