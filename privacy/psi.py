@@ -101,7 +101,7 @@ def session_token(session_id: str, point: bytes) -> str:
 
 
 def token_prefix(session_id: str) -> bytes:
-    """What a session token hashes before the point (public): lets Spark compute tokens with sha2."""
+    """What a session token hashes before the point (public, computed once per session)."""
     sid = session_id.encode("utf-8")
     return TOKEN_DOMAIN + len(sid).to_bytes(2, "big") + sid
 
@@ -142,8 +142,9 @@ def blind_all(points: Iterable[bytes], secret: bytes) -> list[bytes]:
         raise _psi_error(error) from None
 
 
-def tokens_for(points: Iterable[bytes], session_id: str) -> list[str]:
-    prefix = token_prefix(session_id)
+def tokens_for(points: Iterable[bytes], session_id: str, prefix: bytes | None = None) -> list[str]:
+    """Session tokens of many points; `prefix` (= token_prefix(session_id)) may be passed precomputed."""
+    prefix = token_prefix(session_id) if prefix is None else prefix
     return [hashlib.sha256(prefix + bytes(p)).hexdigest() for p in points]
 
 

@@ -185,33 +185,62 @@ def _parquet_rows(path: Path) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(Path(path).rglob("*.parquet")))
 
 
-def finish(spark, exchange: Path, state: PsiState, other: str):
-    """Step 3: DataFrame[phone, token] of our phones the other party also holds, persisted.
+def _match(answer_path: str, ours_path: str, prefix: bytes):
+    """Per partition of our items: look each point up in the other's answer (every one must be
+    there) and keep the phones whose doubly blinded point is among ours, with their tokens.
 
-    One pass joins our items to the other's answer and flags the matched ones (token computed
-    in the JVM: SHA-256 over the public prefix and the point, as privacy.psi.session_token);
-    that result is cached once, so the completeness check and the matched rows do not compute
-    the joins twice. Sets state.sent and state.matched.
-    """
+    The two answer files are read whole by each task (a hash join on the Python side): they hold
+    32-byte points of the two sessions' sets only, and this saves the JVM joins, which cost
+    more CPU than the lookups themselves."""
+    def per_batch(batches):
+        import pandas as pd
+        import pyarrow.parquet as pq
+
+        answer = pq.read_table(answer_path, columns=["point", "reblinded"])
+        doubled_of = dict(zip(answer.column("point").to_pylist(), answer.column("reblinded").to_pylist()))
+        theirs = set(pq.read_table(ours_path, columns=["reblinded"]).column("reblinded").to_pylist())
+        del answer
+        for pdf in batches:
+            phones, doubled = [], []
+            for phone, point in zip(pdf["phone"], pdf["point"]):
+                reblinded = doubled_of.get(bytes(point))
+                if reblinded is None:
+                    raise psi.PsiError(_MISSING)
+                if reblinded in theirs:
+                    phones.append(phone)
+                    doubled.append(reblinded)
+            yield pd.DataFrame({"phone": pd.Series(phones, dtype=object),
+                                "token": pd.Series(psi.tokens_for(doubled, "", prefix=prefix), dtype=object)})
+
+    return per_batch
+
+
+_MISSING = "a point we sent is missing from the other party's answer"
+
+
+def finish(spark, exchange: Path, state: PsiState, other: str):
+    """Step 3: DataFrame[phone, token] of our phones the other party also holds, persisted and
+    counted (state.matched); state.sent is the size of our set.
+
+    The other must answer each of our points once: its answer has as many rows as we sent
+    (from the files' footers) and holds every point we sent (checked row by row)."""
     from pyspark import StorageLevel
-    from pyspark.sql import functions as F
 
     folder = session_dir(exchange, state.session)
-    to_us = spark.read.parquet(str(folder / f"{other}.response.parquet"))
-    ours = (spark.read.parquet(str(folder / f"{state.party}.response.parquet")).select("reblinded").distinct()
-            .withColumn("_matched", F.lit(True)))
-    prefix = F.lit(bytearray(psi.token_prefix(state.session_id)))
-    doubled = (state.items.join(to_us, "point", "inner").join(ours, "reblinded", "left")
-               .select("phone", F.when(F.col("_matched"), F.sha2(F.concat(prefix, F.col("reblinded")), 256)).alias("token"))
+    answer, ours = folder / f"{other}.response.parquet", folder / f"{state.party}.response.parquet"
+    state.sent, returned = _parquet_rows(folder / f"{state.party}.request.parquet"), _parquet_rows(answer)
+    if returned != state.sent:
+        raise psi.PsiError(f"PSI session {state.session}: {other} answered {returned} of our {state.sent} points")
+    matched = (state.items.mapInPandas(_match(str(answer), str(ours), psi.token_prefix(state.session_id)),
+                                       "phone string, token string")
                .persist(StorageLevel.MEMORY_AND_DISK))
-    counts = doubled.agg(F.count(F.lit(1)).alias("returned"), F.count("token").alias("matched")).first()
-    state.sent = _parquet_rows(folder / f"{state.party}.request.parquet")
-    if counts["returned"] != state.sent:
-        doubled.unpersist()
-        raise psi.PsiError(f"PSI session {state.session}: {other} answered {counts['returned']} of our {state.sent} points")
-    matched = doubled.filter(F.col("token").isNotNull()).persist(StorageLevel.MEMORY_AND_DISK)
-    state.matched = matched.count()
-    doubled.unpersist()
+    try:
+        state.matched = matched.count()
+    except Exception as error:  # noqa: BLE001 - a Python worker's PsiError arrives wrapped by Spark
+        matched.unpersist()
+        if _MISSING in str(error):
+            raise psi.PsiError(f"PSI session {state.session}: {other}'s answer lacks points we sent") from None
+        raise
     return matched
 
 

@@ -299,3 +299,15 @@ def test_spark_psi_finish_refuses_an_incomplete_answer(spark, tmp_path):
     message = str(info.value)
     assert f"answered {len(a) - 1} of our {len(a)}" in message
     assert not any(p in message for p in a)
+
+    # As many rows as we sent, but one answers a point we never sent: refused too.
+    import pyarrow as pa
+
+    stranger = psi.blind(psi.hash_to_group(b"8613000000000"), psi.new_secret())
+    first = table.slice(0, 1)
+    forged = pa.table({"point": [stranger], "reblinded": first.column("reblinded").to_pylist()}, schema=table.schema)
+    pq.write_table(pa.concat_tables([forged, table.slice(1)]), part)
+    with pytest.raises(psi.PsiError) as info:
+        psi_exchange.finish(spark, tmp_path, sa, "b")
+    message = str(info.value)
+    assert "lacks points we sent" in message and not any(p in message for p in a)
