@@ -1,4 +1,4 @@
-"""Two-party ECDH private set intersection (PSI) on the prime-order subgroup of edwards25519.
+"""Two-party ECDH private set intersection (PSI) on the prime-order group ristretto255.
 
 Why: the carrier, the tourism group and the internet platform must agree who their common
 users are without any of them showing another its phone numbers, in clear or as a plain
@@ -22,14 +22,15 @@ held by the other) and the size of the other's set. Unmatched items reveal nothi
 (their points are pseudorandom under the decisional Diffie–Hellman assumption), and the
 tokens are unlinkable across sessions because the secrets are fresh. See docs/privacy.md.
 
-Group: libsodium's ed25519 with `crypto_core_ed25519_from_uniform` (Elligator 2 followed
-by cofactor clearing — its output lies in the prime-order subgroup, checked in
-tests/test_psi.py) and `crypto_scalarmult_ed25519_noclamp` (scalars reduced mod the group
-order L, no clamping; libsodium rejects inputs outside the main subgroup and an identity
-result). PyNaCl 1.6.2 exposes no ristretto255, so the prime-order subgroup is used.
-`hash_to_group` adds two Elligator images of the two halves of one SHA-512 output, the
-construction RFC 9380 uses for its random-oracle variant (one image alone only reaches
-about half the group and is distinguishable from uniform).
+Group: ristretto255 (RFC 9496), a prime-order group built on edwards25519, from the system
+libsodium through `privacy.ristretto` (PyNaCl 1.6.2 exposes none of it). Every valid
+encoding is an element of the group of prime order L: no cofactor, no small-order points
+to check for. `hash_to_group` is `crypto_core_ristretto255_from_hash` of one SHA-512
+output (RFC 9496's hash-to-group: two Elligator maps of the two halves, added);
+multiplication is `crypto_scalarmult_ristretto255`, which refuses a non-canonical
+encoding and an identity result. Version 2 of the protocol (v1 used the ed25519
+prime-order subgroup); the domain strings carry the version and the group, so points or
+tokens of the two versions never meet.
 
 Error messages never carry an identifier: a value that fails is reported by position only.
 """
@@ -41,15 +42,14 @@ import random
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from nacl import bindings as _sodium
-from nacl.exceptions import RuntimeError as _SodiumRuntimeError
-
+from privacy import ristretto
 from wenlv.errors import WenlvError
 
-HASH_DOMAIN = b"wenlv/psi/v1/hash-to-group/ed25519-elligator2x2/sha512"
-TOKEN_DOMAIN = b"wenlv/psi/v1/session-token/sha256"
-POINT_BYTES = 32
-GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493
+PROTOCOL = "wenlv-psi/v2/ristretto255"  # written into session.json; both sides must run it
+HASH_DOMAIN = b"wenlv/psi/v2/hash-to-group/ristretto255/sha512"
+TOKEN_DOMAIN = b"wenlv/psi/v2/session-token/sha256"
+POINT_BYTES = ristretto.POINT_BYTES
+GROUP_ORDER = ristretto.GROUP_ORDER
 
 
 class PsiError(WenlvError):
@@ -64,30 +64,31 @@ def normalise_phone(phone: str) -> bytes:
     return digits.encode("ascii")
 
 
+def _digest(identifier: bytes) -> bytes:
+    return hashlib.sha512(HASH_DOMAIN + len(identifier).to_bytes(2, "big") + identifier).digest()
+
+
 def hash_to_group(identifier: bytes) -> bytes:
-    """H(x): SHA-512 with a domain separator, two Elligator-2 images added; a prime-order point."""
-    digest = hashlib.sha512(HASH_DOMAIN + len(identifier).to_bytes(2, "big") + identifier).digest()
-    left = _sodium.crypto_core_ed25519_from_uniform(digest[:32])
-    right = _sodium.crypto_core_ed25519_from_uniform(digest[32:])
-    return _sodium.crypto_core_ed25519_add(left, right)
+    """H(x): ristretto255 from_hash of SHA-512(domain ‖ len(x) ‖ x); secret-free, a group element."""
+    return ristretto.from_hash(_digest(identifier))
 
 
 def new_secret() -> bytes:
-    """A fresh uniformly random non-zero scalar mod L (64 random bytes reduced, as libsodium advises)."""
+    """A fresh uniformly random scalar in ]0, L[ (libsodium's crypto_core_ristretto255_scalar_random)."""
     while True:
-        scalar = _sodium.crypto_core_ed25519_scalar_reduce(os.urandom(64))
+        scalar = ristretto.scalar_random()
         if any(scalar):
             return scalar
 
 
 def blind(point: bytes, secret: bytes) -> bytes:
-    """secret·point; refuses points that are malformed, of small order or outside the subgroup."""
+    """secret·point; refuses a point that is not a canonical ristretto255 encoding (or an identity result)."""
     if len(point) != POINT_BYTES:
         raise PsiError(f"a PSI point has {len(point)} bytes, expected {POINT_BYTES}")
     try:
-        return _sodium.crypto_scalarmult_ed25519_noclamp(secret, point)
-    except _SodiumRuntimeError:
-        raise PsiError("a PSI point is not a valid prime-order group element") from None
+        return ristretto.scalarmult(secret, point)
+    except ristretto.RistrettoError:
+        raise PsiError("a PSI point is not a valid ristretto255 group element") from None
 
 
 def hash_and_blind(identifier: bytes, secret: bytes) -> bytes:
@@ -96,8 +97,13 @@ def hash_and_blind(identifier: bytes, secret: bytes) -> bytes:
 
 def session_token(session_id: str, point: bytes) -> str:
     """The matched item's token: SHA-256 over domain ‖ session id ‖ doubly blinded point, hex."""
+    return hashlib.sha256(token_prefix(session_id) + point).hexdigest()
+
+
+def token_prefix(session_id: str) -> bytes:
+    """What a session token hashes before the point (public, computed once per session)."""
     sid = session_id.encode("utf-8")
-    return hashlib.sha256(TOKEN_DOMAIN + len(sid).to_bytes(2, "big") + sid + point).hexdigest()
+    return TOKEN_DOMAIN + len(sid).to_bytes(2, "big") + sid
 
 
 def new_session_id() -> str:
@@ -106,18 +112,40 @@ def new_session_id() -> str:
 
 # ------------------------------------------------------------------ per-batch helpers
 # Used inside Spark's mapInPandas (one call per Arrow batch of a partition) and by the
-# in-memory PsiParty below; they take and return plain lists so both can share them.
+# in-memory PsiParty below; they take and return plain lists so both can share them. Each
+# runs one tight loop over a preallocated buffer (privacy.ristretto); a failure is reported
+# by its position in the batch, never by value.
+
+def _psi_error(error: ristretto.RistrettoError) -> PsiError:
+    return PsiError(f"PSI: {error}")
+
+
+def hash_all(phones: Iterable[str]) -> list[bytes]:
+    """[H(x)] for many phone numbers: secret-free, so one party may reuse it across sessions."""
+    try:
+        return ristretto.from_hash_many([_digest(normalise_phone(p)) for p in phones])
+    except ristretto.RistrettoError as error:
+        raise _psi_error(error) from None
+
 
 def hash_and_blind_all(phones: Iterable[str], secret: bytes) -> list[bytes]:
-    return [hash_and_blind(normalise_phone(p), secret) for p in phones]
+    try:
+        return ristretto.from_hash_mult_many(secret, [_digest(normalise_phone(p)) for p in phones])
+    except ristretto.RistrettoError as error:
+        raise _psi_error(error) from None
 
 
 def blind_all(points: Iterable[bytes], secret: bytes) -> list[bytes]:
-    return [blind(bytes(p), secret) for p in points]
+    try:
+        return ristretto.scalarmult_many(secret, points)
+    except ristretto.RistrettoError as error:
+        raise _psi_error(error) from None
 
 
-def tokens_for(points: Iterable[bytes], session_id: str) -> list[str]:
-    return [session_token(session_id, bytes(p)) for p in points]
+def tokens_for(points: Iterable[bytes], session_id: str, prefix: bytes | None = None) -> list[str]:
+    """Session tokens of many points; `prefix` (= token_prefix(session_id)) may be passed precomputed."""
+    prefix = token_prefix(session_id) if prefix is None else prefix
+    return [hashlib.sha256(prefix + bytes(p)).hexdigest() for p in points]
 
 
 # ------------------------------------------------------------------ in-memory party

@@ -2,6 +2,7 @@
 # Install Wenlv and its system needs on a fresh Debian machine (idempotent).
 #   Java: Spark's JVM. redis-server: tests start a private one to stop and restart.
 #   hey, wrk: HTTP load generators for `wenlv bench serve`.
+#   libsodium23 (≥ 1.0.18): ristretto255 for PSI (privacy/ristretto.py opens it; PyNaCl lacks it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
@@ -9,6 +10,7 @@ command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v hey >/dev/null 2>&1 || missing+=(hey)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+dpkg -s libsodium23 >/dev/null 2>&1 || missing+=(libsodium23)
 if ((${#missing[@]})); then
   echo "installing Debian packages: ${missing[*]}" >&2
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null

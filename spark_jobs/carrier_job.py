@@ -30,12 +30,24 @@ class CarrierJob(Party):
     def _subscribers(self):
         return self.read_raw(C.SUBSCRIBERS).withColumn("phone", normalised_phone("phone"))
 
-    def psi_phones(self, session: str):
+    def psi_request_sessions(self, run=None) -> None:
+        """Step 1 of both sessions. H(phone) holds no secret, so every subscriber is hashed once
+        (`psi_exchange.hash_phones`) and blinded per session with that session's fresh secret;
+        the tourism session takes every subscriber, the internet session those with
+        consent_partner_share. `run(*calls)` may run the two sessions' requests at once."""
         from pyspark.sql import functions as F
 
-        subs = self.read_raw(C.SUBSCRIBERS)
-        return subs.select("phone") if session == TOURISM_SESSION else subs.filter(
-            F.col("consent_partner_share")).select("phone")
+        hashed = psi_exchange.hash_phones(self.spark, self.read_raw(C.SUBSCRIBERS), "consent_partner_share")
+        try:
+            calls = (lambda: self.psi_request(TOURISM_SESSION, hashed=hashed),
+                     lambda: self.psi_request(INTERNET_SESSION, hashed=hashed.filter(F.col("consent_partner_share"))))
+            if run is None:
+                for call in calls:
+                    call()
+            else:
+                run(*calls)
+        finally:
+            hashed.unpersist()
 
     def align(self, tourism_matched, internet_matched) -> None:
         """Issue a user token per user; tell each partner the token for its matched session tokens."""

@@ -1,8 +1,10 @@
 """`wenlv features`: validate → tokenise (PSI through the carrier hub) → per-party feature blocks.
 
-The three party jobs run here one after another in one Spark application (the demo runs
-every party on one machine), but each reads only its own raw folder; what passes between
-them are files in `<out>/exchange/` (blinded points, token maps, the public split plan).
+The three party jobs run here in one Spark application (the demo runs every party on one
+machine): one after another, except that the parties' independent PSI steps run at once
+(`at_once`), as they would on their own machines. Each reads only its own raw folder; what
+passes between them are files in `<out>/exchange/` (blinded points, token maps, the public
+split plan).
 Writes `<out>/<party>/<table>.parquet` per contracts.BLOCK_TABLES and `<out>/manifest.json`
 (docs/architecture.md).
 """
@@ -78,25 +80,26 @@ def run(data_dir: str | Path, out_dir: str | Path, spark=None, master: str | Non
     bar.update()
 
     step("psi request")
-    tourism.psi_request(TOURISM_SESSION, tourism.psi_phones())
-    internet.psi_request(INTERNET_SESSION, internet.psi_phones())
-    carrier.psi_request(TOURISM_SESSION, carrier.psi_phones(TOURISM_SESSION))
-    carrier.psi_request(INTERNET_SESSION, carrier.psi_phones(INTERNET_SESSION))
+    at_once(lambda: tourism.psi_request(TOURISM_SESSION, tourism.psi_phones()),
+            lambda: internet.psi_request(INTERNET_SESSION, internet.psi_phones()),
+            lambda: carrier.psi_request_sessions(run=at_once))
     bar.update()
 
     step("psi respond")
-    carrier.psi_respond(TOURISM_SESSION, "tourism")
-    carrier.psi_respond(INTERNET_SESSION, "internet")
-    tourism.psi_respond(TOURISM_SESSION, "carrier")
-    internet.psi_respond(INTERNET_SESSION, "carrier")
+    at_once(lambda: carrier.psi_respond(TOURISM_SESSION, "tourism"),
+            lambda: carrier.psi_respond(INTERNET_SESSION, "internet"),
+            lambda: tourism.psi_respond(TOURISM_SESSION, "carrier"),
+            lambda: internet.psi_respond(INTERNET_SESSION, "carrier"))
     bar.update()
 
     step("psi finish")
-    t_matched = tourism.psi_finish(TOURISM_SESSION, "carrier")
-    i_matched = internet.psi_finish(INTERNET_SESSION, "carrier")
-    ct_matched = carrier.psi_finish(TOURISM_SESSION, "tourism")
-    ci_matched = carrier.psi_finish(INTERNET_SESSION, "internet")
-    psi_counts = {"tourism_carrier_matched": ct_matched.count(), "internet_carrier_matched": ci_matched.count()}
+    t_matched, i_matched, ct_matched, ci_matched = at_once(
+        lambda: tourism.psi_finish(TOURISM_SESSION, "carrier"),
+        lambda: internet.psi_finish(INTERNET_SESSION, "carrier"),
+        lambda: carrier.psi_finish(TOURISM_SESSION, "tourism"),
+        lambda: carrier.psi_finish(INTERNET_SESSION, "internet"))
+    psi_counts = {"tourism_carrier_matched": carrier.psi[TOURISM_SESSION].matched,
+                  "internet_carrier_matched": carrier.psi[INTERNET_SESSION].matched}
     stats["psi_set_sizes"] = {f"{job.name}@{session}": job.psi[session].sent for job, session in (
         (tourism, TOURISM_SESSION), (internet, INTERNET_SESSION), (carrier, TOURISM_SESSION), (carrier, INTERNET_SESSION))}
     for job, session in ((tourism, TOURISM_SESSION), (internet, INTERNET_SESSION),
@@ -138,6 +141,21 @@ def run(data_dir: str | Path, out_dir: str | Path, spark=None, master: str | Non
     bar.update()
     bar.close()
     return manifest
+
+
+def at_once(*calls):
+    """Run independent steps of different parties (or sessions) at the same time, as they would
+    run on the parties' own machines; their results in order, the first failure raised.
+
+    Here they share one Spark application: each party's jobs fill the cores another party's
+    leave idle (a job's last tasks, the driver's planning between jobs), which run one after
+    another would waste. Every party still reads only its own folder and the exchange files.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(calls), thread_name_prefix="wenlv-psi") as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result() for future in futures]
 
 
 def _clear(out_dir: Path) -> None:

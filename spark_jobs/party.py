@@ -54,17 +54,16 @@ class Party:
         return self.checked[table.qualified].good
 
     # ---------------------------------------------------------------- PSI
-    def psi_request(self, session: str, phones) -> None:
-        self.psi[session] = psi_exchange.request(self.spark, self.exchange, session, self.name, phones)
+    def psi_request(self, session: str, phones=None, *, hashed=None) -> None:
+        self.psi[session] = psi_exchange.request(self.spark, self.exchange, session, self.name, phones, hashed=hashed)
 
     def psi_respond(self, session: str, other: str) -> None:
         psi_exchange.respond(self.spark, self.exchange, self.psi[session], other)
 
     def psi_finish(self, session: str, other: str):
-        """DataFrame[phone (normalised), token] of this party's matched phones, persisted."""
-        matched = psi_exchange.finish(self.spark, self.exchange, self.psi[session], other).persist()
-        matched.count()
-        return matched
+        """DataFrame[phone (normalised), token] of this party's matched phones, persisted (and counted:
+        self.psi[session].matched)."""
+        return psi_exchange.finish(self.spark, self.exchange, self.psi[session], other)
 
     # ---------------------------------------------------------------- plan and messages
     def read_plan(self) -> dict:

@@ -1,13 +1,13 @@
 """PSI: the group, the protocol in memory, and the same protocol run in Spark with files as messages."""
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pytest
-from nacl import bindings as sodium
-
-from privacy import psi
+from privacy import psi, ristretto
 from privacy.psi_align import new_run_key, user_token
+from wenlv.errors import WenlvError
 
 
 def phones(n: int, rng: random.Random, prefix: str = "86138") -> list[str]:
@@ -24,22 +24,78 @@ def sets_with_overlap(rng, n_a=120, n_b=150, common=45):
     return a, b, set(shared)
 
 
-def test_hash_to_group_lands_in_the_prime_order_subgroup():
-    identity = (1).to_bytes(32, "little")
-    minus_one = (psi.GROUP_ORDER - 1).to_bytes(32, "little")
+def _scalar(n: int) -> bytes:
+    return (n % 2**256).to_bytes(32, "little")
+
+
+def test_hash_to_group_gives_valid_ristretto255_encodings():
     for i in range(20):
         point = psi.hash_to_group(f"8613800000{i:03d}".encode())
-        assert sodium.crypto_core_ed25519_is_valid_point(point)
-        # (L-1)·P + P = identity only if P has order dividing L: the cofactor is cleared.
-        assert sodium.crypto_core_ed25519_add(psi.blind(point, minus_one), point) == identity
+        assert len(point) == 32 and ristretto.is_valid_point(point)
+    assert len({psi.hash_to_group(f"8613800000{i:03d}".encode()) for i in range(200)}) == 200
+
+
+def test_the_group_has_prime_order_l():
+    # ristretto255 has no cofactor: for any element P, (L+1)·P = P and (2L+1)·P = P (the
+    # scalar is used as is, below 2^255), i.e. L·P is the identity; 2·P differs from P.
+    # Also (L−1)·P + P would be the identity: (L−1)·P = −P, whose encoding differs from P's.
+    l = psi.GROUP_ORDER
+    for i in range(10):
+        point = psi.hash_to_group(f"8613900000{i:03d}".encode())
+        assert ristretto.scalarmult(_scalar(l + 1), point) == point
+        assert ristretto.scalarmult(_scalar(2 * l + 1), point) == point
+        assert ristretto.scalarmult(_scalar(2), point) != point
+        assert ristretto.scalarmult(_scalar(l - 1), point) != point
+    # The multiple L·P is the identity, which libsodium refuses to return.
+    with pytest.raises(ristretto.RistrettoError):
+        ristretto.scalarmult(_scalar(l), psi.hash_to_group(b"8613900000000"))
+
+
+def test_scalars_are_reduced_mod_l_and_secrets_are_fresh():
+    assert ristretto.scalar_reduce((psi.GROUP_ORDER + 5).to_bytes(64, "little")) == _scalar(5)
+    secrets = {psi.new_secret() for _ in range(50)}
+    assert len(secrets) == 50
+    assert all(int.from_bytes(s, "little") < psi.GROUP_ORDER for s in secrets)
+
+
+def test_invalid_encodings_are_refused_by_position_never_by_value():
+    secret = psi.new_secret()
+    good = [psi.hash_to_group(f"8613700000{i:03d}".encode()) for i in range(4)]
+    # Not canonical: a field element ≥ p (all ones), a "negative" one (low bit set); and the
+    # identity, a valid encoding whose every multiple is the identity, which libsodium refuses.
+    bad = {"non-canonical": b"\xff" * 32, "negative": (1).to_bytes(32, "little"), "identity": bytes(32)}
+    for name, point in bad.items():
+        assert ristretto.is_valid_point(point) == (name == "identity")
+        with pytest.raises(psi.PsiError) as info:
+            psi.blind(point, secret)
+        assert "valid" in str(info.value) and point.hex() not in str(info.value)
+        with pytest.raises(psi.PsiError) as info:
+            psi.blind_all(good[:2] + [point] + good[2:], secret)
+        assert "position 2" in str(info.value) and point.hex() not in str(info.value)
+    with pytest.raises(psi.PsiError) as info:
+        psi.blind_all(good + [good[0][:31]], secret)
+    assert "position 4" in str(info.value)
+
+
+def test_batch_helpers_equal_the_one_item_functions():
+    secret = psi.new_secret()
+    ids = [f"86136{i:08d}" for i in range(50)]
+    hashed = psi.hash_all(ids)
+    assert hashed == [psi.hash_to_group(psi.normalise_phone(p)) for p in ids]
+    assert psi.hash_and_blind_all(ids, secret) == [psi.hash_and_blind(psi.normalise_phone(p), secret) for p in ids]
+    assert psi.blind_all(hashed, secret) == psi.hash_and_blind_all(ids, secret)
+    assert psi.blind_all([bytearray(p) for p in hashed], secret) == psi.blind_all(hashed, secret)
+    assert psi.hash_all([]) == psi.blind_all([], secret) == psi.hash_and_blind_all([], secret) == []
+    points = psi.blind_all(hashed, secret)
+    assert psi.tokens_for(points, "sid") == [psi.session_token("sid", p) for p in points]
 
 
 def test_hash_to_group_is_deterministic_and_domain_separated():
     x = b"8613812345678"
     assert psi.hash_to_group(x) == psi.hash_to_group(x)
     assert psi.hash_to_group(x) != psi.hash_to_group(b"8613812345679")
-    plain = sodium.crypto_core_ed25519_from_uniform(__import__("hashlib").sha512(x).digest()[:32])
-    assert psi.hash_to_group(x) != plain
+    assert psi.hash_to_group(x) != ristretto.from_hash(hashlib.sha512(x).digest())
+    assert b"v2" in psi.HASH_DOMAIN and b"ristretto255" in psi.HASH_DOMAIN and b"v2" in psi.TOKEN_DOMAIN
 
 
 def test_blinding_commutes():
@@ -58,7 +114,7 @@ def test_errors_never_carry_the_value():
         psi.normalise_phone(secret_value)
     assert secret_value not in str(info.value) and "x0000007" not in str(info.value)
     with pytest.raises(psi.PsiError) as info:
-        psi.blind(b"\x01" + b"\x00" * 31, psi.new_secret())  # the identity: small order, refused
+        psi.blind(bytes(32), psi.new_secret())  # the identity's encoding: the product is the identity, refused
     assert "valid" in str(info.value)
 
 
@@ -129,3 +185,129 @@ def test_spark_psi_through_exchange_files_matches_the_truth(spark, tmp_path):
     assert {len(r.point) for r in request.collect()} == {32}
     response = spark.read.parquet(str(tmp_path / "s1" / "b.response.parquet"))
     assert sorted(response.columns) == ["point", "reblinded"] and response.count() == len(a)
+
+
+def test_a_missing_libsodium_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(ristretto, "_CANDIDATES", ("/nonexistent/libsodium.so.23",))
+    with pytest.raises(ristretto.RistrettoError) as info:
+        ristretto._open()
+    assert "libsodium23" in str(info.value) and "WENLV_LIBSODIUM" in str(info.value)
+
+
+def test_a_session_of_another_protocol_version_is_refused(tmp_path):
+    import json
+
+    from spark_jobs import psi_exchange
+
+    sid = psi_exchange.open_session(tmp_path, "s", ("a", "b"))
+    assert psi_exchange.read_session_id(tmp_path, "s") == sid
+    path = tmp_path / "s" / "session.json"
+    opened = json.loads(path.read_text())
+    del opened["protocol"]  # as v1 (ed25519) wrote it
+    path.write_text(json.dumps(opened))
+    with pytest.raises(psi.PsiError, match="protocol"):
+        psi_exchange.read_session_id(tmp_path, "s")
+
+
+def test_at_once_keeps_order_and_raises_the_first_failure():
+    import threading
+
+    from spark_jobs.features_job import at_once
+
+    barrier = threading.Barrier(3, timeout=10)  # passes only if all three run at the same time
+    assert at_once(*[(lambda i=i: (barrier.wait(), i)[1]) for i in range(3)]) == [0, 1, 2]
+
+    def fail():
+        raise psi.PsiError("boom")
+
+    with pytest.raises(psi.PsiError, match="boom"):
+        at_once(lambda: 1, fail)
+
+
+@pytest.mark.spark
+def test_spark_psi_with_hashed_phones_reused_across_sessions(spark, tmp_path):
+    """The carrier's way: H(phone) computed once (secret-free), blinded per session with that
+    session's secret; flags choose each session's set. Same intersections as hashing per session."""
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    from spark_jobs import psi_exchange
+
+    rng = random.Random(12)
+    hub, partner, shared = sets_with_overlap(rng, 160, 90, 50)
+    consenting = set(hub[::2])
+    rows = [(p, p in consenting) for p in hub] + [("+" + hub[0], False)]  # a duplicate in another form
+    hub_df = spark.createDataFrame(rows, "phone string, consent boolean")
+    partner_df = spark.createDataFrame([(p,) for p in partner], "phone string")
+    hashed = psi_exchange.hash_phones(spark, hub_df, "consent")
+    assert hashed.count() == len(hub) and sorted(hashed.columns) == ["consent", "hashed", "phone"]
+    assert {r.phone: r.hashed for r in hashed.collect()} == {p: psi.hash_to_group(p.encode()) for p in hub}
+
+    def session(name, hub_hashed):
+        psi_exchange.open_session(tmp_path, name, ("hub", "partner"))
+        sh = psi_exchange.request(spark, tmp_path, name, "hub", hashed=hub_hashed)
+        sp = psi_exchange.request(spark, tmp_path, name, "partner", partner_df)
+        psi_exchange.respond(spark, tmp_path, sh, "partner")
+        psi_exchange.respond(spark, tmp_path, sp, "hub")
+        got_h = {r.phone: r.token for r in psi_exchange.finish(spark, tmp_path, sh, "partner").collect()}
+        got_p = {r.phone: r.token for r in psi_exchange.finish(spark, tmp_path, sp, "hub").collect()}
+        assert got_h == got_p and sh.matched == sp.matched == len(got_h)
+        return sh, got_h
+
+    everyone, got_all = session("all", hashed)
+    assert set(got_all) == shared and everyone.sent == len(hub)
+    only_consenting, got_c = session("consenting", hashed.filter(F.col("consent")))
+    assert set(got_c) == shared & consenting and only_consenting.sent == len(consenting)
+    assert not set(got_all.values()) & set(got_c.values())  # fresh secret per session
+    hashed.unpersist()
+
+    # Published points: each part file is sorted by point (an order that is a function of the
+    # points alone), and the files together hold each point once.
+    files = sorted((tmp_path / "all" / "hub.request.parquet").glob("*.parquet"))
+    seen = []
+    for f in files:
+        points = pq.read_table(f).column("point").to_pylist()
+        assert points == sorted(points)
+        seen += points
+    assert len(seen) == len(set(seen)) == len(hub)
+
+    with pytest.raises(WenlvError, match="one of the two"):
+        psi_exchange.request(spark, tmp_path, "all", "hub")  # neither phones nor hashed
+
+
+@pytest.mark.spark
+def test_spark_psi_finish_refuses_an_incomplete_answer(spark, tmp_path):
+    import pyarrow.parquet as pq
+
+    from spark_jobs import psi_exchange
+
+    rng = random.Random(13)
+    a, b, _ = sets_with_overlap(rng, 40, 30, 10)
+    psi_exchange.open_session(tmp_path, "s", ("a", "b"))
+    sa = psi_exchange.request(spark, tmp_path, "s", "a", spark.createDataFrame([(p,) for p in a], "phone string"))
+    sb = psi_exchange.request(spark, tmp_path, "s", "b", spark.createDataFrame([(p,) for p in b], "phone string"))
+    psi_exchange.respond(spark, tmp_path, sa, "b")
+    psi_exchange.respond(spark, tmp_path, sb, "a")
+    # b "forgets" one of a's points: drop a row from b's response.
+    folder = tmp_path / "s" / "b.response.parquet"
+    part = next(p for p in sorted(folder.glob("*.parquet")) if pq.ParquetFile(p).metadata.num_rows)
+    table = pq.read_table(part)
+    pq.write_table(table.slice(1), part)
+    (part.parent / f".{part.name}.crc").unlink(missing_ok=True)  # Hadoop's checksum of the old bytes
+    with pytest.raises(psi.PsiError) as info:
+        psi_exchange.finish(spark, tmp_path, sa, "b")
+    message = str(info.value)
+    assert f"answered {len(a) - 1} of our {len(a)}" in message
+    assert not any(p in message for p in a)
+
+    # As many rows as we sent, but one answers a point we never sent: refused too.
+    import pyarrow as pa
+
+    stranger = psi.blind(psi.hash_to_group(b"8613000000000"), psi.new_secret())
+    first = table.slice(0, 1)
+    forged = pa.table({"point": [stranger], "reblinded": first.column("reblinded").to_pylist()}, schema=table.schema)
+    pq.write_table(pa.concat_tables([forged, table.slice(1)]), part)
+    with pytest.raises(psi.PsiError) as info:
+        psi_exchange.finish(spark, tmp_path, sa, "b")
+    message = str(info.value)
+    assert "lacks points we sent" in message and not any(p in message for p in a)
