@@ -9,9 +9,11 @@ per Spark core, just before and just after each scale's run.
 Goals (checked, reported under "goals"):
 - pipeline time grows no faster than linearly in raw rows (time ratio ≤ rows ratio);
 - PSI end to end within 1.5× of the bare group operations (same core count);
-- at least 2,000 PSI items per second per core. An item is one identifier of one party in
-  one session (hashed and blinded by its owner, re-blinded by the peer); matched items per
-  second are reported too — fewer, since most of the hub's items find no partner.
+- at least 2,000 *matched* items per second per core (the issue's wording): identifiers
+  that end with a token, over the PSI's wall time and cores. All PSI items per second (an
+  item is one identifier of one party in one session, hashed and blinded by its owner,
+  re-blinded by the peer) are reported too; with ~29% of items matched in the generated
+  data, the matched goal needs PSI within ~1.26× of the bare group operations.
 """
 from __future__ import annotations
 
@@ -121,8 +123,9 @@ def main(args) -> int:
                                                 "met": time_ratio <= rows_ratio}
     largest = results[-1]["psi"]
     goals["psi_within_1_5x_of_bare"] = {"vs_bare": largest["vs_bare"], "met": largest["vs_bare"] <= 1.5}
-    goals["psi_2000_items_per_s_per_core"] = {"items_per_s_per_core": largest["items_per_s_per_core"],
-                                              "met": largest["items_per_s_per_core"] >= 2000}
+    goals["psi_2000_matched_per_s_per_core"] = {"matched_per_s_per_core": largest["matched_per_s_per_core"],
+                                                "items_per_s_per_core": largest["items_per_s_per_core"],
+                                                "met": largest["matched_per_s_per_core"] >= 2000}
     print(json.dumps({"bench": "features", "master": spark.sparkContext.master, "cores": cores,
                       "cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
                       "scales": results, "goals": goals}))
