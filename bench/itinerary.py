@@ -15,10 +15,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from itinerary.flickr_options import FEATURE_SETS
 from wenlv.errors import WenlvError
 
 MAX_ITERATIONS = 400  # per TOPTW instance: deterministic for a seed unless the time limit cuts in first
-FEATURE_SETS = ("ours", "authors", "both", "cv", "ours+poirank", "nested")  # = itinerary.flickr.FEATURE_SETS (not imported: CLI start-up)
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 # Best-known one-route scores NOT cited in toptw/FORMAT.txt: recalled from the literature
@@ -43,7 +43,10 @@ def register(bench_sub) -> None:
                    help="POI features: ours; authors (CIKM'16 PoiRank set); both side by side; cv (ours, both or the PoiRank replica, "
                         "chosen per half by 5-fold F1 on the other half); ours+poirank (ours, plus a PoiRank "
                         "replica on the authors' features, pairwise, C=10, as a third ensemble member); nested (as cv, chosen "
-                        "for each held-out query by 5-fold F1 over all other queries)")
+                        "for each held-out query by 5-fold F1 over all other queries); poirank (the PoiRank replica alone)")
+    p.add_argument("--markov-alpha", type=float, default=1.0,
+                   help="Rank+MarkovPath weight of the ranking against the empirical transitions, in (0, 1]; "
+                        "1 (the default) takes the top-ranked POIs and orders them by the transitions")
     p.add_argument("--toptw-dir", type=Path, default=None, help="folder of Solomon TOPTW .txt instances")
     p.add_argument("--skip-flickr", action="store_true")
     p.add_argument("--skip-toptw", action="store_true")
@@ -52,7 +55,8 @@ def register(bench_sub) -> None:
     p.set_defaults(func=main)
 
 
-def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", features: str = "ours") -> dict:
+def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", features: str = "ours",
+               markov_alpha: float = 1.0) -> dict:
     from itinerary import flickr
 
     out = {}
@@ -65,12 +69,14 @@ def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", featur
         long = sum(len(t) >= 3 and len(set(t)) == len(t) for t in data.trajs)
         started = time.perf_counter()
         with tqdm(total=long, desc=f"flickr {city}", file=sys.stderr, leave=False) as bar:
-            r = flickr.evaluate_city(data, progress=bar, feature_set=features)
+            r = flickr.evaluate_city(data, progress=bar, feature_set=features, markov_alpha=markov_alpha)
         out[city] = {
             "f1": round(r.f1, 4), "pairs_f1": round(r.pairs_f1, 4), "queries": r.queries,
             "f1_std": round(r.f1_std, 4), "f1_standard_error": round(r.f1_std / max(r.queries, 1) ** 0.5, 4),
-            "features": features, "f1_poirank_replica_same_run": r.f1_poirank_replica and round(r.f1_poirank_replica, 4),
-            "model": "ensemble of pointwise (L2 1) and pairwise (L2 10) logistic rankers, fixed",
+            "features": features, "markov_alpha": markov_alpha, "f1_poirank_replica_same_run": r.f1_poirank_replica and round(r.f1_poirank_replica, 4),
+            "model": ("PoiRank replica: pairwise logistic ranker, C=10, on the authors' features" if features == "poirank"
+                      else "ensemble of pointwise (L2 1) and pairwise (L2 10) logistic rankers, fixed"),
+            "route": "top-ranked POIs in their likeliest order" if markov_alpha >= 1 else f"Rank+MarkovPath, alpha {markov_alpha:g}",
             "f1_tuned_choice": round(r.f1_tuned, 4), "pairs_f1_tuned_choice": round(r.pairs_f1_tuned, 4),
             "published_best_f1": flickr.PUBLISHED_BEST_F1.get(city),
             "beats_published_best": (r.f1 > flickr.PUBLISHED_BEST_F1[city]) if city in flickr.PUBLISHED_BEST_F1 else None,
@@ -142,7 +148,7 @@ def main(args) -> int:
             raise WenlvError(f"Flickr data folder {source} not found (use --source)")
         from itinerary.flickr import CITIES
 
-        result["flickr"] = run_flickr(source, args.city or list(CITIES), args.format, args.features)
+        result["flickr"] = run_flickr(source, args.city or list(CITIES), args.format, args.features, args.markov_alpha)
     if not args.skip_toptw:
         folder = args.toptw_dir or data / "toptw" / "solomon100"
         if not folder.is_dir():

@@ -16,7 +16,9 @@ Our recommender: logistic POI rankers (pointwise and pairwise, averaged) on quer
 (popularity, visit counts, co-occurrence with the start and end POI, transitions out of
 the start and into the end, distances, categories) — or the authors' PoiRank feature set,
 or both side by side (`Featurizer`) — then the best visiting order of the
-chosen POIs under a smoothed first-order transition model (exact DP over subsets).
+chosen POIs under a smoothed first-order transition model (exact DP over subsets). With
+markov_alpha < 1 the set and order are chosen jointly instead, as the authors' Rank+MarkovPath:
+the simple path maximising alpha * log P(rank) + (1 - alpha) * log P(transition) (exact A*).
 Counts are held as totals from which the held-out trajectory is subtracted, which makes
 leave-one-out exact and cheap; the model is refitted for every held-out trajectory on
 features computed without it (and without each training query's own trajectory).
@@ -32,6 +34,7 @@ from urllib.parse import unquote
 import numpy as np
 from scipy.optimize import minimize
 
+from itinerary.flickr_options import FEATURE_SETS
 from wenlv.errors import DataValidationError
 
 CITIES = ("Edin", "Glas", "Melb", "Osak", "Toro")
@@ -307,10 +310,6 @@ def authors_features(c: Counts, dist: np.ndarray, clusters: np.ndarray, s: int, 
     ])
 
 
-# cv: ours or both, chosen per half on the other half; ours+poirank: ours, plus POIRANK as a
-# third ensemble member on the authors' features
-# nested: like cv, but chosen for each held-out query by 5-fold F1 over ALL other queries
-FEATURE_SETS = ("ours", "authors", "both", "cv", "ours+poirank", "nested")
 
 # The authors' PoiRank, replicated: pairwise ranker on authors_features with their RankSVM
 # cost C = 10, i.e. an L2 weight of 1/C on the summed pair losses.
@@ -324,6 +323,7 @@ class Featurizer:
         if feature_set not in FEATURE_SETS:
             raise ValueError(f"feature_set must be one of {FEATURE_SETS}, got {feature_set!r}")
         self.kind = "both" if feature_set in ("cv", "ours+poirank", "nested") else feature_set
+        self.kind = "authors" if feature_set == "poirank" else self.kind
         self.dist = distance_km(data)
         self.clusters = neighbourhoods(data) if self.kind != "ours" else None
 
@@ -461,6 +461,143 @@ def transition_logp(c: Counts, smoothing: float = 1.0) -> np.ndarray:
     return np.log(probs)
 
 
+# ---------------------------------------------------------------- Rank+MarkovPath (CIKM'16 section 3-4)
+N_BINS = 5  # the authors' BIN_CLUSTER: classes per discretised feature, and neighbourhoods
+ALPHAS = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)  # the authors' ALPHA_SET, plus 1.0 = ranking alone
+
+
+def _log_classes(values: np.ndarray, known: np.ndarray, bins: int = N_BINS) -> np.ndarray:
+    """Class 0..bins-1 of each value on `bins` uniform log10 bins spanning the known POIs'
+    values (the authors' logspace(floor(log10 min), ceil(log10 max)), underflow to the first bin)."""
+    v = values[known]
+    lo, hi = np.floor(np.log10(max(1.0, v.min()))), np.ceil(np.log10(max(1.0, v.max())))
+    edges = np.logspace(lo, hi, bins + 1)
+    edges[0] = 0.0
+    return np.clip(np.digitize(values, edges) - 1, 0, bins - 1)
+
+
+def factorised_transition_logp(c: Counts, clusters: np.ndarray) -> np.ndarray:
+    """The authors' factorised first-order transition model between the POIs seen in training.
+
+    For each POI feature (category, neighbourhood, and popularity, visit count and mean visit
+    duration on N_BINS log bins) a transition matrix between feature classes is counted from
+    the training transitions, add-one smoothed and row-normalised; a POI pair takes the
+    product over features (their Kronecker product). POIs sharing every class form a group:
+    transitions into a group are split evenly among its members, the group's self-transition
+    evenly among the n-1 other members; a POI's own self-transition is 0 and rows are
+    renormalised. Returns natural-log probabilities, -inf to and from POIs unseen in training.
+    """
+    n = c.n
+    known = c.contains > 0
+    dur = c.dur_sum / np.maximum(c.visits, 1)
+    classes = [c.data.category, clusters, _log_classes(c.pop, known), _log_classes(c.visits, known),
+               _log_classes(dur, known)]
+    sizes = [int(c.data.category.max()) + 1, int(clusters.max()) + 1, N_BINS, N_BINS, N_BINS]
+    value = np.ones((n, n))
+    for cls, k in zip(classes, sizes):
+        onehot = np.zeros((n, k))
+        onehot[np.arange(n), cls] = 1.0
+        counts = onehot.T @ c.trans @ onehot + 1.0  # class-to-class transitions, add-one
+        value *= (counts / counts.sum(1, keepdims=True))[np.ix_(cls, cls)]
+    keys = np.column_stack(classes)
+    idx = np.flatnonzero(known)
+    out = np.zeros((n, n))
+    sub = value[np.ix_(idx, idx)]
+    group = {}
+    for i, p in enumerate(idx):
+        group.setdefault(tuple(keys[p]), []).append(i)
+    size = np.array([len(group[tuple(keys[p])]) for p in idx], dtype=float)
+    sub = sub / size[None, :]  # incoming value split among the group
+    for members in group.values():
+        if len(members) > 1:
+            self_value = value[idx[members[0]], idx[members[0]]]
+            sub[np.ix_(members, members)] = self_value / (len(members) - 1)
+    np.fill_diagonal(sub, 0.0)
+    sub = sub / sub.sum(1, keepdims=True)
+    with np.errstate(divide="ignore"):
+        out = np.full((n, n), -np.inf)
+        out[np.ix_(idx, idx)] = np.log(sub)
+    return out
+
+
+MAX_EXPANSIONS, BEAM = 5000, 64
+
+
+def best_path(s: int, e: int, length: int, cands: np.ndarray, node: np.ndarray, edge: np.ndarray,
+              stats: dict | None = None) -> list[int]:
+    """The simple path s -> ... -> e of `length` POIs (intermediates from `cands`, each once)
+    maximising the sum of node[p] over intermediates plus edge[a, b] over its steps: exact A*
+    whose heuristic is the best walk (repeats allowed) to e with the remaining steps, an upper
+    bound. After MAX_EXPANSIONS expansions it falls back to a beam search (width BEAM, same
+    heuristic), which is not guaranteed optimal; `stats` counts "exact" and "beam" answers."""
+    import heapq
+
+    r0 = length - 2
+    if r0 <= 0:
+        return [s, e]
+    cands = [int(p) for p in cands if p != s and p != e]
+    if len(cands) < r0:
+        raise ValueError(f"{len(cands)} candidates cannot fill {r0} intermediate stops")
+    ci = np.array(cands)
+    step = edge[:, ci] + node[ci][None, :]  # [from, to-candidate]
+    bound = [edge[:, e].astype(float)]  # bound[r][v]: best walk from v through r more intermediates to e
+    for r in range(1, r0 + 1):
+        inner = step + bound[r - 1][ci][None, :]
+        inner[ci, np.arange(len(ci))] = -np.inf  # no immediate self-loop
+        bound.append(inner.max(1))
+    stats = {} if stats is None else stats
+    heap = [(-bound[r0][s], 0, (s,), 0.0)]
+    counter = 1
+    while heap and counter <= MAX_EXPANSIONS:
+        _, _, path, g = heapq.heappop(heap)
+        r = r0 - (len(path) - 1)
+        if r < 0:  # complete: its key was its exact value, every other key an upper bound
+            stats["exact"] = stats.get("exact", 0) + 1
+            return list(path)
+        last = path[-1]
+        if r == 0:
+            g2 = g + edge[last, e]
+            heapq.heappush(heap, (-g2, counter, path + (e,), g2))
+            counter += 1
+            continue
+        seen = set(path)
+        for j, u in enumerate(cands):
+            if u in seen:
+                continue
+            g2 = g + step[last, j]
+            if g2 == -np.inf:
+                continue
+            heapq.heappush(heap, (-(g2 + bound[r - 1][u]), counter, path + (u,), g2))
+            counter += 1
+    stats["beam"] = stats.get("beam", 0) + 1
+    beam = [((s,), 0.0)]
+    for r in range(r0, 0, -1):
+        grown = [(g + step[path[-1], j] + bound[r - 1][u], k, path + (u,), g + step[path[-1], j])
+                 for k, (path, g) in enumerate(beam) for j, u in enumerate(cands) if u not in path]
+        grown.sort(key=lambda x: -x[0])  # stable: ties keep the earlier parent and candidate
+        beam = [(path, g) for _, _, path, g in grown[:BEAM]]
+    path, _ = max(beam, key=lambda pg: pg[1] + edge[pg[0][-1], e])
+    return list(path) + [e]
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    z = x - x.max()
+    return z - np.log(np.exp(z).sum())
+
+
+def rank_markov_path(s: int, e: int, length: int, cands: np.ndarray, score: np.ndarray, logp: np.ndarray,
+                     alpha: float, stats: dict | None = None) -> list[int]:
+    """Rank+MarkovPath: the simple path maximising alpha * sum log P_rank(p) + (1 - alpha) * sum
+    log P(transition), P_rank the softmax of the ranking scores over the candidates. alpha = 1
+    takes the top-ranked POIs and orders them by the transitions (best_order)."""
+    if alpha >= 1.0:
+        top = [int(p) for p in cands[np.argsort(-score, kind="stable")][: length - 2]]
+        return best_order(s, e, top, logp)
+    node = np.full(len(logp), -np.inf)
+    node[cands] = alpha * log_softmax(score)
+    return best_path(s, e, length, cands, node, (1 - alpha) * logp, stats)
+
+
 # ---------------------------------------------------------------- the evaluation
 @dataclass
 class CityResult:
@@ -565,7 +702,8 @@ def choose_scorer(data: CityData, featurize: Featurizer, short_ids: list[int], t
     return pick_scorer(data, [(t, x) for t in tune_ids if (x := _example(data, counts, featurize, t)) is not None], folds)
 
 
-def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature_set: str = "ours") -> CityResult:
+def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature_set: str = "ours",
+                  markov_alpha: float = 1.0) -> CityResult:
     """Leave-one-trajectory-out F1 and pairs-F1 of our recommender and of popularity.
 
     Two variants of the POI scorer are measured on the same queries: the fixed ENSEMBLE
@@ -578,8 +716,14 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
     feature_set (FEATURE_SETS): "ours" is the headline; "cv" replaces the fixed ensemble by
     one of CV_SCORERS chosen per half by 5-fold F1 on the other half (training queries only);
     "ours+poirank" adds POIRANK as a third ensemble member and reports it alone as well;
-    "nested" picks one of CV_SCORERS for each held-out query by 5-fold F1 over all other queries.
+    "nested" picks one of CV_SCORERS for each held-out query by 5-fold F1 over all other queries;
+    "poirank" scores with the PoiRank replica alone (POIRANK on the authors' features).
+
+    markov_alpha < 1 replaces "top-ranked POIs, then their likeliest order" by Rank+MarkovPath
+    (rank_markov_path) on the headline score and the empirical transitions, with that weight.
     """
+    if not 0.0 < markov_alpha <= 1.0:
+        raise ValueError(f"markov_alpha must be in (0, 1], got {markov_alpha}")
     all_ids = list(range(len(data.trajs)))
     long_ids = [t for t in all_ids if len(data.trajs[t]) >= 3]
     short_ids = [t for t in all_ids if len(data.trajs[t]) < 3]
@@ -591,7 +735,7 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
     featurize = Featurizer(data, feature_set)
     counts = Counts(data, all_ids)
     f1s, pf1s, f1p, pf1p, f1t, pf1t, skipped, chosen_models = [], [], [], [], [], [], 0, []
-    with_poirank, f1_poirank, nested_picks = feature_set == "ours+poirank", [], {}
+    with_poirank, f1_poirank, nested_picks, path_stats = feature_set == "ours+poirank", [], {}, {}
     for h in (0, 1):
         half_featurize, picked = featurize, {}
         if feature_set == "cv":
@@ -627,11 +771,13 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
                 fitted = {c: fit_model(c, groups) for c in {*ENSEMBLE, choice}}
                 logp = transition_logp(counts)
                 score = score_cv if feature_set in ("cv", "nested") else ensemble_score(fitted, X)
+                if feature_set == "poirank":
+                    score = fit_model(POIRANK, groups).decision_function(X)
                 if with_poirank:
                     v = fit_model(POIRANK, groups_a).decision_function(Xa)
                     score = score + (v - v.mean()) / (v.std() + 1e-9)
                     f1_poirank.append(f1(tr, [s] + _top(data, q, cands, v) + [e]))
-                rec = best_order(s, e, _top(data, q, cands, score), logp)
+                rec = rank_markov_path(s, e, length, cands, score, logp, markov_alpha, path_stats)
                 rec_tuned = best_order(s, e, _top(data, q, cands, fitted[choice].decision_function(X)), logp)
                 pop_rec = [s] + _top(data, q, cands, counts.pop[cands]) + [e]
             finally:
@@ -643,6 +789,8 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
             f1p.append(f1(tr, pop_rec)), pf1p.append(pairs_f1(tr, pop_rec))
     if nested_picks:
         chosen_models.append({"nested_scorer_picks": nested_picks})
+    if path_stats:
+        chosen_models.append({"markov_alpha": markov_alpha, "path_decodes": path_stats})
     return CityResult(data.city, len(f1s), float(np.mean(f1s)), float(np.mean(pf1s)), float(np.mean(f1p)),
                       float(np.mean(pf1p)), skipped, len(all_ids), chosen_models, len(long_ids) - len(query_ids),
                       float(np.mean(f1t)), float(np.mean(pf1t)), float(np.std(f1s)),

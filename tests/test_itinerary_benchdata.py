@@ -184,3 +184,62 @@ def test_cv_scorer_is_chosen_from_the_other_half_only():
     assert 0 < r.f1 <= 1 and r.f1_poirank_replica is None
     # too few training queries to cross-validate: the plain default, no scores
     assert flickr.pick_scorer(data, []) == ("ours", {})
+
+
+def test_factorised_transitions_match_hand_computation():
+    # 4 POIs, categories A, B, B, C; four users each walk the cycle 0-1-2-3 from another POI,
+    # so popularity, visits and durations are equal (one class each) and only category matters.
+    trajs = [[0, 1, 2, 3], [1, 2, 3, 0], [2, 3, 0, 1], [3, 0, 1, 2]]
+    data = flickr.CityData("X", np.arange(4), np.array([0, 1, 1, 2]), np.zeros(4), np.zeros(4),
+                           trajs, ["u0", "u1", "u2", "u3"], [[60.0] * 4 for _ in trajs], {})
+    c = flickr.Counts(data, [0, 1, 2, 3])
+    P = np.exp(flickr.factorised_transition_logp(c, np.zeros(4, dtype=int)))
+    # category transitions A->B, B->B, B->C, C->A three times each; add-one rows over (A, B, C):
+    # A: (1, 4, 1)/6, B: (1, 4, 4)/9, C: (4, 1, 1)/6. POIs 1 and 2 share every class (a group of 2).
+    # From 0: into the group 4/6 split in two, to 3 1/6 -> (1/3, 1/3, 1/6) renormalised.
+    np.testing.assert_allclose(P[0], [0, 0.4, 0.4, 0.2])
+    # From 1: to 0 1/9; to 2 the group's self-transition 4/9 over its n-1 = 1 other member; to 3 4/9.
+    np.testing.assert_allclose(P[1], [1 / 9, 0, 4 / 9, 4 / 9])
+    np.testing.assert_allclose(P[2], [1 / 9, 4 / 9, 0, 4 / 9])
+    # From 3: to 0 4/6; into the group 1/6 split in two -> (4/6, 1/12, 1/12) renormalised.
+    np.testing.assert_allclose(P[3], [0.8, 0.1, 0.1, 0])
+    # a POI unseen in training has no transitions at all
+    P2 = flickr.factorised_transition_logp(flickr.Counts(data, [0]), np.zeros(4, dtype=int))
+    assert np.isfinite(P2[~np.eye(4, dtype=bool)]).all()  # trajectory 0 holds every POI; self-loops are log 0
+    data.trajs.append([0, 1])
+    data.users.append("u4")
+    data.durations.append([60.0, 60.0])
+    assert np.isneginf(flickr.factorised_transition_logp(flickr.Counts(data, [4]), np.zeros(4, dtype=int))[0, 2])
+
+
+def test_best_path_is_the_exact_best_simple_path():
+    import itertools
+
+    # hand example: ranking favours 2, but 2 is far from both ends; 3 -> 4 is the likely route
+    node = np.array([0.0, 0.0, -0.1, -1.0, -1.0])
+    edge = np.full((5, 5), -3.0)
+    edge[0, 3] = edge[3, 4] = edge[4, 1] = -0.1
+    assert flickr.best_path(0, 1, 4, np.array([2, 3, 4]), node, edge) == [0, 3, 4, 1]
+    # a node weight large enough wins instead: 2 appears once, never repeated
+    node[2] = 6.0
+    path = flickr.best_path(0, 1, 4, np.array([2, 3, 4]), node, edge)
+    assert 2 in path and len(set(path)) == 4
+    rng = np.random.default_rng(3)
+    for _ in range(40):  # against brute force over every ordered choice
+        n, s, e = 8, 0, 1
+        node, edge = rng.normal(size=n), rng.normal(size=(n, n))
+        length = int(rng.integers(3, 8))
+        value = lambda p: node[list(p)].sum() + sum(edge[a, b] for a, b in zip((s, *p), (*p, e)))  # noqa: E731
+        best = max(itertools.permutations(range(2, n), length - 2), key=value)
+        stats = {}
+        got = flickr.best_path(s, e, length, np.arange(2, n), node, edge, stats)
+        assert got == [s, *best, e] and stats == {"exact": 1}
+
+
+def test_rank_markov_path_with_alpha_one_is_the_ranking_alone():
+    logp = np.log(np.full((5, 5), 0.25))
+    cands, score = np.array([2, 3, 4]), np.array([0.5, 2.0, 1.0])
+    path = flickr.rank_markov_path(0, 1, 4, cands, score, logp, 1.0)
+    assert path[0] == 0 and path[-1] == 1 and set(path) == {0, 1, 3, 4}  # the two top-ranked, order a tie
+    # with uniform transitions every alpha < 1 picks the same set
+    assert set(flickr.rank_markov_path(0, 1, 4, cands, score, logp, 0.3)) == {0, 1, 3, 4}
