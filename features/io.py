@@ -21,6 +21,13 @@ from wenlv.errors import DataValidationError, WenlvError
 PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True}
 
 
+def parquet_rows(path: str | Path) -> int:
+    """Rows of a Parquet file or folder of part files (as Spark writes it), from the footers alone."""
+    path = Path(path)
+    parts = sorted(path.rglob("*.parquet")) if path.is_dir() else [path]
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in parts)
+
+
 def table_path(data_dir: str | Path, table: Table, fmt: str = "parquet") -> Path:
     """Where a table lives: `<data_dir>/<party>/<name>.<fmt>`."""
     return Path(data_dir) / table.party / f"{table.name}.{fmt}"

@@ -463,7 +463,6 @@ def transition_logp(c: Counts, smoothing: float = 1.0) -> np.ndarray:
 
 # ---------------------------------------------------------------- Rank+MarkovPath (CIKM'16 section 3-4)
 N_BINS = 5  # the authors' BIN_CLUSTER: classes per discretised feature, and neighbourhoods
-ALPHAS = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)  # the authors' ALPHA_SET, plus 1.0 = ranking alone
 
 
 def _log_classes(values: np.ndarray, known: np.ndarray, bins: int = N_BINS) -> np.ndarray:
@@ -591,8 +590,7 @@ def rank_markov_path(s: int, e: int, length: int, cands: np.ndarray, score: np.n
     log P(transition), P_rank the softmax of the ranking scores over the candidates. alpha = 1
     takes the top-ranked POIs and orders them by the transitions (best_order)."""
     if alpha >= 1.0:
-        top = [int(p) for p in cands[np.argsort(-score, kind="stable")][: length - 2]]
-        return best_order(s, e, top, logp)
+        return best_order(s, e, top_k(cands, score, length - 2), logp)
     node = np.full(len(logp), -np.inf)
     node[cands] = alpha * log_softmax(score)
     return best_path(s, e, length, cands, node, (1 - alpha) * logp, stats)
@@ -634,9 +632,14 @@ def _example(data: CityData, counts: Counts, featurize: Featurizer, t: int):
         restore()
 
 
+def top_k(cands: np.ndarray, score: np.ndarray, k: int) -> list[int]:
+    """The k best-scored candidates, ties in candidate order."""
+    return [int(p) for p in cands[np.argsort(-score, kind="stable")][:k]]
+
+
 def _top(data: CityData, t: int, cands: np.ndarray, score: np.ndarray) -> list[int]:
-    tr = data.trajs[t]
-    return [int(p) for p in cands[np.argsort(-score, kind="stable")][: len(tr) - 2]]
+    """The candidates that fill query t's intermediate stops."""
+    return top_k(cands, score, len(data.trajs[t]) - 2)
 
 
 def choose_model(data: CityData, featurize: Featurizer, short_ids: list[int], tune_ids: list[int],

@@ -127,16 +127,29 @@ def scalarmult(scalar: bytes, point: bytes) -> bytes:
     return _ffi.buffer(out, POINT_BYTES)[:]
 
 
+def _as_list(values) -> list | tuple:
+    return values if isinstance(values, (list, tuple)) else list(values)
+
+
+def _points(out, n: int) -> list[bytes]:
+    """The n 32-byte points of a cffi output buffer, as bytes objects."""
+    raw = _ffi.buffer(out)[:n * POINT_BYTES]
+    return [raw[i:i + POINT_BYTES] for i in range(0, n * POINT_BYTES, POINT_BYTES)]
+
+
+def _check_digest(h: bytes, i: int) -> None:
+    if len(h) != HASH_BYTES:
+        raise RistrettoError(f"the digest at position {i} has {len(h)} bytes, expected {HASH_BYTES}")
+
+
 def scalarmult_many(scalar: bytes, points: Sequence[bytes] | Iterable[bytes]) -> list[bytes]:
     """[scalar·p for p in points] in one loop over one preallocated output buffer.
 
     Raises RistrettoError naming the position (0-based) of the first point refused; never its value.
     """
     _check_scalar(scalar)
-    points = points if isinstance(points, (list, tuple)) else list(points)
-    n = len(points)
-    out = _ffi.new("unsigned char[]", max(1, n) * POINT_BYTES)
-    view = _ffi.buffer(out)
+    points = _as_list(points)
+    out = _ffi.new("unsigned char[]", max(1, len(points)) * POINT_BYTES)
     mult, n_ = _lib.crypto_scalarmult_ristretto255, bytes(scalar)
     for i, point in enumerate(points):
         if type(point) is not bytes:  # bytearray / memoryview from Arrow: cffi takes bytes only
@@ -146,38 +159,31 @@ def scalarmult_many(scalar: bytes, points: Sequence[bytes] | Iterable[bytes]) ->
         if mult(out + i * POINT_BYTES, n_, point) != 0:
             raise RistrettoError(f"the point at position {i} is not a valid ristretto255 encoding, "
                                  "or its product is the identity")
-    raw = view[:n * POINT_BYTES]
-    return [raw[i:i + POINT_BYTES] for i in range(0, n * POINT_BYTES, POINT_BYTES)]
+    return _points(out, len(points))
 
 
 def from_hash_mult_many(scalar: bytes, digests: Sequence[bytes] | Iterable[bytes]) -> list[bytes]:
     """[scalarmult(scalar, from_hash(h)) for h in digests] in one loop: the hashed point goes
     through a scratch buffer, never a Python object."""
     _check_scalar(scalar)
-    digests = digests if isinstance(digests, (list, tuple)) else list(digests)
-    n = len(digests)
-    out = _ffi.new("unsigned char[]", max(1, n) * POINT_BYTES)
+    digests = _as_list(digests)
+    out = _ffi.new("unsigned char[]", max(1, len(digests)) * POINT_BYTES)
     tmp = _ffi.new("unsigned char[32]")
     fh, mult, n_ = _lib.crypto_core_ristretto255_from_hash, _lib.crypto_scalarmult_ristretto255, bytes(scalar)
     for i, h in enumerate(digests):
-        if len(h) != HASH_BYTES:
-            raise RistrettoError(f"the digest at position {i} has {len(h)} bytes, expected {HASH_BYTES}")
+        _check_digest(h, i)
         if fh(tmp, h) != 0 or mult(out + i * POINT_BYTES, n_, tmp) != 0:
             raise RistrettoError(f"hashing and multiplying failed at position {i}")
-    raw = _ffi.buffer(out)[:n * POINT_BYTES]
-    return [raw[i:i + POINT_BYTES] for i in range(0, n * POINT_BYTES, POINT_BYTES)]
+    return _points(out, len(digests))
 
 
 def from_hash_many(digests: Iterable[bytes]) -> list[bytes]:
     """[from_hash(h) for h in digests] over one preallocated buffer."""
-    digests = digests if isinstance(digests, (list, tuple)) else list(digests)
-    n = len(digests)
-    out = _ffi.new("unsigned char[]", max(1, n) * POINT_BYTES)
+    digests = _as_list(digests)
+    out = _ffi.new("unsigned char[]", max(1, len(digests)) * POINT_BYTES)
     fh = _lib.crypto_core_ristretto255_from_hash
     for i, h in enumerate(digests):
-        if len(h) != HASH_BYTES:
-            raise RistrettoError(f"the digest at position {i} has {len(h)} bytes, expected {HASH_BYTES}")
+        _check_digest(h, i)
         if fh(out + i * POINT_BYTES, h) != 0:
             raise RistrettoError(f"crypto_core_ristretto255_from_hash failed at position {i}")
-    raw = _ffi.buffer(out)[:n * POINT_BYTES]
-    return [raw[i:i + POINT_BYTES] for i in range(0, n * POINT_BYTES, POINT_BYTES)]
+    return _points(out, len(digests))

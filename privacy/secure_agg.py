@@ -307,6 +307,22 @@ def verify_signature(public_key: bytes, signature: bytes, data: bytes, what: str
         raise ProtocolError(f"{what}: bad signature (forged or altered)") from None
 
 
+def _segments(size: int, chunk: int, threads: int) -> list[tuple[int, int]]:
+    """[lo, hi) ranges of whole chunks, one per thread (fewer if there are fewer chunks)."""
+    n_chunks = max(-(-size // chunk), 1)
+    threads = max(1, min(int(threads), n_chunks))
+    edges = [k * n_chunks // threads * chunk for k in range(threads)] + [size]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _run_segments(work, segments: list[tuple[int, int]]) -> None:
+    """work(lo, hi) for every segment, in threads when there are several (the work releases the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(segments)) as pool:
+        list(pool.map(lambda seg: work(*seg), segments))
+
+
 # ------------------------------------------------------------------ the party side
 class _MaskSegment:
     """Masks elements [lo, hi) of one payload: its own keystream buffers and ciphers, each
@@ -434,22 +450,17 @@ class MaskingParty:
         out = out.reshape(-1)[:n]
         chunk = max(min(n, max(MASK_CHUNK // row, 1) * row), 1)
         segment = _MaskSegment(self, [keys[peer] for peer in peers], stage, mult, rows, out, chunk, integer)
-        n_chunks = -(-n // chunk)
-        threads = max(1, min(int(threads), n_chunks))
-        if threads == 1:
+        segments = _segments(n, chunk, threads)
+        if len(segments) == 1:
             # one streaming pass: values, keystreams, encode + mask and the BLAKE3 digest of
             # each cache-sized block while it is in cache
             hasher = blake3.blake3()
             segment.run(0, n, hasher)
             digest = hasher.hexdigest()
         else:
-            edges = [k * n_chunks // threads * chunk for k in range(threads)] + [n]
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                list(pool.map(lambda k: segment.run(edges[k], edges[k + 1]), range(threads)))
+            _run_segments(segment.run, segments)
             # BLAKE3 is a tree hash: hashed by several threads, the digest is the sequential one
-            digest = blake3.blake3(memoryview(out).cast("B"), max_threads=threads).hexdigest()
+            digest = blake3.blake3(memoryview(out).cast("B"), max_threads=len(segments)).hexdigest()
         msg = MaskedMessage(run_id, round_no, stage, self.name, shape, out, digest, b"")
         return MaskedMessage(run_id, round_no, stage, self.name, shape, out, digest,
                              self.identity.sign(msg.signed_part()))
@@ -561,46 +572,37 @@ class Aggregator:
         else:
             result = out.reshape(-1)
         chunk = max(min(size, MASK_CHUNK), 1)
-        n_chunks = -(-size // chunk)
-        threads = max(1, min(int(threads), n_chunks))
+        segments = _segments(size, chunk, threads)
         scale = 2.0 ** -self.frac_bits
-        if threads == 1:
-            # one pass a chunk at a time: sum (uint64 wraps mod 2^64, the masks cancel), BLAKE3
-            # of the sum for the audit log, decode — while the chunk is in cache
-            if self._total.size < chunk:
-                self._total = np.empty(chunk, dtype=np.uint64)
-            hasher = blake3.blake3()
-            for start in range(0, size, chunk):
-                stop = min(start + chunk, size)
-                total = result.view(np.uint64)[start:stop] if integer else self._total[:stop - start]
-                self._sum_chunk(msgs, start, stop, total)
-                hasher.update(memoryview(total).cast("B"))
+        # Several segments sum into a whole ring-sum buffer, hashed afterwards by several threads
+        # (BLAKE3's tree mode: the same digest); one segment sums a chunk at a time into a small
+        # buffer and hashes it while it is in cache. Integers are summed straight into `result`.
+        whole = integer or len(segments) > 1
+        if integer:
+            ring = result.view(np.uint64)
+        elif whole:
+            if self._total.size < size:
+                self._total = np.empty(size, dtype=np.uint64)
+            ring = self._total[:size]
+
+        def segment(lo: int, hi: int, hasher=None) -> None:
+            scratch = None if whole else np.empty(min(chunk, hi - lo), dtype=np.uint64)
+            for start in range(lo, hi, chunk):
+                stop = min(start + chunk, hi)
+                total = ring[start:stop] if whole else scratch[:stop - start]
+                self._sum_chunk(msgs, start, stop, total)   # uint64 wraps mod 2^64: the masks cancel
+                if hasher is not None:
+                    hasher.update(memoryview(total).cast("B"))
                 if not integer:
                     _decode_kernel(total, scale, result[start:stop])
+
+        if len(segments) == 1:
+            hasher = blake3.blake3()
+            segment(0, size, hasher)
             digest = hasher.hexdigest()
         else:
-            # segments summed into a whole ring-sum buffer (decoded while in cache), then its
-            # digest by several threads (BLAKE3's tree mode: the same digest)
-            if integer:
-                ring = result.view(np.uint64)
-            else:
-                if self._total.size < size:
-                    self._total = np.empty(size, dtype=np.uint64)
-                ring = self._total[:size]
-
-            def segment(k: int) -> None:
-                lo, hi = k * n_chunks // threads * chunk, min((k + 1) * n_chunks // threads * chunk, size)
-                for start in range(lo, hi, chunk):
-                    stop = min(start + chunk, hi)
-                    self._sum_chunk(msgs, start, stop, ring[start:stop])
-                    if not integer:
-                        _decode_kernel(ring[start:stop], scale, result[start:stop])
-
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=threads) as pool:
-                list(pool.map(segment, range(threads)))
-            digest = blake3.blake3(memoryview(ring).cast("B"), max_threads=threads).hexdigest()
+            _run_segments(segment, segments)
+            digest = blake3.blake3(memoryview(ring).cast("B"), max_threads=len(segments)).hexdigest()
         self._closed_stages.add(self.stage)
         self._log("sum", "coordinator", size=8 * size, digest=digest)
         self.stage, self._inbox = None, {}

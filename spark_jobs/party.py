@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from features.contracts import Table
+from features.io import parquet_rows
 from spark_jobs import psi_exchange, validate
 from wenlv.errors import WenlvError
 
@@ -89,13 +90,6 @@ class Party:
         rows = parquet_rows(path)
         rel = f"{self.name}/{table.name}.parquet"
         return {"party": self.name, "rows": rows, "sha256": content_digest(path), "path": rel}
-
-
-def parquet_rows(path: Path) -> int:
-    """Rows of a Parquet folder, from its part files' footers (no Spark job)."""
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(Path(path).rglob("*.parquet")))
 
 
 def content_digest(path: Path) -> str:

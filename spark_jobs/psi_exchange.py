@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from features.io import parquet_rows
 from privacy import psi
 from wenlv.errors import WenlvError
 
@@ -182,12 +183,6 @@ def respond(spark, exchange: Path, state: PsiState, other: str) -> None:
      .write.mode("overwrite").parquet(str(folder / f"{state.party}.response.parquet")))
 
 
-def _parquet_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in sorted(Path(path).rglob("*.parquet")))
-
-
 def _match(answer_path: str, ours_path: str, prefix: bytes):
     """Per partition of our items: look each point up in the other's answer (every one must be
     there) and keep the phones whose doubly blinded point is among ours, with their tokens.
@@ -231,7 +226,7 @@ def finish(spark, exchange: Path, state: PsiState, other: str):
 
     folder = session_dir(exchange, state.session)
     answer, ours = folder / f"{other}.response.parquet", folder / f"{state.party}.response.parquet"
-    state.sent, returned = _parquet_rows(folder / f"{state.party}.request.parquet"), _parquet_rows(answer)
+    state.sent, returned = parquet_rows(folder / f"{state.party}.request.parquet"), parquet_rows(answer)
     if returned != state.sent:
         raise psi.PsiError(f"PSI session {state.session}: {other} answered {returned} of our {state.sent} points")
     matched = (state.items.mapInPandas(_match(str(answer), str(ours), psi.token_prefix(state.session_id)),
