@@ -5,11 +5,12 @@ Protocol (one *round*; DESIGN §3):
 1. Every party draws a fresh ephemeral X25519 key for the round and announces its public
    key, signed with its long-term Ed25519 identity key over (run, round, party, key).
 2. Each party verifies the other parties' announcements and derives, for every pair
-   {a, b}, ``pair_key = HKDF-SHA256(X25519(a, b), info = "wenlv/secagg/v2" ‖ run ‖ round ‖
+   {a, b}, ``pair_key = HKDF-SHA256(X25519(a, b), info = PROTOCOL ‖ run ‖ round ‖
    sorted pair ids)`` — the full 32-byte key, never folded.
 3. For each *stage* of the round a party encodes its vector in fixed point on the ring
-   Z_2^64 and adds, for each pair, the AES-256-CTR keystream of ``pair_key`` with an
-   initial counter block bound to the stage (the lower id of the pair adds, the higher subtracts). The message
+   Z_2^64 and adds, for each pair, the AES-256 counter-mode keystream of ``pair_key`` with
+   counter blocks bound to the stage (:class:`Keystream`); the lower id of the pair adds,
+   the higher subtracts. The message
    carries (run, round, stage, sender), a BLAKE3-256 digest of its payload and an Ed25519
    signature over all of them.
 4. The :class:`Aggregator` accepts exactly one message per party for the open stage and
@@ -47,7 +48,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from wenlv.errors import WenlvError
 
-PROTOCOL = b"wenlv/secagg/v3"  # v3: AES-256-CTR keystreams (v2: ChaCha20); BLAKE3-256 digests since v2
+PROTOCOL = b"wenlv/secagg/v4"  # v4: AES-256 counter keystreams through OpenSSL's GCM path (v3: its CTR path;
+#                                 v2: ChaCha20); BLAKE3-256 digests since v2
 DIGEST = "blake3-256"
 DEFAULT_FRAC_BITS = 32
 MASK_CHUNK = 1 << 17  # ring elements masked per pass (1 MiB per keystream: stays in cache)
@@ -187,27 +189,65 @@ def derive_pair_key(shared_secret: bytes, run_id: str, round_no: int, a: str, b:
                 info=pair_info(run_id, round_no, a, b)).derive(shared_secret)
 
 
-def stage_counter(stage: str) -> int:
-    """AES-CTR initial counter block (96-bit stage digest ‖ 32 zero bits): one keystream per stage."""
-    return int.from_bytes(hashlib.sha256(b"stage:" + stage.encode()).digest()[:12] + bytes(4), "big")
+KEYSTREAM_PIECE = 1 << 20  # keystream bytes per AES-GCM nonce (one counter run)
 
 
-def keystream(pair_key: bytes, stage: str, offset_bytes: int = 0):
-    """The pair's AES-256-CTR keystream for a stage, positioned at byte `offset_bytes`.
+def stage_nonce_prefix(stage: str) -> bytes:
+    """The first 64 bits of every nonce of a stage's keystream (a digest of the stage name)."""
+    return hashlib.sha256(b"stage:" + stage.encode()).digest()[:8]
 
-    CTR is seekable: the counter block of byte k is the stage's initial block + k // 16
-    (mod 2^128, as OpenSSL increments it), so a payload can be masked in segments, in any
-    order or in parallel, and give the same bytes. AES-256 (not ChaCha20, v2) because it
-    runs ~1.5× faster here with AES-NI/VAES: 6 GB/s against 3.5–5 on one core.
+
+class Keystream:
+    """The pair's AES-256 counter-mode keystream for a stage, from byte `offset_bytes` on.
+
+    The stream is cut into pieces of KEYSTREAM_PIECE bytes; piece j is the AES-256-GCM
+    encryption of zeros under the nonce stage_nonce_prefix(stage) ‖ j (32-bit big-endian),
+    i.e. the AES-CTR keystream of counter blocks prefix ‖ j ‖ 2, 3, … (GCM's counter
+    layout). GCM's tag is never computed nor used: GCM is only the way to reach OpenSSL's
+    VAES counter-mode code, which makes keystream ~2.4× faster here than its plain CTR
+    (21 against 8.7 GB/s on one core, in cache). Every counter block is distinct within a
+    stage and stages have distinct prefixes, so no keystream byte repeats under a pair key.
+
+    Seekable: a payload can be masked in segments, in any order or in parallel threads,
+    and give the same bytes. ``update_into(zeros, out)`` writes ``len(zeros)`` keystream
+    bytes into ``out`` (which needs 15 spare bytes, as OpenSSL's update does).
     """
-    if len(pair_key) != 32:
-        raise SecureAggError("pair key must be 32 bytes")
-    block, skip = divmod(offset_bytes, 16)
-    counter = ((stage_counter(stage) + block) % (1 << 128)).to_bytes(16, "big")
-    cipher = Cipher(algorithms.AES(pair_key), modes.CTR(counter)).encryptor()
-    if skip:
-        cipher.update(bytes(skip))
-    return cipher
+
+    def __init__(self, pair_key: bytes, stage: str, offset_bytes: int = 0):
+        if len(pair_key) != 32:
+            raise SecureAggError("pair key must be 32 bytes")
+        if offset_bytes < 0:
+            raise SecureAggError(f"keystream offset must be ≥ 0, got {offset_bytes}")
+        self._aes, self._prefix = algorithms.AES(pair_key), stage_nonce_prefix(stage)
+        self._piece, skip = divmod(int(offset_bytes), KEYSTREAM_PIECE)
+        self._open()
+        if skip:
+            self._cipher.update(bytes(skip))
+            self._left -= skip
+
+    def _open(self) -> None:
+        if self._piece >= 1 << 32:
+            raise SecureAggError("keystream longer than 2^32 pieces (4 PiB) for one stage")
+        nonce = self._prefix + self._piece.to_bytes(4, "big")
+        self._cipher = Cipher(self._aes, modes.GCM(nonce)).encryptor()
+        self._piece, self._left = self._piece + 1, KEYSTREAM_PIECE
+
+    def update_into(self, zeros, out) -> int:
+        zeros, out = memoryview(zeros).cast("B"), memoryview(out).cast("B")
+        done = 0
+        while done < len(zeros):
+            if self._left == 0:
+                self._open()
+            n = min(self._left, len(zeros) - done)
+            self._cipher.update_into(zeros[done:done + n], out[done:])
+            self._left -= n
+            done += n
+        return done
+
+
+def keystream(pair_key: bytes, stage: str, offset_bytes: int = 0) -> Keystream:
+    """The pair's keystream for a stage, positioned at byte `offset_bytes` (see :class:`Keystream`)."""
+    return Keystream(pair_key, stage, offset_bytes)
 
 
 _ZEROS = bytearray()

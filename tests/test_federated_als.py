@@ -11,7 +11,7 @@ from privacy.secure_agg import decode_fixed
 from training.als_data import load_party_block, load_party_matrices, load_users
 from training.central_als import CentralALS
 from training.federated_als import (FederatedALS, FederatedALSParty, PartyUnavailable, block_product,
-                                    block_residual, init_factors)
+                                    block_residual, init_factors, sparse_product, sparse_residual)
 from wenlv.errors import WenlvError
 
 PARAMS = dict(factors=16, regularization=0.05, iterations=8, random_state=11, num_threads=1)
@@ -144,6 +144,26 @@ def test_traffic_is_users_times_factors_per_stage(data):
     assert vectors and all(m.shape == (600, 8) and m.size == 600 * 8 * 8 for m in vectors)
     grams = [m for m in model.transcript if m.stage == "gram"]  # one factors × factors matrix per party
     assert len(grams) == 3 and all(m.shape == (8, 8) for m in grams)
+
+
+@pytest.mark.parametrize("factors", [16, 7])
+def test_sparse_terms_match_the_dense_formula(factors):
+    """The compiled kernel (two items at a time, per factor count) against Σ_i coef_ui y_i in
+    numpy, over users with 0, 1, 2 and odd numbers of items and negative confidences."""
+    rng = np.random.default_rng(8)
+    C = sp.random(300, 40, density=0.08, random_state=rng, format="csr", dtype=np.float64) * 6 + 0
+    C.data = np.where(rng.random(C.nnz) < 0.2, -C.data, C.data + 1.0)
+    C.sort_indices()
+    assert set(np.diff(C.indptr)[:300]) >= {0, 1, 2, 3}
+    Y, V = rng.normal(size=(40, factors)), rng.normal(size=(300, factors))
+    want_res, want_prod = np.zeros_like(V), np.zeros_like(V)
+    for u in range(300):
+        items, c = C.indices[C.indptr[u]:C.indptr[u + 1]], C.data[C.indptr[u]:C.indptr[u + 1]]
+        d = (np.abs(c) - 1.0) * (Y[items] @ V[u])
+        want_prod[u] = d @ Y[items]
+        want_res[u] = (np.where(c > 0, c, 0.0) - d) @ Y[items]
+    assert np.max(np.abs(sparse_product(C, Y, V) - want_prod)) < 1e-12
+    assert np.max(np.abs(sparse_residual(C, Y, V) - want_res)) < 1e-12
 
 
 def test_parties_mask_their_block_terms_block_by_block():

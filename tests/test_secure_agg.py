@@ -175,6 +175,31 @@ def test_32bit_fold_collisions_still_give_different_masks():
     assert np.mean(mask_stream(bytes(key), "stage", 1000) == mask_stream(bytes(key), "stage2", 1000)) < 0.01
 
 
+def test_keystream_is_the_documented_aes_counter_stream_and_seekable():
+    """Piece j of a stage's stream is AES-256-CTR from counter block prefix ‖ j ‖ 2 (GCM's
+    layout), checked with plain CTR mode; reading from any offset, in odd-sized steps across
+    piece boundaries, gives the same bytes."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from privacy.secure_agg import KEYSTREAM_PIECE, keystream, stage_nonce_prefix
+
+    key = os.urandom(32)
+    n = 2 * KEYSTREAM_PIECE + 4096
+    expected = b"".join(
+        Cipher(algorithms.AES(key), modes.CTR(stage_nonce_prefix("ap1") + j.to_bytes(4, "big") + (2).to_bytes(4, "big")))
+        .encryptor().update(bytes(KEYSTREAM_PIECE)) for j in range(3))[:n]
+    assert mask_stream(key, "ap1", n // 8).tobytes() == expected
+    for offset in (8, KEYSTREAM_PIECE - 24, KEYSTREAM_PIECE, KEYSTREAM_PIECE + 40):
+        out, pos, ks = bytearray(n - offset + 64), 0, keystream(key, "ap1", offset)
+        for step in (24, 1000, KEYSTREAM_PIECE - 8, 10**9):
+            step = min(step, n - offset - pos)
+            ks.update_into(bytes(step), memoryview(out)[pos:])
+            pos += step
+        assert bytes(out[:n - offset]) == expected[offset:]
+    with pytest.raises(SecureAggError, match="32 bytes"):
+        keystream(key[:16], "ap1")
+
+
 def test_pair_keys_bind_run_round_and_pair():
     secret = os.urandom(32)
     base = derive_pair_key(secret, "run", 1, "a", "b")
