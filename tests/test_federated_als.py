@@ -149,7 +149,10 @@ def test_traffic_is_users_times_factors_per_stage(data):
 @pytest.mark.parametrize("factors", [16, 7])
 def test_sparse_terms_match_the_dense_formula(factors):
     """The compiled kernel (two items at a time, per factor count) against Σ_i coef_ui y_i in
-    numpy, over users with 0, 1, 2 and odd numbers of items and negative confidences."""
+    numpy, over users with 0, 1, 2 and odd numbers of items and negative confidences; in
+    float32 (a float32 model's parties) to float32 precision."""
+    from training.federated_als import _sparse_terms
+
     rng = np.random.default_rng(8)
     C = sp.random(300, 40, density=0.08, random_state=rng, format="csr", dtype=np.float64) * 6 + 0
     C.data = np.where(rng.random(C.nnz) < 0.2, -C.data, C.data + 1.0)
@@ -164,6 +167,12 @@ def test_sparse_terms_match_the_dense_formula(factors):
         want_res[u] = (np.where(c > 0, c, 0.0) - d) @ Y[items]
     assert np.max(np.abs(sparse_product(C, Y, V) - want_prod)) < 1e-12
     assert np.max(np.abs(sparse_residual(C, Y, V) - want_res)) < 1e-12
+    for residual, want in ((True, want_res), (False, want_prod)):
+        got = np.empty_like(V)
+        _sparse_terms(C.indptr, C.indices, C.data.astype(np.float32), Y.astype(np.float32), V, got, residual)
+        assert np.max(np.abs(got - want)) < 1e-5 * np.abs(want).max()
+    with pytest.raises(WenlvError, match="float32 but confidences are float64"):
+        _sparse_terms(C.indptr, C.indices, C.data, Y.astype(np.float32), V, np.empty_like(V), True)
 
 
 def test_parties_mask_their_block_terms_block_by_block():
