@@ -2,7 +2,10 @@
 
 All three fit the same user × [POIs | areas | topics] confidence matrix with the same
 factors, regularisation and iterations, in the same run, on one machine; the JSON on
-stdout gives seconds per iteration (fit wall time / iterations), the ratios, and each
+stdout gives seconds per iteration (fit wall time / iterations; the goals are checked on
+these), the steady cost of one more iteration (federated and implicit: median of
+iterations 2..n, from their callbacks; Spark: from a second fit of one iteration,
+(T_n − T_1) / (n − 1)), the ratios, and each
 model's NDCG@10 on held-out tourism visits (training.evaluation: binary gain, seen POIs
 excluded). Federated and implicit start from the same factors and get the same number of
 threads (``--threads``, default 1; ``OPENBLAS_NUM_THREADS=1``): implicit ``num_threads``;
@@ -155,7 +158,7 @@ def load_features(features_dir: str):
 
 def run(scale: str = "small", factors: int = 64, iterations: int = 5, regularization: float = 0.05,
         seed: int = 0, features: str | None = None, spark: bool = True, fixed_point_bits: int = 32,
-        threads: int = 1) -> dict:
+        threads: int = 1, spark_marginal: bool = True) -> dict:
     from training.central_als import CentralALS
     from training.federated_als import FederatedALS, init_factors
 
@@ -183,18 +186,23 @@ def run(scale: str = "small", factors: int = 64, iterations: int = 5, regulariza
     CentralALS(num_threads=threads, **warm).fit(blocks, init=init)
     FederatedALS(fixed_point_bits=fixed_point_bits, show_progress=False, num_threads=threads, **warm).fit(
         blocks, init=init)
+    marks = {"implicit": [], "federated": []}  # end of each iteration (callbacks)
     start, cpu = time.perf_counter(), time.process_time()
-    central = CentralALS(num_threads=threads, **params).fit(blocks, init=init)
+    central = CentralALS(num_threads=threads, **params).fit(
+        blocks, init=init, callback=lambda *_: marks["implicit"].append(time.perf_counter()))
     t_central = (time.perf_counter() - start) / iterations
     cpu_central = (time.process_time() - cpu) / iterations
     print(f"[bench als] implicit {t_central:.3f} s/iteration", file=sys.stderr, flush=True)
 
     start, cpu = time.perf_counter(), time.process_time()
     fed = FederatedALS(fixed_point_bits=fixed_point_bits, show_progress=True, num_threads=threads,
-                       **params).fit(blocks, init=init)
+                       **params).fit(blocks, init=init, callback=lambda *_: marks["federated"].append(time.perf_counter()))
     t_fed = (time.perf_counter() - start) / iterations
     cpu_fed = (time.process_time() - cpu) / iterations
     print(f"[bench als] federated {t_fed:.3f} s/iteration", file=sys.stderr, flush=True)
+    # after the first: the cost of one more iteration, without the fit's one-off work (the
+    # federated fit allocates ≈ 1 GB of masking and CG buffers at medium; implicit transposes)
+    steady = {name: float(np.median(np.diff(m))) if len(m) > 1 else float("nan") for name, m in marks.items()}
 
     # Equality: the timed float32 fits drift apart over iterations (implicit's CG ALS is chaotic:
     # see training/README.md), so one iteration of each from the same state, in float64 as
@@ -216,6 +224,8 @@ def run(scale: str = "small", factors: int = 64, iterations: int = 5, regulariza
                    "cg_steps": 3, "fixed_point_bits": fixed_point_bits, "dtype": "float32",
                    "threads": {"federated": threads, "implicit": threads, "spark": "local[2]"}},
         "seconds_per_iteration": {"federated": t_fed, "implicit": t_central},
+        # median seconds of iterations 2..n (fit wall time minus the fit's one-off work)
+        "steady_seconds_per_iteration": steady,
         # CPU seconds of this process (all threads): less sensitive than wall time to other
         # work on a shared machine (not available for Spark, whose work runs in a JVM)
         "cpu_seconds_per_iteration": {"federated": cpu_fed, "implicit": cpu_central},
@@ -240,7 +250,8 @@ def run(scale: str = "small", factors: int = 64, iterations: int = 5, regulariza
             / len(fed.parties_) / iterations,
         },
         "ratios": {"federated_over_implicit": t_fed / t_central,
-                   "federated_over_implicit_cpu": cpu_fed / cpu_central},
+                   "federated_over_implicit_cpu": cpu_fed / cpu_central,
+                   "federated_over_implicit_steady": steady["federated"] / steady["implicit"]},
     }
     result["ndcg@10_abs_diff_federated_implicit"] = abs(result["ndcg@10"]["federated"] - result["ndcg@10"]["implicit"])
     if spark:
@@ -249,6 +260,13 @@ def run(scale: str = "small", factors: int = 64, iterations: int = 5, regulariza
         result["seconds_per_iteration"]["spark_mllib"] = t_spark
         result["ndcg@10"]["spark_mllib"] = ndcg10(U, V, train, test, seed=seed)
         result["ratios"]["spark_over_federated"] = t_spark / t_fed
+        if spark_marginal and iterations > 1:
+            # Spark's fit is mostly fixed cost (blocking, shuffles, job start-up): one more fit
+            # of one iteration gives its cost per additional iteration, to set beside `steady`
+            t_one, _, _ = time_spark_als(blocks, factors, 1, regularization, seed)
+            marginal = (t_spark * iterations - t_one) / (iterations - 1)
+            result["steady_seconds_per_iteration"]["spark_mllib"] = marginal
+            result["ratios"]["spark_over_federated_steady"] = marginal / steady["federated"]
     result["goals"] = {"federated_le_1.5x_implicit": t_fed <= 1.5 * t_central}
     if spark:
         result["goals"]["federated_10x_faster_than_spark"] = result["ratios"]["spark_over_federated"] >= 10
@@ -267,6 +285,8 @@ def register(bench_sub) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="threads for implicit and for the federated parties alike (default 1)")
     p.add_argument("--no-spark", action="store_true", help="skip the Spark MLlib peer")
+    p.add_argument("--no-spark-marginal", action="store_true",
+                   help="skip the extra one-iteration Spark fit that gives Spark's cost per additional iteration")
     p.set_defaults(func=main)
 
 
@@ -274,6 +294,6 @@ def main(args) -> int:
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     result = run(scale=args.scale, factors=args.factors, iterations=args.iterations,
                  regularization=args.regularization, seed=args.seed, features=args.features,
-                 spark=not args.no_spark, threads=args.threads)
+                 spark=not args.no_spark, threads=args.threads, spark_marginal=not args.no_spark_marginal)
     print(json.dumps(result) if args.json else json.dumps(result, indent=2))
     return 0

@@ -325,6 +325,8 @@ def test_bench_als_runs_and_reports_its_peer(threads):
     spi = result["seconds_per_iteration"]
     assert spi["federated"] > 0 and spi["implicit"] > 0
     assert result["ratios"]["federated_over_implicit"] == pytest.approx(spi["federated"] / spi["implicit"])
+    steady = result["steady_seconds_per_iteration"]      # one timed interval after the first iteration
+    assert 0 < steady["federated"] <= 2 * spi["federated"] and 0 < steady["implicit"] <= 2 * spi["implicit"]
     assert result["data"]["users"] == 2000 and sum(result["data"]["nnz"].values()) > 0
     assert result["ndcg@10_abs_diff_federated_implicit"] < 5e-3
     assert result["federated_vs_implicit_max_abs_diff"]["user_factors"] < 1e-2

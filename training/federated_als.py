@@ -489,6 +489,7 @@ class FederatedALS:
                 if callback:
                     callback(iteration)
         self.user_factors = X
+        self._work = {}  # the CG work buffers (≈ 4 · 8 · users · factors bytes) are not kept after the fit
         self.parties_ = names
         collect = names if self.collect_items is None else [p for p in names if p in self.collect_items]
         self.item_factors = self._call(parties, "item_factors", {p: () for p in collect})
@@ -536,7 +537,9 @@ class FederatedALS:
             self._add_gram(p, G, 0.0, Ap, sign=1.0)           # the sparse sum plus YᵀY p (λp: in _cg_update)
             _in_row_ranges(X.shape[0], self._threads, lambda lo, hi: _cg_update(
                 X[lo:hi], r[lo:hi], p[lo:hi], Ap[lo:hi], reg, rsold[lo:hi], active[lo:hi], _RS_EPS))
-        out = np.empty(X.shape, dtype=self.dtype)
+        # two output buffers taken in turn: this round's input (the previous output) is already
+        # copied into X, and a fresh users × factors array would page-fault every round
+        out = self._work_buffer(f"out{round_no % 2}", X.shape, self.dtype)
         _in_row_ranges(X.shape[0], self._threads, lambda lo, hi: _cg_finish(X[lo:hi], nonempty[lo:hi], out[lo:hi]))
         agg.close_round()
         self._call(parties, "end_round", {p: (run_id, round_no) for p in names})
@@ -561,10 +564,10 @@ class FederatedALS:
 
         _in_row_ranges(V.shape[0], self._threads, rows)
 
-    def _work_buffer(self, name: str, shape: tuple) -> np.ndarray:
+    def _work_buffer(self, name: str, shape: tuple, dtype=np.float64) -> np.ndarray:
         buf = self._work.get(name)
-        if buf is None or buf.shape != shape:
-            buf = self._work[name] = np.empty(shape, dtype=np.float64)
+        if buf is None or buf.shape != shape or buf.dtype != dtype:
+            buf = self._work[name] = np.empty(shape, dtype=dtype)
         return buf
 
     def _stage(self, parties, agg: Aggregator, method: str, stage: str, args: tuple, integer: bool = False,
