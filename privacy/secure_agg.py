@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from wenlv.errors import WenlvError
+from wenlv.memory import plain_pages_empty
 
 PROTOCOL = b"wenlv/secagg/v4"  # v4: AES-256 counter keystreams through OpenSSL's GCM path (v3: its CTR path;
 #                                 v2: ChaCha20); BLAKE3-256 digests since v2
@@ -622,7 +623,7 @@ class Aggregator:
             ring = result.view(np.uint64)
         elif whole:
             if self._total.size < size:
-                self._total = np.empty(size, dtype=np.uint64)
+                self._total = plain_pages_empty(size, np.uint64)
             ring = self._total[:size]
 
         def segment(lo: int, hi: int, hasher=None) -> None:

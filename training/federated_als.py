@@ -58,6 +58,7 @@ from privacy.audit import AuditLog
 from privacy.secure_agg import (DEFAULT_FRAC_BITS, Aggregator, DropoutError, Identity, MaskingParty,
                                 PartyUnavailable, SecureAggError)
 from wenlv.errors import WenlvError
+from wenlv.memory import plain_pages_empty
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ class FederatedALSParty:
         next one, and keeps copies if it records what it saw.
         """
         if self._payload.size != size:
-            self._payload = np.empty(size, dtype=np.uint64)
+            self._payload = plain_pages_empty(size, np.uint64)
         return self._payload
 
     def _masked_terms(self, run_id: str, round_no: int, stage: str, V: np.ndarray, residual: bool):
@@ -567,7 +568,7 @@ class FederatedALS:
     def _work_buffer(self, name: str, shape: tuple, dtype=np.float64) -> np.ndarray:
         buf = self._work.get(name)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
-            buf = self._work[name] = np.empty(shape, dtype=dtype)
+            buf = self._work[name] = plain_pages_empty(shape, dtype)
         return buf
 
     def _stage(self, parties, agg: Aggregator, method: str, stage: str, args: tuple, integer: bool = False,
