@@ -200,6 +200,34 @@ def test_keystream_is_the_documented_aes_counter_stream_and_seekable():
         keystream(key[:16], "ap1")
 
 
+def test_payload_digest_is_a_tree_over_1mib_leaves_the_same_from_any_thread_count():
+    """The digest is BLAKE3 over (tag, length, BLAKE3 of each 1 MiB leaf): threads and a
+    streaming LeafHasher fed in odd pieces give the same; one flipped bit, or one more zero
+    element, changes it."""
+    import struct
+
+    import blake3
+
+    from privacy.secure_agg import DIGEST_LEAF, LeafHasher, root_digest
+
+    payload = np.random.default_rng(4).integers(0, 2**63, 3 * DIGEST_LEAF // 8 + 5, dtype=np.uint64)
+    data = payload.tobytes()
+    leaves = [blake3.blake3(data[i:i + DIGEST_LEAF]).digest() for i in range(0, len(data), DIGEST_LEAF)]
+    expected = blake3.blake3(b"wenlv/payload-digest/v1" + struct.pack(">Q", len(data)) + b"".join(leaves)).hexdigest()
+    assert len(leaves) == 4
+    assert {payload_digest(payload, threads) for threads in (1, 2, 3, 8)} == {expected}
+    streamed, pos = LeafHasher(), 0
+    for step in (8, DIGEST_LEAF - 24, 3 * DIGEST_LEAF, 10**9):
+        streamed.update(data[pos:pos + step])
+        pos += step
+    assert root_digest(streamed.finish(), len(data)) == expected
+    flipped = payload.copy()
+    flipped[-1] ^= np.uint64(1)
+    assert payload_digest(flipped) != expected
+    assert payload_digest(np.append(payload, np.uint64(0))) != expected
+    assert payload_digest(np.empty(0, np.uint64)) == root_digest([], 0)
+
+
 def test_pair_keys_bind_run_round_and_pair():
     secret = os.urandom(32)
     base = derive_pair_key(secret, "run", 1, "a", "b")
@@ -312,10 +340,14 @@ def test_forged_key_announcement_is_rejected():
 
 
 def test_masking_and_summing_in_threads_give_the_sequential_protocol():
-    """Each party masks with a different thread count, over segments whose keystream offsets are
-    not 64-byte aligned (rows of 7): the masks still cancel exactly, every digest is the
-    sequential BLAKE3 of the payload, and a threaded close releases the same sum and digest."""
-    rows = 3 * MASK_CHUNK // 7 + 11                                       # 4 chunks of whole rows
+    """Each party masks with a different thread count, over segments of whole rows of 7 and whole
+    digest leaves (so chunks inside a segment cut leaves and rows anywhere): the masks still
+    cancel exactly, every digest is the one-thread payload_digest, and a threaded close
+    releases the same sum and digest."""
+    from privacy.secure_agg import _LEAF_ELEMENTS, _segments
+
+    rows = 2 * _LEAF_ELEMENTS + 11                       # 7 · rows elements: 3 units of lcm(7, leaf)
+    assert len(_segments(7 * rows, 7 * _LEAF_ELEMENTS, 3)) == 3
     rng = np.random.default_rng(11)
     x = {p: rng.normal(scale=50, size=(rows, 7)) for p in PARTIES}
     sums = []
