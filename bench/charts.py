@@ -106,16 +106,21 @@ def _greedy_gap(row: dict) -> float:
 
 
 def _als(plt, result: dict):
-    seconds = dict(result["seconds_per_iteration"])
-    fig, ax = plt.subplots(figsize=(6, 4))
-    names = list(seconds)
-    bars = ax.bar(names, [seconds[n] for n in names], color=["tab:blue", "tab:green", "tab:red"][: len(names)])
-    ax.bar_label(bars, fmt="%.2f s")
-    ax.set_ylabel("seconds per iteration")
-    shape = result.get("data", {})
-    ax.set_title(f"ALS, {shape.get('users', '?')} users, {result.get('params', {}).get('factors', '?')} factors "
-                 "(same data, same run)")
-    if seconds.get("spark", 0) > 20 * min(seconds.values()):
+    """Seconds per iteration of each ALS, as the goals count them (fit / iterations) and, where
+    measured, the steady cost of one more iteration."""
+    whole = result["seconds_per_iteration"]
+    steady = result.get("steady_seconds_per_iteration", {})
+    names = list(whole)
+    series = {"fit time / iterations": [whole[n] for n in names]}
+    if all(n in steady for n in names):
+        series["one more iteration (steady)"] = [steady[n] for n in names]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    shape, params = result.get("data", {}), result.get("params", {})
+    threads = params.get("threads", {}).get("federated", "?")
+    _bars(ax, names, series, "seconds per iteration",
+          f"ALS, {shape.get('users', '?')} users, {params.get('factors', '?')} factors, "
+          f"{params.get('iterations', '?')} iterations, {threads} thread(s) (same data, same run)")
+    if max(whole.values()) > 20 * min(whole.values()):
         ax.set_yscale("log")
     return fig
 
