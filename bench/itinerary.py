@@ -40,8 +40,8 @@ def register(bench_sub) -> None:
     p.add_argument("--format", choices=("auto", "trajectories", "visits"), default="auto",
                    help="auto: the CIKM'16 trajectory files when present, else the IJCAI'15 visits")
     p.add_argument("--features", choices=FEATURE_SETS, default="ours",
-                   help="POI features: ours; authors (CIKM'16 PoiRank set); both side by side; cv (ours, both or the PoiRank replica, "
-                        "chosen per half by 5-fold F1 on the other half); ours+poirank (ours, plus a PoiRank "
+                   help="POI features: ours; authors (CIKM'16 PoiRank set); both side by side; cv (ours, both, the PoiRank replica or "
+                        "the PoiRank learner on both sets, chosen per half by 5-fold F1 on the other half); ours+poirank (ours, plus a PoiRank "
                         "replica on the authors' features, pairwise, C=10, as a third ensemble member); nested (as cv, chosen "
                         "for each held-out query by 5-fold F1 over all other queries); poirank (the PoiRank replica alone)")
     p.add_argument("--markov-alpha", type=float, default=1.0,

@@ -667,33 +667,39 @@ def choose_model(data: CityData, featurize: Featurizer, short_ids: list[int], tu
     return best, scores
 
 
-# Scorers "cv" chooses among, on featurize = Featurizer(data, "both") columns.
-CV_SCORERS = ("ours", "both", "poirank")
+# Scorers "cv" and "nested" choose among, on featurize = Featurizer(data, "both") columns.
+CV_SCORERS = ("ours", "both", "poirank", "poirank_both")
+_CV_COLUMNS = {"ours": slice(0, N_FEATURES), "both": slice(None), "poirank": slice(N_FEATURES, None),
+               "poirank_both": slice(None)}
 
 
-def cv_score(name: str, groups: list, X: np.ndarray, groups_fitted: dict | None = None) -> np.ndarray:
-    """Score of scorer `name` ("ours"/"both": the ENSEMBLE on those columns; "poirank": POIRANK
-    on the authors' columns), fitted on `groups` (features of both sets side by side)."""
-    cols = {"ours": slice(0, N_FEATURES), "both": slice(None), "poirank": slice(N_FEATURES, None)}[name]
+def cv_scorer(name: str, groups: list):
+    """Scorer `name` fitted on `groups` (features of both sets side by side), as a function of a
+    query's feature rows: "ours" and "both" are the ENSEMBLE on those columns; "poirank" is
+    POIRANK (the authors' learner) on the authors' columns, "poirank_both" the same learner on both sets."""
+    cols = _CV_COLUMNS[name]
     sliced = [(g[0][:, cols], g[1]) for g in groups]
-    if name == "poirank":
-        return fit_model(POIRANK, sliced).decision_function(X[:, cols])
-    return ensemble_score({c: fit_model(c, sliced) for c in ENSEMBLE}, X[:, cols])
+    if name.startswith("poirank"):
+        model = fit_model(POIRANK, sliced)
+        return lambda X: model.decision_function(X[:, cols])
+    fitted = {c: fit_model(c, sliced) for c in ENSEMBLE}
+    return lambda X: ensemble_score(fitted, X[:, cols])
 
 
 def pick_scorer(data: CityData, items: list, folds: int = 5) -> tuple[str, dict]:
-    """One of CV_SCORERS by 5-fold F1 over `items` [(trajectory id, _example output)] only."""
+    """One of CV_SCORERS by 5-fold F1 over `items` [(trajectory id, _example output)] only;
+    each scorer is fitted once per fold."""
     if len(items) < 2 * folds:
         return "ours", {}
     scores = {}
     for name in CV_SCORERS:
         f1s = []
         for f in range(folds):
-            train = [x[:2] for i, (_, x) in enumerate(items) if i % folds != f]
+            score = cv_scorer(name, [x[:2] for i, (_, x) in enumerate(items) if i % folds != f])
             for i, (t, x) in enumerate(items):
                 if i % folds == f:
                     tr = data.trajs[t]
-                    f1s.append(f1(tr, [tr[0]] + _top(data, t, x[2], cv_score(name, train, x[0])) + [tr[-1]]))
+                    f1s.append(f1(tr, [tr[0]] + _top(data, t, x[2], score(x[0])) + [tr[-1]]))
         scores[name] = float(np.mean(f1s))
     return max(scores, key=scores.get), scores  # a tie keeps the earlier ("ours" first)
 
@@ -767,7 +773,7 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
                     name, _ = pick_scorer(data, items)
                     nested_picks[name] = nested_picks.get(name, 0) + 1
                 if feature_set in ("cv", "nested"):
-                    score_cv = cv_score(picked["scorer"] if feature_set == "cv" else name, groups, X)
+                    score_cv = cv_scorer(picked["scorer"] if feature_set == "cv" else name, groups)(X)
                 if feature_set in ("cv", "nested", "ours+poirank"):
                     Xa, groups_a = X[:, N_FEATURES:], [(g[0][:, N_FEATURES:], g[1]) for g in groups]
                     X, groups = X[:, :N_FEATURES], [(g[0][:, :N_FEATURES], g[1]) for g in groups]

@@ -186,6 +186,26 @@ def test_cv_scorer_is_chosen_from_the_other_half_only():
     assert flickr.pick_scorer(data, []) == ("ours", {})
 
 
+def test_cv_scorers_fit_their_own_columns_once():
+    rng = np.random.default_rng(1)
+    trajs = [list(rng.choice(8, size=int(rng.integers(3, 6)), replace=False)) for _ in range(40)]
+    data = _city(trajs, [f"u{i % 7}" for i in range(40)])
+    c, featurize = flickr.Counts(data, list(range(40))), flickr.Featurizer(data, "both")
+    groups = [x[:2] for t in range(40) if (x := flickr._example(data, c, featurize, t)) is not None]
+    X, nf = featurize(c, 0, 1, 4), flickr.N_FEATURES
+    ours_only = [(g[0][:, :nf], g[1]) for g in groups]
+    authors_only = [(g[0][:, nf:], g[1]) for g in groups]
+    expected = {
+        "ours": flickr.ensemble_score({m: flickr.fit_model(m, ours_only) for m in flickr.ENSEMBLE}, X[:, :nf]),
+        "poirank": flickr.fit_model(flickr.POIRANK, authors_only).decision_function(X[:, nf:]),
+        "poirank_both": flickr.fit_model(flickr.POIRANK, groups).decision_function(X),
+    }
+    for name, score in expected.items():
+        np.testing.assert_allclose(flickr.cv_scorer(name, groups)(X), score)
+    # the PoiRank learner on both sets is a different scorer from the replica on the authors' set
+    assert not np.allclose(expected["poirank_both"], expected["poirank"])
+
+
 def test_factorised_transitions_match_hand_computation():
     # 4 POIs, categories A, B, B, C; four users each walk the cycle 0-1-2-3 from another POI,
     # so popularity, visits and durations are equal (one class each) and only category matters.
