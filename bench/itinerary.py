@@ -55,6 +55,19 @@ def register(bench_sub) -> None:
     p.set_defaults(func=main)
 
 
+def model_label(features: str) -> str:
+    """What scores the POIs under a --features choice (itinerary.flickr.evaluate_city)."""
+    from itinerary.flickr import CV_SCORERS
+
+    ensemble = "ensemble of pointwise (L2 1) and pairwise (L2 10) logistic rankers, fixed"
+    return {
+        "poirank": "PoiRank replica: pairwise logistic ranker, C=10, on the authors' features",
+        "cv": f"one of {', '.join(CV_SCORERS)} per half of the queries, by 5-fold F1 on the other half",
+        "nested": f"one of {', '.join(CV_SCORERS)} per held-out query, by 5-fold F1 over all other queries",
+        "ours+poirank": ensemble + ", plus the PoiRank replica as a third member",
+    }.get(features, f"{ensemble}, on the '{features}' features")
+
+
 def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", features: str = "ours",
                markov_alpha: float = 1.0) -> dict:
     from itinerary import flickr
@@ -74,8 +87,7 @@ def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", featur
             "f1": round(r.f1, 4), "pairs_f1": round(r.pairs_f1, 4), "queries": r.queries,
             "f1_std": round(r.f1_std, 4), "f1_standard_error": round(r.f1_std / max(r.queries, 1) ** 0.5, 4),
             "features": features, "markov_alpha": markov_alpha, "f1_poirank_replica_same_run": r.f1_poirank_replica and round(r.f1_poirank_replica, 4),
-            "model": ("PoiRank replica: pairwise logistic ranker, C=10, on the authors' features" if features == "poirank"
-                      else "ensemble of pointwise (L2 1) and pairwise (L2 10) logistic rankers, fixed"),
+            "model": model_label(features),
             "route": "top-ranked POIs in their likeliest order" if markov_alpha >= 1 else f"Rank+MarkovPath, alpha {markov_alpha:g}",
             "f1_tuned_choice": round(r.f1_tuned, 4), "pairs_f1_tuned_choice": round(r.pairs_f1_tuned, 4),
             "published_best_f1": flickr.PUBLISHED_BEST_F1.get(city),

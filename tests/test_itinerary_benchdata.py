@@ -263,3 +263,14 @@ def test_rank_markov_path_with_alpha_one_is_the_ranking_alone():
     assert path[0] == 0 and path[-1] == 1 and set(path) == {0, 1, 3, 4}  # the two top-ranked, order a tie
     # with uniform transitions every alpha < 1 picks the same set
     assert set(flickr.rank_markov_path(0, 1, 4, cands, score, logp, 0.3)) == {0, 1, 3, 4}
+
+
+def test_bench_json_names_the_scorer_that_each_feature_set_uses():
+    from bench.itinerary import model_label
+    from itinerary.flickr_options import FEATURE_SETS
+
+    labels = {f: model_label(f) for f in FEATURE_SETS}
+    assert len(set(labels.values())) == len(FEATURE_SETS)       # no two choices labelled alike
+    for f in ("cv", "nested"):
+        assert all(name in labels[f] for name in flickr.CV_SCORERS) and "ensemble" not in labels[f]
+    assert "per held-out query" in labels["nested"] and "PoiRank" in labels["poirank"]
