@@ -643,7 +643,7 @@ class Aggregator:
     def close_stage(self, integer: bool = False, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
         """The sum of the open stage, released only if every party contributed.
 
-        ``out`` (float64, the stage's shape) receives the decoded sum instead of a fresh array.
+        ``out`` (float32 or float64, the stage's shape) receives the decoded sum instead of a fresh array.
         ``threads`` > 1 sums and decodes contiguous segments at once; the result and the
         audited digest of the ring sum are the same.
         """
@@ -656,8 +656,8 @@ class Aggregator:
             result = np.empty(size, dtype=np.int64)
         elif out is None:
             result = np.empty(size, dtype=np.float64)
-        elif out.dtype != np.float64 or out.size != size or not out.flags.c_contiguous:
-            raise SecureAggError(f"close_stage: out must be contiguous float64 of size {size}")
+        elif out.dtype not in (np.float32, np.float64) or out.size != size or not out.flags.c_contiguous:
+            raise SecureAggError(f"close_stage: out must be contiguous float32 or float64 of size {size}")
         else:
             result = out.reshape(-1)
         chunk = max(min(size, MASK_CHUNK), 1)

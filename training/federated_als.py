@@ -310,11 +310,12 @@ class FederatedALSParty:
         """Mask this block's sparse terms for V (residual or CG product) block of users by block
         of users, each block computed and masked while it is in cache. The dense part V·Y_pᵀY_p
         is not sent: the coordinator applies the summed gram matrix once for all parties."""
-        V = np.ascontiguousarray(V, dtype=np.float64)
+        float32 = self._cfg["dtype"] == np.float32
+        V = np.ascontiguousarray(V, dtype=np.float32 if float32 else np.float64)
         f = V.shape[1]
         C = self._C
         # in the model's dtype, as implicit computes them: float32 runs ~1.3x faster
-        Y, data = (self._Y, self._data32) if self._cfg["dtype"] == np.float32 else (self._Y64, C.data)
+        Y, data = (self._Y, self._data32) if float32 else (self._Y64, C.data)
 
         local = self._local
 
@@ -521,8 +522,10 @@ class FederatedALS:
 
         nonempty = self._stage(parties, agg, "support", "support", (run_id, round_no), integer=True) != 0
         G = self._stage(parties, agg, "gram", "gram", (run_id, round_no))  # YᵀY = Σ_p Y_pᵀY_p
-        # float64 work arrays reused round after round (fresh ones would page-fault each time)
-        X, r, p, Ap = (self._work_buffer(name, X_prev.shape) for name in ("X", "r", "p", "Ap"))
+        # CG state in the model's precision, as implicit keeps it (float32 halves the coordinator's
+        # memory and traffic and what parties read), reused round after round
+        work = self._work_dtype()
+        X, r, p, Ap = (self._work_buffer(name, X_prev.shape, work) for name in ("X", "r", "p", "Ap"))
         np.copyto(X, X_prev)
         self._stage(parties, agg, "residual", "r0", (run_id, round_no, "r0", X), out=r)
         self._add_gram(X, G, reg, r, sign=-1.0)               # r = Σ_p sparse_p − (YᵀY + λI) x
@@ -552,7 +555,7 @@ class FederatedALS:
         is in cache), over the coordinator's threads (BLAS releases the GIL). In float32 when the
         model is float32, as ``implicit`` computes it; in float64 otherwise."""
         Gr = (G + reg * np.eye(G.shape[0]) if reg else G) * sign
-        dtype = np.float32 if self.dtype == np.float32 else np.float64
+        dtype = self._work_dtype()
         Gr = Gr.astype(dtype)
 
         def rows(lo: int, hi: int) -> None:
@@ -564,6 +567,9 @@ class FederatedALS:
                 out[start:stop] += block
 
         _in_row_ranges(V.shape[0], self._threads, rows)
+
+    def _work_dtype(self):
+        return np.float32 if self.dtype == np.float32 else np.float64
 
     def _work_buffer(self, name: str, shape: tuple, dtype=np.float64) -> np.ndarray:
         buf = self._work.get(name)
