@@ -462,63 +462,6 @@ def transition_logp(c: Counts, smoothing: float = 1.0) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- Rank+MarkovPath (CIKM'16 section 3-4)
-N_BINS = 5  # the authors' BIN_CLUSTER: classes per discretised feature, and neighbourhoods
-
-
-def _log_classes(values: np.ndarray, known: np.ndarray, bins: int = N_BINS) -> np.ndarray:
-    """Class 0..bins-1 of each value on `bins` uniform log10 bins spanning the known POIs'
-    values (the authors' logspace(floor(log10 min), ceil(log10 max)), underflow to the first bin)."""
-    v = values[known]
-    lo, hi = np.floor(np.log10(max(1.0, v.min()))), np.ceil(np.log10(max(1.0, v.max())))
-    edges = np.logspace(lo, hi, bins + 1)
-    edges[0] = 0.0
-    return np.clip(np.digitize(values, edges) - 1, 0, bins - 1)
-
-
-def factorised_transition_logp(c: Counts, clusters: np.ndarray) -> np.ndarray:
-    """The authors' factorised first-order transition model between the POIs seen in training.
-
-    For each POI feature (category, neighbourhood, and popularity, visit count and mean visit
-    duration on N_BINS log bins) a transition matrix between feature classes is counted from
-    the training transitions, add-one smoothed and row-normalised; a POI pair takes the
-    product over features (their Kronecker product). POIs sharing every class form a group:
-    transitions into a group are split evenly among its members, the group's self-transition
-    evenly among the n-1 other members; a POI's own self-transition is 0 and rows are
-    renormalised. Returns natural-log probabilities, -inf to and from POIs unseen in training.
-    """
-    n = c.n
-    known = c.contains > 0
-    dur = c.dur_sum / np.maximum(c.visits, 1)
-    classes = [c.data.category, clusters, _log_classes(c.pop, known), _log_classes(c.visits, known),
-               _log_classes(dur, known)]
-    sizes = [int(c.data.category.max()) + 1, int(clusters.max()) + 1, N_BINS, N_BINS, N_BINS]
-    value = np.ones((n, n))
-    for cls, k in zip(classes, sizes):
-        onehot = np.zeros((n, k))
-        onehot[np.arange(n), cls] = 1.0
-        counts = onehot.T @ c.trans @ onehot + 1.0  # class-to-class transitions, add-one
-        value *= (counts / counts.sum(1, keepdims=True))[np.ix_(cls, cls)]
-    keys = np.column_stack(classes)
-    idx = np.flatnonzero(known)
-    out = np.zeros((n, n))
-    sub = value[np.ix_(idx, idx)]
-    group = {}
-    for i, p in enumerate(idx):
-        group.setdefault(tuple(keys[p]), []).append(i)
-    size = np.array([len(group[tuple(keys[p])]) for p in idx], dtype=float)
-    sub = sub / size[None, :]  # incoming value split among the group
-    for members in group.values():
-        if len(members) > 1:
-            self_value = value[idx[members[0]], idx[members[0]]]
-            sub[np.ix_(members, members)] = self_value / (len(members) - 1)
-    np.fill_diagonal(sub, 0.0)
-    sub = sub / sub.sum(1, keepdims=True)
-    with np.errstate(divide="ignore"):
-        out = np.full((n, n), -np.inf)
-        out[np.ix_(idx, idx)] = np.log(sub)
-    return out
-
-
 MAX_EXPANSIONS, BEAM = 5000, 64
 
 

@@ -10,9 +10,9 @@ Protocol (one *round*; DESIGN §3):
 3. For each *stage* of the round a party encodes its vector in fixed point on the ring
    Z_2^64 and adds, for each pair, the AES-256 counter-mode keystream of ``pair_key`` with
    counter blocks bound to the stage (:class:`Keystream`); the lower id of the pair adds,
-   the higher subtracts. The message
-   carries (run, round, stage, sender), a BLAKE3-256 digest of its payload and an Ed25519
-   signature over all of them.
+   the higher subtracts. The message carries (run, round, stage, sender), the digest of its
+   payload (:func:`payload_digest`, BLAKE3 over 1 MiB leaves) and an Ed25519 signature
+   over all of them.
 4. The :class:`Aggregator` accepts exactly one message per party for the open stage and
    rejects replays (a stage already closed, a duplicate, an old or aborted round) and
    out-of-order messages (a stage not opened yet) with :class:`ProtocolError`. When every
@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from wenlv.errors import WenlvError
+from wenlv.parallel import run_segments, segments
 
 PROTOCOL = b"wenlv/secagg/v4"  # v4: AES-256 counter keystreams through OpenSSL's GCM path (v3: its CTR path;
 #                                 v2: ChaCha20); BLAKE3-256 digests since v2
@@ -249,11 +250,6 @@ class Keystream:
         return done
 
 
-def keystream(pair_key: bytes, stage: str, offset_bytes: int = 0) -> Keystream:
-    """The pair's keystream for a stage, positioned at byte `offset_bytes` (see :class:`Keystream`)."""
-    return Keystream(pair_key, stage, offset_bytes)
-
-
 _ZEROS = bytearray()
 
 
@@ -268,7 +264,7 @@ def mask_stream(pair_key: bytes, stage: str, n: int, buffer: np.ndarray | None =
         zeros = bytearray(8 * n)
         _ZEROS = zeros
     out = buffer if buffer is not None and buffer.size >= n + 8 else np.empty(n + 8, dtype=np.uint64)
-    keystream(pair_key, stage).update_into(memoryview(zeros)[:8 * n], memoryview(out[:n + 8]).cast("B"))
+    Keystream(pair_key, stage).update_into(memoryview(zeros)[:8 * n], memoryview(out[:n + 8]).cast("B"))
     return out[:n]
 
 
@@ -307,6 +303,14 @@ def root_digest(leaves: list[bytes], size_bytes: int) -> str:
     return blake3.blake3(_DIGEST_ROOT_TAG + struct.pack(">Q", size_bytes) + b"".join(leaves)).hexdigest()
 
 
+def _segment_leaves(work, ranges: list[tuple[int, int]]) -> list[bytes]:
+    """work(lo, hi, hasher) for every range (each starting on a digest-leaf boundary), at once;
+    the leaves of the whole, in order."""
+    hashers = {r: LeafHasher() for r in ranges}
+    run_segments(lambda lo, hi: work(lo, hi, hashers[(lo, hi)]), ranges)
+    return [leaf for r in ranges for leaf in hashers[r].finish()]
+
+
 def payload_digest(payload: np.ndarray, threads: int = 1) -> str:
     """The digest that a masked message signs and the audit log records (DIGEST).
 
@@ -320,18 +324,8 @@ def payload_digest(payload: np.ndarray, threads: int = 1) -> str:
     BLAKE3 rather than SHA-256: 7.7 against 1.5–2 GB/s on one core here.
     """
     data = memoryview(np.ascontiguousarray(payload)).cast("B")
-    starts = range(0, len(data), DIGEST_LEAF)
-    leaves: list = [None] * len(starts)
-
-    def work(lo: int, hi: int) -> None:  # leaves lo..hi
-        for k in range(lo, hi):
-            leaves[k] = blake3.blake3(data[starts[k]:starts[k] + DIGEST_LEAF]).digest()
-
-    segments = _segments(len(starts), 1, threads)
-    if len(segments) > 1:
-        _run_segments(work, segments)
-    else:
-        work(0, len(starts))
+    leaves = _segment_leaves(lambda lo, hi, hasher: hasher.update(data[lo:hi]),
+                             segments(len(data), DIGEST_LEAF, threads))
     return root_digest(leaves, len(data))
 
 
@@ -398,26 +392,10 @@ def verify_signature(public_key: bytes, signature: bytes, data: bytes, what: str
         raise ProtocolError(f"{what}: bad signature (forged or altered)") from None
 
 
-def _segments(size: int, unit: int, threads: int) -> list[tuple[int, int]]:
-    """[lo, hi) ranges of whole units, one per thread (fewer if there are fewer units)."""
-    n_units = max(-(-size // unit), 1)
-    threads = max(1, min(int(threads), n_units))
-    edges = [k * n_units // threads * unit for k in range(threads)] + [size]
-    return list(zip(edges[:-1], edges[1:]))
-
-
-def _run_segments(work, segments: list[tuple[int, int]]) -> None:
-    """work(lo, hi) for every segment, in threads when there are several (the work releases the GIL)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=len(segments)) as pool:
-        list(pool.map(lambda seg: work(*seg), segments))
-
-
 # ------------------------------------------------------------------ the party side
 class _MaskSegment:
     """Masks elements [lo, hi) of one payload: its own keystream buffers and ciphers, each
-    positioned at the segment's offset in the pair's stream (:func:`keystream`), so
+    positioned at the segment's offset in the pair's stream (:class:`Keystream`), so
     segments can run in parallel threads."""
 
     def __init__(self, party, keys: list, stage: str, mult: np.ndarray, rows, out: np.ndarray,
@@ -430,7 +408,7 @@ class _MaskSegment:
         chunk, m = self.chunk, len(self.keys)
         streams = np.empty((m, chunk + 8), dtype=np.uint64)
         zeros = memoryview(bytearray(8 * chunk))
-        ciphers = [keystream(key, self.stage, 8 * lo) for key in self.keys]
+        ciphers = [Keystream(key, self.stage, 8 * lo) for key in self.keys]
         scale, limit = 2.0 ** self.party.frac_bits, 2.0 ** (63 - self.party.frac_bits)
         for start in range(lo, hi, chunk):
             stop = min(start + chunk, hi)
@@ -544,13 +522,8 @@ class MaskingParty:
         # one streaming pass per segment: values, keystreams, encode + mask and the digest
         # leaves of each cache-sized block while it is in cache; segments start on whole rows
         # and whole digest leaves, so the leaves are those of the whole payload
-        segments = _segments(n, math.lcm(row, _LEAF_ELEMENTS), threads)
-        hashers = [LeafHasher() for _ in segments]
-        if len(segments) == 1:
-            segment.run(0, n, hashers[0])
-        else:
-            _run_segments(lambda lo, hi: segment.run(lo, hi, hashers[segments.index((lo, hi))]), segments)
-        digest = root_digest([leaf for h in hashers for leaf in h.finish()], 8 * n)
+        leaves = _segment_leaves(segment.run, segments(n, math.lcm(row, _LEAF_ELEMENTS), threads))
+        digest = root_digest(leaves, 8 * n)
         msg = MaskedMessage(run_id, round_no, stage, self.name, shape, out, digest, b"")
         return MaskedMessage(run_id, round_no, stage, self.name, shape, out, digest,
                              self.identity.sign(msg.signed_part()))
@@ -612,7 +585,7 @@ class Aggregator:
 
     def submit_all(self, msgs: list, threads: int = 1) -> None:
         """:meth:`submit` each message; with ``threads`` > 1 each payload digest is computed by
-        that many threads (BLAKE3's tree mode: the same digest)."""
+        that many threads, leaves in parallel (the same digest)."""
         for msg in msgs:
             digest = payload_digest(msg.payload, threads) if threads > 1 else None
             self.submit(msg, _payload_digest=digest)
@@ -663,12 +636,9 @@ class Aggregator:
         chunk = max(min(size, MASK_CHUNK), 1)
         # segments of whole digest leaves; each sums a chunk at a time into a small buffer (or,
         # for integers, straight into `result`), hashes its leaves and decodes it while in cache
-        segments = _segments(size, _LEAF_ELEMENTS, threads)
-        hashers = [LeafHasher() for _ in segments]
         scale = 2.0 ** -self.frac_bits
 
-        def segment(lo: int, hi: int) -> None:
-            hasher = hashers[segments.index((lo, hi))]
+        def segment(lo: int, hi: int, hasher: LeafHasher) -> None:
             scratch = None if integer else np.empty(min(chunk, hi - lo), dtype=np.uint64)
             for start in range(lo, hi, chunk):
                 stop = min(start + chunk, hi)
@@ -678,11 +648,7 @@ class Aggregator:
                 if not integer:
                     _decode_kernel(total, scale, result[start:stop])
 
-        if len(segments) == 1:
-            segment(*segments[0])
-        else:
-            _run_segments(segment, segments)
-        digest = root_digest([leaf for h in hashers for leaf in h.finish()], 8 * size)
+        digest = root_digest(_segment_leaves(segment, segments(size, _LEAF_ELEMENTS, threads)), 8 * size)
         self._closed_stages.add(self.stage)
         self._log("sum", "coordinator", size=8 * size, digest=digest)
         self.stage, self._inbox = None, {}

@@ -206,32 +206,6 @@ def test_cv_scorers_fit_their_own_columns_once():
     assert not np.allclose(expected["poirank_both"], expected["poirank"])
 
 
-def test_factorised_transitions_match_hand_computation():
-    # 4 POIs, categories A, B, B, C; four users each walk the cycle 0-1-2-3 from another POI,
-    # so popularity, visits and durations are equal (one class each) and only category matters.
-    trajs = [[0, 1, 2, 3], [1, 2, 3, 0], [2, 3, 0, 1], [3, 0, 1, 2]]
-    data = flickr.CityData("X", np.arange(4), np.array([0, 1, 1, 2]), np.zeros(4), np.zeros(4),
-                           trajs, ["u0", "u1", "u2", "u3"], [[60.0] * 4 for _ in trajs], {})
-    c = flickr.Counts(data, [0, 1, 2, 3])
-    P = np.exp(flickr.factorised_transition_logp(c, np.zeros(4, dtype=int)))
-    # category transitions A->B, B->B, B->C, C->A three times each; add-one rows over (A, B, C):
-    # A: (1, 4, 1)/6, B: (1, 4, 4)/9, C: (4, 1, 1)/6. POIs 1 and 2 share every class (a group of 2).
-    # From 0: into the group 4/6 split in two, to 3 1/6 -> (1/3, 1/3, 1/6) renormalised.
-    np.testing.assert_allclose(P[0], [0, 0.4, 0.4, 0.2])
-    # From 1: to 0 1/9; to 2 the group's self-transition 4/9 over its n-1 = 1 other member; to 3 4/9.
-    np.testing.assert_allclose(P[1], [1 / 9, 0, 4 / 9, 4 / 9])
-    np.testing.assert_allclose(P[2], [1 / 9, 4 / 9, 0, 4 / 9])
-    # From 3: to 0 4/6; into the group 1/6 split in two -> (4/6, 1/12, 1/12) renormalised.
-    np.testing.assert_allclose(P[3], [0.8, 0.1, 0.1, 0])
-    # a POI unseen in training has no transitions at all
-    P2 = flickr.factorised_transition_logp(flickr.Counts(data, [0]), np.zeros(4, dtype=int))
-    assert np.isfinite(P2[~np.eye(4, dtype=bool)]).all()  # trajectory 0 holds every POI; self-loops are log 0
-    data.trajs.append([0, 1])
-    data.users.append("u4")
-    data.durations.append([60.0, 60.0])
-    assert np.isneginf(flickr.factorised_transition_logp(flickr.Counts(data, [4]), np.zeros(4, dtype=int))[0, 2])
-
-
 def test_best_path_is_the_exact_best_simple_path():
     import itertools
 

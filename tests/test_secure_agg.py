@@ -181,7 +181,7 @@ def test_keystream_is_the_documented_aes_counter_stream_and_seekable():
     piece boundaries, gives the same bytes."""
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-    from privacy.secure_agg import KEYSTREAM_PIECE, keystream, stage_nonce_prefix
+    from privacy.secure_agg import KEYSTREAM_PIECE, Keystream, stage_nonce_prefix
 
     key = os.urandom(32)
     n = 2 * KEYSTREAM_PIECE + 4096
@@ -190,14 +190,14 @@ def test_keystream_is_the_documented_aes_counter_stream_and_seekable():
         .encryptor().update(bytes(KEYSTREAM_PIECE)) for j in range(3))[:n]
     assert mask_stream(key, "ap1", n // 8).tobytes() == expected
     for offset in (8, KEYSTREAM_PIECE - 24, KEYSTREAM_PIECE, KEYSTREAM_PIECE + 40):
-        out, pos, ks = bytearray(n - offset + 64), 0, keystream(key, "ap1", offset)
+        out, pos, ks = bytearray(n - offset + 64), 0, Keystream(key, "ap1", offset)
         for step in (24, 1000, KEYSTREAM_PIECE - 8, 10**9):
             step = min(step, n - offset - pos)
             ks.update_into(bytes(step), memoryview(out)[pos:])
             pos += step
         assert bytes(out[:n - offset]) == expected[offset:]
     with pytest.raises(SecureAggError, match="32 bytes"):
-        keystream(key[:16], "ap1")
+        Keystream(key[:16], "ap1")
 
 
 def test_payload_digest_is_a_tree_over_1mib_leaves_the_same_from_any_thread_count():
@@ -344,10 +344,11 @@ def test_masking_and_summing_in_threads_give_the_sequential_protocol():
     digest leaves (so chunks inside a segment cut leaves and rows anywhere): the masks still
     cancel exactly, every digest is the one-thread payload_digest, and a threaded close
     releases the same sum and digest."""
-    from privacy.secure_agg import _LEAF_ELEMENTS, _segments
+    from privacy.secure_agg import _LEAF_ELEMENTS
+    from wenlv.parallel import segments
 
     rows = 2 * _LEAF_ELEMENTS + 11                       # 7 · rows elements: 3 units of lcm(7, leaf)
-    assert len(_segments(7 * rows, 7 * _LEAF_ELEMENTS, 3)) == 3
+    assert len(segments(7 * rows, 7 * _LEAF_ELEMENTS, 3)) == 3
     rng = np.random.default_rng(11)
     x = {p: rng.normal(scale=50, size=(rows, 7)) for p in PARTIES}
     sums = []

@@ -59,6 +59,7 @@ from privacy.secure_agg import (DEFAULT_FRAC_BITS, Aggregator, DropoutError, Ide
                                 PartyUnavailable, SecureAggError)
 from wenlv.errors import WenlvError
 from wenlv.memory import plain_pages_empty
+from wenlv.parallel import run_segments, segments
 
 log = logging.getLogger(__name__)
 
@@ -72,13 +73,9 @@ def resolve_threads(num_threads: int) -> int:
 
 
 def _in_row_ranges(n: int, threads: int, work) -> None:
-    """work(lo, hi) over `threads` contiguous row ranges of [0, n), at once (kernels release the GIL)."""
-    if threads <= 1 or n < 2 * _GRAM_BLOCK_ROWS:
-        work(0, n)
-        return
-    edges = np.linspace(0, n, threads + 1).astype(int)
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(lambda k: work(int(edges[k]), int(edges[k + 1])), range(threads)))
+    """work(lo, hi) over up to `threads` contiguous row ranges of [0, n) (whole blocks of
+    _GRAM_BLOCK_ROWS users), at once (kernels release the GIL)."""
+    run_segments(work, segments(n, _GRAM_BLOCK_ROWS, threads))
 
 
 def init_factors(n_users: int, item_counts: dict[str, int], factors: int, random_state=None,
@@ -260,8 +257,7 @@ class FederatedALSParty:
         if alpha != 1.0:
             C = (alpha * C).astype(np.float32)
         self._Ciu = C.T.tocsr()                       # float32, for implicit's item-step kernel
-        self._C = sp.csr_matrix((C.data.astype(np.float64), C.indices, C.indptr), shape=C.shape)
-        self._data32 = C.data  # the same confidences in float32, for a float32 model
+        self._C = C
         self.identity = identity or Identity(name)
         self._masking: MaskingParty | None = None
         self._Y: np.ndarray | None = None
@@ -283,6 +279,8 @@ class FederatedALSParty:
         self._cfg = dict(regularization=float(regularization), cg_steps=int(cg_steps), dtype=np.dtype(dtype),
                          num_threads=int(num_threads))
         self._threads = resolve_threads(num_threads)
+        # confidences in the model's dtype, as implicit computes with them (float32 ~1.3x faster)
+        self._data = self._C.data if self._cfg["dtype"] == np.float32 else self._C.data.astype(np.float64)
         if item_factors is None:
             item_factors = np.random.default_rng(random_state).random((self._C.shape[1], factors),
                                                                       dtype=np.dtype(dtype)) * 0.01
@@ -313,9 +311,7 @@ class FederatedALSParty:
         float32 = self._cfg["dtype"] == np.float32
         V = np.ascontiguousarray(V, dtype=np.float32 if float32 else np.float64)
         f = V.shape[1]
-        C = self._C
-        # in the model's dtype, as implicit computes them: float32 runs ~1.3x faster
-        Y, data = (self._Y, self._data32) if float32 else (self._Y64, C.data)
+        C, data, Y = self._C, self._data, (self._Y if float32 else self._Y64)
 
         local = self._local
 
@@ -571,7 +567,7 @@ class FederatedALS:
     def _work_dtype(self):
         return np.float32 if self.dtype == np.float32 else np.float64
 
-    def _work_buffer(self, name: str, shape: tuple, dtype=np.float64) -> np.ndarray:
+    def _work_buffer(self, name: str, shape: tuple, dtype) -> np.ndarray:
         buf = self._work.get(name)
         if buf is None or buf.shape != shape or buf.dtype != dtype:
             buf = self._work[name] = plain_pages_empty(shape, dtype)

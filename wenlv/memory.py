@@ -15,7 +15,7 @@ import numpy as np
 
 def plain_pages_empty(shape, dtype=np.float64) -> np.ndarray:
     """Like ``np.empty(shape, dtype)``, on anonymous memory without the huge-page advice."""
-    shape = tuple(int(d) for d in np.atleast_1d(shape)) if not isinstance(shape, int) else (int(shape),)
+    shape = tuple(int(d) for d in np.atleast_1d(shape))
     count = int(np.prod(shape, dtype=np.int64))
     dtype = np.dtype(dtype)
     pages = mmap.mmap(-1, max(count * dtype.itemsize, 1))  # freed (unmapped) with the last view of it
