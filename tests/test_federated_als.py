@@ -333,3 +333,63 @@ def test_bench_als_runs_and_reports_its_peer(threads):
     breakdown = result["federated_breakdown_seconds_per_iteration"]
     assert set(breakdown["parties"]) == {"tourism", "carrier", "internet"}
     assert breakdown["separate_machines_estimate"] <= spi["federated"] + 1e-9
+
+
+def _item_problem(dtype, seed=3):
+    """items × users confidences (some negative: c < 0 means preference 0), an unused item, factors."""
+    rng = np.random.default_rng(seed)
+    C = sp.random(300, 2000, density=0.02, random_state=seed, format="csr", dtype=np.float64)
+    C.data = 1 + 5 * C.data
+    C.data[::7] *= -1
+    C = C.tolil()
+    C[17, :] = 0                                              # an item nobody used gets a zero factor
+    C = C.tocsr().astype(np.float32)
+    return C, rng.random((2000, 16)).astype(dtype) * 0.1, rng.random((300, 16)).astype(dtype) * 0.1
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_item_step_kernel_is_implicits_cg_update(threads):
+    from implicit.cpu import _als
+
+    from training.item_cg import item_cg_step, nnz_balanced_ranges, with_ridge
+
+    C, X, Y = _item_problem(np.float64)
+    expected = Y.copy()
+    _als.least_squares_cg(C, expected, X, 0.05, num_threads=1, cg_steps=3)
+    got = Y.copy()
+    item_cg_step(C, C.data.astype(np.float64), X, got, with_ridge(X.T @ X, 0.05), 3, threads)
+    assert np.abs(expected).max() > 0.1 and not np.array_equal(expected, Y)
+    assert np.abs(got - expected).max() < 1e-10
+    assert not got[17].any()
+    ranges = nnz_balanced_ranges(C.indptr, 2)
+    assert ranges[0][0] == 0 and ranges[-1][1] == C.shape[0] and len(ranges) == 2
+    with pytest.raises(WenlvError, match="dtype"):
+        item_cg_step(C, C.data, X, Y.copy(), with_ridge(X.T @ X, 0.05), 3)   # float32 data, float64 factors
+
+
+def test_item_step_uses_the_coordinators_user_gram_or_its_own():
+    C, X, Y = _item_problem(np.float64)
+    party = FederatedALSParty("tourism", C.T.tocsr())
+    party.setup(["tourism"], {"tourism": party.identity.public_bytes}, 16, 0.05, 3, "<f8", 32, 1, Y)
+    other = FederatedALSParty("tourism", C.T.tocsr())
+    other.setup(["tourism"], {"tourism": other.identity.public_bytes}, 16, 0.05, 3, "<f8", 32, 1, Y)
+    party.item_step(X)
+    other.item_step(X, X.T @ X)
+    assert np.array_equal(party.item_factors(), other.item_factors())
+    with pytest.raises(WenlvError, match="user gram"):
+        other.item_step(X, np.eye(3))
+
+
+def test_thread_count_does_not_change_the_model(data, monkeypatch):
+    """Several row blocks per thread (small blocks here) and items split by interactions:
+    the float32 model is the same bit for bit with one or two threads."""
+    import training.federated_als as fa
+
+    monkeypatch.setattr(fa, "_GRAM_BLOCK_ROWS", 64)
+    monkeypatch.setattr(fa, "_USER_GRAM_BLOCK_ROWS", 128)
+    blocks, _ = data
+    params = dict(PARAMS, iterations=3)
+    one = FederatedALS(show_progress=False, **params).fit(blocks)
+    two = FederatedALS(show_progress=False, **dict(params, num_threads=2)).fit(blocks)
+    assert np.array_equal(one.user_factors, two.user_factors)
+    assert all(np.array_equal(one.item_factors[p], two.item_factors[p]) for p in blocks)

@@ -24,8 +24,9 @@ Who computes what (DESIGN §3):
   one per party. Traffic per iteration: (cg_steps + 1) · users · factors ring elements
   per party, never users × factors².
 * Item factors of a block are solved by the party that owns it, against the user
-  factors (the model's shared output, broadcast after each user step). They never leave
-  the party; nor do its confidences.
+  factors (the model's shared output, broadcast after each user step, with their gram
+  matrix XᵀX, which the coordinator computes once for all parties), by implicit's CG
+  update (training.item_cg). They never leave the party; nor do its confidences.
 
 What is revealed, beyond the final model: the coordinator learns per stage only the
 sum over parties, and per round the gram matrix YᵀY of all item factors (factors² numbers
@@ -57,6 +58,7 @@ from tqdm.auto import tqdm
 from privacy.audit import AuditLog
 from privacy.secure_agg import (DEFAULT_FRAC_BITS, Aggregator, DropoutError, Identity, MaskingParty,
                                 PartyUnavailable, SecureAggError)
+from training.item_cg import item_cg_step, with_ridge
 from wenlv.errors import WenlvError
 from wenlv.memory import plain_pages_empty
 from wenlv.parallel import run_segments, segments
@@ -65,6 +67,7 @@ log = logging.getLogger(__name__)
 
 _RS_EPS = 1e-20  # implicit's "residual is zero" threshold on r·r
 _GRAM_BLOCK_ROWS = 2048  # users per dense V·YᵀY product: the block and its result stay in L2
+_USER_GRAM_BLOCK_ROWS = 65536  # users per partial XᵀX (fixed, so the sum does not depend on threads)
 
 
 def resolve_threads(num_threads: int) -> int:
@@ -256,7 +259,8 @@ class FederatedALSParty:
         C.sort_indices()
         if alpha != 1.0:
             C = (alpha * C).astype(np.float32)
-        self._Ciu = C.T.tocsr()                       # float32, for implicit's item-step kernel
+        self._Ciu = C.T.tocsr()                       # items × users, for the item step
+        self._Ciu.sort_indices()
         self._C = C
         self.identity = identity or Identity(name)
         self._masking: MaskingParty | None = None
@@ -281,6 +285,7 @@ class FederatedALSParty:
         self._threads = resolve_threads(num_threads)
         # confidences in the model's dtype, as implicit computes with them (float32 ~1.3x faster)
         self._data = self._C.data if self._cfg["dtype"] == np.float32 else self._C.data.astype(np.float64)
+        self._item_data = self._Ciu.data if self._cfg["dtype"] == np.float32 else self._Ciu.data.astype(np.float64)
         if item_factors is None:
             item_factors = np.random.default_rng(random_state).random((self._C.shape[1], factors),
                                                                       dtype=np.dtype(dtype)) * 0.01
@@ -356,15 +361,18 @@ class FederatedALSParty:
         self._masking.end_round(run_id, round_no)
 
     # local item step ----------------------------------------------------------------------
-    def item_step(self, X: np.ndarray) -> None:
-        """Solve this block's item factors against the shared user factors, with implicit's own kernel."""
-        from implicit.cpu import _als
-
+    def item_step(self, X: np.ndarray, user_gram: np.ndarray | None = None) -> None:
+        """Solve this block's item factors against the shared user factors (implicit's CG update,
+        training.item_cg). ``user_gram`` = XᵀX, which the coordinator computes once for every
+        party; a party computes it itself when it is not given."""
         cfg = self._cfg
         X = np.ascontiguousarray(X, dtype=cfg["dtype"])
+        G = X.T @ X if user_gram is None else np.asarray(user_gram, dtype=cfg["dtype"])
+        if G.shape != (X.shape[1], X.shape[1]):
+            raise WenlvError(f"{self.name}: user gram has shape {G.shape}, expected {(X.shape[1], X.shape[1])}")
         Y = self._Y
-        _als.least_squares_cg(self._Ciu, Y, X, cfg["regularization"], num_threads=cfg["num_threads"],
-                              cg_steps=cfg["cg_steps"])
+        item_cg_step(self._Ciu, self._item_data, X, Y, with_ridge(G, cfg["regularization"]), cfg["cg_steps"],
+                     self._threads)
         self._set_items(Y)
 
     def item_factors(self) -> np.ndarray:
@@ -482,7 +490,8 @@ class FederatedALS:
                         if attempt == self.max_retries:
                             raise SecureAggError(f"iteration {iteration}: {self.max_retries + 1} rounds aborted; "
                                                  f"giving up (last: {exc})") from exc
-                self._call(parties, "item_step", {p: (X,) for p in names})
+                XtX = self._user_gram(X)  # once for every party's item step
+                self._call(parties, "item_step", {p: (X, XtX) for p in names})
                 bar.update(1)
                 if callback:
                     callback(iteration)
@@ -544,6 +553,20 @@ class FederatedALS:
         agg.close_round()
         self._call(parties, "end_round", {p: (run_id, round_no) for p in names})
         return out
+
+    def _user_gram(self, X: np.ndarray) -> np.ndarray:
+        """XᵀX of the new user factors, which every party's item step needs (the parties get X
+        anyway). Partial grams of fixed row blocks, summed in order: the coordinator's threads
+        share the blocks, and the result does not depend on how many there are."""
+        parts: dict[int, np.ndarray] = {}
+
+        def rows(lo: int, hi: int) -> None:
+            for start in range(lo, hi, _USER_GRAM_BLOCK_ROWS):
+                block = X[start:min(start + _USER_GRAM_BLOCK_ROWS, hi)]
+                parts[start] = block.T @ block
+
+        run_segments(rows, segments(X.shape[0], _USER_GRAM_BLOCK_ROWS, self._threads))
+        return sum(parts[k] for k in sorted(parts))
 
     def _add_gram(self, V: np.ndarray, G: np.ndarray, reg: float, out: np.ndarray, sign: float) -> None:
         """out += sign · V·(G + reg·I): the dense part of every user's system, computed once for
