@@ -58,6 +58,7 @@ _LEAF_ELEMENTS = DIGEST_LEAF // 8
 _DIGEST_ROOT_TAG = b"wenlv/payload-digest/v1"
 DEFAULT_FRAC_BITS = 32
 MASK_CHUNK = 1 << 17  # ring elements masked per pass (1 MiB per keystream: stays in cache)
+_CLOSE_CHUNK = 1 << 15  # ring elements per step of close_stage (3 payloads' chunks and the sum: 1 MiB)
 
 
 class SecureAggError(WenlvError):
@@ -306,9 +307,15 @@ def root_digest(leaves: list[bytes], size_bytes: int) -> str:
 def _segment_leaves(work, ranges: list[tuple[int, int]]) -> list[bytes]:
     """work(lo, hi, hasher) for every range (each starting on a digest-leaf boundary), at once;
     the leaves of the whole, in order."""
-    hashers = {r: LeafHasher() for r in ranges}
+    return _segment_leaf_lists(lambda lo, hi, hashers: work(lo, hi, hashers[0]), ranges, 1)[0]
+
+
+def _segment_leaf_lists(work, ranges: list[tuple[int, int]], count: int) -> list[list[bytes]]:
+    """:func:`_segment_leaves` of `count` byte streams at once: work(lo, hi, hashers) feeds
+    hashers[k] with stream k's range; the leaves of each whole stream, in order."""
+    hashers = {r: [LeafHasher() for _ in range(count)] for r in ranges}
     run_segments(lambda lo, hi: work(lo, hi, hashers[(lo, hi)]), ranges)
-    return [leaf for r in ranges for leaf in hashers[r].finish()]
+    return [[leaf for r in ranges for leaf in hashers[r][k].finish()] for k in range(count)]
 
 
 def payload_digest(payload: np.ndarray, threads: int = 1) -> str:
@@ -547,6 +554,7 @@ class Aggregator:
         self._closed_rounds: set[int] = set()
         self._closed_stages: set[str] = set()
         self._inbox: dict[str, MaskedMessage] = {}
+        self._unchecked: set[str] = set()  # senders whose payload digest close_stage checks
         self._keys: dict[str, KeyAnnouncement] = {}
         self.view: list[MaskedMessage] = []  # what the coordinator saw (for tests of what it learns)
         self.record_view = False
@@ -581,16 +589,22 @@ class Aggregator:
             raise ProtocolError(f"stage {stage!r} of round {self.round} was already aggregated")
         if self.stage is not None:
             raise ProtocolError(f"stage {self.stage!r} is still open")
-        self.stage, self._inbox = stage, {}
+        self.stage, self._inbox, self._unchecked = stage, {}, set()
 
-    def submit_all(self, msgs: list, threads: int = 1) -> None:
-        """:meth:`submit` each message; with ``threads`` > 1 each payload digest is computed by
-        that many threads, leaves in parallel (the same digest)."""
+    def submit_all(self, msgs: list) -> None:
+        """Accept a stage's messages, their payload digests checked by :meth:`close_stage` in
+        its pass over the payloads (while it sums them, payloads read once instead of twice).
+
+        An altered payload is then refused at close: the round aborts with a ProtocolError
+        before the sum is returned. Until then the coordinator has computed nothing a complete
+        stage would not show it (every party's masks are in, so they cancel).
+        """
         for msg in msgs:
-            digest = payload_digest(msg.payload, threads) if threads > 1 else None
-            self.submit(msg, _payload_digest=digest)
+            self.submit(msg, check_payload=False)
 
-    def submit(self, msg: MaskedMessage, _payload_digest: str | None = None) -> None:
+    def submit(self, msg: MaskedMessage, check_payload: bool = True) -> None:
+        """Accept one message: header, order, shape and signature checked now; the payload's
+        digest now too, or (``check_payload=False``) at :meth:`close_stage`."""
         self._check_header(msg.run_id, msg.round, msg.sender, f"stage {msg.stage!r}")
         if msg.stage in self._closed_stages:
             raise ProtocolError(f"replayed message: stage {msg.stage!r} of round {msg.round} is already closed "
@@ -602,28 +616,34 @@ class Aggregator:
             raise ProtocolError(f"replayed message: second {msg.stage!r} from {msg.sender!r} in round {msg.round}")
         if msg.payload.dtype != np.uint64 or msg.payload.size != int(np.prod(msg.shape, dtype=np.int64)):
             raise ProtocolError(f"malformed {msg.stage!r} from {msg.sender!r}: payload does not match its shape")
-        if (_payload_digest or payload_digest(msg.payload)) != msg.digest:
+        if check_payload and payload_digest(msg.payload) != msg.digest:
             raise ProtocolError(f"{msg.stage!r} from {msg.sender!r}: payload digest mismatch (altered)")
         verify_signature(self.identities[msg.sender], msg.signature, msg.signed_part(),
                          f"{msg.stage!r} from {msg.sender!r}")
         if self._inbox and next(iter(self._inbox.values())).shape != msg.shape:
             raise ProtocolError(f"{msg.stage!r} from {msg.sender!r}: shape {msg.shape} differs from the others")
         self._inbox[msg.sender] = msg
+        if not check_payload:
+            self._unchecked.add(msg.sender)
         if self.record_view:  # a copy: a party may reuse its payload buffer once the stage is closed
             self.view.append(dataclasses.replace(msg, payload=msg.payload.copy()))
         self._log("masked", msg.sender, size=msg.size, digest=msg.digest)
 
     def close_stage(self, integer: bool = False, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
-        """The sum of the open stage, released only if every party contributed.
+        """The sum of the open stage, released only if every party contributed and every payload
+        matches its signed digest.
 
-        ``out`` (float32 or float64, the stage's shape) receives the decoded sum instead of a fresh array.
-        ``threads`` > 1 sums and decodes contiguous segments at once; the result and the
-        audited digest of the ring sum are the same.
+        One pass over the payloads, a cache-sized chunk at a time: hash the chunk of each
+        payload whose digest is still unchecked (:meth:`submit_all`), sum the chunks, hash and
+        decode the sum. ``out`` (float32 or float64, the stage's shape) receives the decoded
+        sum instead of a fresh array (and holds nothing meaningful if the stage is refused).
+        ``threads`` > 1 runs contiguous segments at once; the result and the digests are the same.
         """
         missing = [p for p in self.parties if p not in self._inbox]
         if missing:
             self.abort(f"stage {self.stage!r}: no message from {', '.join(missing)}")
         msgs = list(self._inbox.values())
+        unchecked = [m for m in msgs if m.sender in self._unchecked]
         size, shape = msgs[0].payload.size, msgs[0].shape
         if integer:
             result = np.empty(size, dtype=np.int64)
@@ -633,25 +653,34 @@ class Aggregator:
             raise SecureAggError(f"close_stage: out must be contiguous float32 or float64 of size {size}")
         else:
             result = out.reshape(-1)
-        chunk = max(min(size, MASK_CHUNK), 1)
-        # segments of whole digest leaves; each sums a chunk at a time into a small buffer (or,
-        # for integers, straight into `result`), hashes its leaves and decodes it while in cache
+        chunk = max(min(size, _CLOSE_CHUNK), 1)
         scale = 2.0 ** -self.frac_bits
 
-        def segment(lo: int, hi: int, hasher: LeafHasher) -> None:
+        def segment(lo: int, hi: int, hashers: list) -> None:
+            # segments of whole digest leaves; each chunk is summed into a small buffer (or, for
+            # integers, straight into `result`) while the payloads' chunks are in cache
             scratch = None if integer else np.empty(min(chunk, hi - lo), dtype=np.uint64)
             for start in range(lo, hi, chunk):
                 stop = min(start + chunk, hi)
+                for m, hasher in zip(unchecked, hashers):
+                    hasher.update(memoryview(m.payload[start:stop]).cast("B"))
                 total = result[start:stop].view(np.uint64) if integer else scratch[:stop - start]
                 self._sum_chunk(msgs, start, stop, total)   # uint64 wraps mod 2^64: the masks cancel
-                hasher.update(memoryview(total).cast("B"))
+                hashers[-1].update(memoryview(total).cast("B"))
                 if not integer:
                     _decode_kernel(total, scale, result[start:stop])
 
-        digest = root_digest(_segment_leaves(segment, segments(size, _LEAF_ELEMENTS, threads)), 8 * size)
+        leaves = _segment_leaf_lists(segment, segments(size, _LEAF_ELEMENTS, threads), len(unchecked) + 1)
+        altered = [m.sender for m, lv in zip(unchecked, leaves) if root_digest(lv, 8 * size) != m.digest]
+        if altered:
+            stage = self.stage
+            self.abort_round()
+            raise ProtocolError(f"{stage!r} from {', '.join(map(repr, altered))}: payload digest mismatch (altered); "
+                                f"round {self.round} aborted, nothing released")
+        digest = root_digest(leaves[-1], 8 * size)
         self._closed_stages.add(self.stage)
         self._log("sum", "coordinator", size=8 * size, digest=digest)
-        self.stage, self._inbox = None, {}
+        self.stage, self._inbox, self._unchecked = None, {}, set()
         return result.reshape(shape)
 
     @staticmethod

@@ -115,127 +115,26 @@ def test_streamed_sum_is_released_whole_and_audited_with_its_digest():
     assert audit.entries[-1]["kind"] == "sum" and audit.entries[-1]["digest"] == payload_digest(ring)
 
 
-def test_digests_checked_in_threads_still_reject_an_altered_payload():
-    parties, agg = make_setup()
+def test_digests_checked_at_close_reject_an_altered_payload_and_release_nothing():
+    """submit_all defers payload digests to close_stage's pass (several leaves, in threads):
+    one flipped bit in the second leaf of one payload aborts the round, no sum returned."""
+    audit = AuditLog()
+    parties, agg = make_setup(audit=audit)
     key_round(parties, agg, 1)
     agg.open_stage("s")
-    msgs = [p.mask("run-1", 1, "s", np.full(1000, 2.0)) for p in parties.values()]
-    msgs[1].payload[7] ^= np.uint64(1 << 40)
-    with pytest.raises(ProtocolError, match="digest mismatch"):
-        agg.submit_all(msgs, threads=3)
-    agg.abort_round()
+    n = 300_000                                            # 2.4 MB: three digest leaves
+    msgs = [p.mask("run-1", 1, "s", np.full(n, 2.0)) for p in parties.values()]
+    msgs[1].payload[200_000] ^= np.uint64(1 << 40)
+    agg.submit_all(msgs)
+    with pytest.raises(ProtocolError, match=f"{msgs[1].sender!r}: payload digest mismatch.*nothing released"):
+        agg.close_stage(threads=3)
+    assert not any(e["kind"] == "sum" for e in audit.entries) and audit.entries[-1]["kind"] == "round-abort"
+    with pytest.raises(ProtocolError):
+        agg.submit(msgs[0])                                # the aborted round accepts nothing more
     key_round(parties, agg, 2)
     agg.open_stage("s")
-    agg.submit_all([p.mask("run-1", 2, "s", np.full(1000, 2.0)) for p in parties.values()], threads=3)
-    assert np.allclose(agg.close_stage(), 6.0)
-
-
-def _coordinator_view(first_party_input, n=4000, rounds=3):
-    parties, agg = make_setup()
-    agg.record_view = True
-    out = []
-    for r in range(1, rounds + 1):
-        key_round(parties, agg, r)
-        inputs = {"carrier": first_party_input(n), "internet": np.full(n, 0.5), "tourism": np.zeros(n)}
-        aggregate(parties, agg, r, "s", inputs)
-        agg.close_round()
-    return {p: np.concatenate([m.payload for m in agg.view if m.sender == p]) for p in PARTIES}
-
-
-def test_coordinator_view_is_uniform_and_independent_of_the_input():
-    zeros = _coordinator_view(lambda n: np.zeros(n))
-    big = _coordinator_view(lambda n: np.full(n, 123456.789))
-    for view in (zeros, big):
-        for values in view.values():
-            top_byte = (values >> np.uint64(56)).astype(np.int64)
-            counts = np.bincount(top_byte, minlength=256)
-            assert stats.chisquare(counts).pvalue > 1e-6
-            unit = (values >> np.uint64(11)).astype(np.float64) / 2.0 ** 53
-            assert stats.kstest(unit, "uniform").pvalue > 1e-6
-    # the carrier's masked vector has the same distribution whatever it put in
-    a = (zeros["carrier"] >> np.uint64(11)).astype(np.float64)
-    b = (big["carrier"] >> np.uint64(11)).astype(np.float64)
-    assert stats.ks_2samp(a, b).pvalue > 1e-6
-    # and it is not the plain encoding
-    assert np.mean(big["carrier"] == encode_fixed(np.full(big["carrier"].size, 123456.789))) < 1e-3
-
-
-def test_32bit_fold_collisions_still_give_different_masks():
-    key = bytearray(os.urandom(32))
-    other = bytearray(key)
-    # flip the same bits in two 32-bit words: the XOR fold to 32 bits is unchanged
-    for word in (0, 1):
-        (v,) = struct.unpack_from("<I", other, 4 * word)
-        struct.pack_into("<I", other, 4 * word, v ^ 0xDEADBEEF)
-    fold = lambda k: np.bitwise_xor.reduce(np.frombuffer(bytes(k), dtype=np.uint32))  # noqa: E731
-    assert fold(key) == fold(other) and bytes(key) != bytes(other)
-    a, b = mask_stream(bytes(key), "stage", 1000), mask_stream(bytes(other), "stage", 1000)
-    assert np.mean(a == b) < 0.01
-    # and the stage is part of the stream
-    assert np.mean(mask_stream(bytes(key), "stage", 1000) == mask_stream(bytes(key), "stage2", 1000)) < 0.01
-
-
-def test_keystream_is_the_documented_aes_counter_stream_and_seekable():
-    """Piece j of a stage's stream is AES-256-CTR from counter block prefix ‖ j ‖ 2 (GCM's
-    layout), checked with plain CTR mode; reading from any offset, in odd-sized steps across
-    piece boundaries, gives the same bytes."""
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-
-    from privacy.secure_agg import KEYSTREAM_PIECE, Keystream, stage_nonce_prefix
-
-    key = os.urandom(32)
-    n = 2 * KEYSTREAM_PIECE + 4096
-    expected = b"".join(
-        Cipher(algorithms.AES(key), modes.CTR(stage_nonce_prefix("ap1") + j.to_bytes(4, "big") + (2).to_bytes(4, "big")))
-        .encryptor().update(bytes(KEYSTREAM_PIECE)) for j in range(3))[:n]
-    assert mask_stream(key, "ap1", n // 8).tobytes() == expected
-    for offset in (8, KEYSTREAM_PIECE - 24, KEYSTREAM_PIECE, KEYSTREAM_PIECE + 40):
-        out, pos, ks = bytearray(n - offset + 64), 0, Keystream(key, "ap1", offset)
-        for step in (24, 1000, KEYSTREAM_PIECE - 8, 10**9):
-            step = min(step, n - offset - pos)
-            ks.update_into(bytes(step), memoryview(out)[pos:])
-            pos += step
-        assert bytes(out[:n - offset]) == expected[offset:]
-    with pytest.raises(SecureAggError, match="32 bytes"):
-        Keystream(key[:16], "ap1")
-
-
-def test_payload_digest_is_a_tree_over_1mib_leaves_the_same_from_any_thread_count():
-    """The digest is BLAKE3 over (tag, length, BLAKE3 of each 1 MiB leaf): threads and a
-    streaming LeafHasher fed in odd pieces give the same; one flipped bit, or one more zero
-    element, changes it."""
-    import struct
-
-    import blake3
-
-    from privacy.secure_agg import DIGEST_LEAF, LeafHasher, root_digest
-
-    payload = np.random.default_rng(4).integers(0, 2**63, 3 * DIGEST_LEAF // 8 + 5, dtype=np.uint64)
-    data = payload.tobytes()
-    leaves = [blake3.blake3(data[i:i + DIGEST_LEAF]).digest() for i in range(0, len(data), DIGEST_LEAF)]
-    expected = blake3.blake3(b"wenlv/payload-digest/v1" + struct.pack(">Q", len(data)) + b"".join(leaves)).hexdigest()
-    assert len(leaves) == 4
-    assert {payload_digest(payload, threads) for threads in (1, 2, 3, 8)} == {expected}
-    streamed, pos = LeafHasher(), 0
-    for step in (8, DIGEST_LEAF - 24, 3 * DIGEST_LEAF, 10**9):
-        streamed.update(data[pos:pos + step])
-        pos += step
-    assert root_digest(streamed.finish(), len(data)) == expected
-    flipped = payload.copy()
-    flipped[-1] ^= np.uint64(1)
-    assert payload_digest(flipped) != expected
-    assert payload_digest(np.append(payload, np.uint64(0))) != expected
-    assert payload_digest(np.empty(0, np.uint64)) == root_digest([], 0)
-
-
-def test_pair_keys_bind_run_round_and_pair():
-    secret = os.urandom(32)
-    base = derive_pair_key(secret, "run", 1, "a", "b")
-    assert base == derive_pair_key(secret, "run", 1, "b", "a")  # both ends agree
-    assert len(base) == 32
-    for other in (derive_pair_key(secret, "run2", 1, "a", "b"), derive_pair_key(secret, "run", 2, "a", "b"),
-                  derive_pair_key(secret, "run", 1, "a", "c"), derive_pair_key(secret, "ru", 1, "na", "b")):
-        assert other != base
+    agg.submit_all([p.mask("run-1", 2, "s", np.full(n, 2.0)) for p in parties.values()])
+    assert np.allclose(agg.close_stage(threads=3), 6.0)
 
 
 def test_replayed_and_out_of_order_messages_are_rejected():
@@ -363,7 +262,7 @@ def test_masking_and_summing_in_threads_give_the_sequential_protocol():
             msg = parties[p].mask_rows("run-1", 1, "s", x[p].shape, lambda lo, hi: flat[lo:hi], threads=threads)
             assert msg.digest == payload_digest(msg.payload)
             msgs.append(msg)
-        agg.submit_all(msgs, threads=close_threads)
+        agg.submit_all(msgs)
         got = agg.close_stage(threads=close_threads)
         ring = sum(m.payload for m in msgs)
         assert np.array_equal(encode_fixed(got).reshape(-1), sum(encode_fixed(v).reshape(-1) for v in x.values()))

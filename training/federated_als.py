@@ -599,7 +599,7 @@ class FederatedALS:
     def _stage(self, parties, agg: Aggregator, method: str, stage: str, args: tuple, integer: bool = False,
                out: np.ndarray | None = None):
         agg.open_stage(stage)
-        agg.submit_all(list(self._call(parties, method, {p: args for p in parties}).values()), self._threads)
+        agg.submit_all(list(self._call(parties, method, {p: args for p in parties}).values()))
         return agg.close_stage(integer=integer, out=out, threads=self._threads)
 
     # calling parties (in-process objects or remote proxies) -------------------------------
