@@ -109,8 +109,15 @@ def ndcg10(user_factors: np.ndarray, poi_factors: np.ndarray, train: sp.csr_matr
     return float(ndcg_at_k(truth, recs.astype({"user": np.int64, "item": np.int64}), 10))
 
 
-def time_spark_als(blocks: dict, factors: int, iterations: int, regularization: float, seed: int):
-    """Spark MLlib implicit ALS on the concatenated blocks: (seconds per iteration, U, V_pois)."""
+def time_spark_als(blocks: dict, factors: int, iterations: int, regularization: float, seed: int,
+                   marginal: bool = True) -> dict:
+    """Spark MLlib implicit ALS on the concatenated blocks, in one local[2] session.
+
+    Warmed up as the other two are: one untimed one-iteration fit first (JIT compilation,
+    class loading), then the timed fit; with ``marginal``, a timed one-iteration fit after
+    it gives the cost of each further iteration. Returns seconds per iteration of the timed
+    fit, the one-iteration fit's seconds (or None), and the user and POI factors.
+    """
     from pyspark.ml.recommendation import ALS
 
     from spark_jobs.session import get_spark
@@ -119,15 +126,23 @@ def time_spark_als(blocks: dict, factors: int, iterations: int, regularization: 
     frame = pd.DataFrame({"user": matrix.row.astype(np.int32), "item": matrix.col.astype(np.int32),
                           "rating": (matrix.data - 1.0).astype(np.float32)})
     spark = get_spark(master="local[2]", app_name="wenlv-bench-als")
+
+    def als(max_iter: int):
+        return ALS(rank=factors, maxIter=max_iter, regParam=regularization, implicitPrefs=True, alpha=1.0,
+                   userCol="user", itemCol="item", ratingCol="rating", seed=seed, nonnegative=False,
+                   coldStartStrategy="nan", numUserBlocks=4, numItemBlocks=4)
+
+    def timed_fit(max_iter: int):
+        start = time.perf_counter()
+        model = als(max_iter).fit(df)  # eager: runs every iteration and materialises the factors
+        return time.perf_counter() - start, model
+
     try:
         df = spark.createDataFrame(frame).repartition(4).cache()
         df.count()
-        als = ALS(rank=factors, maxIter=iterations, regParam=regularization, implicitPrefs=True, alpha=1.0,
-                  userCol="user", itemCol="item", ratingCol="rating", seed=seed, nonnegative=False,
-                  coldStartStrategy="nan", numUserBlocks=4, numItemBlocks=4)
-        start = time.perf_counter()
-        model = als.fit(df)  # eager: runs every iteration and materialises the factors
-        seconds = time.perf_counter() - start
+        timed_fit(1)  # warm-up, untimed
+        seconds, model = timed_fit(iterations)
+        one = timed_fit(1)[0] if marginal else None
         users_pd = model.userFactors.toPandas()
         items_pd = model.itemFactors.toPandas()
     finally:
@@ -138,7 +153,7 @@ def time_spark_als(blocks: dict, factors: int, iterations: int, regularization: 
     V = np.zeros((n_pois, factors), np.float32)
     keep = items_pd["id"].to_numpy() < n_pois
     V[items_pd["id"].to_numpy()[keep]] = np.stack(items_pd["features"].to_numpy()[keep])
-    return seconds / iterations, U, V
+    return {"seconds_per_iteration": seconds / iterations, "one_iteration_seconds": one, "U": U, "V": V}
 
 
 def load_features(features_dir: str):
@@ -177,9 +192,9 @@ def run(scale: str = "small", factors: int = 64, iterations: int = 5, regulariza
                   random_state=seed)
 
     load_before = os.getloadavg()
-    # Warm-up, the same for both: one full-size iteration of each, untimed, so that numba
-    # compilation (cached on disk) and the first touch of fresh memory stay out of the timed
-    # fits. First touch is slow on these VMs (≈ 2 s per GB: the host backs guest memory
+    # Warm-up, the same for all three: one full-size iteration of each, untimed (Spark's in its
+    # own session, time_spark_als), so that JIT and numba compilation (cached on disk) and the
+    # first touch of fresh memory stay out of the timed fits. First touch is slow on these VMs (≈ 2 s per GB: the host backs guest memory
     # lazily), and the federated fit's work buffers (≈ 1 GB at medium) would otherwise add
     # ≈ 0.8 s to each of 3 timed iterations; a trainer that runs fit after fit pays it once.
     warm = dict(params, iterations=1)
@@ -255,16 +270,17 @@ def run(scale: str = "small", factors: int = 64, iterations: int = 5, regulariza
     }
     result["ndcg@10_abs_diff_federated_implicit"] = abs(result["ndcg@10"]["federated"] - result["ndcg@10"]["implicit"])
     if spark:
-        t_spark, U, V = time_spark_als(blocks, factors, iterations, regularization, seed)
+        spark_run = time_spark_als(blocks, factors, iterations, regularization, seed,
+                                   marginal=spark_marginal and iterations > 1)
+        t_spark = spark_run["seconds_per_iteration"]
         print(f"[bench als] spark {t_spark:.3f} s/iteration", file=sys.stderr, flush=True)
         result["seconds_per_iteration"]["spark_mllib"] = t_spark
-        result["ndcg@10"]["spark_mllib"] = ndcg10(U, V, train, test, seed=seed)
+        result["ndcg@10"]["spark_mllib"] = ndcg10(spark_run["U"], spark_run["V"], train, test, seed=seed)
         result["ratios"]["spark_over_federated"] = t_spark / t_fed
-        if spark_marginal and iterations > 1:
-            # Spark's fit is mostly fixed cost (blocking, shuffles, job start-up): one more fit
-            # of one iteration gives its cost per additional iteration, to set beside `steady`
-            t_one, _, _ = time_spark_als(blocks, factors, 1, regularization, seed)
-            marginal = (t_spark * iterations - t_one) / (iterations - 1)
+        if spark_run["one_iteration_seconds"] is not None:
+            # Spark's fit is mostly fixed cost (blocking, shuffles, job start-up): a one-iteration
+            # fit in the same warm session gives its cost per additional iteration, beside `steady`
+            marginal = (t_spark * iterations - spark_run["one_iteration_seconds"]) / (iterations - 1)
             result["steady_seconds_per_iteration"]["spark_mllib"] = marginal
             result["ratios"]["spark_over_federated_steady"] = marginal / steady["federated"]
     result["goals"] = {"federated_le_1.5x_implicit": t_fed <= 1.5 * t_central}
