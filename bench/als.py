@@ -194,9 +194,10 @@ def run(scale: str = "small", factors: int = 64, iterations: int = 5, regulariza
     load_before = os.getloadavg()
     # Warm-up, the same for all three: one full-size iteration of each, untimed (Spark's in its
     # own session, time_spark_als), so that JIT and numba compilation (cached on disk) and the
-    # first touch of fresh memory stay out of the timed fits. First touch is slow on these VMs (≈ 2 s per GB: the host backs guest memory
-    # lazily), and the federated fit's work buffers (≈ 1 GB at medium) would otherwise add
-    # ≈ 0.8 s to each of 3 timed iterations; a trainer that runs fit after fit pays it once.
+    # first touch of fresh memory stay out of the timed fits. First touch is slow on these VMs
+    # (≈ 2 s per GB: the host backs guest memory lazily), and the federated fit's work buffers
+    # (≈ 1 GB at medium) would otherwise add ≈ 0.8 s to each of 3 timed iterations; a trainer
+    # that runs fit after fit pays it once.
     warm = dict(params, iterations=1)
     CentralALS(num_threads=threads, **warm).fit(blocks, init=init)
     FederatedALS(fixed_point_bits=fixed_point_bits, show_progress=False, num_threads=threads, **warm).fit(
