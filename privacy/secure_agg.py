@@ -629,7 +629,8 @@ class Aggregator:
             self.view.append(dataclasses.replace(msg, payload=msg.payload.copy()))
         self._log("masked", msg.sender, size=msg.size, digest=msg.digest)
 
-    def close_stage(self, integer: bool = False, out: np.ndarray | None = None, threads: int = 1) -> np.ndarray:
+    def close_stage(self, integer: bool = False, out: np.ndarray | None = None, threads: int = 1,
+                    consume=None, dtype=np.float64) -> np.ndarray | None:
         """The sum of the open stage, released only if every party contributed and every payload
         matches its signed digest.
 
@@ -638,6 +639,12 @@ class Aggregator:
         decode the sum. ``out`` (float32 or float64, the stage's shape) receives the decoded
         sum instead of a fresh array (and holds nothing meaningful if the stage is refused).
         ``threads`` > 1 runs contiguous segments at once; the result and the digests are the same.
+
+        ``consume(lo, hi, values)`` instead streams the decoded sum (in ``dtype``) to the
+        caller, whole rows at a time while they are in cache: elements lo..hi of the flat
+        sum, from several threads at once on disjoint ranges; ``values`` is scratch, reused
+        after the call. It runs before the digests are confirmed: if the stage is refused
+        (ProtocolError, round aborted) whatever it computed must be discarded. Returns None.
         """
         missing = [p for p in self.parties if p not in self._inbox]
         if missing:
@@ -645,7 +652,12 @@ class Aggregator:
         msgs = list(self._inbox.values())
         unchecked = [m for m in msgs if m.sender in self._unchecked]
         size, shape = msgs[0].payload.size, msgs[0].shape
-        if integer:
+        row = max(size // shape[0], 1) if shape and shape[0] else 1
+        if consume is not None:
+            if integer:
+                raise SecureAggError("close_stage: consume streams decoded fixed-point values, not integers")
+            result, dtype = None, np.dtype(dtype)
+        elif integer:
             result = np.empty(size, dtype=np.int64)
         elif out is None:
             result = np.empty(size, dtype=np.float64)
@@ -653,13 +665,14 @@ class Aggregator:
             raise SecureAggError(f"close_stage: out must be contiguous float32 or float64 of size {size}")
         else:
             result = out.reshape(-1)
-        chunk = max(min(size, _CLOSE_CHUNK), 1)
+        chunk = max(min(size, _CLOSE_CHUNK) // row, 1) * row  # whole rows
         scale = 2.0 ** -self.frac_bits
 
         def segment(lo: int, hi: int, hashers: list) -> None:
-            # segments of whole digest leaves; each chunk is summed into a small buffer (or, for
-            # integers, straight into `result`) while the payloads' chunks are in cache
+            # segments of whole rows and digest leaves; each chunk is summed into a small buffer
+            # (or, for integers, straight into `result`) while the payloads' chunks are in cache
             scratch = None if integer else np.empty(min(chunk, hi - lo), dtype=np.uint64)
+            values = None if consume is None else np.empty(min(chunk, hi - lo), dtype=dtype)
             for start in range(lo, hi, chunk):
                 stop = min(start + chunk, hi)
                 for m, hasher in zip(unchecked, hashers):
@@ -667,10 +680,14 @@ class Aggregator:
                 total = result[start:stop].view(np.uint64) if integer else scratch[:stop - start]
                 self._sum_chunk(msgs, start, stop, total)   # uint64 wraps mod 2^64: the masks cancel
                 hashers[-1].update(memoryview(total).cast("B"))
-                if not integer:
+                if consume is not None:
+                    _decode_kernel(total, scale, values[:stop - start])
+                    consume(start, stop, values[:stop - start])
+                elif not integer:
                     _decode_kernel(total, scale, result[start:stop])
 
-        leaves = _segment_leaf_lists(segment, segments(size, _LEAF_ELEMENTS, threads), len(unchecked) + 1)
+        ranges = segments(size, math.lcm(row, _LEAF_ELEMENTS), threads)
+        leaves = _segment_leaf_lists(segment, ranges, len(unchecked) + 1)
         altered = [m.sender for m, lv in zip(unchecked, leaves) if root_digest(lv, 8 * size) != m.digest]
         if altered:
             stage = self.stage
@@ -681,7 +698,7 @@ class Aggregator:
         self._closed_stages.add(self.stage)
         self._log("sum", "coordinator", size=8 * size, digest=digest)
         self.stage, self._inbox, self._unchecked = None, {}, set()
-        return result.reshape(shape)
+        return None if result is None else result.reshape(shape)
 
     @staticmethod
     def _sum_chunk(msgs: list, start: int, stop: int, total: np.ndarray) -> None:

@@ -518,7 +518,7 @@ class FederatedALS:
     # one user step = one secure-aggregation round ---------------------------------------
     def _user_round(self, parties, agg: Aggregator, run_id: str, round_no: int, X_prev: np.ndarray) -> np.ndarray:
         names = list(parties)
-        reg = self.regularization
+        reg = float(np.float32(self.regularization))  # as implicit has it: λ passes through a C float
         agg.open_round(round_no)
         for ann in self._call(parties, "announce", {p: (run_id, round_no) for p in names}).values():
             agg.receive_key(ann)
@@ -530,22 +530,34 @@ class FederatedALS:
         # CG state in the model's precision, as implicit keeps it (float32 halves the coordinator's
         # memory and traffic and what parties read), reused round after round
         work = self._work_dtype()
-        X, r, p, Ap = (self._work_buffer(name, X_prev.shape, work) for name in ("X", "r", "p", "Ap"))
+        X, r, p = (self._work_buffer(name, X_prev.shape, work) for name in ("X", "r", "p"))
         np.copyto(X, X_prev)
-        self._stage(parties, agg, "residual", "r0", (run_id, round_no, "r0", X), out=r)
-        self._add_gram(X, G, reg, r, sign=-1.0)               # r = Σ_p sparse_p − (YᵀY + λI) x
+        f = X.shape[1]
         rsold = np.empty(X.shape[0], dtype=np.float64)
         active = nonempty.copy()
-        _in_row_ranges(X.shape[0], self._threads, lambda lo, hi: _cg_start(
-            r[lo:hi], p[lo:hi], rsold[lo:hi], active[lo:hi], _RS_EPS))
-        for step in range(self.cg_steps):
+        minus_A = (-(G + reg * np.eye(f))).astype(work)          # −(YᵀY + λI)
+        gram = G.astype(work)
+
+        # Each stage's sum streams out of close_stage a block of users at a time, and the dense
+        # part (YᵀY once for all parties) and the CG update follow while the block is in cache.
+        def start(lo: int, hi: int, sparse: np.ndarray) -> None:  # r = Σ_p sparse_p − (YᵀY + λI) x
+            u = slice(lo // f, hi // f)
+            np.matmul(X[u], minus_A, out=r[u])
+            r[u] += sparse.reshape(-1, f)
+            _cg_start(r[u], p[u], rsold[u], active[u], _RS_EPS)
+
+        def step(lo: int, hi: int, sparse: np.ndarray) -> None:   # Ap = Σ_p sparse_p + YᵀY p (λp: in _cg_update)
+            u = slice(lo // f, hi // f)
+            Ap = sparse.reshape(-1, f)
+            Ap += p[u] @ gram
+            _cg_update(X[u], r[u], p[u], Ap, reg, rsold[u], active[u], _RS_EPS)
+
+        self._stage(parties, agg, "residual", "r0", (run_id, round_no, "r0", X), consume=start)
+        for k in range(self.cg_steps):
             if not active.any():
                 break
-            stage = f"ap{step + 1}"
-            self._stage(parties, agg, "product", stage, (run_id, round_no, stage, p), out=Ap)
-            self._add_gram(p, G, 0.0, Ap, sign=1.0)           # the sparse sum plus YᵀY p (λp: in _cg_update)
-            _in_row_ranges(X.shape[0], self._threads, lambda lo, hi: _cg_update(
-                X[lo:hi], r[lo:hi], p[lo:hi], Ap[lo:hi], reg, rsold[lo:hi], active[lo:hi], _RS_EPS))
+            stage = f"ap{k + 1}"
+            self._stage(parties, agg, "product", stage, (run_id, round_no, stage, p), consume=step)
         # two output buffers taken in turn: this round's input (the previous output) is already
         # copied into X, and a fresh users × factors array would page-fault every round
         out = self._work_buffer(f"out{round_no % 2}", X.shape, self.dtype)
@@ -568,25 +580,6 @@ class FederatedALS:
         run_segments(rows, segments(X.shape[0], _USER_GRAM_BLOCK_ROWS, self._threads))
         return sum(parts[k] for k in sorted(parts))
 
-    def _add_gram(self, V: np.ndarray, G: np.ndarray, reg: float, out: np.ndarray, sign: float) -> None:
-        """out += sign · V·(G + reg·I): the dense part of every user's system, computed once for
-        all parties, a cache-sized block of users at a time (product and update while the block
-        is in cache), over the coordinator's threads (BLAS releases the GIL). In float32 when the
-        model is float32, as ``implicit`` computes it; in float64 otherwise."""
-        Gr = (G + reg * np.eye(G.shape[0]) if reg else G) * sign
-        dtype = self._work_dtype()
-        Gr = Gr.astype(dtype)
-
-        def rows(lo: int, hi: int) -> None:
-            tmp = np.empty((min(_GRAM_BLOCK_ROWS, hi - lo), G.shape[0]), dtype=dtype)
-            for start in range(lo, hi, _GRAM_BLOCK_ROWS):
-                stop = min(start + _GRAM_BLOCK_ROWS, hi)
-                block = tmp[:stop - start]
-                np.matmul(V[start:stop].astype(dtype, copy=False), Gr, out=block)
-                out[start:stop] += block
-
-        _in_row_ranges(V.shape[0], self._threads, rows)
-
     def _work_dtype(self):
         return np.float32 if self.dtype == np.float32 else np.float64
 
@@ -597,10 +590,10 @@ class FederatedALS:
         return buf
 
     def _stage(self, parties, agg: Aggregator, method: str, stage: str, args: tuple, integer: bool = False,
-               out: np.ndarray | None = None):
+               consume=None):
         agg.open_stage(stage)
         agg.submit_all(list(self._call(parties, method, {p: args for p in parties}).values()))
-        return agg.close_stage(integer=integer, out=out, threads=self._threads)
+        return agg.close_stage(integer=integer, threads=self._threads, consume=consume, dtype=self._work_dtype())
 
     # calling parties (in-process objects or remote proxies) -------------------------------
     def _call(self, parties: dict, method: str, args: dict, tolerate: bool = False) -> dict:
