@@ -201,15 +201,6 @@ def _cg_start(r, p, rsold, active, eps):
             p[u, j] = r[u, j] * keep
 
 
-@numba.njit(cache=True, nogil=True)
-def _cg_finish(X, nonempty, out):
-    """out = X in the model's dtype; users with no interaction anywhere get 0 (as in implicit)."""
-    n, f = X.shape
-    for u in range(n):
-        for j in range(f):
-            out[u, j] = X[u, j] if nonempty[u] else 0.0
-
-
 def _terms(C: sp.csr_matrix, Y: np.ndarray, V: np.ndarray, residual: bool) -> np.ndarray:
     """The block's sparse terms for every user row of V, in float64."""
     data = C.data if C.data.dtype == np.float64 else C.data.astype(np.float64)
@@ -530,7 +521,10 @@ class FederatedALS:
         # CG state in the model's precision, as implicit keeps it (float32 halves the coordinator's
         # memory and traffic and what parties read), reused round after round
         work = self._work_dtype()
-        X, r, p = (self._work_buffer(name, X_prev.shape, work) for name in ("X", "r", "p"))
+        # X: the round's output, in whichever of two buffers does not hold its input (the previous
+        # output, needed again if this round aborts); a fresh array would page-fault every round
+        x_name = "X1" if self._work.get("X0") is X_prev else "X0"
+        X, r, p = (self._work_buffer(name, X_prev.shape, work) for name in (x_name, "r", "p"))
         np.copyto(X, X_prev)
         f = X.shape[1]
         rsold = np.empty(X.shape[0], dtype=np.float64)
@@ -558,13 +552,10 @@ class FederatedALS:
                 break
             stage = f"ap{k + 1}"
             self._stage(parties, agg, "product", stage, (run_id, round_no, stage, p), consume=step)
-        # two output buffers taken in turn: this round's input (the previous output) is already
-        # copied into X, and a fresh users × factors array would page-fault every round
-        out = self._work_buffer(f"out{round_no % 2}", X.shape, self.dtype)
-        _in_row_ranges(X.shape[0], self._threads, lambda lo, hi: _cg_finish(X[lo:hi], nonempty[lo:hi], out[lo:hi]))
+        X[~nonempty] = 0.0  # users with no interaction anywhere get 0 (as in implicit)
         agg.close_round()
         self._call(parties, "end_round", {p: (run_id, round_no) for p in names})
-        return out
+        return X
 
     def _user_gram(self, X: np.ndarray) -> np.ndarray:
         """XᵀX of the new user factors, which every party's item step needs (the parties get X
