@@ -47,6 +47,8 @@ def register(bench_sub) -> None:
     p.add_argument("--markov-alpha", type=float, default=1.0,
                    help="Rank+MarkovPath weight of the ranking against the empirical transitions, in (0, 1]; "
                         "1 (the default) takes the top-ranked POIs and orders them by the transitions")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="processes for the Flickr held-out queries (same results for any number)")
     p.add_argument("--toptw-dir", type=Path, default=None, help="folder of Solomon TOPTW .txt instances")
     p.add_argument("--skip-flickr", action="store_true")
     p.add_argument("--skip-toptw", action="store_true")
@@ -69,7 +71,7 @@ def model_label(features: str) -> str:
 
 
 def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", features: str = "ours",
-               markov_alpha: float = 1.0) -> dict:
+               markov_alpha: float = 1.0, jobs: int = 1) -> dict:
     from itinerary import flickr
 
     out = {}
@@ -82,7 +84,7 @@ def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", featur
         long = sum(len(t) >= 3 and len(set(t)) == len(t) for t in data.trajs)
         started = time.perf_counter()
         with tqdm(total=long, desc=f"flickr {city}", file=sys.stderr, leave=False) as bar:
-            r = flickr.evaluate_city(data, progress=bar, feature_set=features, markov_alpha=markov_alpha)
+            r = flickr.evaluate_city(data, progress=bar, feature_set=features, markov_alpha=markov_alpha, jobs=jobs)
         out[city] = {
             "f1": round(r.f1, 4), "pairs_f1": round(r.pairs_f1, 4), "queries": r.queries,
             "f1_std": round(r.f1_std, 4), "f1_standard_error": round(r.f1_std / max(r.queries, 1) ** 0.5, 4),
@@ -160,7 +162,8 @@ def main(args) -> int:
             raise WenlvError(f"Flickr data folder {source} not found (use --source)")
         from itinerary.flickr import CITIES
 
-        result["flickr"] = run_flickr(source, args.city or list(CITIES), args.format, args.features, args.markov_alpha)
+        result["flickr"] = run_flickr(source, args.city or list(CITIES), args.format, args.features, args.markov_alpha,
+                                     args.jobs)
     if not args.skip_toptw:
         folder = args.toptw_dir or data / "toptw" / "solomon100"
         if not folder.is_dir():

@@ -377,11 +377,16 @@ class PairwiseModel:
             if len(pos) and len(neg):
                 diffs.append((pos[:, None, :] - neg[None, :, :]).reshape(-1, Z.shape[1]))
         D = np.vstack(diffs)
+        # The gradient is (-D.T) @ sigmoid(-z): `-D.T @ v` used to negate all of D at every
+        # evaluation (half the fit's time); negated once here, the operands and so the bits
+        # are the same. The two work buffers likewise save an allocation per evaluation.
+        neg_dt, z, buf = -D.T, np.empty(len(D)), np.empty(len(D))
 
         def loss(w):
-            z = D @ w
-            return (np.sum(np.logaddexp(0, -z)) + 0.5 * self.l2 * w @ w,
-                    -D.T @ (1 / (1 + np.exp(z))) + self.l2 * w)
+            np.matmul(D, w, out=z)
+            nll = np.sum(np.logaddexp(0, np.negative(z, out=buf), out=buf)) + 0.5 * self.l2 * w @ w
+            np.divide(1, np.add(1, np.exp(z, out=buf), out=buf), out=buf)
+            return nll, neg_dt @ buf + self.l2 * w
 
         self.w = minimize(loss, np.zeros(D.shape[1]), jac=True, method="L-BFGS-B").x
         return self
@@ -413,6 +418,21 @@ def fit_model(choice: tuple[str, float], groups: list[tuple[np.ndarray, np.ndarr
     if kind == "pairwise":
         return PairwiseModel(l2).fit_groups(groups)
     return LogisticModel(l2).fit(np.vstack([g[0] for g in groups]), np.concatenate([g[1] for g in groups]))
+
+
+class FitCache:
+    """fit_model on one training set's columns, each (choice, columns) fitted once: for a held-out
+    query the picked scorer, the tuned choice and the ensemble often need the same fit, and a
+    refit would only repeat the same deterministic computation."""
+
+    def __init__(self, groups: list[tuple[np.ndarray, np.ndarray]]):
+        self.groups, self.fits = groups, {}
+
+    def __call__(self, choice: tuple[str, float], cols: slice = slice(None)):
+        key = (choice, cols.start, cols.stop, cols.step)
+        if key not in self.fits:
+            self.fits[key] = fit_model(choice, [(g[0][:, cols], g[1]) for g in self.groups])
+        return self.fits[key]
 
 
 # ---------------------------------------------------------------- route through the chosen POIs
@@ -612,20 +632,21 @@ def choose_model(data: CityData, featurize: Featurizer, short_ids: list[int], tu
 
 # Scorers "cv" and "nested" choose among, on featurize = Featurizer(data, "both") columns.
 CV_SCORERS = ("ours", "both", "poirank", "poirank_both")
-_CV_COLUMNS = {"ours": slice(0, N_FEATURES), "both": slice(None), "poirank": slice(N_FEATURES, None),
+OURS_COLUMNS = slice(0, N_FEATURES)  # our features' columns in the "both" layout
+_CV_COLUMNS = {"ours": OURS_COLUMNS, "both": slice(None), "poirank": slice(N_FEATURES, None),
                "poirank_both": slice(None)}
 
 
-def cv_scorer(name: str, groups: list):
+def cv_scorer(name: str, groups: list, fits: FitCache | None = None):
     """Scorer `name` fitted on `groups` (features of both sets side by side), as a function of a
     query's feature rows: "ours" and "both" are the ENSEMBLE on those columns; "poirank" is
-    POIRANK (the authors' learner) on the authors' columns, "poirank_both" the same learner on both sets."""
-    cols = _CV_COLUMNS[name]
-    sliced = [(g[0][:, cols], g[1]) for g in groups]
+    POIRANK (the authors' learner) on the authors' columns, "poirank_both" the same learner on both sets.
+    `fits`, a FitCache of the same groups, lets other scorers reuse these fits."""
+    cols, fits = _CV_COLUMNS[name], fits or FitCache(groups)
     if name.startswith("poirank"):
-        model = fit_model(POIRANK, sliced)
+        model = fits(POIRANK, cols)
         return lambda X: model.decision_function(X[:, cols])
-    fitted = {c: fit_model(c, sliced) for c in ENSEMBLE}
+    fitted = {c: fits(c, cols) for c in ENSEMBLE}
     return lambda X: ensemble_score(fitted, X[:, cols])
 
 
@@ -654,8 +675,111 @@ def choose_scorer(data: CityData, featurize: Featurizer, short_ids: list[int], t
     return pick_scorer(data, [(t, x) for t in tune_ids if (x := _example(data, counts, featurize, t)) is not None], folds)
 
 
+@dataclass
+class QueryOutcome:
+    """What one held-out query contributes to a CityResult."""
+    actual: list[int]
+    rec: list[int]
+    rec_tuned: list[int]
+    rec_popularity: list[int]
+    f1_poirank: float | None
+    pick: str | None
+    path_stats: dict
+
+
+@dataclass
+class HalfEvaluation:
+    """Everything a held-out query of one half needs (all fixed before its queries run), so the
+    queries can run in any process: counts are restored after each query."""
+    data: CityData
+    counts: Counts
+    featurize: Featurizer
+    long_ids: list[int]
+    feature_set: str
+    choice: tuple[str, float]
+    cv_name: str | None
+    markov_alpha: float
+
+    def run(self, q: int) -> QueryOutcome | None:
+        """Query q learned from all other trajectories; None when its start or end is unseen."""
+        tr = self.data.trajs[q]
+        restore = self.counts.without(q)
+        try:
+            if self.counts.contains[tr[0]] == 0 or self.counts.contains[tr[-1]] == 0:
+                return None
+            return self._recommend(q, tr[0], tr[-1], len(tr))
+        finally:
+            restore()
+
+    def _recommend(self, q: int, s: int, e: int, length: int) -> QueryOutcome:
+        data, counts, fs = self.data, self.counts, self.feature_set
+        items = [(t, x) for t in self.long_ids if t != q and (x := _example(data, counts, self.featurize, t)) is not None]
+        groups = [x[:2] for _, x in items]
+        fits = FitCache(groups)
+        known = counts.contains > 0
+        known[[s, e]] = False
+        cands = np.flatnonzero(known)
+        X = self.featurize(counts, s, e, length)[cands]
+        ours = OURS_COLUMNS if fs in ("cv", "nested", "ours+poirank") else slice(None)
+        name = pick_scorer(data, items)[0] if fs == "nested" else self.cv_name
+        if name is not None:
+            score = cv_scorer(name, groups, fits)(X)
+        elif fs == "poirank":
+            score = fits(POIRANK).decision_function(X)
+        else:
+            score = ensemble_score({c: fits(c, ours) for c in ENSEMBLE}, X[:, ours])
+        v = None
+        if fs == "ours+poirank":
+            v = fits(POIRANK, slice(N_FEATURES, None)).decision_function(X[:, N_FEATURES:])
+            score = score + (v - v.mean()) / (v.std() + 1e-9)
+        logp, path_stats = transition_logp(counts), {}
+        rec = rank_markov_path(s, e, length, cands, score, logp, self.markov_alpha, path_stats)
+        tuned = fits(self.choice, ours).decision_function(X[:, ours])
+        tr = data.trajs[q]
+        return QueryOutcome(tr, rec, best_order(s, e, _top(data, q, cands, tuned), logp),
+                            [s] + _top(data, q, cands, counts.pop[cands]) + [e],
+                            None if v is None else f1(tr, [s] + _top(data, q, cands, v) + [e]),
+                            name if fs == "nested" else None, path_stats)
+
+
+_WORKER_HALF: HalfEvaluation | None = None  # a forked worker's copy of the half it evaluates
+
+
+def _run_in_worker(q: int) -> QueryOutcome | None:
+    return _WORKER_HALF.run(q)
+
+
+def run_queries(half: HalfEvaluation, queries: list[int], jobs: int = 1):
+    """half.run(q) for each query, in the order given, in `jobs` forked processes (1: this one).
+    Each query's result depends on nothing but q, so any split gives the same results."""
+    global _WORKER_HALF
+    if jobs <= 1 or len(queries) < 2:
+        yield from map(half.run, queries)
+        return
+    import multiprocessing
+
+    _WORKER_HALF = half  # inherited by the forked workers, never pickled
+    try:
+        with multiprocessing.get_context("fork").Pool(min(jobs, len(queries))) as pool:
+            yield from pool.imap(_run_in_worker, queries)
+    finally:
+        _WORKER_HALF = None
+
+
+def _show_progress(progress, f1s: list, pf1s: list, f1p: list, picks: dict) -> None:
+    """One more query done; a bar that takes postfixes (tqdm) also shows the running means, so
+    that a long run stopped early still says how it was going."""
+    if progress is None:
+        return
+    if f1s and hasattr(progress, "set_postfix_str"):
+        picked = " ".join(f"{k}:{v}" for k, v in picks.items())
+        progress.set_postfix_str(f"F1 {np.mean(f1s):.4f} pairs-F1 {np.mean(pf1s):.4f} popularity F1 {np.mean(f1p):.4f} {picked}",
+                                 refresh=False)
+    progress.update(1)
+
+
 def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature_set: str = "ours",
-                  markov_alpha: float = 1.0) -> CityResult:
+                  markov_alpha: float = 1.0, jobs: int = 1) -> CityResult:
     """Leave-one-trajectory-out F1 and pairs-F1 of our recommender and of popularity.
 
     Two variants of the POI scorer are measured on the same queries: the fixed ENSEMBLE
@@ -673,6 +797,7 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
 
     markov_alpha < 1 replaces "top-ranked POIs, then their likeliest order" by Rank+MarkovPath
     (rank_markov_path) on the headline score and the empirical transitions, with that weight.
+    jobs > 1 runs the held-out queries in that many forked processes; results are the same.
     """
     if not 0.0 < markov_alpha <= 1.0:
         raise ValueError(f"markov_alpha must be in (0, 1], got {markov_alpha}")
@@ -687,58 +812,34 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
     featurize = Featurizer(data, feature_set)
     counts = Counts(data, all_ids)
     f1s, pf1s, f1p, pf1p, f1t, pf1t, skipped, chosen_models = [], [], [], [], [], [], 0, []
-    with_poirank, f1_poirank, nested_picks, path_stats = feature_set == "ours+poirank", [], {}, {}
+    f1_poirank, nested_picks, path_stats = [], {}, {}
     for h in (0, 1):
-        half_featurize, picked = featurize, {}
+        picked = {}
         if feature_set == "cv":
             scorer, sc_cv = choose_scorer(data, featurize, short_ids, halves[1 - h])
             picked = {"scorer": scorer, "scorer_inner_cv_f1": sc_cv}
-        ours_only = half_featurize
+        ours_only = featurize
         if feature_set in ("cv", "ours+poirank", "nested"):  # the GRID choice stays on our own features
             ours_only = lambda c, s, e, n: featurize(c, s, e, n)[:, :N_FEATURES]  # noqa: E731
         choice, cv = choose_model(data, ours_only, short_ids, halves[1 - h])
         chosen_models.append({"choice": f"{choice[0]}:{choice[1]:g}", "inner_cv_f1": cv, **picked})
-        for q in halves[h]:
-            tr = data.trajs[q]
-            s, e, length = tr[0], tr[-1], len(tr)
-            restore = counts.without(q)
-            try:
-                if counts.contains[s] == 0 or counts.contains[e] == 0:
-                    skipped += 1
-                    continue
-                items = [(t, x) for t in long_ids if t != q and (x := _example(data, counts, half_featurize, t)) is not None]
-                groups = [x[:2] for _, x in items]
-                known = counts.contains > 0
-                known[[s, e]] = False
-                cands = np.flatnonzero(known)
-                X = half_featurize(counts, s, e, length)[cands]
-                if feature_set == "nested":
-                    name, _ = pick_scorer(data, items)
-                    nested_picks[name] = nested_picks.get(name, 0) + 1
-                if feature_set in ("cv", "nested"):
-                    score_cv = cv_scorer(picked["scorer"] if feature_set == "cv" else name, groups)(X)
-                if feature_set in ("cv", "nested", "ours+poirank"):
-                    Xa, groups_a = X[:, N_FEATURES:], [(g[0][:, N_FEATURES:], g[1]) for g in groups]
-                    X, groups = X[:, :N_FEATURES], [(g[0][:, :N_FEATURES], g[1]) for g in groups]
-                fitted = {c: fit_model(c, groups) for c in {*ENSEMBLE, choice}}
-                logp = transition_logp(counts)
-                score = score_cv if feature_set in ("cv", "nested") else ensemble_score(fitted, X)
-                if feature_set == "poirank":
-                    score = fit_model(POIRANK, groups).decision_function(X)
-                if with_poirank:
-                    v = fit_model(POIRANK, groups_a).decision_function(Xa)
-                    score = score + (v - v.mean()) / (v.std() + 1e-9)
-                    f1_poirank.append(f1(tr, [s] + _top(data, q, cands, v) + [e]))
-                rec = rank_markov_path(s, e, length, cands, score, logp, markov_alpha, path_stats)
-                rec_tuned = best_order(s, e, _top(data, q, cands, fitted[choice].decision_function(X)), logp)
-                pop_rec = [s] + _top(data, q, cands, counts.pop[cands]) + [e]
-            finally:
-                restore()
-                if progress is not None:
-                    progress.update(1)
-            f1t.append(f1(tr, rec_tuned)), pf1t.append(pairs_f1(tr, rec_tuned))
-            f1s.append(f1(tr, rec)), pf1s.append(pairs_f1(tr, rec))
-            f1p.append(f1(tr, pop_rec)), pf1p.append(pairs_f1(tr, pop_rec))
+        half = HalfEvaluation(data, counts, featurize, long_ids, feature_set, choice, picked.get("scorer"), markov_alpha)
+        for out in run_queries(half, halves[h], jobs):
+            if out is None:
+                skipped += 1
+                _show_progress(progress, f1s, pf1s, f1p, nested_picks)
+                continue
+            tr = out.actual
+            f1t.append(f1(tr, out.rec_tuned)), pf1t.append(pairs_f1(tr, out.rec_tuned))
+            f1s.append(f1(tr, out.rec)), pf1s.append(pairs_f1(tr, out.rec))
+            f1p.append(f1(tr, out.rec_popularity)), pf1p.append(pairs_f1(tr, out.rec_popularity))
+            if out.f1_poirank is not None:
+                f1_poirank.append(out.f1_poirank)
+            if out.pick is not None:
+                nested_picks[out.pick] = nested_picks.get(out.pick, 0) + 1
+            for k, n in out.path_stats.items():
+                path_stats[k] = path_stats.get(k, 0) + n
+            _show_progress(progress, f1s, pf1s, f1p, nested_picks)
     if nested_picks:
         chosen_models.append({"nested_scorer_picks": nested_picks})
     if path_stats:

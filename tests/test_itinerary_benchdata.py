@@ -248,3 +248,60 @@ def test_bench_json_names_the_scorer_that_each_feature_set_uses():
     for f in ("cv", "nested"):
         assert all(name in labels[f] for name in flickr.CV_SCORERS) and "ensemble" not in labels[f]
     assert "per held-out query" in labels["nested"] and "PoiRank" in labels["poirank"]
+
+
+def _plain_pairwise_weights(groups, l2):
+    """The pairwise fit as first written (negating D at every evaluation), for comparison."""
+    from scipy.optimize import minimize
+
+    X = np.vstack([g[0] for g in groups])
+    mu, sd = X.mean(0), X.std(0) + 1e-9
+    diffs = []
+    for Xg, yg in groups:
+        Z = (Xg - mu) / sd
+        pos, neg = Z[yg > 0], Z[yg == 0]
+        if len(pos) and len(neg):
+            diffs.append((pos[:, None, :] - neg[None, :, :]).reshape(-1, Z.shape[1]))
+    D = np.vstack(diffs)
+
+    def loss(w):
+        z = D @ w
+        return np.sum(np.logaddexp(0, -z)) + 0.5 * l2 * w @ w, -D.T @ (1 / (1 + np.exp(z))) + l2 * w
+
+    return minimize(loss, np.zeros(D.shape[1]), jac=True, method="L-BFGS-B").x
+
+
+def test_pairwise_fit_is_bit_identical_to_the_plain_loss():
+    # the fit is ill-conditioned at small L2: only the same arithmetic gives the same ranker
+    rng = np.random.default_rng(5)
+    groups = [(rng.normal(size=(12, 6)), (rng.random(12) < 0.25).astype(float)) for _ in range(30)]
+    for l2 in (0.1, 10.0):
+        np.testing.assert_array_equal(flickr.PairwiseModel(l2).fit_groups(groups).w, _plain_pairwise_weights(groups, l2))
+
+
+def test_fit_cache_fits_each_choice_and_columns_once(monkeypatch):
+    rng = np.random.default_rng(2)
+    groups = [(rng.normal(size=(10, flickr.N_FEATURES + 4)), (rng.random(10) < 0.3).astype(float)) for _ in range(20)]
+    X = rng.normal(size=(7, flickr.N_FEATURES + 4))
+    plain = flickr.cv_scorer("ours", groups)(X)
+    calls = []
+    fit = flickr.fit_model
+    monkeypatch.setattr(flickr, "fit_model", lambda choice, g: calls.append(choice) or fit(choice, g))
+    fits = flickr.FitCache(groups)
+    np.testing.assert_array_equal(flickr.cv_scorer("ours", groups, fits)(X), plain)
+    for choice in flickr.ENSEMBLE:  # the tuned choice / the ensemble on our columns: no refit
+        assert fits(choice, flickr.OURS_COLUMNS) is fits(choice, slice(0, flickr.N_FEATURES))
+    assert sorted(calls) == sorted(flickr.ENSEMBLE)
+    fits(flickr.ENSEMBLE[0])  # other columns: another fit
+    assert len(calls) == 3
+
+
+def test_held_out_queries_give_the_same_result_in_any_number_of_processes():
+    import dataclasses
+
+    rng = np.random.default_rng(4)
+    trajs = [list(rng.choice(7, size=int(rng.integers(2, 5)), replace=False)) for _ in range(30)]
+    data = _city(trajs, [f"u{i % 5}" for i in range(30)])
+    one = flickr.evaluate_city(data, feature_set="ours+poirank")
+    assert one.queries > 5
+    assert dataclasses.asdict(flickr.evaluate_city(data, feature_set="ours+poirank", jobs=2)) == dataclasses.asdict(one)
