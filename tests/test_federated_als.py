@@ -392,7 +392,6 @@ def test_thread_count_does_not_change_the_model(data, monkeypatch):
     the float32 model is the same bit for bit with one or two threads."""
     import training.federated_als as fa
 
-    monkeypatch.setattr(fa, "_GRAM_BLOCK_ROWS", 64)
     monkeypatch.setattr(fa, "_USER_GRAM_BLOCK_ROWS", 128)
     blocks, _ = data
     params = dict(PARAMS, iterations=3)

@@ -59,26 +59,19 @@ from privacy.audit import AuditLog
 from privacy.secure_agg import (DEFAULT_FRAC_BITS, Aggregator, DropoutError, Identity, MaskingParty,
                                 PartyUnavailable, SecureAggError)
 from training.item_cg import item_cg_step, with_ridge
+from training.sparse_rows import RS_EPS, row_pass
 from wenlv.errors import WenlvError
 from wenlv.memory import plain_pages_empty
 from wenlv.parallel import run_segments, segments
 
 log = logging.getLogger(__name__)
 
-_RS_EPS = 1e-20  # implicit's "residual is zero" threshold on r·r
-_GRAM_BLOCK_ROWS = 2048  # users per dense V·YᵀY product: the block and its result stay in L2
 _USER_GRAM_BLOCK_ROWS = 65536  # users per partial XᵀX (fixed, so the sum does not depend on threads)
 
 
 def resolve_threads(num_threads: int) -> int:
     """``implicit``'s convention: 0 means every core."""
     return int(num_threads) if int(num_threads) > 0 else (os.cpu_count() or 1)
-
-
-def _in_row_ranges(n: int, threads: int, work) -> None:
-    """work(lo, hi) over up to `threads` contiguous row ranges of [0, n) (whole blocks of
-    _GRAM_BLOCK_ROWS users), at once (kernels release the GIL)."""
-    run_segments(work, segments(n, _GRAM_BLOCK_ROWS, threads))
 
 
 def init_factors(n_users: int, item_counts: dict[str, int], factors: int, random_state=None,
@@ -106,14 +99,9 @@ _SPARSE_KERNELS: dict = {}
 
 def _sparse_terms(indptr, indices, data, Y, V, out, residual) -> None:
     """out_u = Σ_{i ∈ u} coef_ui · y_i for every user row of V, one pass over the block
-    (implicit's inner loop); every row of `out` is written, so it needs no zeroing.
-
-    coef = b_ui − (|c_ui| − 1)(y_i·v_u) for the residual (b = c if c > 0 else 0),
-    coef = (|c_ui| − 1)(y_i·v_u) for the CG product. Computed in the dtype of Y and data
-    (float32 for a float32 model, as ``implicit`` computes, or float64). The kernel is
-    compiled for the factor count (a constant, so that v_u and the user's sums stay in
-    registers) and takes a user's items two at a time (two independent dot products in
-    flight): 1.6× faster than a loop over a run-time factor count at 64 factors.
+    (implicit's inner loop, training.sparse_rows); every row of `out` is written, so it needs
+    no zeroing. Computed in the dtype of Y and data (float32 for a float32 model, as
+    ``implicit`` computes, or float64).
     """
     if Y.dtype != data.dtype:
         raise WenlvError(f"sparse terms: item factors are {Y.dtype} but confidences are {data.dtype}")
@@ -125,7 +113,7 @@ def _sparse_terms(indptr, indices, data, Y, V, out, residual) -> None:
 
 
 def _make_sparse_kernel(F: int, real):
-    one, zero = real(1.0), real(0.0)
+    zero, row_sum = real(0.0), row_pass(F, real)
 
     @numba.njit(cache=True, nogil=True, fastmath=True)
     def kernel(indptr, indices, data, Y, V, out, residual):
@@ -133,21 +121,7 @@ def _make_sparse_kernel(F: int, real):
         for u in range(V.shape[0]):
             for j in range(F):
                 acc[j], v[j] = zero, V[u, j]
-            k, hi = indptr[u], indptr[u + 1]
-            while k < hi:
-                i0, c0 = indices[k], data[k]
-                i1, c1 = (indices[k + 1], data[k + 1]) if k + 1 < hi else (i0, one)  # c = 1: adds 0
-                d0, d1 = zero, zero
-                for j in range(F):
-                    d0 += Y[i0, j] * v[j]
-                    d1 += Y[i1, j] * v[j]
-                e0, e1 = (abs(c0) - one) * d0, (abs(c1) - one) * d1
-                if residual:
-                    e0 = (c0 if c0 > 0 else zero) - e0
-                    e1 = (c1 if c1 > 0 else zero) - e1 if k + 1 < hi else zero
-                for j in range(F):
-                    acc[j] += e0 * Y[i0, j] + e1 * Y[i1, j]
-                k += 2
+            row_sum(indptr, indices, data, Y, u, v, acc, residual)
             for j in range(F):
                 out[u, j] = acc[j]
 
@@ -538,13 +512,13 @@ class FederatedALS:
             u = slice(lo // f, hi // f)
             np.matmul(X[u], minus_A, out=r[u])
             r[u] += sparse.reshape(-1, f)
-            _cg_start(r[u], p[u], rsold[u], active[u], _RS_EPS)
+            _cg_start(r[u], p[u], rsold[u], active[u], RS_EPS)
 
         def step(lo: int, hi: int, sparse: np.ndarray) -> None:   # Ap = Σ_p sparse_p + YᵀY p (λp: in _cg_update)
             u = slice(lo // f, hi // f)
             Ap = sparse.reshape(-1, f)
             Ap += p[u] @ gram
-            _cg_update(X[u], r[u], p[u], Ap, reg, rsold[u], active[u], _RS_EPS)
+            _cg_update(X[u], r[u], p[u], Ap, reg, rsold[u], active[u], RS_EPS)
 
         self._stage(parties, agg, "residual", "r0", (run_id, round_no, "r0", X), consume=start)
         for k in range(self.cg_steps):

@@ -21,10 +21,10 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
+from training.sparse_rows import RS_EPS, row_pass
 from wenlv.errors import WenlvError
 from wenlv.parallel import run_segments
 
-_RS_EPS = 1e-20  # implicit's "residual is zero" threshold on r·r
 _KERNELS: dict = {}
 
 
@@ -67,28 +67,7 @@ def item_cg_step(Ciu: sp.csr_matrix, data: np.ndarray, X: np.ndarray, Y: np.ndar
 
 
 def _make_item_kernel(F: int, real):
-    one, zero, eps = real(1.0), real(0.0), real(_RS_EPS)
-
-    @numba.njit(cache=True, nogil=True, fastmath=True)
-    def sparse_pass(indptr, indices, data, X, i, v, acc, residual):
-        """acc += Σ_u coef_u x_u over item i's users: coef = b − (|c|−1)(x_u·v) for the
-        residual (b = c if c > 0 else 0), coef = (|c|−1)(x_u·v) for a CG product."""
-        k, hi = indptr[i], indptr[i + 1]
-        while k < hi:
-            u0, c0 = indices[k], data[k]
-            pair = k + 1 < hi
-            u1, c1 = (indices[k + 1], data[k + 1]) if pair else (u0, one)  # c = 1 adds 0 to a product
-            d0, d1 = zero, zero
-            for j in range(F):
-                d0 += X[u0, j] * v[j]
-                d1 += X[u1, j] * v[j]
-            e0, e1 = (abs(c0) - one) * d0, (abs(c1) - one) * d1
-            if residual:
-                e0 = (c0 if c0 > zero else zero) - e0
-                e1 = ((c1 if c1 > zero else zero) - e1) if pair else zero
-            for j in range(F):
-                acc[j] += e0 * X[u0, j] + e1 * X[u1, j]
-            k += 2
+    zero, eps, sparse_pass = real(0.0), real(RS_EPS), row_pass(F, real)
 
     @numba.njit(cache=True, nogil=True, fastmath=True)
     def kernel(indptr, indices, data, X, Y, G, cg_steps, lo, hi):
