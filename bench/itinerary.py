@@ -97,7 +97,7 @@ def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", featur
             "popularity_f1_same_run": round(r.f1_popularity, 4), "popularity_pairs_f1_same_run": round(r.pairs_f1_popularity, 4),
             "published_f1": {m: v[city] for m, v in flickr.PUBLISHED.items() if city in v},
             "skipped_queries": r.skipped, "trajectories": r.trajectories, "source_format": fmt,
-            "loop_trajectories_not_queried": r.loops_not_queried, "model_choice_per_half": r.models,
+            "loop_trajectories_not_queried": r.loops_not_queried, "by_query_length": r.by_length, "model_choice_per_half": r.models,
             "dropped_rows": data.dropped, "seconds": round(time.perf_counter() - started, 1),
         }
     return out

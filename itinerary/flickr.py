@@ -576,6 +576,20 @@ class CityResult:
     pairs_f1_tuned: float = 0.0
     f1_std: float = 0.0  # population std over queries, as the authors report mean ± std
     f1_poirank_replica: float | None = None  # POIRANK alone, same queries (ours+poirank only)
+    by_length: dict | None = None  # query length -> {queries, f1, pairs_f1, f1_popularity}: subsets' means
+
+
+def by_length(lengths: list[int], **per_query: list[float]) -> dict:
+    """Per-query figures averaged by query length (number of POIs), so that the mean over any
+    subset of lengths (the published averages leave out the queries their ILP baseline did not
+    solve) can be recomputed from the JSON."""
+    lengths_arr = np.asarray(lengths)
+    out = {}
+    for n in sorted(set(lengths)):
+        sel = lengths_arr == n
+        out[int(n)] = {"queries": int(sel.sum()),
+                       **{k: round(float(np.asarray(v)[sel].mean()), 4) for k, v in per_query.items()}}
+    return out
 
 
 def _example(data: CityData, counts: Counts, featurize: Featurizer, t: int):
@@ -812,7 +826,7 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
     featurize = Featurizer(data, feature_set)
     counts = Counts(data, all_ids)
     f1s, pf1s, f1p, pf1p, f1t, pf1t, skipped, chosen_models = [], [], [], [], [], [], 0, []
-    f1_poirank, nested_picks, path_stats = [], {}, {}
+    f1_poirank, nested_picks, path_stats, lengths = [], {}, {}, []
     for h in (0, 1):
         picked = {}
         if feature_set == "cv":
@@ -830,6 +844,7 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
                 _show_progress(progress, f1s, pf1s, f1p, nested_picks)
                 continue
             tr = out.actual
+            lengths.append(len(tr))
             f1t.append(f1(tr, out.rec_tuned)), pf1t.append(pairs_f1(tr, out.rec_tuned))
             f1s.append(f1(tr, out.rec)), pf1s.append(pairs_f1(tr, out.rec))
             f1p.append(f1(tr, out.rec_popularity)), pf1p.append(pairs_f1(tr, out.rec_popularity))
@@ -847,4 +862,5 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
     return CityResult(data.city, len(f1s), float(np.mean(f1s)), float(np.mean(pf1s)), float(np.mean(f1p)),
                       float(np.mean(pf1p)), skipped, len(all_ids), chosen_models, len(long_ids) - len(query_ids),
                       float(np.mean(f1t)), float(np.mean(pf1t)), float(np.std(f1s)),
-                      float(np.mean(f1_poirank)) if f1_poirank else None)
+                      float(np.mean(f1_poirank)) if f1_poirank else None,
+                      by_length(lengths, f1=f1s, pairs_f1=pf1s, f1_popularity=f1p))

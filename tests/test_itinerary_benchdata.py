@@ -28,6 +28,12 @@ def _city(trajs, users):
                            trajs, users, [[60.0] * len(t) for t in trajs], {})
 
 
+def test_by_length_averages_each_query_length_apart():
+    got = flickr.by_length([3, 5, 3, 4], f1=[1.0, 0.2, 0.5, 0.4], f1_popularity=[0.0, 0.0, 1.0, 1.0])
+    assert got == {3: {"queries": 2, "f1": 0.75, "f1_popularity": 0.5}, 4: {"queries": 1, "f1": 0.4, "f1_popularity": 1.0},
+                   5: {"queries": 1, "f1": 0.2, "f1_popularity": 0.0}}
+
+
 def test_leave_one_out_counts_equal_counts_built_without_the_trajectory():
     trajs = [[0, 1, 2], [1, 2, 3, 4], [0, 4], [2, 3], [0, 1, 3, 4]]
     users = ["a", "a", "b", "c", "b"]
@@ -118,6 +124,11 @@ def test_bench_runs_end_to_end_on_a_small_city_and_one_toptw_instance(tmp_path, 
     tiny = out["flickr"]["Tiny"]
     assert tiny["queries"] > 10 and 0 < tiny["f1"] <= 1 and 0 <= tiny["pairs_f1"] <= 1
     assert tiny["published_best_f1"] is None and tiny["source_format"].startswith("visits")
+    by_len = tiny["by_query_length"]  # JSON keys: the query lengths; weighted means give the totals back
+    assert sum(v["queries"] for v in by_len.values()) == tiny["queries"] and min(map(int, by_len)) >= 3
+    for key in ("f1", "pairs_f1"):
+        mean = sum(v["queries"] * v[key] for v in by_len.values()) / tiny["queries"]
+        assert mean == pytest.approx(tiny[key], abs=1e-3)
     c101 = out["toptw"]["per_instance"]["c101"]
     assert c101["best_known"] == 320 and 0 < c101["score"] <= 320 and c101["gap"] == pytest.approx((320 - c101["score"]) / 320, abs=1e-4)
     assert out["toptw"]["instances"] == 1 and c101["greedy_score"] <= c101["score"]
