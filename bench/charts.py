@@ -78,7 +78,14 @@ def _bars(ax, groups: list[str], series: dict[str, list[float]], ylabel: str, ti
 def _itinerary(plt, result: dict):
     flickr = result.get("flickr", {})
     cities = sorted(flickr)
-    fig, axes = plt.subplots(1, 2 if "toptw" in result else 1, figsize=(13, 4.5), squeeze=False)
+    by_len = [c for c in cities if flickr[c].get("by_query_length")]
+    top = 2 if "toptw" in result else 1
+    fig = plt.figure(figsize=(13, 4.5 * (2 if by_len else 1)))
+    grid = fig.add_gridspec(2 if by_len else 1, top * max(1, len(by_len)))
+    width = max(1, len(by_len))
+    axes = [[fig.add_subplot(grid[0, k * width:(k + 1) * width]) for k in range(top)]]
+    for k, city in enumerate(by_len):
+        _f1_up_to_length(fig.add_subplot(grid[1, k * top:(k + 1) * top]), city, flickr[city])
     if cities:
         series = {"Wenlv": [flickr[c]["f1"] for c in cities]}
         methods = sorted({m for c in cities for m in flickr[c].get("published_f1", {})})
@@ -98,6 +105,26 @@ def _itinerary(plt, result: dict):
         ax.tick_params(axis="x", rotation=90, labelsize=7)
         ax.legend(fontsize=8)
     return fig
+
+
+def _f1_up_to_length(ax, city: str, row: dict) -> None:
+    """Mean F1 over the queries of at most L POIs against L, ours and popularity, beside the
+    published best and PoiPopularity: where our popularity meets the published one is the
+    subset the published means plausibly cover (they leave out queries their ILP baseline
+    did not solve)."""
+    from itinerary.flickr import mean_up_to_length
+
+    for key, label, style in (("f1", "Wenlv", "o-"), ("f1_popularity", "popularity (ours)", "s--")):
+        ax.plot(*mean_up_to_length(row["by_query_length"], key), style, ms=3, label=label)
+    published = row.get("published_f1", {})
+    if row.get("published_best_f1"):
+        ax.axhline(row["published_best_f1"], color="C2", lw=1, label="published best")
+    if "PoiPopularity" in published:
+        ax.axhline(published["PoiPopularity"], color="C1", lw=1, ls=":", label="published PoiPopularity")
+    ax.set_xlabel("queries of at most L POIs")
+    ax.set_ylabel("mean F1")
+    ax.set_title(f"{city}: F1 over the shorter queries", fontsize=9)
+    ax.legend(fontsize=6)
 
 
 def _greedy_gap(row: dict) -> float:

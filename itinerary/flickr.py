@@ -579,6 +579,18 @@ class CityResult:
     by_length: dict | None = None  # query length -> {queries, f1, pairs_f1, f1_popularity}: subsets' means
 
 
+def mean_up_to_length(by_len: dict, key: str) -> tuple[list[int], list[float]]:
+    """From a by_length table (keys may be JSON strings): for each length L, the mean of `key`
+    over the queries of at most L POIs."""
+    rows = sorted((int(n), v) for n, v in by_len.items())
+    lengths, means, total, count = [], [], 0.0, 0
+    for n, v in rows:
+        total, count = total + v["queries"] * v[key], count + v["queries"]
+        lengths.append(n)
+        means.append(total / count)
+    return lengths, means
+
+
 def by_length(lengths: list[int], **per_query: list[float]) -> dict:
     """Per-query figures averaged by query length (number of POIs), so that the mean over any
     subset of lengths (the published averages leave out the queries their ILP baseline did not

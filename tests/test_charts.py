@@ -8,7 +8,10 @@ from wenlv.cli import main
 from wenlv.errors import WenlvError
 
 RESULTS = {
-    "itinerary": {"flickr": {"Toro": {"f1": 0.76, "published_f1": {"PoiRank": 0.754, "Random": 0.621}},
+    "itinerary": {"flickr": {"Toro": {"f1": 0.76, "published_f1": {"PoiRank": 0.754, "PoiPopularity": 0.678},
+                                      "published_best_f1": 0.754, "by_query_length": {
+                                          "3": {"queries": 4, "f1": 0.8, "pairs_f1": 0.6, "f1_popularity": 0.7},
+                                          "5": {"queries": 2, "f1": 0.5, "pairs_f1": 0.3, "f1_popularity": 0.4}}},
                              "Edin": {"f1": 0.72, "published_f1": {"PoiRank": 0.700, "Random": 0.570}}},
                   "toptw": {"mean_seconds": 0.8, "per_instance": {
                       "c101": {"gap": 0.0, "best_known": 320, "greedy_score": 310},

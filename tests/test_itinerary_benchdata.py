@@ -316,3 +316,9 @@ def test_held_out_queries_give_the_same_result_in_any_number_of_processes():
     one = flickr.evaluate_city(data, feature_set="ours+poirank")
     assert one.queries > 5
     assert dataclasses.asdict(flickr.evaluate_city(data, feature_set="ours+poirank", jobs=2)) == dataclasses.asdict(one)
+
+
+def test_mean_up_to_length_weights_each_length_by_its_queries():
+    table = {"3": {"queries": 2, "f1": 0.75}, "5": {"queries": 1, "f1": 0.2}, "4": {"queries": 1, "f1": 0.4}}
+    lengths, means = flickr.mean_up_to_length(table, "f1")
+    assert lengths == [3, 4, 5] and means == pytest.approx([0.75, (1.5 + 0.4) / 3, (1.5 + 0.4 + 0.2) / 4])
