@@ -114,13 +114,18 @@ def _f1_up_to_length(ax, city: str, row: dict) -> None:
     did not solve)."""
     from itinerary.flickr import mean_up_to_length
 
-    for key, label, style in (("f1", "Wenlv", "o-"), ("f1_popularity", "popularity (ours)", "s--")):
-        ax.plot(*mean_up_to_length(row["by_query_length"], key), style, ms=3, label=label)
+    table = row["by_query_length"]
+    curves = (("f1", "Wenlv", "C0", "o-"), ("f1_popularity", "popularity (ours)", "C1", "s--"),
+              ("f1_random_expected", "random, expected (ours)", "C4", "^-."))
+    for key, label, colour, style in curves:
+        if all(key in v for v in table.values()):
+            ax.plot(*mean_up_to_length(table, key), style, color=colour, ms=3, label=label)
     published = row.get("published_f1", {})
     if row.get("published_best_f1"):
         ax.axhline(row["published_best_f1"], color="C2", lw=1, label="published best")
-    if "PoiPopularity" in published:
-        ax.axhline(published["PoiPopularity"], color="C1", lw=1, ls=":", label="published PoiPopularity")
+    for method, colour in (("PoiPopularity", "C1"), ("Random", "C4")):
+        if method in published:
+            ax.axhline(published[method], color=colour, lw=1, ls=":", label=f"published {method}")
     ax.set_xlabel("queries of at most L POIs")
     ax.set_ylabel("mean F1")
     ax.set_title(f"{city}: F1 over the shorter queries", fontsize=9)

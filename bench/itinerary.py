@@ -95,6 +95,7 @@ def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", featur
             "published_best_f1": flickr.PUBLISHED_BEST_F1.get(city),
             "beats_published_best": (r.f1 > flickr.PUBLISHED_BEST_F1[city]) if city in flickr.PUBLISHED_BEST_F1 else None,
             "popularity_f1_same_run": round(r.f1_popularity, 4), "popularity_pairs_f1_same_run": round(r.pairs_f1_popularity, 4),
+            "random_f1_expected": round(r.f1_random_expected, 4),
             "published_f1": {m: v[city] for m, v in flickr.PUBLISHED.items() if city in v},
             "skipped_queries": r.skipped, "trajectories": r.trajectories, "source_format": fmt,
             "loop_trajectories_not_queried": r.loops_not_queried, "by_query_length": r.by_length, "model_choice_per_half": r.models,

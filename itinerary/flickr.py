@@ -576,7 +576,8 @@ class CityResult:
     pairs_f1_tuned: float = 0.0
     f1_std: float = 0.0  # population std over queries, as the authors report mean ± std
     f1_poirank_replica: float | None = None  # POIRANK alone, same queries (ours+poirank only)
-    by_length: dict | None = None  # query length -> {queries, f1, pairs_f1, f1_popularity}: subsets' means
+    by_length: dict | None = None  # query length -> {queries, f1, pairs_f1, f1_popularity, ...}: subsets' means
+    f1_random_expected: float = 0.0  # exact expectation of the Random baseline, same queries
 
 
 def mean_up_to_length(by_len: dict, key: str) -> tuple[list[int], list[float]]:
@@ -589,6 +590,16 @@ def mean_up_to_length(by_len: dict, key: str) -> tuple[list[int], list[float]]:
         lengths.append(n)
         means.append(total / count)
     return lengths, means
+
+
+def expected_random_f1(actual: list, cands: np.ndarray) -> float:
+    """Exact expected F1 of the Random baseline: start and end given, the len(actual) - 2 other
+    stops drawn without replacement from `cands`. Both lists have the same length, so F1 is the
+    share of matched POIs, and each actual stop among the candidates is drawn with probability
+    (len(actual) - 2) / len(cands). The published Random is one draw of this."""
+    k, inner = len(actual) - 2, set(actual[1:-1])
+    hits = sum(1 for p in np.asarray(cands).tolist() if p in inner)
+    return (2 + k * hits / len(cands)) / len(actual)
 
 
 def by_length(lengths: list[int], **per_query: list[float]) -> dict:
@@ -708,6 +719,7 @@ class QueryOutcome:
     rec: list[int]
     rec_tuned: list[int]
     rec_popularity: list[int]
+    f1_random: float
     f1_poirank: float | None
     pick: str | None
     path_stats: dict
@@ -763,7 +775,7 @@ class HalfEvaluation:
         tuned = fits(self.choice, ours).decision_function(X[:, ours])
         tr = data.trajs[q]
         return QueryOutcome(tr, rec, best_order(s, e, _top(data, q, cands, tuned), logp),
-                            [s] + _top(data, q, cands, counts.pop[cands]) + [e],
+                            [s] + _top(data, q, cands, counts.pop[cands]) + [e], expected_random_f1(tr, cands),
                             None if v is None else f1(tr, [s] + _top(data, q, cands, v) + [e]),
                             name if fs == "nested" else None, path_stats)
 
@@ -837,7 +849,7 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
     halves = [sorted(perm[: len(perm) // 2]), sorted(perm[len(perm) // 2:])]
     featurize = Featurizer(data, feature_set)
     counts = Counts(data, all_ids)
-    f1s, pf1s, f1p, pf1p, f1t, pf1t, skipped, chosen_models = [], [], [], [], [], [], 0, []
+    f1s, pf1s, f1p, pf1p, f1t, pf1t, f1r, skipped, chosen_models = [], [], [], [], [], [], [], 0, []
     f1_poirank, nested_picks, path_stats, lengths = [], {}, {}, []
     for h in (0, 1):
         picked = {}
@@ -860,6 +872,7 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
             f1t.append(f1(tr, out.rec_tuned)), pf1t.append(pairs_f1(tr, out.rec_tuned))
             f1s.append(f1(tr, out.rec)), pf1s.append(pairs_f1(tr, out.rec))
             f1p.append(f1(tr, out.rec_popularity)), pf1p.append(pairs_f1(tr, out.rec_popularity))
+            f1r.append(out.f1_random)
             if out.f1_poirank is not None:
                 f1_poirank.append(out.f1_poirank)
             if out.pick is not None:
@@ -875,4 +888,5 @@ def evaluate_city(data: CityData, seed: int = 1234567890, progress=None, feature
                       float(np.mean(pf1p)), skipped, len(all_ids), chosen_models, len(long_ids) - len(query_ids),
                       float(np.mean(f1t)), float(np.mean(pf1t)), float(np.std(f1s)),
                       float(np.mean(f1_poirank)) if f1_poirank else None,
-                      by_length(lengths, f1=f1s, pairs_f1=pf1s, f1_popularity=f1p))
+                      by_length(lengths, f1=f1s, pairs_f1=pf1s, f1_popularity=f1p, f1_random_expected=f1r),
+                      float(np.mean(f1r)))

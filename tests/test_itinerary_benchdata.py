@@ -322,3 +322,12 @@ def test_mean_up_to_length_weights_each_length_by_its_queries():
     table = {"3": {"queries": 2, "f1": 0.75}, "5": {"queries": 1, "f1": 0.2}, "4": {"queries": 1, "f1": 0.4}}
     lengths, means = flickr.mean_up_to_length(table, "f1")
     assert lengths == [3, 4, 5] and means == pytest.approx([0.75, (1.5 + 0.4) / 3, (1.5 + 0.4 + 0.2) / 4])
+
+
+def test_expected_random_f1_equals_the_mean_over_every_draw():
+    import itertools
+
+    actual, cands = [0, 3, 5, 9], np.array([1, 2, 3, 4, 5, 6])  # 3 and 5 are candidates, 2 stops drawn
+    draws = [flickr.f1(actual, [0, *pick, 9]) for pick in itertools.permutations(cands.tolist(), 2)]
+    assert flickr.expected_random_f1(actual, cands) == pytest.approx(np.mean(draws))
+    assert flickr.expected_random_f1([0, 7, 9], cands) == pytest.approx(2 / 3)  # its stop is no candidate
