@@ -80,12 +80,14 @@ def _itinerary(plt, result: dict):
     cities = sorted(flickr)
     by_len = [c for c in cities if flickr[c].get("by_query_length")]
     top = 2 if "toptw" in result else 1
-    fig = plt.figure(figsize=(13, 4.5 * (2 if by_len else 1)))
+    fig = plt.figure(figsize=(max(13, 3.4 * len(by_len)), 4.5 * (2 if by_len else 1)))
     grid = fig.add_gridspec(2 if by_len else 1, top * max(1, len(by_len)))
     width = max(1, len(by_len))
     axes = [[fig.add_subplot(grid[0, k * width:(k + 1) * width]) for k in range(top)]]
     for k, city in enumerate(by_len):
-        _f1_up_to_length(fig.add_subplot(grid[1, k * top:(k + 1) * top]), city, flickr[city])
+        _f1_up_to_length(fig.add_subplot(grid[1, k * top:(k + 1) * top]), city, flickr[city], first=k == 0)
+    if by_len:
+        fig.subplots_adjust(hspace=0.35, wspace=0.45)
     if cities:
         series = {"Wenlv": [flickr[c]["f1"] for c in cities]}
         methods = sorted({m for c in cities for m in flickr[c].get("published_f1", {})})
@@ -107,7 +109,7 @@ def _itinerary(plt, result: dict):
     return fig
 
 
-def _f1_up_to_length(ax, city: str, row: dict) -> None:
+def _f1_up_to_length(ax, city: str, row: dict, first: bool = True) -> None:
     """Mean F1 over the queries of at most L POIs against L, ours and popularity, beside the
     published best and PoiPopularity: where our popularity meets the published one is the
     subset the published means plausibly cover (they leave out queries their ILP baseline
@@ -126,10 +128,11 @@ def _f1_up_to_length(ax, city: str, row: dict) -> None:
     for method, colour in (("PoiPopularity", "C1"), ("Random", "C4")):
         if method in published:
             ax.axhline(published[method], color=colour, lw=1, ls=":", label=f"published {method}")
-    ax.set_xlabel("queries of at most L POIs")
-    ax.set_ylabel("mean F1")
-    ax.set_title(f"{city}: F1 over the shorter queries", fontsize=9)
-    ax.legend(fontsize=6)
+    ax.set_xlabel("L (queries of at most L POIs)", fontsize=8)
+    ax.set_title(f"{city}: mean F1, queries of ≤ L POIs", fontsize=9)
+    if first:  # the same curves in every panel: one legend and one axis name
+        ax.set_ylabel("mean F1")
+        ax.legend(fontsize=6)
 
 
 def _greedy_gap(row: dict) -> float:

@@ -10,7 +10,9 @@ The authors' published means are over the queries that PersTour (an ILP that cou
 out) also answered (parse_results.ipynb: keys of ijcai-CITY.pkl ∩ rank-CITY.pkl); that
 subset is in binary result files we cannot read, so we average over all queries. Our
 popularity baseline reproduces their PoiPopularity in Edin/Glas/Osak/Toro to 0.001, not
-in Melbourne (.607 vs .620): there the published subset is evidently smaller.
+in Melbourne (.607 vs .620): there the published subset is evidently smaller. Results are
+also kept by query length (by_length) with the exact expected Random F1, so that the
+baselines can locate that subset (in Melbourne: the queries of at most about 7 POIs).
 
 Our recommender: logistic POI rankers (pointwise and pairwise, averaged) on query features computed from training counts
 (popularity, visit counts, co-occurrence with the start and end POI, transitions out of
