@@ -101,6 +101,11 @@ def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", featur
             "loop_trajectories_not_queried": r.loops_not_queried, "by_query_length": r.by_length, "model_choice_per_half": r.models,
             "dropped_rows": data.dropped, "seconds": round(time.perf_counter() - started, 1),
         }
+        popularity = flickr.PUBLISHED["PoiPopularity"].get(city)
+        if popularity is not None and r.by_length:
+            subset = flickr.published_subset(r.by_length, popularity)
+            subset["beats_published_best"] = subset["f1"] > flickr.PUBLISHED_BEST_F1[city]
+            out[city]["published_subset_estimate"] = subset
     return out
 
 

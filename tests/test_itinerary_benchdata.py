@@ -124,6 +124,7 @@ def test_bench_runs_end_to_end_on_a_small_city_and_one_toptw_instance(tmp_path, 
     tiny = out["flickr"]["Tiny"]
     assert tiny["queries"] > 10 and 0 < tiny["f1"] <= 1 and 0 <= tiny["pairs_f1"] <= 1
     assert tiny["published_best_f1"] is None and tiny["source_format"].startswith("visits")
+    assert "published_subset_estimate" not in tiny  # nothing published to locate
     by_len = tiny["by_query_length"]  # JSON keys: the query lengths; weighted means give the totals back
     assert sum(v["queries"] for v in by_len.values()) == tiny["queries"] and min(map(int, by_len)) >= 3
     for key in ("f1", "pairs_f1"):
@@ -331,3 +332,13 @@ def test_expected_random_f1_equals_the_mean_over_every_draw():
     draws = [flickr.f1(actual, [0, *pick, 9]) for pick in itertools.permutations(cands.tolist(), 2)]
     assert flickr.expected_random_f1(actual, cands) == pytest.approx(np.mean(draws))
     assert flickr.expected_random_f1([0, 7, 9], cands) == pytest.approx(2 / 3)  # its stop is no candidate
+
+
+def test_published_subset_is_located_by_popularity_alone():
+    table = {"3": {"queries": 4, "f1": 0.9, "f1_popularity": 0.70}, "4": {"queries": 4, "f1": 0.1, "f1_popularity": 0.60},
+             "5": {"queries": 2, "f1": 0.0, "f1_popularity": 0.40}}
+    # popularity over <= 3, <= 4, all: .70, .65, .60 — the published .65 picks the queries of at most 4 POIs
+    got = flickr.published_subset(table, 0.65)
+    assert got == {"max_query_length": 4, "all_queries": False, "queries": 8, "f1": 0.5, "f1_popularity": 0.65}
+    assert flickr.published_subset(table, 0.6)["all_queries"] and flickr.published_subset(table, 0.6)["queries"] == 10
+    assert flickr.published_subset(table, 0.9)["max_query_length"] == 3  # nothing within tolerance: the closest
