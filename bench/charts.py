@@ -80,9 +80,9 @@ def _itinerary(plt, result: dict):
     cities = sorted(flickr)
     by_len = [c for c in cities if flickr[c].get("by_query_length")]
     top = 2 if "toptw" in result else 1
+    width = max(1, len(by_len))  # top-row panels span `width` columns, by-length panels `top`
     fig = plt.figure(figsize=(max(13, 3.4 * len(by_len)), 4.5 * (2 if by_len else 1)))
-    grid = fig.add_gridspec(2 if by_len else 1, top * max(1, len(by_len)))
-    width = max(1, len(by_len))
+    grid = fig.add_gridspec(2 if by_len else 1, top * width)
     axes = [[fig.add_subplot(grid[0, k * width:(k + 1) * width]) for k in range(top)]]
     for k, city in enumerate(by_len):
         _f1_up_to_length(fig.add_subplot(grid[1, k * top:(k + 1) * top]), city, flickr[city], first=k == 0)

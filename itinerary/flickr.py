@@ -599,9 +599,8 @@ def expected_random_f1(actual: list, cands: np.ndarray) -> float:
     stops drawn without replacement from `cands`. Both lists have the same length, so F1 is the
     share of matched POIs, and each actual stop among the candidates is drawn with probability
     (len(actual) - 2) / len(cands). The published Random is one draw of this."""
-    k, inner = len(actual) - 2, set(actual[1:-1])
-    hits = sum(1 for p in np.asarray(cands).tolist() if p in inner)
-    return (2 + k * hits / len(cands)) / len(actual)
+    hits = int(np.isin(cands, actual[1:-1]).sum())
+    return (2 + (len(actual) - 2) * hits / len(cands)) / len(actual)
 
 
 SUBSET_TOLERANCE = 0.0015  # published figures have 3 decimals (±.0005), plus tie-order noise
@@ -615,23 +614,22 @@ def published_subset(by_len: dict, published_popularity: float) -> dict:
     lengths, pop = mean_up_to_length(by_len, "f1_popularity")
     close = [n for n, v in zip(lengths, pop) if abs(v - published_popularity) <= SUBSET_TOLERANCE]
     limit = max(close) if close else lengths[int(np.argmin([abs(v - published_popularity) for v in pop]))]
-    keys = [k for k in by_len[next(iter(by_len))] if k != "queries"]
-    means = {k: dict(zip(*mean_up_to_length(by_len, k)))[limit] for k in keys}
+    at = lengths.index(limit)
+    keys = [k for k in next(iter(by_len.values())) if k != "queries"]
     return {"max_query_length": limit, "all_queries": limit == lengths[-1],
             "queries": sum(v["queries"] for n, v in by_len.items() if int(n) <= limit),
-            **{k: round(v, 4) for k, v in means.items()}}
+            **{k: round(mean_up_to_length(by_len, k)[1][at], 4) for k in keys}}
 
 
 def by_length(lengths: list[int], **per_query: list[float]) -> dict:
     """Per-query figures averaged by query length (number of POIs), so that the mean over any
     subset of lengths (the published averages leave out the queries their ILP baseline did not
     solve) can be recomputed from the JSON; 6 decimals, so recombined means keep 4."""
-    lengths_arr = np.asarray(lengths)
+    lengths_arr, columns = np.asarray(lengths), {k: np.asarray(v) for k, v in per_query.items()}
     out = {}
     for n in sorted(set(lengths)):
         sel = lengths_arr == n
-        out[int(n)] = {"queries": int(sel.sum()),
-                       **{k: round(float(np.asarray(v)[sel].mean()), 6) for k, v in per_query.items()}}
+        out[int(n)] = {"queries": int(sel.sum()), **{k: round(float(v[sel].mean()), 6) for k, v in columns.items()}}
     return out
 
 
