@@ -96,7 +96,7 @@ def synthesize(users: int, pois: int, areas: int, topics: int, themes: int = 12,
 def ndcg10(user_factors: np.ndarray, poi_factors: np.ndarray, train: sp.csr_matrix, test: sp.csr_matrix,
            max_users: int = 5_000, seed: int = 0) -> float:
     """NDCG@10 of dot-product scores on held-out visits (training.evaluation definitions)."""
-    from training.evaluation import ndcg_at_k, top_k
+    from wenlv.training.evaluation import ndcg_at_k, top_k
 
     users = np.flatnonzero(np.diff(test.indptr) > 0)
     if len(users) > max_users:
@@ -120,7 +120,7 @@ def time_spark_als(blocks: dict, factors: int, iterations: int, regularization: 
     """
     from pyspark.ml.recommendation import ALS
 
-    from spark_jobs.session import get_spark
+    from wenlv.spark_jobs.session import get_spark
 
     matrix = sp.hstack(list(blocks.values()), format="coo")
     frame = pd.DataFrame({"user": matrix.row.astype(np.int32), "item": matrix.col.astype(np.int32),
@@ -157,7 +157,7 @@ def time_spark_als(blocks: dict, factors: int, iterations: int, regularization: 
 
 
 def load_features(features_dir: str):
-    from training.als_data import load_party_matrices
+    from wenlv.training.als_data import load_party_matrices
 
     tokens, parts = load_party_matrices(features_dir)
     blocks = {p: b.matrix for p, b in parts.items()}
@@ -174,8 +174,8 @@ def load_features(features_dir: str):
 def run(scale: str = "small", factors: int = 64, iterations: int = 5, regularization: float = 0.05,
         seed: int = 0, features: str | None = None, spark: bool = True, fixed_point_bits: int = 32,
         threads: int = 1, spark_marginal: bool = True) -> dict:
-    from training.central_als import CentralALS
-    from training.federated_als import FederatedALS, init_factors
+    from wenlv.training.central_als import CentralALS
+    from wenlv.training.federated_als import FederatedALS, init_factors
 
     if features:
         blocks, test = load_features(features)

@@ -40,7 +40,7 @@ def register(bench_sub) -> None:
 
 
 def _bare_loop(args) -> float:
-    from privacy import psi
+    from wenlv.privacy import psi
 
     start, n = args
     phones = [f"86139{start + i:08d}" for i in range(n)]
@@ -68,9 +68,9 @@ def bare_group_ops(n: int, workers: int = 1) -> dict:
 def run_scale(spark, scale: str, seed: int, workdir: Path, cores: int, bare_items: int) -> dict:
     """One scale: generate, run the pipeline; the bare group operations timed just before and after
     it (the machine is shared, so the peer is measured under the same load as the run)."""
-    from features import contracts
-    from features.generator import generate
-    from spark_jobs import features_job
+    from wenlv.features import contracts
+    from wenlv.features.generator import generate
+    from wenlv.spark_jobs import features_job
 
     data_dir, out_dir = workdir / f"data-{scale}", workdir / f"features-{scale}"
     t0 = time.perf_counter()
@@ -101,7 +101,7 @@ def run_scale(spark, scale: str, seed: int, workdir: Path, cores: int, bare_item
 
 
 def main(args) -> int:
-    from spark_jobs.session import get_spark
+    from wenlv.spark_jobs.session import get_spark
 
     scales = [s.strip() for s in args.scales.split(",") if s.strip()]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="wenlv-bench-features-"))

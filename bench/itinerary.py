@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from itinerary.flickr_options import FEATURE_SETS
+from wenlv.itinerary.flickr_options import FEATURE_SETS
 from wenlv.errors import WenlvError
 
 MAX_ITERATIONS = 400  # per TOPTW instance: deterministic for a seed unless the time limit cuts in first
@@ -59,7 +59,7 @@ def register(bench_sub) -> None:
 
 def model_label(features: str) -> str:
     """What scores the POIs under a --features choice (itinerary.flickr.evaluate_city)."""
-    from itinerary.flickr import CV_SCORERS
+    from wenlv.itinerary.flickr import CV_SCORERS
 
     ensemble = "ensemble of pointwise (L2 1) and pairwise (L2 10) logistic rankers, fixed"
     return {
@@ -72,7 +72,7 @@ def model_label(features: str) -> str:
 
 def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", features: str = "ours",
                markov_alpha: float = 1.0, jobs: int = 1) -> dict:
-    from itinerary import flickr
+    from wenlv.itinerary import flickr
 
     out = {}
     for city in cities:
@@ -110,7 +110,7 @@ def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", featur
 
 
 def run_toptw(folder: Path, time_limit: float, seed: int) -> dict:
-    from itinerary import core, toptw
+    from wenlv.itinerary import core, toptw
 
     files = sorted(folder.glob("*.txt"))
     if not files:
@@ -166,7 +166,7 @@ def main(args) -> int:
         source = args.source or data / "flickr"
         if not source.is_dir():
             raise WenlvError(f"Flickr data folder {source} not found (use --source)")
-        from itinerary.flickr import CITIES
+        from wenlv.itinerary.flickr import CITIES
 
         result["flickr"] = run_flickr(source, args.city or list(CITIES), args.format, args.features, args.markov_alpha,
                                      args.jobs)

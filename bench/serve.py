@@ -52,7 +52,7 @@ def _tools() -> dict:
 
 
 def _bundle_dir(n_pois: int, n_users: int, factors: int) -> Path:
-    from serving.synthetic import synthetic_bundle
+    from wenlv.bench.serving_fixtures import synthetic_bundle
 
     path = CACHE / f"bundle-{n_pois}x{n_users}x{factors}"
     if not (path / "bundle.json").exists():
@@ -64,7 +64,7 @@ def _bundle_dir(n_pois: int, n_users: int, factors: int) -> Path:
 
 
 def _recall_section(model, bundle) -> dict:
-    from serving.indexes import build_index, recall_at_k
+    from wenlv.serving.indexes import build_index, recall_at_k
 
     rng = np.random.default_rng(7)
     out = {}
@@ -80,7 +80,7 @@ def _recall_section(model, bundle) -> dict:
 
 
 def _in_process(model, bundle) -> dict:
-    from serving.filters import Filters
+    from wenlv.serving.filters import Filters
 
     rng = np.random.default_rng(3)
     rows = rng.choice(len(bundle.user_factors), 2000, replace=False)
@@ -193,12 +193,12 @@ def run(n_pois: int, n_users: int, factors: int, rate: int, duration: int) -> di
     import faiss
 
     faiss.omp_set_num_threads(1)
-    from serving.auth import KeyStore
-    from serving.materialize import materialize
-    from serving.model import ServingModel
-    from serving.online_store import RedisStore, ResilientStore
-    from serving.runtime import free_port, load_bundle_dir
-    from serving.testing import PrivateRedis
+    from wenlv.serving.auth import KeyStore
+    from wenlv.serving.materialize import materialize
+    from wenlv.serving.model import ServingModel
+    from wenlv.serving.online_store import RedisStore, ResilientStore
+    from wenlv.serving.runtime import free_port, load_bundle_dir
+    from wenlv.bench.private_redis import PrivateRedis
 
     missing = _tools()
     result: dict = {"shape": {"pois": n_pois, "users": n_users, "factors": factors}, "machine_cores": os.cpu_count(),

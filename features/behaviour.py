@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.calendar import DayProfile
-from features.contracts import POI_CATEGORIES
-from features.population import People, distance_decay
-from features.world import PROFILES
+from wenlv.features.calendar import DayProfile
+from wenlv.features.contracts import POI_CATEGORIES
+from wenlv.features.population import People, distance_decay
+from wenlv.features.world import PROFILES
 
 HOTEL = POI_CATEGORIES.index("hotel")
 RESTAURANT = POI_CATEGORIES.index("restaurant")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def register(sub) -> None:
-    from features.generator import SCALES
+    from wenlv.features.generator import SCALES
 
     p = sub.add_parser("datagen", help="generate the synthetic three-party data set (tourism, carrier, internet + truth)")
     p.add_argument("--scale", choices=tuple(SCALES), default="tiny")
@@ -34,7 +34,7 @@ def register(sub) -> None:
 
 
 def _datagen(args) -> int:
-    from features.generator import generate
+    from wenlv.features.generator import generate
 
     summary = generate(args.out, scale=args.scale, seed=args.seed, progress=not args.no_progress, people=args.people)
     print(json.dumps(summary))
@@ -42,21 +42,21 @@ def _datagen(args) -> int:
 
 
 def _signal(args) -> int:
-    from features.signal import prospect_signal
+    from wenlv.features.signal import prospect_signal
 
     print(json.dumps(prospect_signal(args.data)))
     return 0
 
 
 def _import_flickr(args) -> int:
-    from features.flickr import import_city
+    from wenlv.features.flickr import import_city
 
     print(json.dumps(import_city(args.city, args.source, args.out)))
     return 0
 
 
 def _contracts(args) -> int:
-    from features.contracts import markdown
+    from wenlv.features.contracts import markdown
 
     text = markdown()
     if args.out is None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def run(ctx) -> dict:
-    from features.generator import generate
+    from wenlv.features.generator import generate
 
     data_dir = ctx.workdir / "data"
     summary = generate(data_dir, scale=ctx.scale, seed=ctx.seed, progress=ctx.progress)

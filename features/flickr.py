@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features import contracts as C
-from features import io
-from features.world import PROFILES
+from wenlv.features import contracts as C
+from wenlv.features import io
+from wenlv.features.world import PROFILES
 from wenlv.errors import WenlvError
 
 CITY_NAMES = {"Toro": "Toronto", "Osak": "Osaka", "Glas": "Glasgow", "Edin": "Edinburgh", "Melb": "Melbourne",

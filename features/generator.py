@@ -20,13 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from features import contracts as C
-from features import io
-from features.behaviour import NOISE_TOPICS, TOPICS, draw_engagement, draw_exposure, draw_presence, draw_trips, draw_visits, trip_rate
-from features.calendar import DEFAULT_TIMELINE, Timeline, day_profile
-from features.population import IdScheme, draw_people
-from features.world import DESTINATION, build_areas, build_pois, home_cities
-from features.contracts import AGE_BANDS, CHANNELS
+from wenlv.features import contracts as C
+from wenlv.features import io
+from wenlv.features.behaviour import NOISE_TOPICS, TOPICS, draw_engagement, draw_exposure, draw_presence, draw_trips, draw_visits, trip_rate
+from wenlv.features.calendar import DEFAULT_TIMELINE, Timeline, day_profile
+from wenlv.features.population import IdScheme, draw_people
+from wenlv.features.world import DESTINATION, build_areas, build_pois, home_cities
+from wenlv.features.contracts import AGE_BANDS, CHANNELS
 from wenlv.errors import WenlvError
 
 GENERATOR_VERSION = "1"

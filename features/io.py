@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from features.contracts import Table
+from wenlv.features.contracts import Table
 from wenlv.errors import DataValidationError, WenlvError
 
 PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True}
@@ -174,7 +174,7 @@ def read_pandas(data_dir: str | Path, table: Table, columns: Iterable[str] | Non
 
 
 def _alias(logical: str) -> str:
-    from features.contracts import _ARROW
+    from wenlv.features.contracts import _ARROW
 
     return _ARROW[logical]
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from features.contracts import AGE_BANDS, POI_CATEGORIES
-from features.world import DISTRICTS
+from wenlv.features.contracts import AGE_BANDS, POI_CATEGORIES
+from wenlv.features.world import DISTRICTS
 
 AGE_P = np.array([0.12, 0.25, 0.22, 0.18, 0.13, 0.10])
 # How each age band shifts taste logits (POI_CATEGORIES order): the young go out, the old go to museums.

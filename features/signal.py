@@ -12,8 +12,8 @@ from datetime import timedelta
 import numpy as np
 import pandas as pd
 
-from features import contracts as C
-from features import io
+from wenlv.features import contracts as C
+from wenlv.features import io
 from wenlv.errors import WenlvError
 
 TRAVEL_TOPICS = {"scenery", "hiking", "museum", "history", "shopping", "theme_park", "family", "hotel_deals",

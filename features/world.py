@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from features.contracts import POI_CATEGORIES
+from wenlv.features.contracts import POI_CATEGORIES
 
 DESTINATION = "Hangzhou"
 DEST_LAT, DEST_LON = 30.2741, 120.1551

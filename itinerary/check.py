@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from itinerary.travel import SAME_PLACE_KM, TRAVEL_MODES
+from wenlv.itinerary.travel import SAME_PLACE_KM, TRAVEL_MODES
 
 _R = 6371.0088
 

@@ -33,10 +33,10 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    from itinerary import check, planner
+    from wenlv.itinerary import check, planner
 
     if args.bundle:
-        from training.bundle import ModelBundle
+        from wenlv.training.bundle import ModelBundle
 
         bundle = ModelBundle.load(args.bundle)
         pois = bundle.pois
@@ -47,8 +47,8 @@ def main(args) -> int:
                 raise WenlvError(f"token not in the bundle; use no --token for popularity")
             scores = bundle.poi_factors @ bundle.user_factors[rows[0]]
     else:
-        from features.contracts import POIS
-        from features.io import read_pandas
+        from wenlv.features.contracts import POIS
+        from wenlv.features.io import read_pandas
 
         pois = read_pandas(args.data, POIS)
         scores = np.ones(len(pois))

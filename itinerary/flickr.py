@@ -36,7 +36,7 @@ from urllib.parse import unquote
 import numpy as np
 from scipy.optimize import minimize
 
-from itinerary.flickr_options import FEATURE_SETS
+from wenlv.itinerary.flickr_options import FEATURE_SETS
 from wenlv.errors import DataValidationError
 
 CITIES = ("Edin", "Glas", "Melb", "Osak", "Toro")

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from itinerary import core
-from itinerary.travel import minutes_matrix
+from wenlv.itinerary import core
+from wenlv.itinerary.travel import minutes_matrix
 from wenlv.errors import WenlvError
 
 LUNCH = (11 * 60, 13 * 60 + 30)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from itinerary.core import Instance
+from wenlv.itinerary.core import Instance
 from wenlv.errors import DataValidationError
 
 # Best-known one-route scores cited in toptw/FORMAT.txt (Labadie et al. 2012).

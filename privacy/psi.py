@@ -42,7 +42,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from privacy import ristretto
+from wenlv.privacy import ristretto
 from wenlv.errors import WenlvError
 
 PROTOCOL = "wenlv-psi/v2/ristretto255"  # written into session.json; both sides must run it

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, urlparse
 
 import numpy as np
 
-from privacy.secure_agg import (DropoutError, KeyAnnouncement, MaskedMessage, PartyUnavailable, ProtocolError,
+from wenlv.privacy.secure_agg import (DropoutError, KeyAnnouncement, MaskedMessage, PartyUnavailable, ProtocolError,
                                 SecureAggError)
 from wenlv.errors import WenlvError
 

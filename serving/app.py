@@ -13,9 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.auth import ApiError, KeyStore
-from serving.metrics import Metrics, MetricsMiddleware
-from serving.state import ServingState
+from wenlv.serving.auth import ApiError, KeyStore
+from wenlv.serving.metrics import Metrics, MetricsMiddleware
+from wenlv.serving.state import ServingState
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None) -> FastAP
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _install_error_handlers(app)
 
-    from serving.routers import health, itineraries, recommendations
+    from wenlv.serving.routers import health, itineraries, recommendations
 
     for module in (health, recommendations, itineraries):
         app.include_router(module.router)

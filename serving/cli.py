@@ -5,8 +5,8 @@ import json
 import os
 from pathlib import Path
 
-from serving.auth import DEFAULT_KEY_DB, ROLES
-from serving.online_store import DEFAULT_PREFIX, DEFAULT_SQLITE
+from wenlv.serving.auth import DEFAULT_KEY_DB, ROLES
+from wenlv.serving.online_store import DEFAULT_PREFIX, DEFAULT_SQLITE
 
 
 def _store_args(p) -> None:
@@ -55,7 +55,7 @@ def register(sub) -> None:
 def _serve(args) -> int:
     import uvicorn
 
-    from serving.runtime import build_app, uvicorn_config
+    from wenlv.serving.runtime import build_app, uvicorn_config
 
     app = build_app(bundle_dir=args.bundle, tracking_uri=args.tracking_uri, redis_url=args.redis_url,
                     sqlite_path=args.sqlite, prefix=args.prefix, keys_path=args.keys, poll_s=args.poll_s,
@@ -65,10 +65,10 @@ def _serve(args) -> int:
 
 
 def _materialize(args) -> int:
-    from serving.lifecycle import load_champion
-    from serving.materialize import materialize
-    from serving.online_store import open_store
-    from serving.runtime import load_bundle_dir
+    from wenlv.serving.lifecycle import load_champion
+    from wenlv.serving.materialize import materialize
+    from wenlv.serving.online_store import open_store
+    from wenlv.serving.runtime import load_bundle_dir
 
     bundle, version = load_bundle_dir(args.bundle) if args.bundle else load_champion(args.tracking_uri)
     store = open_store(args.redis_url, args.sqlite, args.prefix)
@@ -78,7 +78,7 @@ def _materialize(args) -> int:
 
 
 def _apikey_create(args) -> int:
-    from serving.auth import KeyStore
+    from wenlv.serving.auth import KeyStore
 
     key = KeyStore(args.keys).create(args.role, args.tenant)
     print(json.dumps({"key": key, "role": args.role, "tenant": args.tenant,
@@ -87,14 +87,14 @@ def _apikey_create(args) -> int:
 
 
 def _apikey_list(args) -> int:
-    from serving.auth import KeyStore
+    from wenlv.serving.auth import KeyStore
 
     print(json.dumps(KeyStore(args.keys).list()))
     return 0
 
 
 def _apikey_revoke(args) -> int:
-    from serving.auth import KeyStore
+    from wenlv.serving.auth import KeyStore
     from wenlv.errors import WenlvError
 
     if not KeyStore(args.keys).revoke(args.key_id):

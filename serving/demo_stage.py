@@ -22,8 +22,8 @@ N_REQUESTS = 300
 
 def _load(ctx):
     """(bundle, version, tracking URI or None): the MLflow champion, else the trained bundle folder."""
-    from serving.lifecycle import load_champion
-    from serving.runtime import load_bundle_dir
+    from wenlv.serving.lifecycle import load_champion
+    from wenlv.serving.runtime import load_bundle_dir
 
     train = ctx.results.get("train") or {}
     paths = train.get("_paths", {})
@@ -41,13 +41,13 @@ def _load(ctx):
 def run(ctx) -> dict:
     import httpx
 
-    from serving.app import create_app
-    from serving.auth import KeyStore
-    from serving.materialize import materialize
-    from serving.model import ServingModel
-    from serving.online_store import ResilientStore, open_store
-    from serving.runtime import ServerThread
-    from serving.state import ServingState
+    from wenlv.serving.app import create_app
+    from wenlv.serving.auth import KeyStore
+    from wenlv.serving.materialize import materialize
+    from wenlv.serving.model import ServingModel
+    from wenlv.serving.online_store import ResilientStore, open_store
+    from wenlv.serving.runtime import ServerThread
+    from wenlv.serving.state import ServingState
 
     bundle, version, tracking_uri = _load(ctx)
     workdir = Path(ctx.workdir)
@@ -61,7 +61,7 @@ def run(ctx) -> dict:
     keys = KeyStore(workdir / "api_keys.sqlite")
     key = keys.create("visitor-app", "demo")
     if tracking_uri:  # the version's indexes are read from (or first recorded to) its MLflow run
-        from serving.lifecycle import model_from_registry
+        from wenlv.serving.lifecycle import model_from_registry
 
         model = model_from_registry(bundle, version, store, tracking_uri=tracking_uri,
                                     index_cache=workdir / "index_cache")
@@ -71,7 +71,7 @@ def run(ctx) -> dict:
 
     rng = np.random.default_rng(ctx.seed)
     known = bundle.users["token"].astype(str).to_numpy()
-    from serving.materialize import side_features
+    from wenlv.serving.materialize import side_features
 
     side = side_features(Path(features_dir)) if features_dir else None
     newcomers = np.array(sorted(set(side.index.astype(str)) - set(known))) if side is not None else np.array([])

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import faiss
 
-from serving.indexes import (DEFAULT_CACHE, EXACT_BELOW, TARGET_RECALL, BundleIndexes, VectorIndex,
+from wenlv.serving.indexes import (DEFAULT_CACHE, EXACT_BELOW, TARGET_RECALL, BundleIndexes, VectorIndex,
                              build_bundle_indexes, bundle_index_inputs, index_params, vectors_sha256)
 
 log = logging.getLogger(__name__)
@@ -130,7 +130,7 @@ def registry_uri(tracking_uri: str | None) -> str | None:
     if tracking_uri:
         return tracking_uri
     try:
-        from training.tracking import resolve_tracking_uri
+        from wenlv.training.tracking import resolve_tracking_uri
     except ModuleNotFoundError:
         return None
     return resolve_tracking_uri(None)

@@ -17,10 +17,10 @@ import tempfile
 import threading
 from pathlib import Path
 
-from serving.indexes import DEFAULT_CACHE, EXACT_BELOW
-from serving.model import ServingModel
-from serving.state import ServingState
-from training.bundle import ModelBundle
+from wenlv.serving.indexes import DEFAULT_CACHE, EXACT_BELOW
+from wenlv.serving.model import ServingModel
+from wenlv.serving.state import ServingState
+from wenlv.training.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def champion_version(tracking_uri: str | None = None, model_name: str = MODEL_NA
     """The registered model version the alias points at (an mlflow ModelVersion)."""
     from mlflow import MlflowClient
 
-    from serving.index_artifacts import registry_uri
+    from wenlv.serving.index_artifacts import registry_uri
 
     return MlflowClient(tracking_uri=registry_uri(tracking_uri)).get_model_version_by_alias(model_name, alias)
 
@@ -40,9 +40,9 @@ def champion_version(tracking_uri: str | None = None, model_name: str = MODEL_NA
 def load_champion(tracking_uri: str | None = None, model_name: str = MODEL_NAME, alias: str = ALIAS) -> tuple[ModelBundle, str]:
     """(bundle, version) of the champion: via training.registry if present, else the run's bundle/ artifact."""
     try:
-        from training.registry import load_champion_bundle
+        from wenlv.training.registry import load_champion_bundle
     except ModuleNotFoundError as exc:
-        if exc.name != "training.registry":
+        if exc.name != "wenlv.training.registry":
             raise
         load_champion_bundle = None
     if load_champion_bundle is not None and model_name == MODEL_NAME and alias == ALIAS:
@@ -50,7 +50,7 @@ def load_champion(tracking_uri: str | None = None, model_name: str = MODEL_NAME,
         return bundle, str(version)
     import mlflow
 
-    from serving.index_artifacts import registry_uri
+    from wenlv.serving.index_artifacts import registry_uri
 
     tracking_uri = registry_uri(tracking_uri)
     mv = champion_version(tracking_uri, model_name, alias)
@@ -64,7 +64,7 @@ def model_from_registry(bundle: ModelBundle, version: str, store=None, *, tracki
                         model_name: str = MODEL_NAME, with_user_index: bool = True,
                         index_cache: Path | None = DEFAULT_CACHE, exact_below: int = EXACT_BELOW) -> ServingModel:
     """A registered version's ServingModel, its indexes read from (or first written to) the version's run."""
-    from serving.index_artifacts import indexes_for_version, version_run_id
+    from wenlv.serving.index_artifacts import indexes_for_version, version_run_id
 
     run_id = version_run_id(version, tracking_uri=tracking_uri, model_name=model_name)
     indexes = indexes_for_version(bundle, str(version), run_id, tracking_uri=tracking_uri, with_users=with_user_index,
@@ -118,7 +118,7 @@ class ChampionFollower:
 
     def _materialize(self, bundle, version: str) -> None:
         """Write the new version's online keys first; if the store is down, serve from the bundle anyway."""
-        from serving.materialize import materialize
+        from wenlv.serving.materialize import materialize
 
         raw = self.state.store.store
         try:

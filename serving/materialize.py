@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from features import contracts
-from serving.online_store import USER_TTL_S, KeyValueStore, UserRecord
-from training.bundle import ModelBundle
+from wenlv.features import contracts
+from wenlv.serving.online_store import USER_TTL_S, KeyValueStore, UserRecord
+from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)

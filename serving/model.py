@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from serving.filters import Filters, PoiTable
-from serving.indexes import DEFAULT_CACHE, EXACT_BELOW, BundleIndexes, build_bundle_indexes, exact_top_k
-from serving.online_store import ResilientStore, StoreUnavailable
-from serving.towers import load_user_tower
-from training.bundle import ModelBundle
+from wenlv.serving.filters import Filters, PoiTable
+from wenlv.serving.indexes import DEFAULT_CACHE, EXACT_BELOW, BundleIndexes, build_bundle_indexes, exact_top_k
+from wenlv.serving.online_store import ResilientStore, StoreUnavailable
+from wenlv.serving.towers import load_user_tower
+from wenlv.training.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 

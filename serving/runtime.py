@@ -10,13 +10,13 @@ import threading
 import time
 from pathlib import Path
 
-from serving.app import create_app
-from serving.auth import DEFAULT_KEY_DB, KeyStore
-from serving.lifecycle import ChampionFollower, load_champion, model_from_registry
-from serving.model import ServingModel
-from serving.online_store import DEFAULT_PREFIX, ResilientStore, open_store
-from serving.state import ServingState
-from training.bundle import ModelBundle
+from wenlv.serving.app import create_app
+from wenlv.serving.auth import DEFAULT_KEY_DB, KeyStore
+from wenlv.serving.lifecycle import ChampionFollower, load_champion, model_from_registry
+from wenlv.serving.model import ServingModel
+from wenlv.serving.online_store import DEFAULT_PREFIX, ResilientStore, open_store
+from wenlv.serving.state import ServingState
+from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)

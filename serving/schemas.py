@@ -5,7 +5,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from features.contracts import POI_CATEGORIES
+from wenlv.features.contracts import POI_CATEGORIES
 
 Category = Literal[POI_CATEGORIES]  # type: ignore[valid-type]
 TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"

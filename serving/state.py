@@ -10,16 +10,16 @@ import threading
 
 from fastapi import Request
 
-from serving.auth import ApiError
-from serving.model import ServingModel
-from serving.online_store import ResilientStore
+from wenlv.serving.auth import ApiError
+from wenlv.serving.model import ServingModel
+from wenlv.serving.online_store import ResilientStore
 
 __all__ = ["ServingState", "ServingModel", "get_model", "get_state"]
 
 
 class ServingState:
     def __init__(self, store: ResilientStore | None = None, model: ServingModel | None = None):
-        from serving.reclog import RecommendationLog
+        from wenlv.serving.reclog import RecommendationLog
 
         self.store = store
         self.rec_log = RecommendationLog(store.store) if store is not None else None

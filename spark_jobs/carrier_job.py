@@ -9,10 +9,10 @@ for subscribers who consented to partner sharing.
 """
 from __future__ import annotations
 
-from features import contracts as C
-from privacy import psi_align
-from spark_jobs import psi_exchange, weights
-from spark_jobs.party import Party, normalised_phone
+from wenlv.features import contracts as C
+from wenlv.privacy import psi_align
+from wenlv.spark_jobs import psi_exchange, weights
+from wenlv.spark_jobs.party import Party, normalised_phone
 
 TOURISM_SESSION = "tourism-carrier"
 INTERNET_SESSION = "internet-carrier"
@@ -78,7 +78,7 @@ class CarrierJob(Party):
     def build_blocks(self) -> dict:
         from pyspark.sql import functions as F
 
-        from features import world  # public gazetteer: home city coordinates, the destination
+        from wenlv.features import world  # public gazetteer: home city coordinates, the destination
 
         plan = self.read_plan()
         split = F.to_date(F.lit(plan["split_date"]))

@@ -30,7 +30,7 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    from spark_jobs import features_job
+    from wenlv.spark_jobs import features_job
 
     if not args.data.is_dir():
         raise WenlvError(f"--data {args.data} is not a folder")

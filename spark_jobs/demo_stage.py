@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 def run(ctx) -> dict:
-    from spark_jobs import features_job
+    from wenlv.spark_jobs import features_job
 
     data_dir = ctx.results["data"]["_paths"]["data_dir"]
     features_dir = ctx.workdir / "features"

@@ -17,11 +17,11 @@ import sys
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-from features import contracts
-from spark_jobs import psi_exchange
-from spark_jobs.carrier_job import INTERNET_SESSION, TOURISM_SESSION, CarrierJob
-from spark_jobs.internet_job import InternetJob
-from spark_jobs.tourism_job import TourismJob
+from wenlv.features import contracts
+from wenlv.spark_jobs import psi_exchange
+from wenlv.spark_jobs.carrier_job import INTERNET_SESSION, TOURISM_SESSION, CarrierJob
+from wenlv.spark_jobs.internet_job import InternetJob
+from wenlv.spark_jobs.tourism_job import TourismJob
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def run(data_dir: str | Path, out_dir: str | Path, spark=None, master: str | Non
             raise WenlvError(f"{data_dir / party} is missing: the data folder needs one folder per party "
                              f"({', '.join(contracts.PARTIES)})")
     if spark is None:
-        from spark_jobs.session import get_spark
+        from wenlv.spark_jobs.session import get_spark
 
         spark = get_spark(master)
     _clear(out_dir)

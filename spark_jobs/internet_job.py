@@ -1,9 +1,9 @@
 """The internet platform's job: consenting accounts into PSI, then its topic blocks."""
 from __future__ import annotations
 
-from features import contracts as C
-from spark_jobs import weights
-from spark_jobs.party import Party, normalised_phone
+from wenlv.features import contracts as C
+from wenlv.spark_jobs import weights
+from wenlv.spark_jobs.party import Party, normalised_phone
 
 # The platform's topics about going out and travelling (its own taxonomy; the share of a
 # user's events on them is `travel_share`). Everything else counts as everyday browsing.

@@ -11,9 +11,9 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from features.contracts import Table
-from features.io import parquet_rows
-from spark_jobs import psi_exchange, validate
+from wenlv.features.contracts import Table
+from wenlv.features.io import parquet_rows
+from wenlv.spark_jobs import psi_exchange, validate
 from wenlv.errors import WenlvError
 
 PLAN_FILE = "plan.json"  # the coordinator's public split plan, in the exchange folder

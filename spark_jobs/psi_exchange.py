@@ -17,8 +17,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from features.io import parquet_rows
-from privacy import psi
+from wenlv.features.io import parquet_rows
+from wenlv.privacy import psi
 from wenlv.errors import WenlvError
 
 STATE_SCHEMA = "phone string, point binary"

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from datetime import date, timedelta
 
-from features import contracts as C
-from spark_jobs import weights
-from spark_jobs.party import PLAN_FILE, Party, normalised_phone
+from wenlv.features import contracts as C
+from wenlv.spark_jobs import weights
+from wenlv.spark_jobs.party import PLAN_FILE, Party, normalised_phone
 from wenlv.errors import WenlvError
 
 TEST_DAYS = 28  # default test window: the last 28 days of visits (the generator's Timeline does the same)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from features import contracts
-from features.contracts import Table
+from wenlv.features import contracts
+from wenlv.features.contracts import Table
 from wenlv.errors import DataValidationError
 
 # Rules that span columns or tables; single-column rules come from the contract fields.

@@ -34,7 +34,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def spark():
     """One local Spark session for the whole run (starting a JVM costs seconds)."""
-    from spark_jobs.session import get_spark
+    from wenlv.spark_jobs.session import get_spark
 
     session = get_spark(master="local[2]", app_name="wenlv-tests")
     yield session

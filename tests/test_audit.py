@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from privacy.audit import FIELDS, AuditLog, AuditTamperError, verify_file
-from privacy.secure_agg import payload_digest
-from training.federated_als import FederatedALS
+from wenlv.privacy.audit import FIELDS, AuditLog, AuditTamperError, verify_file
+from wenlv.privacy.secure_agg import payload_digest
+from wenlv.training.federated_als import FederatedALS
 
 
 def _log(n=6, path=None) -> AuditLog:
@@ -40,7 +40,7 @@ def test_tampering_is_detected(tamper):
     elif tamper == "insert":
         entries.insert(2, dict(entries[2]))
     elif tamper == "rehash_one":  # a forger who fixes the altered entry's own hash still breaks the next link
-        from privacy.audit import _entry_hash
+        from wenlv.privacy.audit import _entry_hash
 
         entries[2]["sender"] = "intruder"
         entries[2]["hash"] = _entry_hash(entries[2])

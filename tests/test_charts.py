@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from bench import charts
+from wenlv.bench import charts
 from wenlv.cli import main
 from wenlv.errors import WenlvError
 

@@ -2,7 +2,7 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from features import contracts
+from wenlv.features import contracts
 
 
 def test_every_table_maps_to_arrow_and_documents_every_column():

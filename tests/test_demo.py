@@ -77,7 +77,7 @@ def test_no_phone_number_in_the_summary_or_the_logs(demo):
 def test_the_served_version_has_its_indexes_recorded_in_mlflow(demo):
     from mlflow.tracking import MlflowClient
 
-    from training import tracking
+    from wenlv.training import tracking
 
     summary, workdir, _ = demo
     uri = tracking.store_for_dir(workdir / "mlflow")[0]

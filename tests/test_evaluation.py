@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import evaluation as ev
+from wenlv.training import evaluation as ev
 
 
 def frame(rows, cols=("user", "item")):
@@ -105,8 +105,8 @@ def test_audience_precision_and_lift():
 
 # ---------------------------------------------------------------- real data: Flickr, tourism party only
 def test_flickr_temporal_split_against_popularity(shared_data):
-    from features.flickr import build
-    from training.flickr_eval import temporal_split_eval
+    from wenlv.features.flickr import build
+    from wenlv.training.flickr_eval import temporal_split_eval
 
     tables, _ = build("Osak", shared_data / "flickr")
     grid = {"factors": (2, 8), "alpha": (1.0,), "regularization": (10.0,)}

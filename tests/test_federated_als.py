@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from bench.als import ndcg10, synthesize
-from privacy.secure_agg import decode_fixed
-from training.als_data import load_party_block, load_party_matrices, load_users
-from training.central_als import CentralALS
-from training.federated_als import (FederatedALS, FederatedALSParty, PartyUnavailable, block_product,
+from wenlv.bench.als import ndcg10, synthesize
+from wenlv.privacy.secure_agg import decode_fixed
+from wenlv.training.als_data import load_party_block, load_party_matrices, load_users
+from wenlv.training.central_als import CentralALS
+from wenlv.training.federated_als import (FederatedALS, FederatedALSParty, PartyUnavailable, block_product,
                                     block_residual, init_factors, sparse_product, sparse_residual)
 from wenlv.errors import WenlvError
 
@@ -158,7 +158,7 @@ def test_sparse_terms_match_the_dense_formula(factors):
     """The compiled kernel (two items at a time, per factor count) against Σ_i coef_ui y_i in
     numpy, over users with 0, 1, 2 and odd numbers of items and negative confidences; in
     float32 (a float32 model's parties) to float32 precision."""
-    from training.federated_als import _sparse_terms
+    from wenlv.training.federated_als import _sparse_terms
 
     rng = np.random.default_rng(8)
     C = sp.random(300, 40, density=0.08, random_state=rng, format="csr", dtype=np.float64) * 6 + 0
@@ -186,7 +186,7 @@ def test_parties_mask_their_block_terms_block_by_block():
     """A party's masked residual/product (computed a block of users at a time, in cache) plus the
     coordinator's V·ΣY_pᵀY_p sums to the reference block_residual/block_product over the
     parties, across several blocks; the masked grams sum to Σ_p Y_pᵀY_p."""
-    from privacy.secure_agg import MASK_CHUNK, Aggregator
+    from wenlv.privacy.secure_agg import MASK_CHUNK, Aggregator
 
     f = 16
     n_users = 2 * MASK_CHUNK // f + 37                      # two blocks of users and a bit
@@ -264,7 +264,7 @@ def test_interaction_inference_works_on_plain_statistics_and_fails_on_masked_one
 
 # ------------------------------------------------------------------ loading the party blocks
 def _write_blocks(root, rows: dict[str, pd.DataFrame], tokens):
-    from features import contracts
+    from wenlv.features import contracts
 
     (root / "carrier").mkdir(parents=True)
     (root / "tourism").mkdir()
@@ -325,7 +325,7 @@ def test_bad_party_blocks_stop_with_a_named_error(tmp_path, problem, match):
 @pytest.mark.parametrize("threads", [1, 2])
 def test_bench_als_runs_and_reports_its_peer(threads):
     """`wenlv bench als` on the tiny scale (without Spark): every figure present and consistent."""
-    from bench.als import run
+    from wenlv.bench.als import run
 
     result = run(scale="tiny", factors=8, iterations=2, spark=False, threads=threads)
     assert result["params"]["threads"]["federated"] == result["params"]["threads"]["implicit"] == threads
@@ -358,7 +358,7 @@ def _item_problem(dtype, seed=3):
 def test_item_step_kernel_is_implicits_cg_update(threads):
     from implicit.cpu import _als
 
-    from training.item_cg import item_cg_step, nnz_balanced_ranges, with_ridge
+    from wenlv.training.item_cg import item_cg_step, nnz_balanced_ranges, with_ridge
 
     C, X, Y = _item_problem(np.float64)
     expected = Y.copy()
@@ -390,7 +390,7 @@ def test_item_step_uses_the_coordinators_user_gram_or_its_own():
 def test_thread_count_does_not_change_the_model(data, monkeypatch):
     """Several row blocks per thread (small blocks here) and items split by interactions:
     the float32 model is the same bit for bit with one or two threads."""
-    import training.federated_als as fa
+    import wenlv.training.federated_als as fa
 
     monkeypatch.setattr(fa, "_USER_GRAM_BLOCK_ROWS", 128)
     blocks, _ = data

@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 import pandas as pd
 import pytest
 
-from features import contracts as C
-from features import io
-from features.flickr import build, import_city
+from wenlv.features import contracts as C
+from wenlv.features import io
+from wenlv.features.flickr import build, import_city
 from wenlv.cli import main as wenlv_main
 from wenlv.errors import WenlvError
 

@@ -9,9 +9,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from features import contracts as C
-from features import io
-from features.generator import generate
+from wenlv.features import contracts as C
+from wenlv.features import io
+from wenlv.features.generator import generate
 from wenlv.cli import main as wenlv_main
 from wenlv.errors import DataValidationError
 
@@ -251,7 +251,7 @@ def test_travel_engagement_rises_before_trips(data, joined):
 
 
 def test_signal_report_ranks_prospects_better_than_chance(data, capsys):
-    from features.signal import auc
+    from wenlv.features.signal import auc
 
     assert auc(np.array([1, 0, 1, 0]), np.array([0.9, 0.1, 0.8, 0.3])) == 1.0
     assert auc(np.array([1, 0, 1, 0]), np.array([0.5, 0.5, 0.5, 0.5])) == 0.5
@@ -339,7 +339,7 @@ def test_cli_datagen_and_contracts(tmp_path, capsys):
 
 
 def test_demo_stage_reports_counts_and_data_dir(tmp_path):
-    from features import demo_stage
+    from wenlv.features import demo_stage
     from wenlv.demo import DemoContext
 
     section = demo_stage.run(DemoContext(workdir=tmp_path, scale="tiny", seed=7, progress=False))

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from serving.indexes import build_index, exact_top_k, load_or_build, recall_at_k
-from serving.synthetic import synthetic_bundle
+from wenlv.serving.indexes import build_index, exact_top_k, load_or_build, recall_at_k
+from wenlv.bench.serving_fixtures import synthetic_bundle
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_index_cache_is_keyed_by_the_vectors(vectors, tmp_path):
 
 @pytest.mark.parametrize("exact_below", [10_000, 100])  # flat, and IVF over the users
 def test_audience_is_the_top_users_for_a_target(exact_below):
-    from serving.model import ServingModel
+    from wenlv.serving.model import ServingModel
 
     b = synthetic_bundle(n_pois=30, n_users=2000, factors=8, seed=6)
     model = ServingModel(b, "1", None, index_cache=None, exact_below=exact_below)
@@ -90,8 +90,8 @@ def test_stored_indexes_are_checked_against_the_bundle(tmp_path):
 
     import faiss
 
-    from serving.index_artifacts import IndexArtifactRefused, expected_manifest, read_indexes, write_indexes
-    from serving.indexes import build_bundle_indexes
+    from wenlv.serving.index_artifacts import IndexArtifactRefused, expected_manifest, read_indexes, write_indexes
+    from wenlv.serving.indexes import build_bundle_indexes
 
     b = synthetic_bundle(n_pois=80, n_users=50, factors=8, seed=9, version="3")
     built = build_bundle_indexes(b, cache_dir=None, exact_below=60)
@@ -111,7 +111,7 @@ def test_stored_indexes_are_checked_against_the_bundle(tmp_path):
         read_indexes(tmp_path, expected_manifest(b, "3", "run-a", exact_below=10_000), b)
 
     # a valid FAISS file of the wrong index, with its digest fixed up, is still refused
-    from serving.index_artifacts import _file_sha256
+    from wenlv.serving.index_artifacts import _file_sha256
 
     wrong = faiss.IndexFlatIP(8)
     wrong.add(b.poi_factors[:10])

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from itinerary import check, planner
-from serving.app import create_app
-from serving.auth import KeyStore
-from serving.materialize import materialize
-from serving.model import ServingModel
-from serving.online_store import ResilientStore
-from serving.state import ServingState
-from serving.synthetic import synthetic_bundle
-from serving.testing import make_store
+from wenlv.itinerary import check, planner
+from wenlv.serving.app import create_app
+from wenlv.serving.auth import KeyStore
+from wenlv.serving.materialize import materialize
+from wenlv.serving.model import ServingModel
+from wenlv.serving.online_store import ResilientStore
+from wenlv.serving.state import ServingState
+from wenlv.bench.serving_fixtures import synthetic_bundle
+from tests.support.stores import make_store
 
 CENTRE = {"lat": 30.25, "lon": 120.17}
 
@@ -115,7 +115,7 @@ def test_dates_far_out_and_phone_numbers_are_refused_not_crashed(env):
 
 
 def test_no_request_shape_produces_a_5xx(env, monkeypatch):
-    import serving.routers.itineraries as route
+    import wenlv.serving.routers.itineraries as route
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 

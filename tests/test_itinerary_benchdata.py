@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from itinerary import core, flickr, toptw
+from wenlv.itinerary import core, flickr, toptw
 from wenlv.errors import DataValidationError
 
 
@@ -252,8 +252,8 @@ def test_rank_markov_path_with_alpha_one_is_the_ranking_alone():
 
 
 def test_bench_json_names_the_scorer_that_each_feature_set_uses():
-    from bench.itinerary import model_label
-    from itinerary.flickr_options import FEATURE_SETS
+    from wenlv.bench.itinerary import model_label
+    from wenlv.itinerary.flickr_options import FEATURE_SETS
 
     labels = {f: model_label(f) for f in FEATURE_SETS}
     assert len(set(labels.values())) == len(FEATURE_SETS)       # no two choices labelled alike

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from itinerary import check, core, planner
+from wenlv.itinerary import check, core, planner
 
 CATS = ["scenic_area", "museum", "heritage_street", "theme_park", "hotel", "restaurant", "nightlife"]
 

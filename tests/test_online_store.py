@@ -7,11 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features import contracts
-from serving.materialize import materialize
-from serving.online_store import ResilientStore, StoreUnavailable, UserRecord
-from serving.synthetic import synthetic_bundle
-from serving.testing import PrivateRedis, make_store
+from wenlv.features import contracts
+from wenlv.serving.materialize import materialize
+from wenlv.serving.online_store import ResilientStore, StoreUnavailable, UserRecord
+from wenlv.bench.serving_fixtures import synthetic_bundle
+from tests.support.stores import make_store
+from wenlv.bench.private_redis import PrivateRedis
 
 PHONE = re.compile(rb"(?<![0-9a-f])1[3-9]\d{9}(?![0-9a-f])")  # a mainland mobile number on its own
 
@@ -102,7 +103,7 @@ def test_materialize_refuses_personal_columns(store, tmp_path):
 def test_circuit_breaker_fails_fast_and_recovers():
     server = PrivateRedis().start()
     try:
-        from serving.online_store import RedisStore
+        from wenlv.serving.online_store import RedisStore
 
         store = ResilientStore(RedisStore(server.url, prefix="cb:", timeout_s=0.05), first_backoff_s=0.1, max_backoff_s=0.4)
         store.store.put_users("1", [("tok", UserRecord(np.ones(2, dtype=np.float32), [], {}))])
@@ -129,8 +130,8 @@ def test_circuit_breaker_fails_fast_and_recovers():
 
 
 def test_recommendation_log_survives_a_store_outage():
-    from serving.online_store import RedisStore
-    from serving.reclog import RecommendationLog
+    from wenlv.serving.online_store import RedisStore
+    from wenlv.serving.reclog import RecommendationLog
 
     server = PrivateRedis().start()
     try:

@@ -5,8 +5,8 @@ import hashlib
 import random
 
 import pytest
-from privacy import psi, ristretto
-from privacy.psi_align import new_run_key, user_token
+from wenlv.privacy import psi, ristretto
+from wenlv.privacy.psi_align import new_run_key, user_token
 from wenlv.errors import WenlvError
 
 
@@ -156,7 +156,7 @@ def test_user_tokens_are_keyed():
 
 @pytest.mark.spark
 def test_spark_psi_through_exchange_files_matches_the_truth(spark, tmp_path):
-    from spark_jobs import psi_exchange
+    from wenlv.spark_jobs import psi_exchange
 
     rng = random.Random(11)
     a, b, shared = sets_with_overlap(rng, 150, 110, 60)
@@ -197,7 +197,7 @@ def test_a_missing_libsodium_is_a_clear_error(monkeypatch):
 def test_a_session_of_another_protocol_version_is_refused(tmp_path):
     import json
 
-    from spark_jobs import psi_exchange
+    from wenlv.spark_jobs import psi_exchange
 
     sid = psi_exchange.open_session(tmp_path, "s", ("a", "b"))
     assert psi_exchange.read_session_id(tmp_path, "s") == sid
@@ -212,7 +212,7 @@ def test_a_session_of_another_protocol_version_is_refused(tmp_path):
 def test_at_once_keeps_order_and_raises_the_first_failure():
     import threading
 
-    from spark_jobs.features_job import at_once
+    from wenlv.spark_jobs.features_job import at_once
 
     barrier = threading.Barrier(3, timeout=10)  # passes only if all three run at the same time
     assert at_once(*[(lambda i=i: (barrier.wait(), i)[1]) for i in range(3)]) == [0, 1, 2]
@@ -231,7 +231,7 @@ def test_spark_psi_with_hashed_phones_reused_across_sessions(spark, tmp_path):
     import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 
-    from spark_jobs import psi_exchange
+    from wenlv.spark_jobs import psi_exchange
 
     rng = random.Random(12)
     hub, partner, shared = sets_with_overlap(rng, 160, 90, 50)
@@ -279,7 +279,7 @@ def test_spark_psi_with_hashed_phones_reused_across_sessions(spark, tmp_path):
 def test_spark_psi_finish_refuses_an_incomplete_answer(spark, tmp_path):
     import pyarrow.parquet as pq
 
-    from spark_jobs import psi_exchange
+    from wenlv.spark_jobs import psi_exchange
 
     rng = random.Random(13)
     a, b, _ = sets_with_overlap(rng, 40, 30, 10)

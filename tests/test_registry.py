@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training import privacy_scan, registry, tracking
-from training.bundle import ModelBundle
+from wenlv.training import privacy_scan, registry, tracking
+from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
 
 PASSED = {"federated_matches_central": True, "artifacts_clean": True}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from privacy.audit import AuditLog
-from privacy.secure_agg import (MASK_CHUNK, Aggregator, DropoutError, Identity, MaskingParty, ProtocolError,
+from wenlv.privacy.audit import AuditLog
+from wenlv.privacy.secure_agg import (MASK_CHUNK, Aggregator, DropoutError, Identity, MaskingParty, ProtocolError,
                                 SecureAggError, decode_fixed, derive_pair_key, encode_fixed, mask_stream,
                                 payload_digest)
 
@@ -243,7 +243,7 @@ def test_masking_and_summing_in_threads_give_the_sequential_protocol():
     digest leaves (so chunks inside a segment cut leaves and rows anywhere): the masks still
     cancel exactly, every digest is the one-thread payload_digest, and a threaded close
     releases the same sum and digest."""
-    from privacy.secure_agg import _LEAF_ELEMENTS
+    from wenlv.privacy.secure_agg import _LEAF_ELEMENTS
     from wenlv.parallel import segments
 
     rows = 2 * _LEAF_ELEMENTS + 11                       # 7 · rows elements: 3 units of lcm(7, leaf)

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
-from serving.auth import KeyStore
-from serving.filters import PoiTable
-from serving.materialize import materialize
-from serving.model import ServingModel
-from serving.online_store import ResilientStore, UserRecord
-from serving.state import ServingState
-from serving.synthetic import synthetic_bundle, token_for
-from serving.testing import make_store
+from wenlv.serving.app import create_app
+from wenlv.serving.auth import KeyStore
+from wenlv.serving.filters import PoiTable
+from wenlv.serving.materialize import materialize
+from wenlv.serving.model import ServingModel
+from wenlv.serving.online_store import ResilientStore, UserRecord
+from wenlv.serving.state import ServingState
+from wenlv.bench.serving_fixtures import synthetic_bundle, token_for
+from tests.support.stores import make_store
 
 PHONE = "13800138000"
 
@@ -98,7 +98,7 @@ def test_filters_are_honoured_and_k_items_come_back_when_k_are_eligible(env, bun
     client, key, model, _ = env
     token = bundle.users.token[11]
     table = PoiTable(bundle.pois)
-    from serving.filters import Filters
+    from wenlv.serving.filters import Filters
     near = tuple(map(float, params["near"].split(","))) if "near" in params else None
     minute = int(params["at"][:2]) * 60 + int(params["at"][3:]) if "at" in params else None
     f = Filters(category=params.get("category"), city=params.get("city"), near=near, radius_km=params.get("radius_km"),

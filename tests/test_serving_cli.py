@@ -8,10 +8,10 @@ import time
 import httpx
 import pytest
 
-from serving.auth import KeyStore
-from serving.online_store import SQLiteStore
-from serving.runtime import free_port
-from serving.synthetic import synthetic_bundle
+from wenlv.serving.auth import KeyStore
+from wenlv.serving.online_store import SQLiteStore
+from wenlv.serving.runtime import free_port
+from wenlv.bench.serving_fixtures import synthetic_bundle
 from wenlv.cli import main
 
 

@@ -1,6 +1,6 @@
 """The serving demo stage on a bundle folder: materialise, serve over loopback, call it."""
-from serving import demo_stage
-from serving.synthetic import synthetic_bundle
+from wenlv.serving import demo_stage
+from wenlv.bench.serving_fixtures import synthetic_bundle
 from wenlv.demo import DemoContext
 
 

@@ -8,13 +8,13 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from serving.app import create_app
-from serving.auth import KeyStore
-from serving.materialize import materialize
-from serving.model import ServingModel
-from serving.online_store import ResilientStore, SQLiteStore
-from serving.state import ServingState
-from serving.synthetic import synthetic_bundle
+from wenlv.serving.app import create_app
+from wenlv.serving.auth import KeyStore
+from wenlv.serving.materialize import materialize
+from wenlv.serving.model import ServingModel
+from wenlv.serving.online_store import ResilientStore, SQLiteStore
+from wenlv.serving.state import ServingState
+from wenlv.bench.serving_fixtures import synthetic_bundle
 
 _tmp = Path(tempfile.mkdtemp(prefix="wenlv-fuzz-"))
 _bundle = synthetic_bundle(n_pois=40, n_users=30, factors=8, seed=4, version="1")

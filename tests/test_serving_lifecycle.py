@@ -7,16 +7,17 @@ import httpx
 import numpy as np
 import pytest
 
-from serving.app import create_app
-from serving.auth import KeyStore
-from serving.lifecycle import ChampionFollower
-from serving.materialize import materialize
-from serving.model import ServingModel
-from serving.online_store import RedisStore, ResilientStore
-from serving.runtime import ServerThread
-from serving.state import ServingState
-from serving.synthetic import synthetic_bundle
-from serving.testing import PrivateRedis, make_store
+from wenlv.serving.app import create_app
+from wenlv.serving.auth import KeyStore
+from wenlv.serving.lifecycle import ChampionFollower
+from wenlv.serving.materialize import materialize
+from wenlv.serving.model import ServingModel
+from wenlv.serving.online_store import RedisStore, ResilientStore
+from wenlv.serving.runtime import ServerThread
+from wenlv.serving.state import ServingState
+from wenlv.bench.serving_fixtures import synthetic_bundle
+from tests.support.stores import make_store
+from wenlv.bench.private_redis import PrivateRedis
 
 
 def two_versions():
@@ -106,7 +107,7 @@ def test_a_failed_load_keeps_the_old_version(tmp_path):
 
 @pytest.mark.slow
 def test_follows_the_mlflow_champion_alias(tmp_path):
-    from serving.lifecycle import MODEL_NAME
+    from wenlv.serving.lifecycle import MODEL_NAME
 
     v1, v2 = two_versions()
     uri, client, registered = _register(tmp_path, (v1, v2))
@@ -205,7 +206,7 @@ def _register(tmp_path, bundles):
     mlflow = pytest.importorskip("mlflow")
     from mlflow import MlflowClient
 
-    from serving.lifecycle import MODEL_NAME
+    from wenlv.serving.lifecycle import MODEL_NAME
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
@@ -225,7 +226,7 @@ def _register(tmp_path, bundles):
 @pytest.fixture
 def count_builds(monkeypatch):
     """Count real index builds (serving.indexes.build_index still runs)."""
-    import serving.indexes as indexes
+    import wenlv.serving.indexes as indexes
 
     calls = []
     real = indexes.build_index
@@ -249,7 +250,7 @@ def _manifest(uri, run_id, tmp_path):
 
 
 def _load(uri, version, bundle, **kw):
-    from serving.lifecycle import model_from_registry
+    from wenlv.serving.lifecycle import model_from_registry
 
     # exact_below=50: the 60-70 POIs get a tuned IVF index, the 40 users an exact one
     return model_from_registry(bundle, version, None, tracking_uri=uri, index_cache=None, exact_below=50, **kw)
@@ -302,7 +303,7 @@ def test_a_tampered_index_artifact_is_refused_and_rebuilt(tmp_path, count_builds
 
     import mlflow
 
-    from serving.index_artifacts import _file_sha256
+    from wenlv.serving.index_artifacts import _file_sha256
 
     v1, _ = two_versions()
     uri, client, [(version, run_id)] = _register(tmp_path, [v1])
@@ -323,7 +324,7 @@ def test_a_tampered_index_artifact_is_refused_and_rebuilt(tmp_path, count_builds
     client.log_artifacts(run_id, str(folder), "indexes")
     builds_before = len(count_builds)
 
-    with caplog.at_level(logging.WARNING, logger="serving.index_artifacts"):
+    with caplog.at_level(logging.WARNING, logger="wenlv.serving.index_artifacts"):
         reloaded = _load(uri, version, v1)
     assert reloaded.indexes.source == "built" and len(count_builds) == builds_before + 2
     why = {"vectors_digest": "pois index vectors_sha256", "garbage_bytes": "pois.faiss does not match its recorded sha256",
@@ -354,7 +355,7 @@ def test_two_versions_never_share_an_index(tmp_path, count_builds, caplog):
     copied = mlflow.artifacts.download_artifacts(run_id=run1, artifact_path="indexes", dst_path=str(tmp_path / "v1"),
                                                  tracking_uri=uri)
     client.log_artifacts(run2, copied, "indexes")
-    with caplog.at_level(logging.WARNING, logger="serving.index_artifacts"):
+    with caplog.at_level(logging.WARNING, logger="wenlv.serving.index_artifacts"):
         again = _load(uri, n2, v2)
     assert again.indexes.source == "built"
     assert any(f"manifest model_version is '{n1}', expected '{n2}'" in r.getMessage() for r in caplog.records)
@@ -363,7 +364,7 @@ def test_two_versions_never_share_an_index(tmp_path, count_builds, caplog):
 
 
 def test_serving_the_champion_records_its_indexes_and_a_bundle_dir_does_not_need_mlflow(tmp_path):
-    from serving.runtime import build_app
+    from wenlv.serving.runtime import build_app
 
     v1, _ = two_versions()
     uri, client, [(version, run_id)] = _register(tmp_path, [v1])

@@ -1,10 +1,10 @@
 """Shapley split of the data-source lift."""
 import pytest
 
-from training import shapley
-from training.blocks import FeatureBlocks, build_matrices
-from training.pipeline import TrainConfig
-from training.toy_blocks import write_toy_blocks
+from wenlv.training import shapley
+from wenlv.training.blocks import FeatureBlocks, build_matrices
+from wenlv.training.pipeline import TrainConfig, fit_and_evaluate
+from tests.support.toy_blocks import write_toy_blocks
 
 F = frozenset
 
@@ -29,7 +29,7 @@ def test_data_source_values_on_coalition_retrains(tmp_path):
     blocks = FeatureBlocks.load(write_toy_blocks(tmp_path / "f", seed=5))
     matrices = build_matrices(blocks)
     config = TrainConfig(mode="central", factors=8, iterations=6)
-    out = shapley.data_source_values(blocks, matrices, config)
+    out = shapley.data_source_values(fit_and_evaluate, blocks, matrices, config)
     assert set(out["coalitions"]) == {"tourism", "tourism+carrier", "tourism+internet", "tourism+carrier+internet"}
     assert sum(out["values"].values()) == pytest.approx(out["lift"])
     # on the toy data both sources carry taste signal, the prospects' especially

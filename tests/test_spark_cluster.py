@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from features import contracts as C
+from wenlv.features import contracts as C
 from tests.test_spark_features import ADS, MARKETING, SHARING, SPLIT, SUBSCRIBERS, make_raw
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]

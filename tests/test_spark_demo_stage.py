@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
 
 def test_demo_stage_returns_manifest_row_counts_and_psi(spark, tmp_path):
-    from spark_jobs import demo_stage
+    from wenlv.spark_jobs import demo_stage
     from wenlv.demo import DemoContext
 
     raw = make_raw(tmp_path / "data")

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from features import contracts as C
+from wenlv.features import contracts as C
 from wenlv.errors import DataValidationError
 
 pytestmark = pytest.mark.spark
@@ -86,7 +86,7 @@ def run(spark, raw, tmp_path_factory):
     import logging
     from io import StringIO
 
-    from spark_jobs import features_job
+    from wenlv.spark_jobs import features_job
 
     world = tmp_path_factory.mktemp("world")
     shutil.copytree(raw, world, dirs_exist_ok=True)
@@ -228,7 +228,7 @@ def corrupt(raw: Path, tmp: Path, table, row: int, column: str, value, as_csv: b
     (C.ACCOUNTS, 2, "consent_ads", None, "does not allow nulls"),
 ])
 def test_a_bad_cell_names_file_row_and_column(spark, raw, tmp_path, table, row, column, value, problem):
-    from spark_jobs import validate
+    from wenlv.spark_jobs import validate
 
     folder = corrupt(raw, tmp_path, table, row, column, value)
     with pytest.raises(DataValidationError) as info:
@@ -240,7 +240,7 @@ def test_a_bad_cell_names_file_row_and_column(spark, raw, tmp_path, table, row, 
 
 
 def test_csv_type_errors_and_order_rules_name_the_row(spark, raw, tmp_path):
-    from spark_jobs import validate
+    from wenlv.spark_jobs import validate
 
     folder = corrupt(raw, tmp_path, C.VISITS, 3, "spend_cny", "lots", as_csv=True)
     with pytest.raises(DataValidationError) as info:
@@ -255,7 +255,7 @@ def test_csv_type_errors_and_order_rules_name_the_row(spark, raw, tmp_path):
 
 
 def test_quarantine_sets_bad_rows_aside_and_counts_them(spark, raw, tmp_path):
-    from spark_jobs import validate
+    from wenlv.spark_jobs import validate
 
     folder = corrupt(raw, tmp_path, C.SUBSCRIBERS, 2, "arpu_tier", 9)
     bad = folder / "carrier" / "presence.parquet"
@@ -282,8 +282,8 @@ def test_quarantine_reaches_the_manifest(run):
 
 
 def test_a_party_job_cannot_read_another_partys_table(tmp_path):
-    from spark_jobs.carrier_job import CarrierJob
-    from spark_jobs.tourism_job import TourismJob
+    from wenlv.spark_jobs.carrier_job import CarrierJob
+    from wenlv.spark_jobs.tourism_job import TourismJob
     from wenlv.errors import WenlvError
 
     tourism = TourismJob(None, tmp_path, tmp_path / "out")

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from privacy import secure_agg
-from training import evaluation, factors, towers
-from training.blocks import FeatureBlocks, build_matrices
-from training.toy_blocks import write_toy_blocks
+from wenlv.privacy import secure_agg
+from wenlv.training import evaluation, factors, towers
+from wenlv.training.blocks import FeatureBlocks, build_matrices
+from tests.support.toy_blocks import write_toy_blocks
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +96,7 @@ def test_export_is_torchscript_with_spec_serving_reads(toy, tmp_path):
         exported = module(torch.from_numpy(raw)).numpy()
     assert np.allclose(exported, result.embed(frames), atol=1e-5)
     # serving's loader turns a side-feature dict into the same vector
-    serving_towers = pytest.importorskip("serving.towers")
+    serving_towers = pytest.importorskip("wenlv.serving.towers")
     tower = serving_towers.load_user_tower(out, result.width)
     row = {**frames["carrier"].iloc[0].to_dict(), **frames["internet"].iloc[0].to_dict()}
     assert np.allclose(tower.embed(row), exported[0], atol=1e-5)

@@ -7,10 +7,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from training import privacy_scan, registry, tracking
-from training.blocks import FeatureBlocks
-from training.pipeline import TrainConfig, evaluate_version, train
-from training.toy_blocks import write_toy_blocks
+from wenlv.training import privacy_scan, registry, tracking
+from wenlv.training.blocks import FeatureBlocks
+from wenlv.training.pipeline import TrainConfig, evaluate_version, train
+from tests.support.toy_blocks import write_toy_blocks
 from wenlv.errors import WenlvError
 
 
@@ -112,8 +112,8 @@ def test_bad_feature_folders_are_named(tmp_path):
 @pytest.mark.spark
 def test_train_on_real_pipeline_blocks_leaks_no_phone(spark, tmp_path):
     """datagen → Spark feature job → train: the generated phone numbers appear nowhere in MLflow."""
-    from features.generator import generate
-    from spark_jobs import features_job
+    from wenlv.features.generator import generate
+    from wenlv.spark_jobs import features_job
 
     data, features = tmp_path / "data", tmp_path / "features"
     generate(data, scale="tiny", seed=1, progress=False, people=800)

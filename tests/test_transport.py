@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from privacy.secure_agg import Identity, KeyAnnouncement, MaskedMessage, MaskingParty, PartyUnavailable, ProtocolError
-from privacy.transport import CoordinatorServer, RemoteParty, RemotePartyError, decode, encode, serve_party
-from training.federated_als import FederatedALS
+from wenlv.privacy.secure_agg import Identity, KeyAnnouncement, MaskedMessage, MaskingParty, PartyUnavailable, ProtocolError
+from wenlv.privacy.transport import CoordinatorServer, RemoteParty, RemotePartyError, decode, encode, serve_party
+from wenlv.training.federated_als import FederatedALS
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTIES = ("tourism", "carrier", "internet")
@@ -70,8 +70,8 @@ def _party_folder(features: Path, party: str, dest: Path) -> Path:
 
 @pytest.mark.slow
 def test_parties_in_separate_processes_match_in_process(tmp_path):
-    from training.als_data import load_party_matrices
-    from training.toy_blocks import write_toy_blocks
+    from wenlv.training.als_data import load_party_matrices
+    from tests.support.toy_blocks import write_toy_blocks
 
     features = Path(write_toy_blocks(tmp_path / "features", n_users=150))
     params = dict(factors=6, iterations=3, random_state=5, show_progress=False)
@@ -85,7 +85,7 @@ def test_parties_in_separate_processes_match_in_process(tmp_path):
             for p in PARTIES:
                 folder = _party_folder(features, p, tmp_path / f"view-{p}")
                 procs[p] = subprocess.Popen(
-                    [sys.executable, "-m", "training.federated_als", "--coordinator", server.url, "--party", p,
+                    [sys.executable, "-m", "wenlv.training.federated_als", "--coordinator", server.url, "--party", p,
                      "--features", str(folder), "--out", str(tmp_path / f"out-{p}")],
                     env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             remote = {p: RemoteParty(server, p, timeout=120) for p in PARTIES}

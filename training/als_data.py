@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from features import contracts
+from wenlv.features import contracts
 from wenlv.errors import WenlvError
 
 

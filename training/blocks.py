@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy.sparse import csr_matrix
 
-from features import contracts
+from wenlv.features import contracts
 from wenlv.errors import WenlvError
 
 PARTIES = contracts.PARTIES
@@ -89,7 +89,7 @@ class Matrices:
 def build_matrices(blocks: FeatureBlocks) -> Matrices:
     """User × item confidence per party, every party's rows aligned on the users block
     (sorted tokens); each matrix is built and checked by training.als_data.party_matrix."""
-    from training.als_data import party_matrix
+    from wenlv.training.als_data import party_matrix
 
     users = blocks.users.sort_values("token").reset_index(drop=True)
     if users["token"].duplicated().any():

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from training.federated_als import init_factors
+from wenlv.training.federated_als import init_factors
 
 
 def concatenate_blocks(user_items: dict[str, sp.csr_matrix]) -> tuple[sp.csr_matrix, dict[str, slice]]:

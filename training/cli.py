@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from features import contracts
+from wenlv.features import contracts
 
 
 def _parties(text: str) -> tuple[str, ...]:
@@ -57,7 +57,7 @@ def register(sub) -> None:
 
 
 def _train(args) -> int:
-    from training.pipeline import TrainConfig, train
+    from wenlv.training.pipeline import TrainConfig, train
 
     config = TrainConfig(mode=args.mode, parties=args.parties, factors=args.factors, iterations=args.iterations,
                          regularization=args.regularization, seed=args.seed, tower_epochs=args.tower_epochs,
@@ -70,27 +70,27 @@ def _train(args) -> int:
 
 
 def _public(out: dict) -> dict:
-    from training.evaluation import finite
+    from wenlv.training.evaluation import finite
 
     return {**{k: v for k, v in out.items() if k != "metrics"}, "metrics": finite(out["metrics"])}
 
 
 def _evaluate(args) -> int:
-    from training.pipeline import evaluate_version
+    from wenlv.training.pipeline import evaluate_version
 
     print(json.dumps(evaluate_version(args.features, args.version, args.tracking_uri, args.k)))
     return 0
 
 
 def _evaluate_flickr(args) -> int:
-    from training.flickr_eval import evaluate_city
+    from wenlv.training.flickr_eval import evaluate_city
 
     print(json.dumps(evaluate_city(args.city, args.source, test_fraction=args.test_fraction), default=str))
     return 0
 
 
 def _promote(args) -> int:
-    from training import registry
+    from wenlv.training import registry
 
     kwargs = {} if args.tolerance is None else {"tolerance": args.tolerance}
     decision = registry.promote(args.version, args.tracking_uri, **kwargs)
@@ -100,7 +100,7 @@ def _promote(args) -> int:
 
 
 def _rollback(args) -> int:
-    from training import registry
+    from wenlv.training import registry
 
     print(json.dumps({"champion_version": registry.rollback(args.tracking_uri)}))
     return 0

@@ -5,8 +5,8 @@ import os
 
 
 def run(ctx) -> dict:
-    from training import tracking
-    from training.pipeline import TrainConfig, train
+    from wenlv.training import tracking
+    from wenlv.training.pipeline import TrainConfig, train
 
     features_dir = ctx.results["features"]["_paths"]["features_dir"]
     data_dir = ctx.results.get("data", {}).get("_paths", {}).get("data_dir")

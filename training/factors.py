@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from training.blocks import Matrices
+from wenlv.training.blocks import Matrices
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def _split(item_factors: np.ndarray, matrices: Matrices, parties) -> dict[str, n
 
 
 def _central_step(blocks, factors, regularization, iterations, seed, state):
-    from training.central_als import CentralALS
+    from wenlv.training.central_als import CentralALS
 
     model = CentralALS(factors=factors, regularization=regularization, iterations=iterations, random_state=seed,
                        dtype=COMPUTE_DTYPE)
@@ -71,9 +71,9 @@ def _central_step(blocks, factors, regularization, iterations, seed, state):
 
 def _federated_step(blocks, factors, regularization, iterations, seed, state, fixed_point_bits):
     try:
-        from training.federated_als import DEFAULT_FRAC_BITS, FederatedALS
+        from wenlv.training.federated_als import DEFAULT_FRAC_BITS, FederatedALS
     except ModuleNotFoundError as exc:
-        if exc.name != "training.federated_als":
+        if exc.name != "wenlv.training.federated_als":
             raise
         raise WenlvError("federated ALS is not available in this build; use --mode central") from exc
     model = FederatedALS(factors=factors, regularization=regularization, iterations=iterations, random_state=seed,

@@ -55,11 +55,11 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from privacy.audit import AuditLog
-from privacy.secure_agg import (DEFAULT_FRAC_BITS, Aggregator, DropoutError, Identity, MaskingParty,
+from wenlv.privacy.audit import AuditLog
+from wenlv.privacy.secure_agg import (DEFAULT_FRAC_BITS, Aggregator, DropoutError, Identity, MaskingParty,
                                 PartyUnavailable, SecureAggError)
-from training.item_cg import item_cg_step, with_ridge
-from training.sparse_rows import RS_EPS, row_pass
+from wenlv.training.item_cg import item_cg_step, with_ridge
+from wenlv.training.sparse_rows import RS_EPS, row_pass
 from wenlv.errors import WenlvError
 from wenlv.memory import plain_pages_empty
 from wenlv.parallel import run_segments, segments
@@ -616,9 +616,9 @@ def party_main(argv=None) -> int:
     import argparse
     from pathlib import Path
 
-    from privacy.transport import serve_party
-    from training.als_data import load_party_block, load_users
-    from training.federated_als import FederatedALSParty as Party  # the importable class, not __main__'s
+    from wenlv.privacy.transport import serve_party
+    from wenlv.training.als_data import load_party_block, load_users
+    from wenlv.training.federated_als import FederatedALSParty as Party  # the importable class, not __main__'s
 
     parser = argparse.ArgumentParser(prog="python -m training.federated_als", description=party_main.__doc__)
     parser.add_argument("--coordinator", required=True, help="coordinator URL, e.g. http://127.0.0.1:8765")

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from scipy.sparse import csr_matrix
 
-from training import evaluation as ev
+from wenlv.training import evaluation as ev
 from wenlv.errors import WenlvError
 
 
@@ -95,7 +95,7 @@ def temporal_split_eval(visits: pd.DataFrame, test_fraction: float = 0.2, iterat
 
 def evaluate_city(city: str, source: str | Path, **kwargs) -> dict:
     """Import one city's Flickr visits (features.flickr) and compare ALS with popularity."""
-    from features.flickr import build
+    from wenlv.features.flickr import build
 
     tables, summary = build(city, source)
     return {"city": city, "source": "Lim et al., IJCAI 2015 (YFCC100M)", **temporal_split_eval(tables["visits"], **kwargs)}

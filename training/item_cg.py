@@ -21,7 +21,7 @@ import numba
 import numpy as np
 import scipy.sparse as sp
 
-from training.sparse_rows import RS_EPS, row_pass
+from wenlv.training.sparse_rows import RS_EPS, row_pass
 from wenlv.errors import WenlvError
 from wenlv.parallel import run_segments
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features import contracts
-from training import evaluation, factors, privacy_scan, registry, tracking
-from training.blocks import FeatureBlocks, Matrices, build_matrices
-from training.bundle import ModelBundle
+from wenlv.features import contracts
+from wenlv.training import evaluation, factors, privacy_scan, registry, tracking
+from wenlv.training.blocks import FeatureBlocks, Matrices, build_matrices
+from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def federated_check(model: factors.FactorModel, config: TrainConfig) -> tuple[bo
 
 
 def train_cold_start_towers(blocks, matrices, model, config: TrainConfig, out_dir: Path):
-    from training import towers
+    from wenlv.training import towers
 
     parties = tuple(p for p in towers.TOWER_PARTIES if p in config.parties)
     if not parties:
@@ -226,7 +226,7 @@ Cold-start towers on prospects: NDCG {fmt(f'tower_prospect_ndcg@{k}')}, audience
 def train(features_dir: str | Path, config: TrainConfig | None = None, *, tracking_uri: str | None = None,
           data_dir: str | Path | None = None, work_dir: str | Path | None = None) -> dict:
     """Train, evaluate, log, register and (gate permitting) promote one model version."""
-    from training import shapley as shapley_mod
+    from wenlv.training import shapley as shapley_mod
 
     config = config or TrainConfig()
     started = time.perf_counter()
@@ -248,7 +248,7 @@ def train(features_dir: str | Path, config: TrainConfig | None = None, *, tracki
 
     shapley = None
     if config.shapley and set(config.parties) == set(contracts.PARTIES):
-        shapley = shapley_mod.data_source_values(blocks, matrices, config, full_metrics=metrics)
+        shapley = shapley_mod.data_source_values(fit_and_evaluate, blocks, matrices, config, full_metrics=metrics)
         metrics.update(shapley_mod.as_metrics(shapley))
 
     params = {**{k: v for k, v in asdict(config).items() if k != "progress"},

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from features import contracts
+from wenlv.features import contracts
 
 # Chinese mobile numbers, optionally with the 86 country code (E.164 digits, maybe a +),
 # not part of a longer token, id or decimal fraction.

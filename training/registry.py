@@ -21,8 +21,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training import tracking
-from training.bundle import ModelBundle
+from wenlv.training import tracking
+from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)

@@ -35,10 +35,13 @@ def shapley_values(value: dict[frozenset, float], players=PLAYERS) -> dict[str, 
     return out
 
 
-def data_source_values(blocks, matrices, config, metric: str | None = None, full_metrics: dict | None = None) -> dict:
-    """Retrain on every coalition (same mode and hyper-parameters) and split the lift."""
-    from training.pipeline import fit_and_evaluate
+def data_source_values(fit_and_evaluate, blocks, matrices, config, metric: str | None = None,
+                       full_metrics: dict | None = None) -> dict:
+    """Retrain on every coalition (same mode and hyper-parameters) and split the lift.
 
+    `fit_and_evaluate(blocks, matrices, config, parties=...) -> (model, metrics)` is the
+    pipeline's own fit, passed in so that this module stays below the pipeline.
+    """
     metric = metric or f"ndcg@{config.k}"
     value, detail = {}, {}
     for size in range(len(PLAYERS) + 1):

@@ -36,8 +36,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from features import contracts
-from privacy import secure_agg
+from wenlv.features import contracts
+from wenlv.privacy import secure_agg
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)

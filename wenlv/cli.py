@@ -15,8 +15,8 @@ from wenlv.errors import WenlvError
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit and numpy BLAS: no oversubscription
 
-STAGE_CLIS = ("features.cli", "spark_jobs.cli", "training.cli", "serving.cli", "itinerary.cli")
-BENCHES = ("bench.features", "bench.als", "bench.serve", "bench.itinerary", "bench.charts")
+STAGE_CLIS = ("wenlv.features.cli", "wenlv.spark_jobs.cli", "wenlv.training.cli", "wenlv.serving.cli", "wenlv.itinerary.cli")
+BENCHES = ("wenlv.bench.features", "wenlv.bench.als", "wenlv.bench.serve", "wenlv.bench.itinerary", "wenlv.bench.charts")
 
 
 def build_parser() -> argparse.ArgumentParser:

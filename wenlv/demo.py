@@ -14,11 +14,11 @@ from pathlib import Path
 
 # (summary key, module) in flow order; a stage's `run` may read earlier sections from ctx.results.
 STAGES = (
-    ("data", "features.demo_stage"),
-    ("features", "spark_jobs.demo_stage"),
-    ("train", "training.demo_stage"),
-    ("serving", "serving.demo_stage"),
-    ("itinerary", "itinerary.demo_stage"),
+    ("data", "wenlv.features.demo_stage"),
+    ("features", "wenlv.spark_jobs.demo_stage"),
+    ("train", "wenlv.training.demo_stage"),
+    ("serving", "wenlv.serving.demo_stage"),
+    ("itinerary", "wenlv.itinerary.demo_stage"),
 )
 
 

@@ -5,8 +5,8 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from serving.online_store import StoreUnavailable
-from serving.schemas import Health, Readiness
+from wenlv.serving.online_store import StoreUnavailable
+from wenlv.serving.schemas import Health, Readiness
 
 router = APIRouter(tags=["health"])
 

@@ -19,12 +19,12 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from itinerary.planner import PACE_STOPS, InfeasibleRequest, PlanRequest, hhmm_to_minutes, plan
-from serving.auth import Principal, require_role
-from serving.online_store import StoreUnavailable
-from serving.routers.recommendations import reject_phone_like
-from serving.schemas import ERROR_RESPONSES, TOKEN_PATTERN, Category
-from serving.state import ServingModel, get_model
+from wenlv.itinerary.planner import PACE_STOPS, InfeasibleRequest, PlanRequest, hhmm_to_minutes, plan
+from wenlv.serving.auth import Principal, require_role
+from wenlv.serving.online_store import StoreUnavailable
+from wenlv.serving.routers.recommendations import reject_phone_like
+from wenlv.serving.schemas import ERROR_RESPONSES, TOKEN_PATTERN, Category
+from wenlv.serving.state import ServingModel, get_model
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["itineraries"])

@@ -8,10 +8,10 @@ import time
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
-from serving.auth import ApiError, Principal, require_role
-from serving.filters import Filters, now_minute
-from serving.schemas import ERROR_RESPONSES, TOKEN_PATTERN, Category, RecommendationResponse, StoredRecommendation
-from serving.state import ServingModel, get_model
+from wenlv.serving.auth import ApiError, Principal, require_role
+from wenlv.serving.filters import Filters, now_minute
+from wenlv.serving.schemas import ERROR_RESPONSES, TOKEN_PATTERN, Category, RecommendationResponse, StoredRecommendation
+from wenlv.serving.state import ServingModel, get_model
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["recommendations"])

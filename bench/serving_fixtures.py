@@ -11,8 +11,8 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from features.contracts import POI_CATEGORIES
-from training.bundle import ModelBundle
+from wenlv.features.contracts import POI_CATEGORIES
+from wenlv.training.bundle import ModelBundle
 
 CITIES = {"hangzhou": (30.25, 120.17), "shaoxing": (30.0, 120.58)}
 

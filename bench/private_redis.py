@@ -1,4 +1,4 @@
-"""Helpers for serving tests and benchmarks: a private redis-server, stores by kind, keys.
+"""A private redis-server for the serving benchmark and the tests that stop and restart Redis.
 
 `PrivateRedis` starts its own redis-server on a free port (never the shared one), so a
 test can stop and restart it during requests.
@@ -8,13 +8,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-import uuid
-from pathlib import Path
 
 import redis
 
-from serving.online_store import KeyValueStore, RedisStore, SQLiteStore
-from serving.runtime import free_port
+from wenlv.serving.runtime import free_port
 
 
 class PrivateRedis:
@@ -53,13 +50,3 @@ class PrivateRedis:
 
     def __exit__(self, *exc):
         self.stop()
-
-
-def make_store(kind: str, tmp_path: Path, redis_url: str | None = None) -> KeyValueStore:
-    """A fresh store of `kind` (sqlite|redis) under a unique key prefix."""
-    prefix = f"wenlv-test-{uuid.uuid4().hex[:8]}:"
-    if kind == "sqlite":
-        return SQLiteStore(tmp_path / f"online-{prefix[11:19]}.sqlite", prefix=prefix)
-    if kind == "redis":
-        return RedisStore(redis_url, prefix=prefix, timeout_s=0.5)
-    raise ValueError(kind)

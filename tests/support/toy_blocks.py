@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from features import contracts
+from wenlv.features import contracts
 
 
 def write_toy_blocks(out: str | Path, n_users: int = 300, n_pois: int = 24, n_themes: int = 4,

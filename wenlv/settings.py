@@ -1,0 +1,101 @@
+"""Every environment variable the product reads, in one validated object loaded once.
+
+`get_settings()` reads the environment the first time it is called (not at import), so a
+test or a CLI flag can set variables first; `reset_settings()` forgets the cached copy.
+The README's environment table is generated from this class (`settings_table()`), and a
+test fails when the two drift apart. Secrets are `SecretStr`: `masked()` never shows them.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from wenlv.errors import WenlvError
+
+HOME = Path.home()
+
+
+class Settings(BaseSettings):
+    """Deployment settings. Each field's env name is its alias; defaults are embedded."""
+
+    model_config = SettingsConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+    # Spark
+    spark_master: str = Field("local[*]", alias="SPARK_MASTER",
+                              description="Spark master URL (local mode binds to 127.0.0.1)")
+    spark_driver_memory: str = Field("4g", alias="WENLV_SPARK_DRIVER_MEMORY", description="Spark driver memory")
+    shuffle_partitions: int = Field(8, ge=1, alias="WENLV_SHUFFLE_PARTITIONS",
+                                    description="spark.sql.shuffle.partitions for the feature jobs")
+    # PSI
+    libsodium: str | None = Field(None, alias="WENLV_LIBSODIUM",
+                                  description="path of libsodium (≥ 1.0.18) for ristretto255; unset: the system's")
+    # MLflow
+    mlflow_tracking_uri: str | None = Field(None, alias="MLFLOW_TRACKING_URI",
+                                            description="MLflow store; unset: sqlite:///mlflow/mlflow.db in the "
+                                                        "checkout (the demo: its workdir)")
+    # Online store and serving
+    redis_url: str | None = Field(None, alias="REDIS_URL", description="online store; unset: SQLite")
+    online_sqlite: Path = Field(HOME / ".wenlv" / "online_store.sqlite", alias="WENLV_ONLINE_SQLITE",
+                                description="SQLite online store file, when REDIS_URL is unset")
+    api_keys_db: Path = Field(HOME / ".wenlv" / "api_keys.sqlite", alias="WENLV_API_KEYS",
+                              description="API key database (SQLite)")
+    api_pepper: SecretStr | None = Field(None, alias="WENLV_API_PEPPER",
+                                         description="secret mixed into stored API key hashes; unset: a random "
+                                                     "pepper kept beside the key database")
+    index_cache: Path = Field(HOME / ".cache" / "wenlv" / "indexes", alias="WENLV_INDEX_CACHE",
+                              description="folder for FAISS indexes built when a version has none")
+    faiss_threads: int = Field(1, ge=1, alias="WENLV_FAISS_THREADS",
+                               description="OpenMP threads per FAISS search (1: the server's workers parallelise)")
+    itinerary_time_limit_s: float = Field(0.5, gt=0, alias="WENLV_ITINERARY_TIME_LIMIT",
+                                          description="solver seconds per itinerary request")
+    # BLAS
+    openblas_num_threads: int = Field(1, ge=1, alias="OPENBLAS_NUM_THREADS",
+                                      description="BLAS threads (implicit ALS wants 1)")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The effective settings, read from the environment once; bad values name the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(f"{_env_name(e['loc'])}: {e['msg']} (got {e.get('input')!r})" for e in exc.errors())
+        raise WenlvError(f"invalid environment setting — {problems}") from None
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests that change the environment, `wenlv config show`)."""
+    get_settings.cache_clear()
+
+
+def _env_name(loc) -> str:
+    field = loc[0] if loc else "?"
+    info = Settings.model_fields.get(field)
+    return info.alias if info is not None and info.alias else str(field)
+
+
+def masked(settings: Settings | None = None) -> dict[str, str]:
+    """Env name -> effective value as text, secrets shown as ****** (set) or unset."""
+    settings = settings or get_settings()
+    out = {}
+    for name, info in Settings.model_fields.items():
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr):
+            value = "******"
+        out[info.alias] = "" if value is None else str(value)
+    return out
+
+
+def settings_table() -> str:
+    """The README's environment table (Markdown), generated from the class."""
+    rows = ["| variable | meaning | default |", "|---|---|---|"]
+    for info in Settings.model_fields.values():
+        default = info.default
+        if isinstance(default, Path):
+            default = str(default).replace(str(HOME), "~")
+        shown = "unset" if default is None else f"`{default}`"
+        rows.append(f"| `{info.alias}` | {info.description} | {shown} |")
+    return "\n".join(rows) + "\n"
