@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT = Path(sys.executable).with_name("lint-imports")
-STAGES = ("features", "spark_jobs", "privacy", "training", "itinerary", "serving", "bench")
+STAGES = ("features", "spark_jobs", "privacy", "training", "itinerary", "marketing", "ledger", "serving", "bench")
 
 
 def lint(cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -63,6 +63,7 @@ def test_built_wheel_exposes_only_the_root_package(tmp_path):
     for stage in STAGES:
         assert f"wenlv/{stage}/__init__.py" in names, stage
     assert not any(n.startswith("wenlv/tests/") or "/support/" in n for n in names)
+    assert "wenlv/db/migrations/env.py" in names and "wenlv/db/migrations/versions/0001_initial.py" in names
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-index", str(wheel)],

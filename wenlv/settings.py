@@ -51,6 +51,11 @@ class Settings(BaseSettings):
                                description="OpenMP threads per FAISS search (1: the server's workers parallelise)")
     itinerary_time_limit_s: float = Field(0.5, gt=0, alias="WENLV_ITINERARY_TIME_LIMIT",
                                           description="solver seconds per itinerary request")
+    # Campaign and ledger database
+    database_url: str | None = Field(None, alias="DATABASE_URL",
+                                     description="campaign and ledger database (postgresql://...); unset: SQLite file")
+    database_sqlite: Path = Field(HOME / ".wenlv" / "wenlv.sqlite", alias="WENLV_DATABASE_SQLITE",
+                                  description="SQLite campaign and ledger database, when DATABASE_URL is unset")
     # BLAS
     openblas_num_threads: int = Field(1, ge=1, alias="OPENBLAS_NUM_THREADS",
                                       description="BLAS threads (implicit ALS wants 1)")

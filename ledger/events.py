@@ -1,0 +1,118 @@
+"""Recording events in the ledger: each one validated on its own, stored once, durable on return.
+
+A batch is checked event by event: bad events are rejected with a reason naming the field,
+the good ones are kept. Storage is one INSERT ... ON CONFLICT DO NOTHING per batch in one
+transaction, RETURNING the ids actually inserted, so a retried or interleaved batch stores
+each `event_id` once and the caller learns which were duplicates. The function returns
+only after the commit (SQLite runs with synchronous=FULL, see wenlv.db.engine), so an
+acknowledgement means durable.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy import Engine
+from sqlalchemy.dialects import postgresql, sqlite
+
+from wenlv.db.schema import EVENT_KINDS, events
+
+TOKEN_RE = re.compile(r"^[0-9a-f]{32,64}$")  # PSI tokens are lowercase hex (privacy/psi.py)
+MAX_BATCH = 1000
+
+
+class Event(BaseModel):
+    """One impression, click, booking or visit, as a partner or the app reports it."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    event_id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$",
+                          description="the sender's unique id: a retried event with the same id is stored once")
+    kind: Literal[EVENT_KINDS]  # type: ignore[valid-type]
+    token: str = Field(description="the visitor's pseudonymous token (lowercase hex)")
+    poi_id: str | None = Field(None, max_length=64)
+    amount_cny: Decimal | None = Field(None, ge=0, max_digits=14, decimal_places=2,
+                                       description="revenue in CNY (bookings and visits)")
+    occurred_at: datetime = Field(description="when it happened (ISO 8601 with a time zone)")
+    recommendation_id: str | None = Field(None, max_length=64)
+    campaign_id: int | None = Field(None, ge=1)
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str) -> str:
+        if not TOKEN_RE.match(value):
+            raise ValueError("must be a pseudonymous token (lowercase hex), never a phone number or a name")
+        return value
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("needs a time zone (e.g. 2026-05-01T10:00:00+08:00)")
+        return value.astimezone(timezone.utc)
+
+    @model_validator(mode="after")
+    def _amount_where_it_applies(self) -> "Event":
+        if self.amount_cny is not None and self.kind in ("impression", "click"):
+            raise ValueError(f"amount_cny does not apply to a {self.kind}")
+        return self
+
+
+@dataclass
+class BatchResult:
+    """What happened to each event of a batch: stored now, already stored, or rejected (why)."""
+
+    accepted: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    rejected: list[tuple[int, str | None, str]] = field(default_factory=list)  # (index, event_id, reason)
+
+    def as_dict(self) -> dict:
+        return {"accepted": len(self.accepted), "duplicates": len(self.duplicates),
+                "rejected": [{"index": i, "event_id": eid, "reason": why} for i, eid, why in self.rejected]}
+
+
+def validate(raw_events: list[dict]) -> tuple[list[Event], list[str], list[tuple[int, str | None, str]]]:
+    """Split a batch into valid events, repeats of an id earlier in the batch, and rejections."""
+    good, repeats, bad, seen = [], [], [], set()
+    for i, raw in enumerate(raw_events):
+        event_id = raw.get("event_id") if isinstance(raw, dict) else None
+        event_id = event_id if isinstance(event_id, str) else None
+        try:
+            event = Event.model_validate(raw)
+        except ValidationError as exc:
+            bad.append((i, event_id, _reason(exc)))
+            continue
+        if event.event_id in seen:  # twice in one batch: keep the first, acknowledge the second
+            repeats.append(event.event_id)
+            continue
+        seen.add(event.event_id)
+        good.append(event)
+    return good, repeats, bad
+
+
+def _reason(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'event'}: {e['msg']}" for e in exc.errors())
+
+
+def record_events(engine: Engine, tenant: str, raw_events: list[dict], now: datetime | None = None) -> BatchResult:
+    """Validate and store a batch for `tenant`; returns after the commit (durable)."""
+    if len(raw_events) > MAX_BATCH:
+        raise ValueError(f"a batch holds at most {MAX_BATCH} events, got {len(raw_events)}")
+    good, repeats, bad = validate(raw_events)
+    result = BatchResult(duplicates=repeats, rejected=bad)
+    if not good:
+        return result
+    received = now or datetime.now(timezone.utc)
+    rows = [{**e.model_dump(), "tenant": tenant, "received_at": received} for e in good]
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    statement = (dialect.insert(events).on_conflict_do_nothing(index_elements=["tenant", "event_id"])
+                 .returning(events.c.event_id))
+    with engine.begin() as connection:
+        inserted = set(connection.execute(statement, rows).scalars())
+    for e in good:
+        (result.accepted if e.event_id in inserted else result.duplicates).append(e.event_id)
+    return result

@@ -1,0 +1,1 @@
+"""Precision marketing: campaigns, audiences (affinity, propensity, lookalike), uplift, holdouts, export."""
