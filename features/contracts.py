@@ -123,6 +123,10 @@ POIS = Table("tourism", "pois", "points of interest the tourism group operates o
     F("price_cny", "float", "typical spend per person", "CNY", min=0),
     F("tags", "string", "semicolon-separated descriptive tags", nullable=True),
 ), key=("poi_id",))
+# The POI columns a model bundle carries for serving (all but the free-text tags), and those
+# an itinerary request needs (a plan stays in one city, so not the city).
+POI_BUNDLE_COLUMNS = tuple(c for c in POIS.columns if c != "tags")
+POI_PLAN_COLUMNS = tuple(c for c in POI_BUNDLE_COLUMNS if c != "city")
 
 VISITORS = Table("tourism", "visitors", "registered visitors (ticket, hotel, membership)", (
     F("visitor_id", "string", "tourism-internal visitor id"),

@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 
 from wenlv.features.contracts import POI_CATEGORIES
+from wenlv.geo import haversine_km
+from wenlv.timeofday import hhmm_to_minutes
 
 DESTINATION = "Hangzhou"
 DEST_LAT, DEST_LON = 30.2741, 120.1551
@@ -106,24 +108,16 @@ TRANSIT_HUBS = (("Hangzhou East Railway Station", 30.2906, 120.2127), ("Hangzhou
 
 CITY_BOX = (30.12, 30.36, 119.98, 120.32)  # lat_min, lat_max, lon_min, lon_max of background cells
 CELL_DEG = 0.01  # carrier grid cell, about 1.1 km × 1.0 km here
-
-
-def haversine_km(lat1, lon1, lat2, lon2):
-    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(x, dtype=float)) for x in (lat1, lon1, lat2, lon2))
-    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 6371.0 * 2 * np.arcsin(np.sqrt(a))
+# The radius every generated data set so far was drawn with: kept, so that a seed still
+# gives the same people (home distances steer their behaviour); elsewhere geo.EARTH_RADIUS_KM.
+GENERATOR_EARTH_RADIUS_KM = 6371.0
 
 
 def home_cities() -> pd.DataFrame:
     df = pd.DataFrame(HOME_CITIES, columns=["city", "lat", "lon", "weight"])
-    df["distance_km"] = haversine_km(df.lat, df.lon, DEST_LAT, DEST_LON)
+    df["distance_km"] = haversine_km(df.lat, df.lon, DEST_LAT, DEST_LON, radius_km=GENERATOR_EARTH_RADIUS_KM)
     df["p"] = df.weight / df.weight.sum()
     return df
-
-
-def _hhmm_to_min(s: str) -> int:
-    h, m = s.split(":")
-    return int(h) * 60 + int(m)
 
 
 def build_pois(n: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -167,8 +161,8 @@ def build_pois(n: int, rng: np.random.Generator) -> pd.DataFrame:
     pois["cat"] = cats
     pois["district"] = district
     pois["quality"] = quality
-    pois["open_min"] = pois.open_time.map(_hhmm_to_min)
-    close = pois.close_time.map(_hhmm_to_min)
+    pois["open_min"] = pois.open_time.map(hhmm_to_minutes)
+    close = pois.close_time.map(hhmm_to_minutes)
     pois["close_min"] = np.where(close <= pois.open_min, close + 1440, close)  # past midnight
     return pois
 

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import math
 
+from wenlv.geo import haversine_km
 from wenlv.itinerary.travel import SAME_PLACE_KM, TRAVEL_MODES
-
-_R = 6371.0088
+from wenlv.timeofday import hhmm_to_minutes as _minutes
 
 
 def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
-    la1, lo1, la2, lo2 = map(math.radians, (a[0], a[1], b[0], b[1]))
-    h = math.sin((la2 - la1) / 2) ** 2 + math.cos(la1) * math.cos(la2) * math.sin((lo2 - lo1) / 2) ** 2
-    return 2 * _R * math.asin(math.sqrt(min(1.0, max(0.0, h))))
+    return float(haversine_km(a[0], a[1], b[0], b[1]))
 
 
 def leg_minutes(a: tuple[float, float], b: tuple[float, float], mode: str) -> int:
@@ -27,11 +25,6 @@ def leg_minutes(a: tuple[float, float], b: tuple[float, float], mode: str) -> in
     if km < SAME_PLACE_KM:
         return 0
     return int(math.ceil(fixed + km * detour / speed * 60.0 - 1e-9))
-
-
-def _minutes(text: str) -> int:
-    h, m = text.split(":")
-    return int(h) * 60 + int(m)
 
 
 def check_plan(request, plan: dict) -> list[str]:

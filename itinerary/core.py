@@ -11,7 +11,6 @@ as the iteration cap, not the time limit, ends the search.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -141,10 +140,6 @@ def end_time(inst: Instance, nodes: list[int]) -> float:
         prev = j
     t += T[prev][inst.end]
     return t if t <= inst.day_end + EPS else INF
-
-
-def route_duration(inst: Instance, route: Route) -> float:
-    return route.end_arrival - inst.day_start
 
 
 class Solution:
@@ -522,7 +517,3 @@ def _perturb_random(inst: Instance, sol: Solution, rng: np.random.Generator, pro
         new = schedule(inst, [j for k, j in enumerate(nodes) if k not in drop])
         if new is not None:
             sol.routes[d] = new
-
-
-def ceil_minutes(x: float) -> int:
-    return int(math.ceil(x - 1e-9))

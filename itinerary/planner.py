@@ -21,13 +21,14 @@ import pandas as pd
 from wenlv.itinerary import core
 from wenlv.itinerary.travel import minutes_matrix
 from wenlv.errors import WenlvError
+from wenlv.features.contracts import POI_PLAN_COLUMNS
+from wenlv.timeofday import hhmm_to_minutes, minutes_to_hhmm  # noqa: F401 - part of the planner's API
 
 LUNCH = (11 * 60, 13 * 60 + 30)
 DINNER = (17 * 60 + 30, 20 * 60)
 PACE_STOPS = {"relaxed": 3, "moderate": 5, "packed": 7}
 NOT_STOPS = {"hotel"}
 MEAL_CATEGORY = "restaurant"
-POI_COLUMNS = ("poi_id", "name", "category", "lat", "lon", "open_time", "close_time", "visit_minutes", "price_cny")
 
 
 class InfeasibleRequest(WenlvError):
@@ -75,16 +76,6 @@ class PlanRequest:
         return [w for w in self.meal_windows if self.day_start <= w[0] and w[1] <= self.day_end]
 
 
-def hhmm_to_minutes(value: str) -> int:
-    hours, minutes = str(value).strip().split(":")
-    return int(hours) * 60 + int(minutes)
-
-
-def minutes_to_hhmm(value: float) -> str:
-    value = int(round(value))
-    return f"{value // 60:02d}:{value % 60:02d}"
-
-
 def opening_minutes(open_time: str, close_time: str) -> tuple[int, int]:
     """(open, close) in minutes after midnight; a close at/before open is on the next day."""
     o, c = hhmm_to_minutes(open_time), hhmm_to_minutes(close_time)
@@ -100,7 +91,7 @@ class _Built:
 
 
 def _validate(req: PlanRequest) -> None:
-    missing = [c for c in POI_COLUMNS if c not in req.pois.columns]
+    missing = [c for c in POI_PLAN_COLUMNS if c not in req.pois.columns]
     if missing:
         raise InfeasibleRequest("bad_poi_table", f"POI table lacks columns {missing}")
     if len(req.scores) != len(req.pois):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-EARTH_RADIUS_KM = 6371.0088
+from wenlv.geo import haversine_km
 
 # mode -> (speed km/h, detour factor over the great circle, fixed minutes per leg)
 TRAVEL_MODES: dict[str, tuple[float, float, float]] = {
@@ -15,13 +15,6 @@ TRAVEL_MODES: dict[str, tuple[float, float, float]] = {
     "drive": (28.0, 1.4, 5.0),
 }
 SAME_PLACE_KM = 0.05  # closer than this is the same place: no travel
-
-
-def haversine_km(lat1, lon1, lat2, lon2) -> np.ndarray:
-    """Great-circle distance in km; broadcasts over arrays."""
-    lat1, lon1, lat2, lon2 = (np.radians(np.asarray(v, dtype=float)) for v in (lat1, lon1, lat2, lon2))
-    a = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.clip(a, 0.0, 1.0)))
 
 
 def minutes_matrix(lat: np.ndarray, lon: np.ndarray, mode: str) -> np.ndarray:

@@ -54,6 +54,10 @@ PROTOCOL = b"wenlv/secagg/v4"  # v4: AES-256 counter keystreams through OpenSSL'
 #                                 v2: ChaCha20); BLAKE3-256 digests since v2
 DIGEST = "blake3-256/1MiB-leaves"  # payload_digest: BLAKE3 over the BLAKE3 of each 1 MiB leaf
 DIGEST_LEAF = 1 << 20  # bytes
+# The scheme as a run records it (MLflow param secure_aggregation): derived from the constants
+# here, so a protocol change cannot leave an old name in every run's provenance.
+SCHEME = (f"{PROTOCOL.decode()}: x25519 + hkdf-sha256 pair keys, aes-256 counter keystreams, "
+          f"z/2^64 fixed point, {DIGEST} digests")
 _LEAF_ELEMENTS = DIGEST_LEAF // 8
 _DIGEST_ROOT_TAG = b"wenlv/payload-digest/v1"
 DEFAULT_FRAC_BITS = 32
@@ -170,11 +174,6 @@ def decode_fixed(ring_values: np.ndarray, frac_bits: int = DEFAULT_FRAC_BITS, ou
         raise SecureAggError(f"decode_fixed: out must be contiguous float64 of size {ring.size}")
     _decode_kernel(ring.reshape(-1), 2.0 ** -frac_bits, out.reshape(-1))
     return out
-
-
-def encode_int(values) -> np.ndarray:
-    """Integers → ring elements (no scaling), for counts and flags."""
-    return np.asarray(values, dtype=np.int64).view(np.uint64)
 
 
 # ------------------------------------------------------------------ key schedule and streams

@@ -13,14 +13,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-EARTH_RADIUS_KM = 6371.0088
+from wenlv.geo import haversine_km_radians
+from wenlv.timeofday import hhmm_column_to_minutes
+
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
-
-
-def hhmm_to_minutes(values: pd.Series) -> np.ndarray:
-    """'HH:MM' strings to minutes after midnight (24:00 allowed as end of day)."""
-    parts = values.astype(str).str.split(":", n=1, expand=True)
-    return (parts[0].astype(int) * 60 + parts[1].astype(int)).to_numpy(dtype=np.int32)
 
 
 @dataclass
@@ -57,15 +53,13 @@ class PoiTable:
         self.lat = np.radians(pois["lat"].to_numpy(dtype=np.float64))
         self.lon = np.radians(pois["lon"].to_numpy(dtype=np.float64))
         self.cos_lat = np.cos(self.lat)
-        self.open_min = hhmm_to_minutes(pois["open_time"])
-        self.close_min = hhmm_to_minutes(pois["close_time"])
+        self.open_min = hhmm_column_to_minutes(pois["open_time"])
+        self.close_min = hhmm_column_to_minutes(pois["close_time"])
         self.index_of = pd.Index(self.poi_ids)
         self.row_of = {p: i for i, p in enumerate(self.poi_ids)}  # small lookups: a dict beats get_indexer
 
     def distance_km(self, lat: float, lon: float) -> np.ndarray:
-        lat0, lon0 = np.radians(lat), np.radians(lon)
-        a = np.sin((self.lat - lat0) / 2) ** 2 + np.cos(lat0) * self.cos_lat * np.sin((self.lon - lon0) / 2) ** 2
-        return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(np.minimum(a, 1.0)))
+        return haversine_km_radians(self.lat, self.lon, np.radians(lat), np.radians(lon), cos_lat1=self.cos_lat)
 
     def open_mask(self, minute: int) -> np.ndarray:
         o, c = self.open_min, self.close_min

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from wenlv.privacy import secure_agg
 from wenlv.training import privacy_scan, registry, tracking
 from wenlv.training.blocks import FeatureBlocks
 from wenlv.training.pipeline import TrainConfig, evaluate_version, train
@@ -34,6 +35,8 @@ def test_run_is_logged_registered_and_champion(trained):
     for privacy_param in ("fixed_point_bits", "tower_noise_multiplier", "secure_aggregation", "mode"):
         assert privacy_param in params
     assert params["mode"] == "federated"
+    assert params["secure_aggregation"] == secure_agg.SCHEME  # the protocol the code runs, not a stale name
+    assert secure_agg.PROTOCOL.decode() in params["secure_aggregation"] and "chacha20" not in params["secure_aggregation"]
     for metric in ("ndcg_at_10", "recall_at_10", "popularity_ndcg_at_10", "map_at_10", "coverage_at_10",
                    "novelty_at_10", "prospect_lift_vs_random", "federated_vs_central_max_abs_diff",
                    "shapley_carrier", "shapley_internet", "tower_prospect_ndcg_at_10"):

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from wenlv.features import contracts
+from wenlv.privacy import secure_agg
 from wenlv.training import evaluation, factors, privacy_scan, registry, tracking
 from wenlv.training.blocks import FeatureBlocks, Matrices, build_matrices
 from wenlv.training.bundle import ModelBundle
@@ -31,8 +32,6 @@ from wenlv.errors import WenlvError
 log = logging.getLogger(__name__)
 
 RELATIVE_TOLERANCE = 1e-4  # federated vs implicit, per iteration: max |Δ| / max |user factor|
-POI_COLUMNS = ("poi_id", "name", "category", "city", "lat", "lon", "open_time", "close_time",
-               "visit_minutes", "price_cny")
 
 
 @dataclass
@@ -128,15 +127,15 @@ def poi_table(blocks: FeatureBlocks, data_dir: str | Path | None) -> tuple[pd.Da
     for path in candidates:
         if path.exists():
             raw = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
-            missing = [c for c in POI_COLUMNS if c not in raw.columns]
+            missing = [c for c in contracts.POI_BUNDLE_COLUMNS if c not in raw.columns]
             if missing:
                 raise WenlvError(f"{path}: POI table lacks column(s) {missing}")
-            raw = raw[list(POI_COLUMNS)].drop(columns=["category"])
+            raw = raw[list(contracts.POI_BUNDLE_COLUMNS)].drop(columns=["category"])
             merged = features[["poi_id", "category", "popularity"]].merge(raw, on="poi_id", how="left")
             absent = merged["name"].isna().sum()
             if absent:
                 raise WenlvError(f"{path}: {absent} POIs of the feature blocks are not in the POI table")
-            return merged[list(POI_COLUMNS) + ["popularity"]], str(path)
+            return merged[list(contracts.POI_BUNDLE_COLUMNS) + ["popularity"]], str(path)
     log.warning("no POI table found (looked at %s); the bundle names POIs by id, without places or hours",
                 ", ".join(str(p) for p in candidates))
     out = pd.DataFrame({"poi_id": features["poi_id"], "name": features["poi_id"], "category": features["category"],
@@ -254,7 +253,7 @@ def train(features_dir: str | Path, config: TrainConfig | None = None, *, tracki
     params = {**{k: v for k, v in asdict(config).items() if k != "progress"},
               **{f"als_{k}": v for k, v in model.params.items()},
               **(tower_result.params if tower_result else {}),
-              "features_dir": str(Path(features_dir).resolve()), "secure_aggregation": "x25519-hkdf-chacha20-z2^64",
+              "features_dir": str(Path(features_dir).resolve()), "secure_aggregation": secure_agg.SCHEME,
               "n_users": len(matrices.tokens), "n_pois": len(matrices.items["tourism"])}
     params["parties"] = ",".join(config.parties)
     if tower_result is not None:
