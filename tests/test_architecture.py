@@ -1,10 +1,12 @@
 """The architecture as the test command enforces it: import-linter contracts and one import root."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -44,6 +46,21 @@ def test_a_deliberate_violation_fails_the_contracts(tmp_path, source, target, co
                           env={"PYTHONPATH": env_root, "PATH": "/usr/bin:/bin"})
     assert proc.returncode != 0, proc.stdout
     assert contract in proc.stdout and "BROKEN" in proc.stdout
+
+
+def render_layers() -> str:
+    """The layer picture of docs/architecture.md, from the flow contract in pyproject.toml."""
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    layers = next(c for c in contracts if c["id"] == "flow")["layers"]
+    rows = ["  ·  ".join(part.strip() for part in layer.split("|")) for layer in layers]
+    return "```\n" + "\n  │\n".join(rows) + "\n```"
+
+
+def test_architecture_doc_shows_the_layers_the_contracts_enforce():
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    block = re.search(r"<!-- layers:begin[^>]*-->\n(.*?)\n<!-- layers:end -->", doc, re.S)
+    assert block, "docs/architecture.md lost its layers block"
+    assert block.group(1) == render_layers(), "docs/architecture.md's layer picture is stale:\n" + render_layers()
 
 
 def test_stage_folders_are_linked_under_one_root():
