@@ -77,14 +77,14 @@ class Table:
         raise KeyError(f"{self.qualified} has no column {name!r}")
 
     def arrow_schema(self):
-        import pyarrow as pa
+        import pyarrow as pa  # lazy: every stage and the CLI read the contracts; few need pyarrow
 
         return pa.schema(
             [pa.field(f.name, pa.type_for_alias(_ARROW[f.type]), nullable=f.nullable) for f in self.fields]
         )
 
     def spark_schema(self):
-        from pyspark.sql import types as T
+        from pyspark.sql import types as T  # lazy: only the Spark jobs need pyspark
 
         return T.StructType(
             [T.StructField(f.name, T._parse_datatype_string(_SPARK[f.type]), f.nullable) for f in self.fields]

@@ -1,10 +1,10 @@
 """Demo stage `data`: generate the synthetic data set into `<workdir>/data`."""
 from __future__ import annotations
 
+from wenlv.features.generator import generate
+
 
 def run(ctx) -> dict:
-    from wenlv.features.generator import generate
-
     data_dir = ctx.workdir / "data"
     summary = generate(data_dir, scale=ctx.scale, seed=ctx.seed, progress=ctx.progress)
     rows = summary["rows"]

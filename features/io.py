@@ -7,6 +7,7 @@ row and the column (wenlv.errors.DataValidationError) instead of flowing on.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable
 
@@ -15,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from wenlv.features.contracts import Table
+from wenlv.features.contracts import _ARROW, Table
 from wenlv.errors import DataValidationError, WenlvError
 
 PARQUET_OPTIONS = {"compression": "zstd", "write_statistics": True}
@@ -174,16 +175,12 @@ def read_pandas(data_dir: str | Path, table: Table, columns: Iterable[str] | Non
 
 
 def _alias(logical: str) -> str:
-    from wenlv.features.contracts import _ARROW
-
     return _ARROW[logical]
 
 
 def read_meta(data_dir: str | Path) -> dict | None:
     """`<data_dir>/meta.json` written by the generator (timeline, `split_date`, test window),
     or None when the data has none (e.g. a real-data import)."""
-    import json
-
     path = Path(data_dir) / "meta.json"
     if not path.exists():
         return None

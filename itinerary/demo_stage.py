@@ -13,7 +13,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from wenlv.features.contracts import POIS, VISITS
+from wenlv.features.io import read_pandas
 from wenlv.itinerary import check, planner
+from wenlv.training.bundle import ModelBundle
 
 N_REQUESTS = {"tiny": 24, "small": 48}
 
@@ -21,16 +24,11 @@ N_REQUESTS = {"tiny": 24, "small": 48}
 def _load(ctx) -> tuple[pd.DataFrame, np.ndarray | None, str, np.ndarray | None]:
     bundle_dir = ctx.results.get("train", {}).get("_paths", {}).get("bundle_dir")
     if bundle_dir and (Path(bundle_dir) / "bundle.json").exists():
-        from wenlv.training.bundle import ModelBundle
-
         bundle = ModelBundle.load(bundle_dir)
         return bundle.pois.reset_index(drop=True), bundle.user_factors, "bundle", bundle.poi_factors
     data_dir = ctx.results.get("data", {}).get("_paths", {}).get("data_dir")
     if not data_dir:
         raise RuntimeError("itinerary demo stage: neither a model bundle nor the demo data folder is available")
-    from wenlv.features.contracts import POIS, VISITS
-    from wenlv.features.io import read_pandas
-
     pois = read_pandas(data_dir, POIS)
     try:
         visits = read_pandas(data_dir, VISITS, columns=["poi_id"])

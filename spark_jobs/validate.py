@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyspark import StorageLevel
+from pyspark.sql import Window
+from pyspark.sql import functions as F
+
 from wenlv.features import contracts
 from wenlv.features.contracts import Table
 from wenlv.errors import DataValidationError
@@ -84,8 +88,6 @@ def _row_numbers(spark, raw, bad):
     counting the rows of each partition of the same scan turns it into a row number.
     Only computed once a file is known to hold bad rows.
     """
-    from pyspark.sql import functions as F
-
     counts = sorted((r["_pid"], r["count"]) for r in
                     raw.groupBy(F.spark_partition_id().alias("_pid")).count().collect())
     pairs, total = [], 0
@@ -98,8 +100,6 @@ def _row_numbers(spark, raw, bad):
 
 def _cell_checks(df, table: Table):
     """(column, problem) condition pairs in column order; the first that holds names the row's fault."""
-    from pyspark.sql import functions as F
-
     checks, typed = [], {}
     spark_types = {f.name: f.dataType for f in table.spark_schema().fields}
     for field in table.fields:
@@ -123,8 +123,6 @@ def _cell_checks(df, table: Table):
 
 
 def _first_fault(checks):
-    from pyspark.sql import functions as F
-
     column, problem = F.lit(None).cast("string"), F.lit(None).cast("string")
     for name, cond, text in reversed(checks):
         hit = F.coalesce(cond, F.lit(False))
@@ -134,10 +132,6 @@ def _first_fault(checks):
 
 
 def check_table(spark, path: Path, table: Table, references: dict[str, "Checked"], quarantine_dir: Path | None) -> Checked:
-    from pyspark import StorageLevel
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
     raw = _read(spark, path, table)
     df = raw.withColumn("_mid", F.monotonically_increasing_id())
     cell_checks, typed = _cell_checks(df, table)

@@ -6,24 +6,20 @@ year's. Spark column expressions, so every party computes them where its data li
 """
 from __future__ import annotations
 
+from pyspark.sql import functions as F
+
 ALPHA = 10.0
 RECENCY_HALF_LIFE_DAYS = 90.0
 
 
 def tourism_confidence(visits, spend_cny, dwell_minutes, recency_days):
-    from pyspark.sql import functions as F
-
     signal = F.log1p(visits) + 0.5 * F.log1p(spend_cny / 100.0) + 0.5 * F.log1p(dwell_minutes / 60.0)
     return 1.0 + ALPHA * signal * F.pow(F.lit(0.5), recency_days / RECENCY_HALF_LIFE_DAYS)
 
 
 def carrier_confidence(days, dwell_minutes):
-    from pyspark.sql import functions as F
-
     return 1.0 + ALPHA * 0.5 * (F.log1p(days) + F.log1p(dwell_minutes / 60.0))
 
 
 def internet_confidence(events):
-    from pyspark.sql import functions as F
-
     return 1.0 + ALPHA * 0.5 * F.log1p(events)

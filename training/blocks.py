@@ -12,10 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy.sparse import csr_matrix
+from scipy.sparse import csr_matrix, hstack
 
 from wenlv.features import contracts
 from wenlv.errors import WenlvError
+from wenlv.training.als_data import party_matrix
 
 PARTIES = contracts.PARTIES
 
@@ -78,8 +79,6 @@ class Matrices:
     blocks: dict[str, csr_matrix]      # party -> [n_users, n_items(party)] confidence
 
     def stacked(self, parties) -> csr_matrix:
-        from scipy.sparse import hstack
-
         return hstack([self.blocks[p] for p in parties], format="csr")
 
     def row_of(self) -> pd.Series:
@@ -89,8 +88,6 @@ class Matrices:
 def build_matrices(blocks: FeatureBlocks) -> Matrices:
     """User × item confidence per party, every party's rows aligned on the users block
     (sorted tokens); each matrix is built and checked by training.als_data.party_matrix."""
-    from wenlv.training.als_data import party_matrix
-
     users = blocks.users.sort_values("token").reset_index(drop=True)
     if users["token"].duplicated().any():
         raise WenlvError("carrier/users: duplicate tokens")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from implicit.cpu.als import AlternatingLeastSquares
 
 from wenlv.training.federated_als import init_factors
 
@@ -39,8 +40,6 @@ class CentralALS:
         self.model = None
 
     def fit(self, user_items: dict[str, sp.csr_matrix], init: tuple | None = None, callback=None):
-        from implicit.cpu.als import AlternatingLeastSquares
-
         matrix, slices = concatenate_blocks(user_items)
         if init is None:
             init = init_factors(matrix.shape[0], {p: m.shape[1] for p, m in user_items.items()},

@@ -19,8 +19,11 @@ import logging
 from dataclasses import dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from wenlv.training.blocks import Matrices
+from wenlv.training.central_als import CentralALS
+from wenlv.training.federated_als import DEFAULT_FRAC_BITS, FederatedALS
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)
@@ -61,8 +64,6 @@ def _split(item_factors: np.ndarray, matrices: Matrices, parties) -> dict[str, n
 
 
 def _central_step(blocks, factors, regularization, iterations, seed, state):
-    from wenlv.training.central_als import CentralALS
-
     model = CentralALS(factors=factors, regularization=regularization, iterations=iterations, random_state=seed,
                        dtype=COMPUTE_DTYPE)
     model.fit(blocks, init=state)
@@ -70,12 +71,6 @@ def _central_step(blocks, factors, regularization, iterations, seed, state):
 
 
 def _federated_step(blocks, factors, regularization, iterations, seed, state, fixed_point_bits):
-    try:
-        from wenlv.training.federated_als import DEFAULT_FRAC_BITS, FederatedALS
-    except ModuleNotFoundError as exc:
-        if exc.name != "wenlv.training.federated_als":
-            raise
-        raise WenlvError("federated ALS is not available in this build; use --mode central") from exc
     model = FederatedALS(factors=factors, regularization=regularization, iterations=iterations, random_state=seed,
                          dtype=COMPUTE_DTYPE, show_progress=False,
                          fixed_point_bits=DEFAULT_FRAC_BITS if fixed_point_bits is None else fixed_point_bits)
@@ -107,8 +102,6 @@ def fit(matrices: Matrices, parties=("tourism", "carrier", "internet"), mode: st
     central_users, central_items, _ = _central_step(blocks, factors, regularization, iterations, seed, state)
     if mode == "central":
         return _model(central_users, central_items, parties, params, {})
-
-    from tqdm import tqdm
 
     per_iteration, rounds_aborted, audit_entries = [], 0, 0
     for _ in tqdm(range(iterations), desc=f"federated ALS ({'+'.join(parties)})", disable=not progress):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from wenlv.features import contracts
 
@@ -87,8 +88,6 @@ def scan_folder(folder: str | Path, phones=(), forbidden_shapes=(), allowed_colu
 
 
 def _read_parquet(path: Path):
-    import pandas as pd
-
     return pd.read_parquet(path)
 
 

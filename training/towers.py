@@ -34,7 +34,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from opacus.accountants import RDPAccountant
 from torch import nn
+from tqdm import tqdm
 
 from wenlv.features import contracts
 from wenlv.privacy import secure_agg
@@ -240,8 +242,6 @@ def _train_towers(frames, targets, poi_factors, *, epochs, batch_size, lr, hidde
     batch_size = min(batch_size, m)
     steps, losses = 0, []
     noise_gen = torch.Generator().manual_seed(seed + 1)
-    from tqdm import tqdm
-
     for _ in tqdm(range(epochs), desc="towers", disable=not progress):
         order = rng.permutation(m)
         total = 0.0
@@ -289,8 +289,6 @@ def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: flo
     """ε of `steps` subsampled Gaussian releases (Opacus RDP accountant); None without noise."""
     if noise_multiplier <= 0:
         return None
-    from opacus.accountants import RDPAccountant
-
     accountant = RDPAccountant()
     accountant.history.append((noise_multiplier, sample_rate, steps))
     return float(accountant.get_epsilon(delta=delta))
