@@ -114,7 +114,8 @@ def _f1_up_to_length(ax, city: str, row: dict, first: bool = True) -> None:
     published best and PoiPopularity: where our popularity meets the published one is the
     subset the published means plausibly cover (they leave out queries their ILP baseline
     did not solve)."""
-    from wenlv.itinerary.flickr import mean_up_to_length
+    # imported here, as matplotlib in draw(): `wenlv` imports this module at start-up, and this one imports numpy
+    from wenlv.bench.flickr.metrics import mean_up_to_length
 
     table = row["by_query_length"]
     curves = (("f1", "Wenlv", "C0", "o-"), ("f1_popularity", "popularity (ours)", "C1", "s--"),

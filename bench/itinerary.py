@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from wenlv.itinerary.flickr_options import FEATURE_SETS
+from wenlv.bench.flickr.options import FEATURE_SETS
 from wenlv.errors import WenlvError
 
 MAX_ITERATIONS = 400  # per TOPTW instance: deterministic for a seed unless the time limit cuts in first
@@ -58,8 +58,10 @@ def register(bench_sub) -> None:
 
 
 def model_label(features: str) -> str:
-    """What scores the POIs under a --features choice (itinerary.flickr.evaluate_city)."""
-    from wenlv.itinerary.flickr import CV_SCORERS
+    """What scores the POIs under a --features choice (bench.flickr.protocol.evaluate_city)."""
+    # Imported here, not at the top: `wenlv` imports this module for register() at start-up,
+    # and the Flickr evaluation pulls in numpy and scipy.
+    from wenlv.bench.flickr.selection import CV_SCORERS
 
     ensemble = "ensemble of pointwise (L2 1) and pairwise (L2 10) logistic rankers, fixed"
     return {
@@ -72,19 +74,23 @@ def model_label(features: str) -> str:
 
 def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", features: str = "ours",
                markov_alpha: float = 1.0, jobs: int = 1) -> dict:
-    from wenlv.itinerary import flickr
+    # Imported here, not at the top: `wenlv` imports this module for register() at start-up,
+    # and the Flickr evaluation pulls in numpy and scipy.
+    from wenlv.bench.flickr.data import load_trajectories, load_visits
+    from wenlv.bench.flickr.metrics import PUBLISHED, PUBLISHED_BEST_F1, published_subset
+    from wenlv.bench.flickr.protocol import evaluate_city
 
     out = {}
     for city in cities:
         has_traj = (source / "trajectories" / f"traj-{city}.csv").exists()
         if fmt_choice == "trajectories" or (fmt_choice == "auto" and has_traj):
-            data, fmt = flickr.load_trajectories(source, city), "trajectories (CIKM 2016 files)"
+            data, fmt = load_trajectories(source, city), "trajectories (CIKM 2016 files)"
         else:
-            data, fmt = flickr.load_visits(source, city), "visits (IJCAI 2015 format), one trajectory per seqID"
+            data, fmt = load_visits(source, city), "visits (IJCAI 2015 format), one trajectory per seqID"
         long = sum(len(t) >= 3 and len(set(t)) == len(t) for t in data.trajs)
         started = time.perf_counter()
         with tqdm(total=long, desc=f"flickr {city}", file=sys.stderr, leave=False) as bar:
-            r = flickr.evaluate_city(data, progress=bar, feature_set=features, markov_alpha=markov_alpha, jobs=jobs)
+            r = evaluate_city(data, progress=bar, feature_set=features, markov_alpha=markov_alpha, jobs=jobs)
         out[city] = {
             "f1": round(r.f1, 4), "pairs_f1": round(r.pairs_f1, 4), "queries": r.queries,
             "f1_std": round(r.f1_std, 4), "f1_standard_error": round(r.f1_std / max(r.queries, 1) ** 0.5, 4),
@@ -92,19 +98,19 @@ def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", featur
             "model": model_label(features),
             "route": "top-ranked POIs in their likeliest order" if markov_alpha >= 1 else f"Rank+MarkovPath, alpha {markov_alpha:g}",
             "f1_tuned_choice": round(r.f1_tuned, 4), "pairs_f1_tuned_choice": round(r.pairs_f1_tuned, 4),
-            "published_best_f1": flickr.PUBLISHED_BEST_F1.get(city),
-            "beats_published_best": (r.f1 > flickr.PUBLISHED_BEST_F1[city]) if city in flickr.PUBLISHED_BEST_F1 else None,
+            "published_best_f1": PUBLISHED_BEST_F1.get(city),
+            "beats_published_best": (r.f1 > PUBLISHED_BEST_F1[city]) if city in PUBLISHED_BEST_F1 else None,
             "popularity_f1_same_run": round(r.f1_popularity, 4), "popularity_pairs_f1_same_run": round(r.pairs_f1_popularity, 4),
             "random_f1_expected": round(r.f1_random_expected, 4),
-            "published_f1": {m: v[city] for m, v in flickr.PUBLISHED.items() if city in v},
+            "published_f1": {m: v[city] for m, v in PUBLISHED.items() if city in v},
             "skipped_queries": r.skipped, "trajectories": r.trajectories, "source_format": fmt,
             "loop_trajectories_not_queried": r.loops_not_queried, "by_query_length": r.by_length, "model_choice_per_half": r.models,
             "dropped_rows": data.dropped, "seconds": round(time.perf_counter() - started, 1),
         }
-        popularity = flickr.PUBLISHED["PoiPopularity"].get(city)
+        popularity = PUBLISHED["PoiPopularity"].get(city)
         if popularity is not None and r.by_length:
-            subset = flickr.published_subset(r.by_length, popularity)
-            subset["beats_published_best"] = subset["f1"] > flickr.PUBLISHED_BEST_F1[city]
+            subset = published_subset(r.by_length, popularity)
+            subset["beats_published_best"] = subset["f1"] > PUBLISHED_BEST_F1[city]
             out[city]["published_subset_estimate"] = subset
     return out
 
@@ -166,7 +172,7 @@ def main(args) -> int:
         source = args.source or data / "flickr"
         if not source.is_dir():
             raise WenlvError(f"Flickr data folder {source} not found (use --source)")
-        from wenlv.itinerary.flickr import CITIES
+        from wenlv.bench.flickr.metrics import CITIES  # numpy: not at start-up (see run_flickr)
 
         result["flickr"] = run_flickr(source, args.city or list(CITIES), args.format, args.features, args.markov_alpha,
                                      args.jobs)

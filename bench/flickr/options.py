@@ -1,5 +1,5 @@
-"""Option names of the Flickr trajectory evaluation, kept apart from itinerary.flickr so that
-the CLI can offer them without importing numpy and scipy at start-up."""
+"""Option names of the Flickr trajectory evaluation, kept apart from the rest of bench.flickr
+so that the CLI can offer them without importing numpy and scipy at start-up."""
 
 # ours: our query features; authors: the CIKM'16 PoiRank set; both: side by side;
 # cv: ours, both, the PoiRank replica or the PoiRank learner on both sets, chosen per half on the other half; ours+poirank: ours,
