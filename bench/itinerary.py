@@ -116,7 +116,8 @@ def run_flickr(source: Path, cities: list[str], fmt_choice: str = "auto", featur
 
 
 def run_toptw(folder: Path, time_limit: float, seed: int) -> dict:
-    from wenlv.itinerary import core, toptw
+    from wenlv.bench import toptw  # lazy, as the evaluation above: CLI start-up stays free of numpy
+    from wenlv.itinerary import core
 
     files = sorted(folder.glob("*.txt"))
     if not files:

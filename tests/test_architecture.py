@@ -1,6 +1,7 @@
 """The architecture as the test command enforces it: import-linter contracts and one import root."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -71,8 +72,11 @@ def test_stage_folders_are_linked_under_one_root():
 
 @pytest.mark.slow
 def test_built_wheel_exposes_only_the_root_package(tmp_path):
+    source = tmp_path / "source"  # build from a copy: setuptools writes build/ and egg-info into the tree
+    shutil.copytree(ROOT, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".venv", ".git", "build", "*.egg-info", "__pycache__", "mlflow", "docs", "tests", "*.parquet"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(ROOT)], check=True, timeout=600, capture_output=True)
+                    str(tmp_path), str(source)], check=True, timeout=600, capture_output=True)
     wheel = next(tmp_path.glob("wenlv-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith((".dist-info", ".data"))}
@@ -83,13 +87,14 @@ def test_built_wheel_exposes_only_the_root_package(tmp_path):
     assert "wenlv/db/migrations/env.py" in names and "wenlv/db/migrations/versions/0001_initial.py" in names
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
+    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the wheel
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-index", str(wheel)],
-                   check=True, timeout=300, capture_output=True)
+                   check=True, timeout=300, capture_output=True, env=clean_env)
     site = next((venv / "lib").glob("python3*/site-packages"))
     installed = {p.name for p in site.iterdir() if not p.name.endswith((".dist-info", "__pycache__"))}
     assert "wenlv" in installed and not installed & {*STAGES, "tests"}, installed
     probe = ("import importlib.util, sys; import wenlv.features.contracts, wenlv.serving.schemas; "
              "sys.exit(any(importlib.util.find_spec(s) for s in %r))" % (STAGES,))
     proc = subprocess.run([str(venv / "bin" / "python"), "-c", probe], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env=clean_env)
     assert proc.returncode == 0, proc.stderr

@@ -16,7 +16,8 @@ from wenlv.bench.flickr.protocol import evaluate_city
 from wenlv.bench.flickr.selection import CV_SCORERS, OURS_COLUMNS, cv_scorer, pick_scorer
 from wenlv.bench.itinerary import model_label
 from wenlv.errors import DataValidationError
-from wenlv.itinerary import core, toptw
+from wenlv.bench import toptw
+from wenlv.itinerary import core
 
 
 def test_f1_and_pairs_f1_match_hand_computation():
