@@ -125,6 +125,12 @@ def test_follows_the_mlflow_champion_alias(tmp_path):
     assert set(state.model.table.poi_ids) == set(v2.pois.poi_id)
 
 
+def _wait_for(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_redis_stopped_and_restarted_during_requests(tmp_path):
     bundle = synthetic_bundle(n_pois=60, n_users=30, factors=8, seed=21, version="5")
     redis_server = PrivateRedis().start()
@@ -151,13 +157,17 @@ def test_redis_stopped_and_restarted_during_requests(tmp_path):
         with ServerThread(create_app(ServingState(store, ServingModel(bundle, "5", store, index_cache=None)), keys)) as server:
             worker = threading.Thread(target=client_loop, args=(server.url,))
             worker.start()
-            time.sleep(0.5)
+            # Phases end by what was answered, not by the clock alone: a loaded machine may
+            # answer the first requests late (bounded waits; the asserts below judge).
+            _wait_for(lambda: len(log) >= 6)
             stopped_at = time.monotonic()
             redis_server.stop()
             time.sleep(1.0)
+            _wait_for(lambda: sum(stopped_at + 0.1 < e[0] for e in log) >= 6)
             restarted_at = time.monotonic()
             redis_server.start()
             time.sleep(2.0)
+            _wait_for(lambda: sum(e[0] > restarted_at + 1.0 for e in log) >= 12)
             stop.set()
             worker.join()
     finally:
