@@ -36,8 +36,8 @@ class DemoContext:
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run every stage end to end on embedded defaults")
-    p.add_argument("--scale", choices=("tiny", "small"), default="tiny")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--scale", choices=("tiny", "small"), default="tiny", help="size of the generated data")
+    p.add_argument("--seed", type=int, default=7, help="random seed of every stage")
     p.add_argument("--workdir", type=Path, default=None, help="where data, features and models go (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="last line of stdout is the summary as one JSON object")
     p.set_defaults(func=main)
