@@ -293,12 +293,12 @@ def run(scale: str = "small", factors: int = 64, iterations: int = 5, regulariza
 def register(bench_sub) -> None:
     p = bench_sub.add_parser("als", help="federated masked ALS vs implicit ALS vs Spark MLlib ALS (s/iteration, NDCG@10)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object (default: indented)")
-    p.add_argument("--scale", choices=tuple(SCALES), default="small")
+    p.add_argument("--scale", choices=tuple(SCALES), default="small", help="generator scale of the data trained on")
     p.add_argument("--features", default=None, help="feature-block folder from `wenlv features` (instead of synthetic)")
-    p.add_argument("--factors", type=int, default=64)
-    p.add_argument("--iterations", type=int, default=5)
-    p.add_argument("--regularization", type=float, default=0.05)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--factors", type=int, default=64, help="latent factors")
+    p.add_argument("--iterations", type=int, default=5, help="ALS iterations timed")
+    p.add_argument("--regularization", type=float, default=0.05, help="ALS L2 regularisation")
+    p.add_argument("--seed", type=int, default=0, help="generator and initialisation seed")
     p.add_argument("--threads", type=int, default=1,
                    help="threads for implicit and for the federated parties alike (default 1)")
     p.add_argument("--no-spark", action="store_true", help="skip the Spark MLlib peer")

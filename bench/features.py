@@ -32,7 +32,7 @@ def register(bench_sub) -> None:
     p.add_argument("--scales", default="small,medium", help="comma-separated generator scales (default small,medium)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object (always JSON)")
     p.add_argument("--master", default=None, help="Spark master URL (default local[*])")
-    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--seed", type=int, default=1, help="generator seed")
     p.add_argument("--workdir", type=Path, default=None, help="where data and features go (default: a temp dir)")
     p.add_argument("--bare-items", type=int, default=3000, help="items timed for the bare group operations")
     p.add_argument("--no-warmup", action="store_true", help="skip the untimed tiny run that warms the JVM up")

@@ -50,10 +50,10 @@ def register(bench_sub) -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="processes for the Flickr held-out queries (same results for any number)")
     p.add_argument("--toptw-dir", type=Path, default=None, help="folder of Solomon TOPTW .txt instances")
-    p.add_argument("--skip-flickr", action="store_true")
-    p.add_argument("--skip-toptw", action="store_true")
+    p.add_argument("--skip-flickr", action="store_true", help="skip the Flickr CIKM'16 evaluation")
+    p.add_argument("--skip-toptw", action="store_true", help="skip the Solomon TOPTW instances")
     p.add_argument("--time-limit", type=float, default=0.9, help="seconds per TOPTW instance")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="solver random seed")
     p.set_defaults(func=main)
 
 

@@ -32,9 +32,9 @@ CACHE = Path(os.environ.get("WENLV_BENCH_CACHE", Path.home() / ".cache" / "wenlv
 def register(sub) -> None:
     p = sub.add_parser("serve", help="recommendation API latency/throughput over loopback (needs hey and wrk)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
-    p.add_argument("--pois", type=int, default=10_000)
-    p.add_argument("--users", type=int, default=1_000_000)
-    p.add_argument("--factors", type=int, default=64)
+    p.add_argument("--pois", type=int, default=10_000, help="synthetic POIs in the served model")
+    p.add_argument("--users", type=int, default=1_000_000, help="synthetic users in the served model")
+    p.add_argument("--factors", type=int, default=64, help="vector dimension")
     p.add_argument("--rate", type=int, default=300, help="fixed request rate (req/s)")
     p.add_argument("--duration", type=int, default=20, help="seconds per load phase")
     p.set_defaults(func=main)

@@ -9,8 +9,8 @@ def register(sub) -> None:
     from wenlv.features.generator import SCALES
 
     p = sub.add_parser("datagen", help="generate the synthetic three-party data set (tourism, carrier, internet + truth)")
-    p.add_argument("--scale", choices=tuple(SCALES), default="tiny")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--scale", choices=tuple(SCALES), default="tiny", help="how many people, POIs and visits")
+    p.add_argument("--seed", type=int, default=7, help="random seed (same seed, same data)")
     p.add_argument("--out", type=Path, required=True, help="output folder (<out>/<party>/<table>.parquet)")
     p.add_argument("--people", type=int, default=None, help="override the scale's number of people (same world)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")

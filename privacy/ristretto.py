@@ -20,10 +20,11 @@ no cofactor, no small-order points, every valid encoding is a group element.
 from __future__ import annotations
 
 import ctypes.util
-import os
+from functools import lru_cache
 from typing import Iterable, Sequence
 
 from wenlv.errors import WenlvError
+from wenlv.settings import get_settings
 
 POINT_BYTES = 32
 SCALAR_BYTES = 32
@@ -40,9 +41,9 @@ void crypto_core_ristretto255_scalar_random(unsigned char *r);
 void crypto_core_ristretto255_scalar_reduce(unsigned char *r, const unsigned char *s);
 """
 
-# Where to look, in order: an explicit path, Debian's multiarch library, the loader's search.
+# Where to look after WENLV_LIBSODIUM (read when the library is first opened): Debian's
+# multiarch library, then the loader's search.
 _CANDIDATES = (
-    os.environ.get("WENLV_LIBSODIUM"),
     "/usr/lib/x86_64-linux-gnu/libsodium.so.23",
     "/usr/lib/aarch64-linux-gnu/libsodium.so.23",
     "libsodium.so.23",
@@ -60,7 +61,7 @@ def _open():
     ffi = cffi.FFI()
     ffi.cdef(_CDEF)
     tried = []
-    for candidate in _CANDIDATES:
+    for candidate in (get_settings().libsodium, *_CANDIDATES):
         if not candidate or candidate in tried:
             continue
         tried.append(candidate)
@@ -78,8 +79,27 @@ def _open():
         "or point WENLV_LIBSODIUM at libsodium.so")
 
 
-_ffi, _lib = _open()
-VERSION = _ffi.string(_lib.sodium_version_string()).decode()
+@lru_cache(maxsize=1)
+def _sodium():
+    """(ffi, lib), opened on first use rather than at import: WENLV_LIBSODIUM is read then."""
+    return _open()
+
+
+class _Opened:
+    """`_ffi` / `_lib` below: attribute access opens libsodium once, then forwards to it."""
+
+    def __init__(self, which: int):
+        self._which = which
+
+    def __getattr__(self, name):
+        return getattr(_sodium()[self._which], name)
+
+
+_ffi, _lib = _Opened(0), _Opened(1)
+
+
+def sodium_version() -> str:
+    return _ffi.string(_lib.sodium_version_string()).decode()
 
 
 def is_valid_point(point: bytes) -> bool:

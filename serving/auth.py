@@ -21,9 +21,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from wenlv.errors import WenlvError
+from wenlv.settings import get_settings
 
 ROLES = ("visitor-app", "marketer", "analyst", "admin")
-DEFAULT_KEY_DB = Path(os.environ.get("WENLV_API_KEYS", Path.home() / ".wenlv" / "api_keys.sqlite"))
 
 
 @dataclass(frozen=True)
@@ -48,8 +48,8 @@ class KeyStore:
 
     RELOAD_EVERY_S = 1.0
 
-    def __init__(self, path: str | Path = DEFAULT_KEY_DB, pepper: bytes | None = None):
-        self.path = Path(path)
+    def __init__(self, path: str | Path | None = None, pepper: bytes | None = None):
+        self.path = Path(path) if path is not None else get_settings().api_keys_db
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pepper = pepper or _load_pepper(self.path)
         self._lock = threading.Lock()
@@ -107,9 +107,9 @@ class KeyStore:
 
 
 def _load_pepper(db_path: Path) -> bytes:
-    env = os.environ.get("WENLV_API_PEPPER")
-    if env:
-        return env.encode()
+    configured = get_settings().api_pepper
+    if configured is not None and configured.get_secret_value():
+        return configured.get_secret_value().encode()
     pepper_file = db_path.with_suffix(".pepper")
     if not pepper_file.exists():
         fd = os.open(pepper_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

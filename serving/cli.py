@@ -2,53 +2,56 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from wenlv.serving.auth import DEFAULT_KEY_DB, ROLES
-from wenlv.serving.online_store import DEFAULT_PREFIX, DEFAULT_SQLITE
+from wenlv.serving.auth import ROLES
+from wenlv.serving.online_store import DEFAULT_PREFIX
+
+KEYS_HELP = "API key database (default: $WENLV_API_KEYS, else ~/.wenlv/api_keys.sqlite)"
+TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the checkout's mlflow/ store)"
 
 
 def _store_args(p) -> None:
     p.add_argument("--redis-url", default=None, help="online store in Redis (default: $REDIS_URL, else SQLite)")
-    p.add_argument("--sqlite", type=Path, default=DEFAULT_SQLITE, help=f"SQLite online store (default {DEFAULT_SQLITE})")
+    p.add_argument("--sqlite", type=Path, default=None,
+                   help="SQLite online store (default: $WENLV_ONLINE_SQLITE, else ~/.wenlv/online_store.sqlite)")
     p.add_argument("--prefix", default=DEFAULT_PREFIX, help="key prefix in the online store")
 
 
 def register(sub) -> None:
     p = sub.add_parser("serve", help="serve the recommendation API (follows the MLflow champion, or --bundle DIR)")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    p.add_argument("--port", type=int, default=8000, help="TCP port to listen on")
     p.add_argument("--bundle", type=Path, default=None, help="serve this bundle directory instead of the champion")
-    p.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     p.add_argument("--poll-s", type=float, default=10.0, help="how often to check the champion alias")
-    p.add_argument("--keys", type=Path, default=DEFAULT_KEY_DB, help="API key database")
+    p.add_argument("--keys", type=Path, default=None, help=KEYS_HELP)
     p.add_argument("--no-user-index", action="store_true", help="skip the user (audience) index")
     _store_args(p)
     p.set_defaults(func=_serve)
 
     m = sub.add_parser("materialize", help="write a model version's online features (vectors, visits, side features)")
     m.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the MLflow champion)")
-    m.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"))
+    m.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     m.add_argument("--features", type=Path, default=None, help="feature blocks folder (side features for cold start)")
     m.add_argument("--model-version", default=None, help="override the version label in the keys")
-    m.add_argument("--ttl-days", type=float, default=30.0)
+    m.add_argument("--ttl-days", type=float, default=30.0, help="days before the online features expire")
     _store_args(m)
     m.set_defaults(func=_materialize)
 
     k = sub.add_parser("apikey", help="manage API keys (stored hashed)")
     ksub = k.add_subparsers(dest="apikey_command", required=True)
     c = ksub.add_parser("create", help="create a key; prints it once")
-    c.add_argument("--role", required=True, choices=ROLES)
-    c.add_argument("--tenant", required=True)
-    c.add_argument("--keys", type=Path, default=DEFAULT_KEY_DB)
+    c.add_argument("--role", required=True, choices=ROLES, help="what the key may call")
+    c.add_argument("--tenant", required=True, help="whose data the key sees (1-64 letters, digits, '-' or '_')")
+    c.add_argument("--keys", type=Path, default=None, help=KEYS_HELP)
     c.set_defaults(func=_apikey_create)
     ls = ksub.add_parser("list", help="list keys (ids, roles, tenants; never the keys)")
-    ls.add_argument("--keys", type=Path, default=DEFAULT_KEY_DB)
+    ls.add_argument("--keys", type=Path, default=None, help=KEYS_HELP)
     ls.set_defaults(func=_apikey_list)
     r = ksub.add_parser("revoke", help="revoke a key by its id")
-    r.add_argument("key_id")
-    r.add_argument("--keys", type=Path, default=DEFAULT_KEY_DB)
+    r.add_argument("key_id", help="the key's id (from `wenlv apikey list`)")
+    r.add_argument("--keys", type=Path, default=None, help=KEYS_HELP)
     r.set_defaults(func=_apikey_revoke)
 
 

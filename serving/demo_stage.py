@@ -8,7 +8,6 @@ reports latency and errors.
 """
 from __future__ import annotations
 
-import os
 import time
 import uuid
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from wenlv.errors import WenlvError
+from wenlv.settings import get_settings
 
 N_REQUESTS = 300
 
@@ -53,7 +53,7 @@ def run(ctx) -> dict:
     workdir = Path(ctx.workdir)
     features = ((ctx.results.get("features") or {}).get("_paths") or {})
     features_dir = features.get("features_dir") or features.get("out")
-    prefix = f"wenlv-demo-{uuid.uuid4().hex[:8]}:" if os.environ.get("REDIS_URL") else "wenlv:"
+    prefix = f"wenlv-demo-{uuid.uuid4().hex[:8]}:" if get_settings().redis_url else "wenlv:"
     raw = open_store(None, workdir / "online_store.sqlite", prefix)
     mat = materialize(bundle, version, raw, Path(features_dir) if features_dir else None, ttl_s=24 * 3600,
                       progress=ctx.progress)
@@ -111,5 +111,7 @@ def run(ctx) -> dict:
         "degraded_responses": degraded, "strategies": strategies, "online_store": raw.describe(),
         "materialized_users": mat["users"], "poi_index": model.indexes.pois.info["kind"],
         "cold_start_tower": model.tower is not None, "index_source": model.indexes.source,
-        "_paths": {"api_keys": str(workdir / "api_keys.sqlite"), "online_store": raw.describe()},
+        "_paths": {"api_keys": str(workdir / "api_keys.sqlite"), "online_store": raw.describe(),
+                   "sqlite": str(workdir / "online_store.sqlite"), "prefix": prefix, "tracking_uri": tracking_uri,
+                   "example_token": str(known[0]) if len(known) else None},
     }

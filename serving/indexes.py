@@ -30,16 +30,35 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-log = logging.getLogger(__name__)
+from wenlv.settings import get_settings
 
-# Serving searches one query at a time: OpenMP threads only add spin-waiting that steals
-# the CPU from the event loop and Redis (measured: p99 of a 10k flat search 96 ms with 2
-# threads on a busy 2-core machine vs 0.1 ms with 1). WENLV_FAISS_THREADS overrides.
-faiss.omp_set_num_threads(int(os.environ.get("WENLV_FAISS_THREADS", "1")))
+log = logging.getLogger(__name__)
 
 EXACT_BELOW = 20_000
 TARGET_RECALL = 0.95
-DEFAULT_CACHE = Path(os.environ.get("WENLV_INDEX_CACHE", Path.home() / ".cache" / "wenlv" / "indexes"))
+
+
+class _SettingsCache:
+    """Default `cache_dir`: the WENLV_INDEX_CACHE setting, read when an index is built (None: no cache)."""
+
+    def __repr__(self) -> str:
+        return "WENLV_INDEX_CACHE"
+
+
+DEFAULT_CACHE = _SettingsCache()
+
+
+def use_configured_threads() -> int:
+    """Set FAISS's OpenMP threads from WENLV_FAISS_THREADS (default 1) and return the number.
+
+    Serving searches one query at a time: OpenMP threads only add spin-waiting that steals
+    the CPU from the event loop and Redis (measured: p99 of a 10k flat search 96 ms with 2
+    threads on a busy 2-core machine vs 0.1 ms with 1). Called where indexes are built or
+    a ServingModel is set up, not at import.
+    """
+    threads = get_settings().faiss_threads
+    faiss.omp_set_num_threads(threads)
+    return threads
 
 
 @dataclass
@@ -178,9 +197,12 @@ def fingerprint(vectors: np.ndarray, **params) -> str:
     return h.hexdigest()[:24]
 
 
-def load_or_build(vectors: np.ndarray, queries: np.ndarray | None = None, *, cache_dir: Path | None = DEFAULT_CACHE,
+def load_or_build(vectors: np.ndarray, queries: np.ndarray | None = None, *, cache_dir: Path | _SettingsCache | None = DEFAULT_CACHE,
                   exact_below: int = EXACT_BELOW, kind: str | None = None, target_recall: float = TARGET_RECALL) -> VectorIndex:
     """`build_index`, cached on disk by a fingerprint of the vectors and parameters (flat indexes are not cached)."""
+    use_configured_threads()
+    if isinstance(cache_dir, _SettingsCache):
+        cache_dir = get_settings().index_cache
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     chosen = kind or ("flat" if len(vectors) < exact_below else "ivf")
     if cache_dir is None or chosen == "flat":
@@ -234,7 +256,7 @@ def bundle_index_inputs(bundle, *, with_users: bool = True) -> dict[str, tuple[n
     return inputs
 
 
-def build_bundle_indexes(bundle, *, with_users: bool = True, cache_dir: Path | None = DEFAULT_CACHE,
+def build_bundle_indexes(bundle, *, with_users: bool = True, cache_dir: Path | _SettingsCache | None = DEFAULT_CACHE,
                          exact_below: int = EXACT_BELOW) -> BundleIndexes:
     """POI index (queried by user vectors) and, optionally, the user index (queried by POI vectors)."""
     built = {name: load_or_build(vectors, queries, cache_dir=cache_dir, exact_below=exact_below)

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from wenlv.serving.filters import Filters, PoiTable
-from wenlv.serving.indexes import DEFAULT_CACHE, EXACT_BELOW, BundleIndexes, build_bundle_indexes, exact_top_k
+from wenlv.serving.indexes import (DEFAULT_CACHE, EXACT_BELOW, BundleIndexes, build_bundle_indexes, exact_top_k,
+                                   use_configured_threads)
 from wenlv.serving.online_store import ResilientStore, StoreUnavailable
 from wenlv.serving.towers import load_user_tower
 from wenlv.training.bundle import ModelBundle
@@ -59,6 +60,7 @@ class ServingModel:
                  indexes: BundleIndexes | None = None, *, with_user_index: bool = True,
                  index_cache: Path | None = DEFAULT_CACHE, exact_below: int = EXACT_BELOW):
         started = time.perf_counter()
+        use_configured_threads()  # searches run here, one query at a time
         self.bundle, self.version, self.store = bundle, str(version), store
         self.table = PoiTable(bundle.pois)
         self.indexes = indexes or build_bundle_indexes(bundle, with_users=with_user_index, cache_dir=index_cache,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sqlite3
 import struct
 import threading
@@ -22,10 +21,11 @@ from typing import Iterable
 
 import numpy as np
 
+from wenlv.settings import get_settings
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "wenlv:"
-DEFAULT_SQLITE = Path(os.environ.get("WENLV_ONLINE_SQLITE", Path.home() / ".wenlv" / "online_store.sqlite"))
 USER_TTL_S = 30 * 24 * 3600
 
 
@@ -190,9 +190,9 @@ class SQLiteStore(KeyValueStore):
 
     backend = "sqlite"
 
-    def __init__(self, path: str | Path = DEFAULT_SQLITE, prefix: str = DEFAULT_PREFIX):
+    def __init__(self, path: str | Path | None = None, prefix: str = DEFAULT_PREFIX):
         super().__init__(prefix)
-        self.path = Path(path)
+        self.path = Path(path) if path is not None else get_settings().online_sqlite
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         db = self._db()
@@ -263,11 +263,12 @@ class SQLiteStore(KeyValueStore):
 
 
 def open_store(redis_url: str | None = None, sqlite_path: str | Path | None = None, prefix: str = DEFAULT_PREFIX) -> KeyValueStore:
-    """Redis when a URL is given or `REDIS_URL` is set, else the embedded SQLite store."""
-    url = redis_url or os.environ.get("REDIS_URL")
+    """Redis when a URL is given or `REDIS_URL` is set, else the embedded SQLite store
+    (`sqlite_path`, else WENLV_ONLINE_SQLITE)."""
+    url = redis_url or get_settings().redis_url
     if url:
         return RedisStore(url, prefix=prefix)
-    return SQLiteStore(sqlite_path or DEFAULT_SQLITE, prefix=prefix)
+    return SQLiteStore(sqlite_path, prefix=prefix)
 
 
 class ResilientStore:

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from wenlv.serving.app import create_app
-from wenlv.serving.auth import DEFAULT_KEY_DB, KeyStore
+from wenlv.serving.auth import KeyStore
 from wenlv.serving.lifecycle import ChampionFollower, load_champion, model_from_registry
 from wenlv.serving.model import ServingModel
 from wenlv.serving.online_store import DEFAULT_PREFIX, ResilientStore, open_store
@@ -39,7 +39,7 @@ def load_bundle_dir(path: Path) -> tuple[ModelBundle, str]:
 
 
 def build_app(*, bundle_dir: Path | None = None, tracking_uri: str | None = None, redis_url: str | None = None,
-              sqlite_path: Path | None = None, prefix: str = DEFAULT_PREFIX, keys_path: Path = DEFAULT_KEY_DB,
+              sqlite_path: Path | None = None, prefix: str = DEFAULT_PREFIX, keys_path: Path | None = None,
               follow: bool = True, poll_s: float = 10.0, with_user_index: bool = True):
     """The app for a bundle directory (static) or for the champion (followed unless follow=False).
 

@@ -10,11 +10,24 @@ from pathlib import Path
 
 import pytest
 
+from wenlv.settings import reset_settings
+
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("WENLV_SHARED_DATA", ROOT.parent / "shared" / "data"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings():
+    """Each test reads the environment as it left it: `get_settings()` caches one copy per process.
+
+    A test that changes a variable after the first `get_settings()` calls `reset_settings()` itself.
+    """
+    reset_settings()
+    yield
+    reset_settings()
 
 
 def service_missing(what: str) -> None:

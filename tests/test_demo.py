@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -87,3 +88,50 @@ def test_the_served_version_has_its_indexes_recorded_in_mlflow(demo):
     stored = {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(version.run_id, "indexes")}
     assert {"manifest.json", "pois.faiss"} <= stored
     assert summary["serving"]["index_source"] in ("built", "mlflow")
+
+
+# Lines a healthy demo may print that match the check below, each with the reason it stays:
+EXPECTED_NOTICES = (
+    # the JVM's own notice: Spark 4's launcher always adds --add-modules=jdk.incubator.vector
+    # (launcher.JavaModuleOptions) and the JDK announces it on stderr; no option turns it off
+    "WARNING: Using incubator modules: jdk.incubator.vector",
+    # a deliberate privacy caveat, once per party count: the Shapley coalition retrains run
+    # federated ALS with 1 and 2 parties, where the masks cannot hide a party's statistics
+    "WARNING wenlv.training.federated_als: federated ALS with 1 party: pairwise masks do not hide",
+    "WARNING wenlv.training.federated_als: federated ALS with 2 parties: pairwise masks do not hide",
+)
+ALARMING = re.compile(r"Traceback|Error|WARN|Warning")
+
+
+def alarming_lines(stderr: str) -> list[str]:
+    """stderr lines (progress bars split on \\r) that look like trouble and are not an expected notice."""
+    lines = stderr.replace("\r", "\n").splitlines()
+    return [line for line in lines if ALARMING.search(line) and not any(n in line for n in EXPECTED_NOTICES)]
+
+
+def test_alarming_lines_are_found():
+    """The check itself: each of the lines a healthy run used to print would fail it."""
+    old = ("26/12/03 09:48:50 WARN Utils: Your hostname, vm, resolves to a loopback address: 127.0.0.1; using "
+           "192.0.2.2 instead (on interface eth0)\n"
+           "ModuleNotFoundError(\"No module named 'faiss.swigfaiss_avx2'\")\n"
+           "features:  0%| |0/8\r.../pyspark/sql/pandas/functions.py:777: FutureWarning: PySpark does not yet "
+           "fully support pandas >= 3.0.0.\n"
+           "Traceback (most recent call last):\n")
+    assert len(alarming_lines(old)) == 4
+    assert alarming_lines("[demo] stage data done in 1.0 s\n" + EXPECTED_NOTICES[0] + "\n") == []
+
+
+def test_a_healthy_demo_prints_nothing_alarming(demo):
+    _, _, stderr = demo
+    assert alarming_lines(stderr) == []
+
+
+def test_the_demo_ends_with_what_to_try_next(demo):
+    summary, workdir, stderr = demo
+    tail = stderr[stderr.rindex("Next steps"):]
+    uri = f"sqlite:///{(workdir / 'mlflow' / 'mlflow.db').resolve()}"
+    assert f"wenlv serve --tracking-uri {uri} --sqlite {workdir / 'online_store.sqlite'}" in tail
+    assert f"wenlv apikey create --role visitor-app --tenant demo --keys {workdir / 'api_keys.sqlite'}" in tail
+    assert re.search(r"curl -s -H \"Authorization: Bearer \$KEY\" 'http://127\.0\.0\.1:8000/v1/visitors/\w+/"
+                     r"recommendations\?k=5'", tail)
+    assert f"mlflow ui --backend-store-uri {uri}" in tail

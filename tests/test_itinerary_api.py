@@ -13,6 +13,7 @@ from wenlv.serving.model import ServingModel
 from wenlv.serving.online_store import ResilientStore
 from wenlv.serving.state import ServingState
 from wenlv.bench.serving_fixtures import synthetic_bundle
+from wenlv.settings import reset_settings
 from tests.support.stores import make_store
 
 CENTRE = {"lat": 30.25, "lon": 120.17}
@@ -115,11 +116,11 @@ def test_dates_far_out_and_phone_numbers_are_refused_not_crashed(env):
 
 
 def test_no_request_shape_produces_a_5xx(env, monkeypatch):
-    import wenlv.serving.routers.itineraries as route
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    monkeypatch.setattr(route, "TIME_LIMIT_S", 0.2)
+    monkeypatch.setenv("WENLV_ITINERARY_TIME_LIMIT", "0.2")
+    reset_settings()
     client, key, bundle = env
     ids = list(bundle.pois.poi_id[:10]) + ["", "x" * 80, "P99999"]
     body = st.fixed_dictionaries({}, optional={

@@ -8,6 +8,7 @@ import pytest
 from wenlv.training import privacy_scan, registry, tracking
 from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
+from wenlv.settings import reset_settings
 
 PASSED = {"federated_matches_central": True, "artifacts_clean": True}
 
@@ -134,6 +135,7 @@ def test_tracking_uri_resolution(monkeypatch, tmp_path):
     assert tracking._artifact_root(default) == (tracking.REPO_ROOT / "mlflow" / "artifacts").resolve().as_uri()
     assert tracking.resolve_tracking_uri(store_dir=tmp_path) == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    reset_settings()
     assert tracking.resolve_tracking_uri() == "http://mlflow.example:5000"
     assert tracking.resolve_tracking_uri("sqlite:///x.db") == "sqlite:///x.db"
     assert tracking.mlflow_name("ndcg@10") == "ndcg_at_10" and tracking.wenlv_name("ndcg_at_10") == "ndcg@10"

@@ -6,6 +6,8 @@ from pathlib import Path
 
 from wenlv.features import contracts
 
+TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the checkout's mlflow/ store)"
+
 
 def _parties(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
@@ -17,42 +19,42 @@ def register(sub) -> None:
     t.add_argument("--mode", choices=("federated", "central"), default="federated",
                    help="federated (masked sums; the production path) or central (pooled baseline, never champion)")
     t.add_argument("--parties", type=_parties, default=contracts.PARTIES, help="comma list, must include tourism")
-    t.add_argument("--factors", type=int, default=16)
-    t.add_argument("--iterations", type=int, default=10)
-    t.add_argument("--regularization", type=float, default=1.0)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--factors", type=int, default=16, help="latent factors per user and POI")
+    t.add_argument("--iterations", type=int, default=10, help="ALS iterations")
+    t.add_argument("--regularization", type=float, default=1.0, help="ALS L2 regularisation")
+    t.add_argument("--seed", type=int, default=0, help="random seed of the factor initialisation and splits")
     t.add_argument("--data", type=Path, default=None, help="raw data folder, for POI names/places/hours in the bundle")
-    t.add_argument("--tower-epochs", type=int, default=30)
+    t.add_argument("--tower-epochs", type=int, default=30, help="training epochs of the cold-start towers")
     t.add_argument("--dp-noise", type=float, default=0.0, help="Gaussian noise multiplier on tower outputs (0: off)")
     t.add_argument("--dp-grad-noise", type=float, default=0.0,
                    help="Gaussian noise multiplier on the gradients the coordinator returns (protects its labels)")
     t.add_argument("--no-towers", action="store_true", help="skip the cold-start towers")
     t.add_argument("--no-shapley", action="store_true", help="skip the coalition retrains (data-source values)")
     t.add_argument("--no-promote", action="store_true", help="register the version but do not try the quality gate")
-    t.add_argument("--tracking-uri", default=None, help="MLflow store (default: MLFLOW_TRACKING_URI or mlflow/mlflow.db)")
+    t.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate", help="metrics of a registered version (default: champion) on a feature folder")
-    e.add_argument("--features", type=Path, required=True)
-    e.add_argument("--version", type=int, default=None)
-    e.add_argument("--k", type=int, default=10)
-    e.add_argument("--tracking-uri", default=None)
+    e.add_argument("--features", type=Path, required=True, help="feature blocks folder to evaluate on")
+    e.add_argument("--version", type=int, default=None, help="registered model version (default: the champion)")
+    e.add_argument("--k", type=int, default=10, help="cut-off of NDCG@k and recall@k")
+    e.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     e.set_defaults(func=_evaluate)
 
     fl = sub.add_parser("evaluate-flickr", help="ALS vs popularity on one city's real Flickr visits (temporal split)")
     fl.add_argument("--city", required=True, help="Toro, Osak, Glas, Edin or Melb")
     fl.add_argument("--source", type=Path, default=Path("../shared/data/flickr"), help="folder holding visits/ and pois/")
-    fl.add_argument("--test-fraction", type=float, default=0.2)
+    fl.add_argument("--test-fraction", type=float, default=0.2, help="latest share of each visitor's visits held out")
     fl.set_defaults(func=_evaluate_flickr)
 
     p = sub.add_parser("promote", help="make a version champion if it passes the quality gate")
-    p.add_argument("--version", type=int, required=True)
+    p.add_argument("--version", type=int, required=True, help="registered model version to promote")
     p.add_argument("--tolerance", type=float, default=None, help="allowed NDCG@10 drop vs the champion")
-    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     p.set_defaults(func=_promote)
 
     r = sub.add_parser("rollback", help="point champion back at the previous champion")
-    r.add_argument("--tracking-uri", default=None)
+    r.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     r.set_defaults(func=_rollback)
 
 

@@ -1,7 +1,7 @@
 """Demo stage `train`: federated training on the demo's feature blocks, logged to its own MLflow store."""
 from __future__ import annotations
 
-import os
+from wenlv.settings import get_settings
 
 
 def run(ctx) -> dict:
@@ -10,7 +10,7 @@ def run(ctx) -> dict:
 
     features_dir = ctx.results["features"]["_paths"]["features_dir"]
     data_dir = ctx.results.get("data", {}).get("_paths", {}).get("data_dir")
-    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or tracking.store_for_dir(ctx.workdir / "mlflow")[0]
+    tracking_uri = get_settings().mlflow_tracking_uri or tracking.store_for_dir(ctx.workdir / "mlflow")[0]
     config = TrainConfig(mode="federated", seed=ctx.seed, progress=ctx.progress)
     out = train(features_dir, config, tracking_uri=tracking_uri, data_dir=data_dir, work_dir=ctx.workdir / "train")
     m = out["metrics"]

@@ -65,6 +65,7 @@ from wenlv.memory import plain_pages_empty
 from wenlv.parallel import run_segments, segments
 
 log = logging.getLogger(__name__)
+_FEW_PARTIES_WARNED: set[int] = set()  # party counts already warned about in this process
 
 _USER_GRAM_BLOCK_ROWS = 65536  # users per partial XᵀX (fixed, so the sum does not depend on threads)
 
@@ -419,7 +420,10 @@ class FederatedALS:
         if len(n_users) != 1:
             raise WenlvError(f"party blocks are not aligned on users: { {p: i['n_users'] for p, i in info.items()} }")
         n_users = n_users.pop()
-        if len(names) < 3:
+        if len(names) < 3 and len(names) not in _FEW_PARTIES_WARNED:
+            # once per process and party count: a fit runs one iteration at a time in the
+            # lockstep check and once per Shapley coalition, and the caveat does not change
+            _FEW_PARTIES_WARNED.add(len(names))
             log.warning("federated ALS with %d part%s: pairwise masks do not hide a party's statistics from a "
                         "coordinator that is itself a party (see privacy/SECURE_AGGREGATION.md)",
                         len(names), "y" if len(names) == 1 else "ies")

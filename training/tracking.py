@@ -13,12 +13,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+
+from wenlv.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,9 @@ def resolve_tracking_uri(tracking_uri: str | None = None, store_dir: str | Path 
     """Explicit URI, else MLFLOW_TRACKING_URI, else the SQLite store in `store_dir` or the default one."""
     if tracking_uri:
         return tracking_uri
-    env = os.environ.get("MLFLOW_TRACKING_URI")
-    if env:
-        return env
+    configured = get_settings().mlflow_tracking_uri
+    if configured:
+        return configured
     return store_for_dir(store_dir or default_store_dir())[0]
 
 

@@ -2,39 +2,93 @@
 
 Each module listed in STAGE_CLIS has a `cli.py` with `register(subparsers)` that adds
 its subcommands and sets `func` on them; benchmarks register under `wenlv bench`.
+After registration, `build_parser` gives every (sub)command the same manners: defaults
+shown in `--help` and `-v/--verbose` accepted after the subcommand too.
 """
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
 import os
-import sys
 
-from wenlv.errors import WenlvError
+from wenlv.settings import Settings
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit and numpy BLAS: no oversubscription
+# Before anything loads numpy: implicit and numpy BLAS without oversubscription (the
+# setting's default, 1, unless the environment says otherwise).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", str(Settings.model_fields["openblas_num_threads"].default))
 
+import argparse  # noqa: E402 - after the BLAS default above
+import importlib  # noqa: E402
+import importlib.metadata  # noqa: E402
+import logging  # noqa: E402
+import sys  # noqa: E402
+
+from wenlv import config_cli  # noqa: E402
+from wenlv.errors import WenlvError  # noqa: E402
+
+# Stage CLIs are imported by name so `wenlv --help` stays one place to add a stage; each
+# imports its own (heavy) libraries only inside the command that needs them.
 STAGE_CLIS = ("wenlv.db.cli", "wenlv.features.cli", "wenlv.spark_jobs.cli", "wenlv.training.cli", "wenlv.serving.cli", "wenlv.itinerary.cli")
 BENCHES = ("wenlv.bench.features", "wenlv.bench.als", "wenlv.bench.serve", "wenlv.bench.itinerary", "wenlv.bench.charts")
+# Loggers that talk at INFO on a healthy run: per-request chatter, and faiss.loader, which
+# logs each CPU-specific build it probes and cannot import (ModuleNotFoundError lines).
+QUIET_LOGGERS = ("httpx", "httpcore", "py4j", "urllib3", "alembic", "faiss.loader")
+VERBOSE_HELP = "debug logging"
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show `(default: X)` where there is a default worth showing (not None/False, not already said)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("wenlv")
+    except importlib.metadata.PackageNotFoundError:  # a checkout on PYTHONPATH, never installed
+        return "unknown (not installed)"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="wenlv", description="Wenlv tourism recommendation and marketing engine")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = argparse.ArgumentParser(prog="wenlv", description="Wenlv tourism recommendation and marketing engine",
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}",
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    from wenlv import demo
+    from wenlv import demo  # lazy: wenlv.demo sits above the stage CLIs in the layers, imported once here
 
     demo.register(sub)
     for name in STAGE_CLIS:
         importlib.import_module(name).register(sub)
+    config_cli.register(sub)
 
     bench = sub.add_parser("bench", help="benchmarks (JSON on stdout, peers measured in the same run)")
     bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="BENCH")
     for name in BENCHES:
         importlib.import_module(name).register(bench_sub)
+    for _, command in subcommands(parser):
+        _mannered(command)
     return parser
+
+
+def subcommands(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """(path, parser) of every subcommand under `parser`, depth first."""
+    for action in parser._actions:  # argparse has no public walk over its tree
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield (*path, name), child
+                yield from subcommands(child, (*path, name))
+
+
+def _mannered(command: argparse.ArgumentParser) -> None:
+    """Defaults in --help, and -v/--verbose after the subcommand (SUPPRESS: never resets the top-level flag)."""
+    command.formatter_class = HelpFormatter
+    if "--verbose" not in command._option_string_actions:
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "httpcore", "py4j", "urllib3", "alembic"):  # per-request chatter
+    for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)

@@ -5,7 +5,9 @@ module and returns its section of the summary. `ctx.results` holds earlier secti
 """
 from __future__ import annotations
 
+import importlib
 import json
+import shlex
 import sys
 import tempfile
 import time
@@ -36,16 +38,14 @@ class DemoContext:
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="run every stage end to end on embedded defaults")
-    p.add_argument("--scale", choices=("tiny", "small"), default="tiny")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--scale", choices=("tiny", "small"), default="tiny", help="size of the generated data")
+    p.add_argument("--seed", type=int, default=7, help="random seed of every stage")
     p.add_argument("--workdir", type=Path, default=None, help="where data, features and models go (default: a temp dir)")
     p.add_argument("--json", action="store_true", help="last line of stdout is the summary as one JSON object")
     p.set_defaults(func=main)
 
 
 def run(ctx: DemoContext) -> dict:
-    import importlib
-
     summary: dict = {"scale": ctx.scale, "seed": ctx.seed, "workdir": str(ctx.workdir), "stages": {}}
     for key, module in STAGES:
         stage = importlib.import_module(module)
@@ -76,7 +76,42 @@ def main(args) -> int:
         print(json.dumps(summary, default=str))
     else:
         print(_human(summary))
+    sys.stdout.flush()
+    print(next_steps(ctx), file=sys.stderr, flush=True)
     return 0
+
+
+def next_steps(ctx: DemoContext) -> str:
+    """What to try after the demo, as commands for its workdir (the API, a key, a request, MLflow)."""
+    train = ctx.results.get("train", {}).get("_paths", {})
+    serving = ctx.results.get("serving", {}).get("_paths", {})
+    workdir = shlex.quote(str(ctx.workdir))
+    keys = shlex.quote(serving.get("api_keys") or f"{ctx.workdir}/api_keys.sqlite")
+    tracking_uri = serving.get("tracking_uri") or train.get("tracking_uri")
+    model = (f"--tracking-uri {shlex.quote(tracking_uri)}" if tracking_uri
+             else f"--bundle {shlex.quote(str(train.get('bundle_dir', '')))}")
+    serve = ["wenlv serve", model]
+    if serving.get("sqlite"):
+        serve.append(f"--sqlite {shlex.quote(serving['sqlite'])}")
+    if serving.get("prefix") and serving["prefix"] != "wenlv:":  # REDIS_URL: the demo's own key prefix
+        serve.append(f"--prefix {shlex.quote(serving['prefix'])}")
+    serve += [f"--keys {keys}", "--port 8000"]
+    token = serving.get("example_token") or "some-visitor-token"
+    lines = [
+        f"Next steps (the demo's files are in {workdir}):",
+        "  1. serve the API with the demo's model (leave it running):",
+        "       " + " ".join(serve),
+        "  2. in another shell, make a key (printed once):",
+        f"       KEY=$(wenlv apikey create --role visitor-app --tenant demo --keys {keys}"
+        " | python3 -c 'import json, sys; print(json.load(sys.stdin)[\"key\"])')",
+        "  3. ask for recommendations:",
+        f"       curl -s -H \"Authorization: Bearer $KEY\" "
+        f"'http://127.0.0.1:8000/v1/visitors/{token}/recommendations?k=5'",
+    ]
+    if tracking_uri:
+        lines += ["  4. look at the training run and the registered model in the MLflow UI:",
+                  f"       mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"]
+    return "\n".join(lines)
 
 
 def _human(summary: dict) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
 import uuid
 from typing import Literal
@@ -25,13 +24,13 @@ from wenlv.serving.online_store import StoreUnavailable
 from wenlv.serving.routers.recommendations import reject_phone_like
 from wenlv.serving.schemas import ERROR_RESPONSES, TOKEN_PATTERN, Category
 from wenlv.serving.state import ServingModel, get_model
+from wenlv.settings import get_settings
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["itineraries"])
 
 _HHMM = r"^([01]\d|2[0-3]):[0-5]\d$|^24:00$"
 INTEREST_LIFT = 0.5  # added to scores scaled to [0, 1] for a stated interest
-TIME_LIMIT_S = float(os.environ.get("WENLV_ITINERARY_TIME_LIMIT", "0.5"))
 
 
 class Location(BaseModel):
@@ -187,7 +186,7 @@ def create_itinerary(
         day_end=hhmm_to_minutes(body.daily_hours[1]), start=(body.start_location.lat, body.start_location.lon),
         end=(end.lat, end.lon), travel_mode=body.travel_mode, max_stops=pace, budget=body.budget_cny,
         must_include=list(body.must_include), exclude=list(body.exclude), meals=body.meals, seed=body.seed,
-        time_limit=TIME_LIMIT_S,
+        time_limit=get_settings().itinerary_time_limit_s,
     )
     try:
         result = plan(req)
