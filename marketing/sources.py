@@ -1,0 +1,64 @@
+"""Where a campaign's candidates come from, per target kind (used by the CLI and the demo).
+
+destination: the federated propensity, trained on the earlier window of a raw data folder
+and scored as of its split, tokens from the alignment key; pois, category, lookalike: a
+model bundle's user factors, consent from the feature blocks it was trained on.
+"""
+from __future__ import annotations
+
+import logging
+from datetime import date
+from pathlib import Path
+
+from wenlv.errors import WenlvError
+from wenlv.features import io
+from wenlv.marketing import alignment, propensity, targets
+from wenlv.marketing import party_features as pf
+from wenlv.training.bundle import ModelBundle
+
+log = logging.getLogger(__name__)
+
+
+def destination(data_dir, *, seed: int = 0, key: bytes | None = None, progress: bool = False,
+                as_of: date | None = None) -> tuple[targets.Candidates, targets.Query, dict]:
+    """Train the propensity at (split − 28 days) and score everyone without history as of the split."""
+    meta = io.read_meta(data_dir)
+    if meta is None and as_of is None:
+        raise WenlvError(f"{data_dir} has no meta.json: pass the scoring date (--as-of)")
+    split = as_of or date.fromisoformat(meta["split_date"])
+    visits = pf.tourism_visits(data_dir)
+    train_data = propensity.build_data(data_dir, propensity.cut_date(split), visits)
+    model = propensity.train(train_data, seed=seed, progress=progress)
+    data = propensity.build_data(data_dir, split, visits, with_label=False)
+    tokens = alignment.pseudonyms(data.phones, key or alignment.alignment_key())
+    logits = model.score(data)
+    version = f"propensity@{split}"
+    info = {"scored_as_of": str(split), "trained_on": f"{propensity.cut_date(split)}..{split}", **model.params}
+    return targets.from_propensity(tokens, logits, data.has_internet, data.home_city, version), \
+        targets.destination_query(), info
+
+
+def from_bundle(campaign: dict, bundle_dir, features_dir) -> tuple[targets.Candidates, targets.Query, dict]:
+    bundle = ModelBundle.load(bundle_dir)
+    if features_dir is None or not Path(features_dir, "carrier", "users.parquet").exists():
+        raise WenlvError("affinity and lookalike audiences need --features (the blocks the bundle was trained on) "
+                         "for the channel consent")
+    tokens = bundle.users["token"].astype(str).to_numpy()
+    consent = targets.consent_from_blocks(features_dir, tokens)
+    kind, target = campaign["target_kind"], campaign["target"]
+    if kind == "lookalike":
+        candidates = targets.from_bundle(bundle, consent, unit=True)
+        return candidates, targets.lookalike_query(candidates, target["seed_tokens"]), {}
+    candidates = targets.from_bundle(bundle, consent)
+    return candidates, targets.affinity_query(bundle, target.get("poi_ids"), target.get("category")), {}
+
+
+def for_campaign(campaign: dict, *, data_dir=None, bundle_dir=None, features_dir=None, seed: int = 0,
+                 progress: bool = False):
+    if campaign["target_kind"] == "destination":
+        if data_dir is None:
+            raise WenlvError("a destination campaign needs --data (the parties' raw folders)")
+        return destination(data_dir, seed=seed, progress=progress)
+    if bundle_dir is None:
+        raise WenlvError(f"a {campaign['target_kind']} campaign needs --bundle (a model bundle folder)")
+    return from_bundle(campaign, bundle_dir, features_dir)
