@@ -15,7 +15,8 @@ from wenlv.errors import WenlvError
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit and numpy BLAS: no oversubscription
 
-STAGE_CLIS = ("wenlv.db.cli", "wenlv.features.cli", "wenlv.spark_jobs.cli", "wenlv.training.cli", "wenlv.serving.cli", "wenlv.itinerary.cli")
+STAGE_CLIS = ("wenlv.db.cli", "wenlv.features.cli", "wenlv.spark_jobs.cli", "wenlv.training.cli", "wenlv.serving.cli", "wenlv.itinerary.cli",
+              "wenlv.marketing.cli")
 BENCHES = ("wenlv.bench.features", "wenlv.bench.als", "wenlv.bench.serve", "wenlv.bench.itinerary", "wenlv.bench.charts")
 
 
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("httpx", "httpcore", "py4j", "urllib3", "alembic"):  # per-request chatter
+    for noisy in ("httpx", "httpcore", "py4j", "urllib3", "alembic", "faiss.loader"):  # per-request chatter, CPU probing
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.func(args) or 0)
