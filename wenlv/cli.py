@@ -17,7 +17,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit and numpy BLAS: n
 
 STAGE_CLIS = ("wenlv.db.cli", "wenlv.features.cli", "wenlv.spark_jobs.cli", "wenlv.training.cli", "wenlv.serving.cli", "wenlv.itinerary.cli",
               "wenlv.marketing.cli")
-BENCHES = ("wenlv.bench.features", "wenlv.bench.als", "wenlv.bench.serve", "wenlv.bench.itinerary", "wenlv.bench.charts")
+BENCHES = ("wenlv.bench.features", "wenlv.bench.als", "wenlv.bench.serve", "wenlv.bench.itinerary", "wenlv.bench.audience",
+           "wenlv.bench.charts")
 
 
 def build_parser() -> argparse.ArgumentParser:
