@@ -12,6 +12,7 @@ import logging
 from datetime import datetime, timezone
 
 import numpy as np
+import pandas as pd
 from sqlalchemy import Engine, delete, func, insert, select
 
 from wenlv.db.schema import audience_members
@@ -50,11 +51,12 @@ def compute(engine: Engine, campaign: dict, candidates: Candidates, query: Query
         caps.lock_tenant(c, tenant, cid)
         capped = caps.capped_tokens(c, tenant, at, campaign["cap_contacts"], campaign["cap_days"], except_campaign=cid)
         if capped:
-            mask &= ~np.isin(candidates.tokens, np.fromiter(capped, dtype=object))
+            mask &= ~pd.Index(candidates.tokens).isin(capped)
         eligible = int(mask.sum())
-        pick = faiss_top_k if method == "faiss" else numpy_top_k
-        rows, scores = (pick(candidates.index, query.vector, campaign["audience_size"], mask) if method == "faiss"
-                        else pick(candidates.vectors, query.vector, campaign["audience_size"], mask))
+        if method == "faiss":
+            rows, scores = faiss_top_k(candidates.index, query.vector, campaign["audience_size"], mask)
+        else:
+            rows, scores = numpy_top_k(candidates.vectors, query.vector, campaign["audience_size"], mask)
         if campaign["min_score"] is not None:
             keep = scores >= campaign["min_score"]
             rows, scores = rows[keep], scores[keep]

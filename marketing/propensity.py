@@ -55,12 +55,10 @@ def build_data(data_dir, as_of: date, visits: pd.DataFrame | None = None, with_l
     internet = pf.internet_features(data_dir, as_of)
     history = pf.visited_between(visits, date(1900, 1, 1), as_of)
     carrier = carrier[~carrier.phone.isin(history)].reset_index(drop=True)
-    internet = internet.set_index("phone").reindex(carrier.phone)
+    internet = internet.set_index("phone").reindex(carrier.phone)  # dense: a row for everyone
     has_internet = internet.notna().all(axis=1).to_numpy()
-    internet = internet.fillna(0.0)
-    internet.loc[:, [c for c in internet.columns if c.startswith("log_days_since")]] = np.where(
-        has_internet[:, None], internet[[c for c in internet.columns if c.startswith("log_days_since")]],
-        np.log1p(pf.NEVER_DAYS))
+    never = {c: np.log1p(pf.NEVER_DAYS) for c in internet.columns if c.startswith("log_days_since")}
+    internet = internet.fillna(never).fillna(0.0)
     internet["has_account"] = has_internet.astype(np.float64)
     carrier_cols = [c for c in carrier.columns if c not in ("phone", "home_city")]
     internet_cols = list(internet.columns)

@@ -45,30 +45,24 @@ def _precisions(scores: dict[str, np.ndarray], label: np.ndarray, idx: np.ndarra
     return {name: float(y[top_mask(s[idx], share)].mean()) for name, s in scores.items()} | {"random": float(y.mean())}
 
 
-def lifts_with_intervals(scores: dict[str, np.ndarray], label: np.ndarray, share: float = TOP_SHARE,
-                         reps: int = BOOTSTRAP, seed: int = 0) -> dict:
-    """Precision of each score's top share, lifts over random and between scores, 95% bootstrap intervals."""
-    label = np.asarray(label, dtype=bool)
-    everyone = np.arange(len(label))
-    point = _precisions(scores, label, everyone, share)
-    rng = np.random.default_rng(seed)
-    draws = [_precisions(scores, label, rng.integers(0, len(label), len(label)), share) for _ in range(reps)]
-    frame = pd.DataFrame(draws)
+class Lifts:
+    """Top-share precision of each score on everyone, and on `reps` bootstrap resamples of the people."""
 
-    def interval(values) -> list[float]:
-        values = np.asarray(values, dtype=float)
-        values = values[np.isfinite(values)]
-        return [round(float(np.percentile(values, 2.5)), 3), round(float(np.percentile(values, 97.5)), 3)]
+    def __init__(self, scores: dict[str, np.ndarray], label: np.ndarray, share: float = TOP_SHARE,
+                 reps: int = BOOTSTRAP, seed: int = 0):
+        label = np.asarray(label, dtype=bool)
+        self.point = _precisions(scores, label, np.arange(len(label)), share)
+        rng = np.random.default_rng(seed)
+        self.draws = pd.DataFrame([_precisions(scores, label, rng.integers(0, len(label), len(label)), share)
+                                   for _ in range(reps)])
 
-    def ratio(a, b):
+    def ratio(self, a: str, b: str = "random") -> tuple[float, list[float]]:
+        """precision(a) / precision(b) and its 95% bootstrap interval."""
+        point = self.point[a] / self.point[b] if self.point[b] > 0 else float("nan")
         with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(frame[b] > 0, frame[a] / frame[b], np.nan)
-
-    out = {"precision": {k: round(v, 4) for k, v in point.items()},
-           "lift_vs_random": {k: round(point[k] / point["random"], 3) for k in scores},
-           "lift_vs_random_95ci": {k: interval(ratio(k, "random")) for k in scores}}
-    out["_ratio"] = lambda a, b: (round(point[a] / point[b], 3) if point[b] > 0 else float("nan"), interval(ratio(a, b)))
-    return out
+            draws = (self.draws[a] / self.draws[b]).to_numpy()
+        draws = draws[np.isfinite(draws)]
+        return round(point, 3), [round(float(np.percentile(draws, q)), 3) for q in (2.5, 97.5)]
 
 
 def logistic_peer(cut_data: propensity.PropensityData):
@@ -91,30 +85,30 @@ def evaluate(data_dir, *, seed: int = 0, share: float = TOP_SHARE, reps: int = B
     test_data = propensity.build_data(data_dir, split, visits, with_label=False)
     model = propensity.train(train_data, seed=seed, epochs=epochs, progress=progress)
     truth = io.read_pandas(data_dir, C.TRUTH_PEOPLE, ["phone", "is_prospect"]).set_index("phone").is_prospect
-    label = test_data.phones_label = truth.reindex(test_data.phones).fillna(False).to_numpy(bool)
+    label = truth.reindex(test_data.phones).fillna(False).to_numpy(bool)
     peer = logistic_peer(train_data)
     scores = {"federated_propensity": model.score(test_data).astype(np.float64),
               "logistic_on_signals": peer.decision_function(test_data.signals.to_numpy())}
     scores.update({name: test_data.signals[name].to_numpy(np.float64) for name in test_data.signals.columns})
-    result = lifts_with_intervals(scores, label, share, reps, seed)
-    ratio = result.pop("_ratio")
+    lifts = Lifts(scores, label, share, reps, seed)
     singles = list(test_data.signals.columns)
-    best = max(singles, key=lambda s: result["precision"][s])
-    vs_best, vs_best_ci = ratio("federated_propensity", best)
-    vs_lr, vs_lr_ci = ratio("federated_propensity", "logistic_on_signals")
+    best = max(singles, key=lambda name: lifts.point[name])
+    vs_random, vs_random_ci = lifts.ratio("federated_propensity")
+    vs_best, vs_best_ci = lifts.ratio("federated_propensity", best)
+    vs_lr, vs_lr_ci = lifts.ratio("federated_propensity", "logistic_on_signals")
+    peers = [name for name in scores if name != "federated_propensity"]
     return {
         "split_date": str(split), "cut_date": str(cut), "top_share": share,
         "people_without_history": int(len(label)), "prospects": int(label.sum()),
         "train": {"rows": int(len(train_data.label)), "positives": int(train_data.label.sum()),
                   "losses": [round(v, 5) for v in model.losses]},
-        "precision": result["precision"],
-        "lift_vs_random": result["lift_vs_random"]["federated_propensity"],
-        "lift_vs_random_95ci": result["lift_vs_random_95ci"]["federated_propensity"],
+        "precision": {k: round(v, 4) for k, v in lifts.point.items()},
+        "lift_vs_random": vs_random, "lift_vs_random_95ci": vs_random_ci,
         "best_baseline": best,
         "lift_vs_best_baseline": vs_best, "lift_vs_best_baseline_95ci": vs_best_ci,
         "lift_vs_combined_baseline": vs_lr, "lift_vs_combined_baseline_95ci": vs_lr_ci,
-        "peers_lift_vs_random": {k: v for k, v in result["lift_vs_random"].items() if k != "federated_propensity"},
-        "peers_lift_vs_random_95ci": {k: v for k, v in result["lift_vs_random_95ci"].items()
-                                      if k != "federated_propensity"},
+        "peers_lift_vs_random": {name: lifts.ratio(name)[0] for name in peers},
+        "peers_lift_vs_random_95ci": {name: lifts.ratio(name)[1] for name in peers},
+        "bootstrap_resamples": reps,
         "_model": model, "_test_data": test_data, "_label": label,
     }
