@@ -8,6 +8,8 @@
 * prospects — `marketing.prospects.evaluate` on generated `small` data (seed 7): the
   federated destination propensity's top 5% against random, each single-party signal and
   a logistic regression on the three (fitted on the earlier window), 95% bootstrap intervals;
+  and, beside it, the Qini of an uplift model on a randomised campaign simulated from
+  `truth/people.campaign_response` (ceiling: ranking by the true response);
 * hillstrom — Qini and uplift@30% of our uplift model and of a gradient-boosted T-learner
   on the same 70/30 split of the real Hillstrom experiment, over several splits.
 Load average is recorded before and after: the machine is shared.
@@ -95,6 +97,8 @@ def prospect_quality(data: Path | None) -> dict:
     out = {k: v for k, v in result.items() if not k.startswith("_")}
     out["seconds"] = round(time.perf_counter() - started, 1)
     out["data"] = str(data)
+    _log("uplift on the synthetic truth …")
+    out["synthetic_uplift"] = prospects.synthetic_uplift(data)
     return out
 
 
