@@ -42,7 +42,7 @@ def register(sub) -> None:
     a.add_argument("--tenant", required=True)
     a.add_argument("--id", type=int, required=True)
     a.add_argument("--data", type=Path, default=None, help="raw data folder (destination target)")
-    a.add_argument("--bundle", type=Path, default=None, help="model bundle folder (pois, category, lookalike)")
+    a.add_argument("--bundle", type=Path, default=None, help="model bundle folder (pois, category, lookalike); default: the champion version")
     a.add_argument("--features", type=Path, default=None, help="feature blocks of the bundle (channel consent)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--method", choices=("faiss", "numpy"), default="faiss")

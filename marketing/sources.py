@@ -2,7 +2,8 @@
 
 destination: the federated propensity, trained on the earlier window of a raw data folder
 and scored as of its split, tokens from the alignment key; pois, category, lookalike: a
-model bundle's user factors, consent from the feature blocks it was trained on.
+model bundle's user factors (a folder, or the registry's champion), consent from the feature
+blocks it was trained on.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from wenlv.errors import WenlvError
 from wenlv.features import io
 from wenlv.marketing import alignment, propensity, targets
 from wenlv.marketing import party_features as pf
+from wenlv.training import registry
 from wenlv.training.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
@@ -38,19 +40,26 @@ def destination(data_dir, *, seed: int = 0, key: bytes | None = None, progress: 
         targets.destination_query(), info
 
 
-def from_bundle(campaign: dict, bundle_dir, features_dir) -> tuple[targets.Candidates, targets.Query, dict]:
-    bundle = ModelBundle.load(bundle_dir)
+def from_bundle(campaign: dict, bundle_dir, features_dir,
+                tracking_uri: str | None = None) -> tuple[targets.Candidates, targets.Query, dict]:
+    """Affinity or lookalike over a bundle's user factors: the folder given, else the champion's."""
+    if bundle_dir is not None:
+        bundle, version = ModelBundle.load(bundle_dir), None
+    else:
+        bundle, version = registry.load_champion_bundle(tracking_uri)
     if features_dir is None or not Path(features_dir, "carrier", "users.parquet").exists():
         raise WenlvError("affinity and lookalike audiences need --features (the blocks the bundle was trained on) "
                          "for the channel consent")
     tokens = bundle.users["token"].astype(str).to_numpy()
     consent = targets.consent_from_blocks(features_dir, tokens)
     kind, target = campaign["target_kind"], campaign["target"]
+    version = str(version) if version is not None else None
+    info = {"model_version": version or str(bundle_dir)}
     if kind == "lookalike":
-        candidates = targets.from_bundle(bundle, consent, unit=True)
-        return candidates, targets.lookalike_query(candidates, target["seed_tokens"]), {}
-    candidates = targets.from_bundle(bundle, consent)
-    return candidates, targets.affinity_query(bundle, target.get("poi_ids"), target.get("category")), {}
+        candidates = targets.from_bundle(bundle, consent, version, unit=True)
+        return candidates, targets.lookalike_query(candidates, target["seed_tokens"]), info
+    candidates = targets.from_bundle(bundle, consent, version)
+    return candidates, targets.affinity_query(bundle, target.get("poi_ids"), target.get("category")), info
 
 
 def for_campaign(campaign: dict, *, data_dir=None, bundle_dir=None, features_dir=None, seed: int = 0,
@@ -59,6 +68,4 @@ def for_campaign(campaign: dict, *, data_dir=None, bundle_dir=None, features_dir
         if data_dir is None:
             raise WenlvError("a destination campaign needs --data (the parties' raw folders)")
         return destination(data_dir, seed=seed, progress=progress)
-    if bundle_dir is None:
-        raise WenlvError(f"a {campaign['target_kind']} campaign needs --bundle (a model bundle folder)")
-    return from_bundle(campaign, bundle_dir, features_dir)
+    return from_bundle(campaign, bundle_dir, features_dir)  # no --bundle: the registry's champion
