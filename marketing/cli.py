@@ -1,4 +1,4 @@
-"""`wenlv campaign create|list|audience|export|simulate` (results as JSON on stdout, progress on stderr)."""
+"""`wenlv campaign create|list|audience|export|min-size|simulate` (results as JSON on stdout, progress on stderr)."""
 from __future__ import annotations
 
 import json
@@ -53,6 +53,11 @@ def register(sub) -> None:
     e.add_argument("--id", type=int, required=True)
     e.add_argument("--format", choices=("csv", "json"), default="csv")
     e.set_defaults(func=_export)
+
+    m = csub.add_parser("min-size", help="a tenant's minimum audience size (default WENLV_MIN_AUDIENCE_SIZE)")
+    m.add_argument("--tenant", required=True)
+    m.add_argument("--size", type=int, default=None, help="set it (omit to show it)")
+    m.set_defaults(func=_min_size)
 
     s = csub.add_parser("simulate", help="simulated delivery on generated data: responses from truth/ into the ledger")
     s.add_argument("--id", type=int, required=True)
@@ -124,6 +129,18 @@ def _export(args) -> int:
     except LookupError as exc:
         raise WenlvError(str(exc)) from None
     sys.stdout.write(export.to_csv(rows) if args.format == "csv" else json.dumps(rows) + "\n")
+    return 0
+
+
+def _min_size(args) -> int:
+    from wenlv.marketing import campaigns as store
+
+    engine = _engine(args)
+    if args.size is not None:
+        if args.size < 1:
+            raise WenlvError(f"--size must be at least 1, got {args.size}")
+        store.set_min_audience_size(engine, args.tenant, args.size)
+    _print({"tenant": args.tenant, "min_audience_size": store.min_audience_size(engine, args.tenant)})
     return 0
 
 
