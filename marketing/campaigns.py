@@ -35,6 +35,8 @@ class CampaignSpec(BaseModel):
     category: str | None = Field(None, max_length=64, description="target category (target_kind=category)")
     seed_tokens: list[str] | None = Field(None, max_length=100_000,
                                           description=f"seed tokens, at least {MIN_SEED} (target_kind=lookalike)")
+    uplift_from: int | None = Field(None, ge=1, description="destination only: rank by predicted uplift, learnt from "
+                                                            "this earlier campaign's treatment and holdout")
     channel: Literal[CHANNELS] = Field(description="sms: delivered by the carrier; ads: by the internet platform")  # type: ignore[valid-type]
     region: str | None = Field(None, max_length=64, description="home city; unset: everywhere")
     audience_size: int = Field(gt=0, le=10_000_000, description="at most this many people (treatment + holdout)")
@@ -66,6 +68,8 @@ class CampaignSpec(BaseModel):
             if (self.target_kind == kind) != bool(given):
                 raise ValueError(f"{attr} is required for target_kind={kind!r} and only for it"
                                  if self.target_kind == kind else f"{attr} does not apply to target_kind={self.target_kind!r}")
+        if self.uplift_from is not None and self.target_kind != "destination":
+            raise ValueError("uplift_from applies to target_kind='destination' only")
         if self.target_kind == "lookalike" and len(self.seed_tokens) < MIN_SEED:
             raise ValueError(f"a lookalike seed needs at least {MIN_SEED} distinct tokens, got {len(self.seed_tokens)}")
         return self
@@ -77,7 +81,7 @@ class CampaignSpec(BaseModel):
             return {"category": self.category}
         if self.target_kind == "lookalike":
             return {"seed_size": len(self.seed_tokens), "seed_tokens": self.seed_tokens}
-        return {}
+        return {"uplift_from": self.uplift_from} if self.uplift_from is not None else {}
 
 
 def create(engine: Engine, tenant: str, spec: CampaignSpec, now: datetime | None = None) -> dict:

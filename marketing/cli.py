@@ -25,6 +25,8 @@ def register(sub) -> None:
     c.add_argument("--seed-file", type=Path, default=None, help="lookalike seed: one token per line (>= 100)")
     c.add_argument("--channel", choices=("sms", "ads"), required=True)
     c.add_argument("--region", default=None, help="home city (destination target only)")
+    c.add_argument("--uplift-from", type=int, default=None,
+                   help="destination: rank by predicted uplift learnt from this earlier campaign's arms")
     c.add_argument("--size", type=int, required=True, help="audience size (treatment + holdout)")
     c.add_argument("--min-score", type=float, default=None)
     c.add_argument("--holdout", type=float, default=0.1, help="holdout fraction (default 0.1)")
@@ -90,7 +92,8 @@ def _create(args) -> int:
         spec = store.CampaignSpec(
             name=args.name, target_kind=args.target, channel=args.channel, region=args.region, audience_size=args.size,
             poi_ids=[p.strip() for p in args.poi_ids.split(",")] if args.poi_ids else None, category=args.category,
-            seed_tokens=seeds, min_score=args.min_score, holdout_fraction=args.holdout, cap_contacts=args.cap_contacts,
+            seed_tokens=seeds, uplift_from=args.uplift_from, min_score=args.min_score, holdout_fraction=args.holdout,
+            cap_contacts=args.cap_contacts,
             cap_days=args.cap_days, starts_on=args.starts, ends_on=args.ends)
     except ValidationError as exc:
         raise WenlvError("invalid campaign — " + "; ".join(f"{'.'.join(map(str, e['loc'])) or 'campaign'}: {e['msg']}"
@@ -116,7 +119,8 @@ def _audience(args) -> int:
     if campaign is None:
         raise WenlvError(f"campaign {args.id} not found for tenant {args.tenant}")
     candidates, query, info = sources.for_campaign(campaign, data_dir=args.data, bundle_dir=args.bundle,
-                                                   features_dir=args.features, seed=args.seed, progress=True)
+                                                   features_dir=args.features, seed=args.seed, progress=True,
+                                                   engine=engine)
     _print(audience.compute(engine, campaign, candidates, query, method=args.method) | {"scoring": info})
     return 0
 

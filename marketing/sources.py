@@ -11,9 +11,13 @@ import logging
 from datetime import date
 from pathlib import Path
 
+import numpy as np
+from sqlalchemy import Engine
+
 from wenlv.errors import WenlvError
 from wenlv.features import io
-from wenlv.marketing import alignment, propensity, targets
+from wenlv.marketing import alignment, propensity, targets, uplift_targeting
+from wenlv.marketing import campaigns as store
 from wenlv.marketing import party_features as pf
 from wenlv.training import registry
 from wenlv.training.bundle import ModelBundle
@@ -22,8 +26,13 @@ log = logging.getLogger(__name__)
 
 
 def destination(data_dir, *, seed: int = 0, key: bytes | None = None, progress: bool = False,
-                as_of: date | None = None) -> tuple[targets.Candidates, targets.Query, dict]:
-    """Train the propensity at (split − 28 days) and score everyone without history as of the split."""
+                as_of: date | None = None, uplift_from: tuple[Engine, dict] | None = None
+                ) -> tuple[targets.Candidates, targets.Query, dict]:
+    """Train the propensity at (split − 28 days) and score everyone without history as of the split.
+
+    With `uplift_from` (engine, earlier campaign) the score is the predicted uplift learnt from
+    that campaign's treatment and holdout instead of the propensity.
+    """
     meta = io.read_meta(data_dir)
     if meta is None and as_of is None:
         raise WenlvError(f"{data_dir} has no meta.json: pass the scoring date (--as-of)")
@@ -33,10 +42,17 @@ def destination(data_dir, *, seed: int = 0, key: bytes | None = None, progress: 
     model = propensity.train(train_data, seed=seed, progress=progress)
     data = propensity.build_data(data_dir, split, visits, with_label=False)
     tokens = alignment.pseudonyms(data.phones, key or alignment.alignment_key())
-    logits = model.score(data)
+    scores = model.score(data)
     version = f"propensity@{split}"
     info = {"scored_as_of": str(split), "trained_on": f"{propensity.cut_date(split)}..{split}", **model.params}
-    return targets.from_propensity(tokens, logits, data.has_internet, data.home_city, version), \
+    if uplift_from is not None:
+        engine, earlier = uplift_from
+        features = np.hstack([data.frames[p] for p in propensity.PARTIES])
+        uplift_model, learnt = uplift_targeting.fit(features, tokens, uplift_targeting.campaign_outcomes(engine, earlier))
+        scores = uplift_model.predict(features.astype(np.float64))
+        version = f"uplift@{split}<campaign {earlier['id']}"
+        info = {"scored_as_of": str(split), "ranked_by": "predicted uplift", **learnt}
+    return targets.from_propensity(tokens, scores, data.has_internet, data.home_city, version), \
         targets.destination_query(), info
 
 
@@ -63,9 +79,16 @@ def from_bundle(campaign: dict, bundle_dir, features_dir,
 
 
 def for_campaign(campaign: dict, *, data_dir=None, bundle_dir=None, features_dir=None, seed: int = 0,
-                 progress: bool = False):
+                 progress: bool = False, engine: Engine | None = None, key: bytes | None = None):
     if campaign["target_kind"] == "destination":
         if data_dir is None:
             raise WenlvError("a destination campaign needs --data (the parties' raw folders)")
-        return destination(data_dir, seed=seed, progress=progress)
+        earlier = None
+        if campaign["target"].get("uplift_from") is not None:
+            earlier = store.get(engine, campaign["tenant"], campaign["target"]["uplift_from"])
+            if earlier is None:
+                raise WenlvError(f"uplift_from: campaign {campaign['target']['uplift_from']} not found for tenant "
+                                 f"{campaign['tenant']}")
+        return destination(data_dir, seed=seed, progress=progress, key=key,
+                           uplift_from=(engine, earlier) if earlier is not None else None)
     return from_bundle(campaign, bundle_dir, features_dir)  # no --bundle: the registry's champion

@@ -9,6 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from wenlv.db.schema import events
+from wenlv.errors import WenlvError
 from wenlv.features import contracts as C
 from wenlv.features import io
 from wenlv.features.generator import generate
@@ -61,3 +62,33 @@ def test_destination_campaign_end_to_end(data, tmp_path):
         assert again["true_incremental_revenue_cny"] == result["true_incremental_revenue_cny"]
         with engine.connect() as c:
             assert len(c.execute(select(events.c.event_id)).all()) == len(written)  # a re-run stores nothing twice
+
+
+def test_uplift_ranking_learns_from_an_earlier_campaigns_arms(data, tmp_path):
+    candidates, query, _ = sources.destination(data, key=KEY)
+    with sqlite_engine(tmp_path / "uplift.sqlite") as engine:
+        store.set_min_audience_size(engine, "hz", 10)
+
+        def create(**over):
+            fields = {"name": "c", "target_kind": "destination", "channel": "sms", "audience_size": 400,
+                      "cap_contacts": 10, "starts_on": date(2026, 1, 5), "ends_on": date(2026, 1, 20)}
+            return store.create(engine, "hz", CampaignSpec(**(fields | over)))
+
+        thin = create(audience_size=100, holdout_fraction=0.1)
+        learn = create(holdout_fraction=0.5)
+        for campaign in (thin, learn):
+            audience.compute(engine, campaign, candidates, query)
+            simulate_delivery(engine, campaign["id"], data, seed=2, key=KEY)
+        with pytest.raises(WenlvError, match="at least 50 people in each arm"):
+            sources.destination(data, key=KEY, uplift_from=(engine, store.get(engine, "hz", thin["id"])))
+        ranked = create(uplift_from=learn["id"], audience_size=100, starts_on=date(2026, 3, 2),
+                        ends_on=date(2026, 3, 9))
+        uplift_candidates, uplift_query, info = sources.for_campaign(ranked, data_dir=data, engine=engine, key=KEY)
+        assert info["ranked_by"] == "predicted uplift" and info["learnt_from_members"] == 400
+        assert info["treatment_members"] >= 50 and info["holdout_members"] >= 50
+        assert uplift_candidates.model_version.startswith("uplift@")
+        audience.compute(engine, ranked, uplift_candidates, uplift_query)
+        scores = [m["score"] for m in audience.members(engine, ranked["id"])]
+        assert len(scores) == 100 and scores == sorted(scores, reverse=True)
+        with pytest.raises(WenlvError, match="uplift_from: campaign 999 not found for tenant hz"):
+            sources.for_campaign({**ranked, "target": {"uplift_from": 999}}, data_dir=data, engine=engine, key=KEY)
