@@ -90,26 +90,59 @@ class _Bottom(nn.Module):
         return self.net((x - self.mean) / self.std)
 
 
+class _Top(nn.Module):
+    """The coordinator's network on the summed embedding (and, for uplift, the arm it assigned)."""
+
+    def __init__(self, width: int, hidden: int, with_treatment: bool, base_rate: float):
+        super().__init__()
+        self.with_treatment = with_treatment
+        self.net = nn.Sequential(nn.Linear(width + int(with_treatment), hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        nn.init.constant_(self.net[-1].bias, float(np.log(base_rate / (1 - base_rate))))
+
+    def forward(self, summed, treated=None):
+        h = torch.relu(summed)
+        if self.with_treatment:
+            h = torch.cat([h, treated.reshape(-1, 1)], dim=1)
+        return self.net(h).squeeze(1)
+
+
 @dataclass
 class PropensityModel:
     bottoms: dict[str, nn.Module]
-    top: nn.Module
+    top: _Top
     columns: dict[str, list[str]]
     losses: list[float]
     params: dict
 
-    def score(self, data: PropensityData, batch: int = 8192) -> np.ndarray:
-        """Logit per person; each batch's embeddings cross only as a masked sum."""
+    def score(self, data: PropensityData, batch: int = 8192, treated: float | None = None) -> np.ndarray:
+        """Logit per person (as if treated or not, for an uplift model); embeddings cross only as a masked sum."""
         _check_columns(self.columns, data)
+        if self.top.with_treatment == (treated is None):
+            raise WenlvError("an uplift model scores with treated=0 or 1; a propensity model without it")
         channel = MaskedSum(PARTIES)
         out = []
         with torch.no_grad():
             for start in range(0, len(data.phones), batch):
                 parts = {p: self.bottoms[p](torch.from_numpy(data.frames[p][start:start + batch])).numpy()
                          for p in PARTIES}
-                out.append(self.top(torch.from_numpy(channel(parts))).squeeze(1).numpy())
+                summed = torch.from_numpy(channel(parts))
+                arm = torch.full((len(summed),), float(treated or 0.0))
+                out.append(self.top(summed, arm).numpy())
         channel.close()
         return np.concatenate(out) if out else np.empty(0, np.float32)
+
+    def uplift(self, data: PropensityData) -> np.ndarray:
+        """P(outcome | treated) − P(outcome | not treated) per person."""
+        def probability(logit):
+            return 1.0 / (1.0 + np.exp(-logit.astype(np.float64)))
+        return probability(self.score(data, treated=1.0)) - probability(self.score(data, treated=0.0))
+
+
+def subset(data: PropensityData, rows: np.ndarray, label: np.ndarray) -> PropensityData:
+    """The same people's rows `rows`, with a new label (e.g. an earlier campaign's members and outcomes)."""
+    return PropensityData(data.as_of, data.phones[rows], {p: f[rows] for p, f in data.frames.items()}, data.columns,
+                          data.home_city[rows], data.has_internet[rows], np.asarray(label, dtype=bool),
+                          data.signals.iloc[rows].reset_index(drop=True))
 
 
 def _check_columns(columns: dict, data: PropensityData) -> None:
@@ -118,8 +151,13 @@ def _check_columns(columns: dict, data: PropensityData) -> None:
 
 
 def train(data: PropensityData, *, width: int = 8, hidden: int = 16, epochs: int = 12, batch_size: int = 512,
-          lr: float = 0.005, weight_decay: float = 1e-4, seed: int = 0, progress: bool = False) -> PropensityModel:
-    """Fit the split network on `data.label` (the coordinator's), over masked sums of embeddings."""
+          lr: float = 0.005, weight_decay: float = 1e-4, seed: int = 0, progress: bool = False,
+          treated: np.ndarray | None = None) -> PropensityModel:
+    """Fit the split network on `data.label` (the coordinator's), over masked sums of embeddings.
+
+    With `treated` (the arm of each row, which the coordinator assigned) the top network also
+    sees the arm: an S-learner whose `uplift` is the predicted effect of the contact.
+    """
     if data.label is None or data.label.sum() < 10:
         raise WenlvError("propensity training needs at least 10 people who visited in the label window")
     threads = torch.get_num_threads()
@@ -128,12 +166,12 @@ def train(data: PropensityData, *, width: int = 8, hidden: int = 16, epochs: int
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         bottoms = {p: _Bottom(data.frames[p], width, hidden) for p in PARTIES}
-        top = nn.Sequential(nn.ReLU(), nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-        nn.init.constant_(top[-1].bias, float(np.log(data.label.mean() / (1 - data.label.mean()))))
+        top = _Top(width, hidden, treated is not None, float(np.clip(data.label.mean(), 1e-4, 1 - 1e-4)))
         opts = {p: torch.optim.Adam(bottoms[p].parameters(), lr=lr, weight_decay=weight_decay) for p in PARTIES}
         top_opt = torch.optim.Adam(top.parameters(), lr=lr, weight_decay=weight_decay)
         x = {p: torch.from_numpy(data.frames[p]) for p in PARTIES}
         y = torch.from_numpy(data.label.astype(np.float32))
+        arm = torch.from_numpy(np.zeros(len(y), np.float32) if treated is None else np.asarray(treated, np.float32))
         channel = MaskedSum(PARTIES)
         loss_fn = nn.BCEWithLogitsLoss()
         losses = []
@@ -145,7 +183,7 @@ def train(data: PropensityData, *, width: int = 8, hidden: int = 16, epochs: int
                 released = {p: bottoms[p](x[p][idx]) for p in PARTIES}                        # party side
                 summed = torch.from_numpy(channel({p: e.detach().numpy() for p, e in released.items()}))
                 summed.requires_grad_(True)                                                  # coordinator side
-                loss = loss_fn(top(summed).squeeze(1), y[idx])
+                loss = loss_fn(top(summed, arm[idx]), y[idx])
                 top_opt.zero_grad()
                 loss.backward()
                 top_opt.step()
@@ -162,7 +200,8 @@ def train(data: PropensityData, *, width: int = 8, hidden: int = 16, epochs: int
     for module in (*bottoms.values(), top):
         module.eval()
     params = {"width": width, "hidden": hidden, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-              "weight_decay": weight_decay, "seed": seed, "train_rows": int(len(y)), "train_positives": int(y.sum())}
+              "weight_decay": weight_decay, "seed": seed, "train_rows": int(len(y)), "train_positives": int(y.sum()),
+              "treatment_input": treated is not None}
     return PropensityModel(bottoms, top, data.columns, losses, params)
 
 

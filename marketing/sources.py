@@ -11,7 +11,6 @@ import logging
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 from sqlalchemy import Engine
 
 from wenlv.errors import WenlvError
@@ -38,20 +37,20 @@ def destination(data_dir, *, seed: int = 0, key: bytes | None = None, progress: 
         raise WenlvError(f"{data_dir} has no meta.json: pass the scoring date (--as-of)")
     split = as_of or date.fromisoformat(meta["split_date"])
     visits = pf.tourism_visits(data_dir)
-    train_data = propensity.build_data(data_dir, propensity.cut_date(split), visits)
-    model = propensity.train(train_data, seed=seed, progress=progress)
     data = propensity.build_data(data_dir, split, visits, with_label=False)
     tokens = alignment.pseudonyms(data.phones, key or alignment.alignment_key())
-    scores = model.score(data)
-    version = f"propensity@{split}"
-    info = {"scored_as_of": str(split), "trained_on": f"{propensity.cut_date(split)}..{split}", **model.params}
     if uplift_from is not None:
         engine, earlier = uplift_from
-        features = np.hstack([data.frames[p] for p in propensity.PARTIES])
-        uplift_model, learnt = uplift_targeting.fit(features, tokens, uplift_targeting.campaign_outcomes(engine, earlier))
-        scores = uplift_model.predict(features.astype(np.float64))
+        model, learnt = uplift_targeting.fit(data, tokens, uplift_targeting.campaign_outcomes(engine, earlier), seed)
+        scores = model.uplift(data)
         version = f"uplift@{split}<campaign {earlier['id']}"
         info = {"scored_as_of": str(split), "ranked_by": "predicted uplift", **learnt}
+    else:
+        model = propensity.train(propensity.build_data(data_dir, propensity.cut_date(split), visits), seed=seed,
+                                 progress=progress)
+        scores = model.score(data)
+        version = f"propensity@{split}"
+        info = {"scored_as_of": str(split), "trained_on": f"{propensity.cut_date(split)}..{split}", **model.params}
     return targets.from_propensity(tokens, scores, data.has_internet, data.home_city, version), \
         targets.destination_query(), info
 
