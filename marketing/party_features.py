@@ -9,7 +9,7 @@ party: `alignment.align` replaces it by the cross-party pseudonym before anythin
 """
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
 
 import numpy as np
 import pandas as pd
@@ -91,7 +91,3 @@ def visited_between(visits: pd.DataFrame, start: date, end: date) -> set:
     """Phones with a visit on a day in [start, end)."""
     day = visits.day
     return set(visits.phone[(day >= pd.Timestamp(start)) & (day < pd.Timestamp(end))])
-
-
-def window_start(as_of: date, days: int) -> date:
-    return as_of - timedelta(days=days)

@@ -14,7 +14,6 @@ question, asked where the answer is not yet known.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -28,7 +27,6 @@ from wenlv.errors import WenlvError
 from wenlv.marketing import party_features as pf
 from wenlv.training.towers import MaskedSum
 
-log = logging.getLogger(__name__)
 
 PARTIES = ("carrier", "internet")
 LABEL_DAYS = 28

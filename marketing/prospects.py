@@ -9,7 +9,6 @@ window. Every lift has a 95% bootstrap interval (people resampled, all scores to
 """
 from __future__ import annotations
 
-import logging
 from datetime import date
 
 import numpy as np
@@ -24,7 +23,6 @@ from wenlv.features import io
 from wenlv.marketing import party_features as pf
 from wenlv.marketing import propensity, uplift
 
-log = logging.getLogger(__name__)
 
 TOP_SHARE = 0.05
 BOOTSTRAP = 300

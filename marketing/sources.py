@@ -7,7 +7,6 @@ blocks it was trained on.
 """
 from __future__ import annotations
 
-import logging
 from datetime import date
 from pathlib import Path
 
@@ -21,7 +20,6 @@ from wenlv.marketing import party_features as pf
 from wenlv.training import registry
 from wenlv.training.bundle import ModelBundle
 
-log = logging.getLogger(__name__)
 
 
 def destination(data_dir, *, seed: int = 0, key: bytes | None = None, progress: bool = False,

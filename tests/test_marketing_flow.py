@@ -2,7 +2,7 @@
 simulated delivery into the ledger (SQLite), judged against the synthetic truth."""
 from __future__ import annotations
 
-from datetime import date, datetime, timezone
+from datetime import date
 
 import pandas as pd
 import pytest
