@@ -94,13 +94,15 @@ class _Top(nn.Module):
     def __init__(self, width: int, hidden: int, with_treatment: bool, base_rate: float):
         super().__init__()
         self.with_treatment = with_treatment
-        self.net = nn.Sequential(nn.Linear(width + int(with_treatment), hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        inputs = 2 * width + 1 if with_treatment else width  # [h, t, t·h]: the effect may depend on h
+        self.net = nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, 1))
         nn.init.constant_(self.net[-1].bias, float(np.log(base_rate / (1 - base_rate))))
 
     def forward(self, summed, treated=None):
         h = torch.relu(summed)
         if self.with_treatment:
-            h = torch.cat([h, treated.reshape(-1, 1)], dim=1)
+            t = treated.reshape(-1, 1)
+            h = torch.cat([h, t, t * h], dim=1)
         return self.net(h).squeeze(1)
 
 
