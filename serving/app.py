@@ -20,15 +20,16 @@ from wenlv.serving.state import ServingState
 log = logging.getLogger(__name__)
 
 
-DESCRIPTION = """Wenlv serving API: POI recommendations for visitors (and, from other routers, itineraries).
+DESCRIPTION = """Wenlv serving API: POI recommendations for visitors, itineraries, and campaigns for marketers.
 
 Every route under `/v1` needs `Authorization: Bearer <API key>`; a key has a role
 (visitor-app, marketer, analyst, admin) and a tenant. Errors are JSON
 `{"error": code, "message": text}`."""
 
 
-def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None) -> FastAPI:
-    """The app over `state` (current model + store); `lifecycle` (a ChampionFollower) is started and stopped with it."""
+def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) -> FastAPI:
+    """The app over `state` (current model + store); `lifecycle` (a ChampionFollower) is started and stopped with it;
+    `db` is the campaign database engine (default: made from the settings on first use)."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
@@ -45,15 +46,15 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None) -> FastAP
 
     app = FastAPI(title="Wenlv", version="1.0", description=DESCRIPTION, lifespan=lifespan)
     metrics = Metrics()
-    app.state.serving, app.state.keys, app.state.metrics = state, keys, metrics
+    app.state.serving, app.state.keys, app.state.metrics, app.state.db = state, keys, metrics, db
     if state.model is not None:
         metrics.model_info.labels(state.model.version).set(1)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _install_error_handlers(app)
 
-    from wenlv.serving.routers import health, itineraries, recommendations
+    from wenlv.serving.routers import campaigns, health, itineraries, recommendations
 
-    for module in (health, recommendations, itineraries):
+    for module in (health, recommendations, itineraries, campaigns):
         app.include_router(module.router)
     return app
 

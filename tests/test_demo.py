@@ -35,7 +35,7 @@ def demo(tmp_path_factory):
 def test_summary_has_every_stage_and_the_promised_keys(demo):
     summary, _, _ = demo
     assert summary["scale"] == "tiny"
-    assert list(summary["stages"]) == ["data", "features", "train", "serving", "itinerary"]
+    assert list(summary["stages"]) == ["data", "features", "train", "serving", "itinerary", "campaign"]
     assert all(seconds > 0 for seconds in summary["stages"].values())
     for key in ("people", "pois", "visits"):
         assert summary["data"][key] > 0
@@ -49,6 +49,12 @@ def test_summary_has_every_stage_and_the_promised_keys(demo):
         assert key in summary["serving"], key
     for key in ("plans", "feasible_share", "mean_stops_per_day", "mean_solve_ms"):
         assert key in summary["itinerary"], key
+    for key in ("audience_size", "holdout_size", "prospect_share", "audience_precision", "random_precision",
+                "baseline_precision", "true_incremental_revenue_cny"):
+        assert key in summary["campaign"], key
+    campaign = summary["campaign"]
+    assert campaign["holdout_size"] < campaign["audience_size"] and campaign["prospect_share"] == 1.0
+    assert campaign["audience_precision"] > campaign["random_precision"]
 
 
 def test_the_stages_agree_with_each_other_and_with_the_files(demo):

@@ -21,6 +21,7 @@ STAGES = (
     ("train", "wenlv.training.demo_stage"),
     ("serving", "wenlv.serving.demo_stage"),
     ("itinerary", "wenlv.itinerary.demo_stage"),
+    ("campaign", "wenlv.marketing.demo_stage"),
 )
 
 

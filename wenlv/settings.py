@@ -58,6 +58,15 @@ class Settings(BaseSettings):
                                      description="campaign and ledger database (postgresql://...); unset: SQLite file")
     database_sqlite: Path = Field(HOME / ".wenlv" / "wenlv.sqlite", alias="WENLV_DATABASE_SQLITE",
                                   description="SQLite campaign and ledger database, when DATABASE_URL is unset")
+    # Campaigns
+    min_audience_size: int = Field(1000, ge=1, alias="WENLV_MIN_AUDIENCE_SIZE",
+                                   description="smallest audience a campaign may export (a tenant may set its own)")
+    export_secret: SecretStr | None = Field(None, alias="WENLV_EXPORT_SECRET",
+                                            description="secret of the per-partner, per-campaign export pseudonyms; "
+                                                        "unset: a random secret kept beside the SQLite database")
+    alignment_key: SecretStr | None = Field(None, alias="WENLV_ALIGNMENT_KEY",
+                                            description="key the parties share to align propensity features "
+                                                        "(keyed pseudonym); unset: a file beside the SQLite database")
     # BLAS
     openblas_num_threads: int = Field(1, ge=1, alias="OPENBLAS_NUM_THREADS",
                                       description="BLAS threads (implicit ALS wants 1)")
