@@ -10,13 +10,12 @@ The demo data is small, so the demo tenant's minimum audience is set to half the
 """
 from __future__ import annotations
 
-import secrets
 from datetime import timedelta
 
 import numpy as np
 
 from wenlv.db import engine as db_engine
-from wenlv.marketing import alignment, audience, prospects, targets
+from wenlv.marketing import audience, prospects, targets
 from wenlv.marketing import campaigns as store
 from wenlv.marketing.simulate import simulate_delivery
 
@@ -28,8 +27,8 @@ def run(ctx) -> dict:
     data_dir = ctx.results["data"]["_paths"]["data_dir"]
     evaluation = prospects.evaluate(data_dir, seed=ctx.seed, reps=100, progress=ctx.progress)
     model, data, label = evaluation["_model"], evaluation["_test_data"], evaluation["_label"]
-    key = secrets.token_bytes(32)  # the demo's own alignment key: nothing outside this run can link its tokens
-    tokens = alignment.pseudonyms(data.phones, key)
+    key = evaluation["_carrier_token_key"]  # the run's own: nothing outside this demo can link its tokens
+    tokens = data.tokens
     candidates = targets.from_propensity(tokens, model.score(data), data.has_internet, data.home_city,
                                          f"propensity@{data.as_of}")
     engine = db_engine.make_engine(f"sqlite:///{ctx.workdir / 'campaigns.sqlite'}")

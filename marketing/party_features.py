@@ -5,7 +5,8 @@ must be fitted on an earlier window (signals before a cut, labels after it) and 
 at the split, so it needs the same features "as of" any date. Each function here reads
 one party's raw tables and nothing else — the step each party's own job would run — and
 returns one row per person of that party, keyed by phone. The phone stays inside the
-party: `alignment.align` replaces it by the cross-party pseudonym before anything leaves.
+party: `alignment` (PSI through the carrier hub) gives each row its user token, and rows
+are joined on tokens only.
 """
 from __future__ import annotations
 
@@ -88,6 +89,6 @@ def tourism_visits(data_dir) -> pd.DataFrame:
 
 
 def visited_between(visits: pd.DataFrame, start: date, end: date) -> set:
-    """Phones with a visit on a day in [start, end)."""
+    """The user tokens (visits aligned by PSI) of everyone with a visit on a day in [start, end)."""
     day = visits.day
-    return set(visits.phone[(day >= pd.Timestamp(start)) & (day < pd.Timestamp(end))])
+    return set(visits.token[(day >= pd.Timestamp(start)) & (day < pd.Timestamp(end))])

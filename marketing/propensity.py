@@ -14,6 +14,7 @@ question, asked where the answer is not yet known.
 """
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 
@@ -24,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from wenlv.errors import WenlvError
+from wenlv.marketing import alignment
 from wenlv.marketing import party_features as pf
 from wenlv.training.towers import MaskedSum
 
@@ -37,7 +39,7 @@ class PropensityData:
     """People aligned across the parties (row i is one person in every frame), as of one date."""
 
     as_of: date
-    phones: np.ndarray                 # inside the in-process simulation only: joins truth and pseudonyms
+    tokens: np.ndarray                 # the carrier-issued user token of each row (PSI-aligned)
     frames: dict[str, np.ndarray]      # party -> float matrix, its own columns
     columns: dict[str, list[str]]
     home_city: np.ndarray
@@ -46,30 +48,47 @@ class PropensityData:
     signals: pd.DataFrame = field(default_factory=pd.DataFrame)  # the single-party peer signals
 
 
-def build_data(data_dir, as_of: date, visits: pd.DataFrame | None = None, with_label: bool = True) -> PropensityData:
-    """Consenting subscribers with no visit before `as_of`, each party's features aligned to them."""
+def build_data(data_dir, as_of: date, visits: pd.DataFrame | None = None, with_label: bool = True,
+               key: bytes | None = None) -> PropensityData:
+    """Consenting subscribers with no visit before `as_of`, each party's features aligned to them.
+
+    Each party's rows are keyed by the user token PSI gives them (`alignment`), and the
+    parties' rows are joined on tokens, never on phone numbers. `key` is the carrier's
+    token key (default: fresh for this call, so its tokens link to nothing else).
+    """
+    key = key if key is not None else secrets.token_bytes(32)
     visits = pf.tourism_visits(data_dir) if visits is None else visits
     carrier = pf.carrier_features(data_dir, as_of)
+    carrier_phones = carrier.pop("phone").to_numpy()
+    carrier.index = alignment.carrier_tokens(carrier_phones, key)
     internet = pf.internet_features(data_dir, as_of)
+    internet.index = alignment.partner_tokens(internet.pop("phone").to_numpy(), carrier_phones, carrier.index.to_numpy(),
+                                              "propensity/internet")
+    internet = internet[internet.index.notna()]
+    visitors = visits.drop_duplicates("phone")
+    visitor_token = pd.Series(alignment.partner_tokens(visitors.phone.to_numpy(), carrier_phones,
+                                                       carrier.index.to_numpy(), "propensity/tourism"),
+                              index=visitors.phone.to_numpy())
+    visits = visits.assign(token=visits.phone.map(visitor_token)).dropna(subset=["token"])
     history = pf.visited_between(visits, date(1900, 1, 1), as_of)
-    carrier = carrier[~carrier.phone.isin(history)].reset_index(drop=True)
-    internet = internet.set_index("phone").reindex(carrier.phone)  # dense: a row for everyone
+    carrier = carrier[~carrier.index.isin(history)]
+    internet = internet.reindex(carrier.index)  # dense: a row for everyone
     has_internet = internet.notna().all(axis=1).to_numpy()
     never = {c: np.log1p(pf.NEVER_DAYS) for c in internet.columns if c.startswith("log_days_since")}
     internet = internet.fillna(never).fillna(0.0)
     internet["has_account"] = has_internet.astype(np.float64)
-    carrier_cols = [c for c in carrier.columns if c not in ("phone", "home_city")]
+    carrier_cols = [c for c in carrier.columns if c != "home_city"]
     internet_cols = list(internet.columns)
     label = None
     if with_label:
         later = pf.visited_between(visits, as_of, as_of + timedelta(days=LABEL_DAYS))
-        label = carrier.phone.isin(later).to_numpy()
+        label = carrier.index.isin(later)
     signals = pd.DataFrame({  # the peers an analyst would build first (features/signal.py's three)
         "carrier_home_distance": -carrier.log_home_distance.to_numpy(),
         "carrier_days_present": carrier.days_present_all.to_numpy(),
         "internet_travel_events_28d": internet.travel_events_28.to_numpy(),
     })
-    return PropensityData(as_of, carrier.phone.to_numpy(), {
+    return PropensityData(as_of, carrier.index.to_numpy(), {
         "carrier": carrier[carrier_cols].to_numpy(np.float32), "internet": internet[internet_cols].to_numpy(np.float32)},
         {"carrier": carrier_cols, "internet": internet_cols}, carrier.home_city.to_numpy(), has_internet, label, signals)
 
@@ -122,7 +141,7 @@ class PropensityModel:
         channel = MaskedSum(PARTIES)
         out = []
         with torch.no_grad():
-            for start in range(0, len(data.phones), batch):
+            for start in range(0, len(data.tokens), batch):
                 parts = {p: self.bottoms[p](torch.from_numpy(data.frames[p][start:start + batch])).numpy()
                          for p in PARTIES}
                 summed = torch.from_numpy(channel(parts))
@@ -140,7 +159,7 @@ class PropensityModel:
 
 def subset(data: PropensityData, rows: np.ndarray, label: np.ndarray) -> PropensityData:
     """The same people's rows `rows`, with a new label (e.g. an earlier campaign's members and outcomes)."""
-    return PropensityData(data.as_of, data.phones[rows], {p: f[rows] for p, f in data.frames.items()}, data.columns,
+    return PropensityData(data.as_of, data.tokens[rows], {p: f[rows] for p, f in data.frames.items()}, data.columns,
                           data.home_city[rows], data.has_internet[rows], np.asarray(label, dtype=bool),
                           data.signals.iloc[rows].reset_index(drop=True))
 

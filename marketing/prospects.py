@@ -9,6 +9,7 @@ window. Every lift has a 95% bootstrap interval (people resampled, all scores to
 """
 from __future__ import annotations
 
+import secrets
 from datetime import date
 
 import numpy as np
@@ -21,7 +22,7 @@ from wenlv.errors import WenlvError
 from wenlv.features import contracts as C
 from wenlv.features import io
 from wenlv.marketing import party_features as pf
-from wenlv.marketing import propensity, uplift
+from wenlv.marketing import alignment, propensity, uplift
 
 
 TOP_SHARE = 0.05
@@ -63,6 +64,12 @@ class Lifts:
         return round(point, 3), [round(float(np.percentile(draws, q)), 3) for q in (2.5, 97.5)]
 
 
+def _truth_by_token(data_dir, columns: list[str], key: bytes) -> pd.DataFrame:
+    """The judge's view: truth/people indexed by the user token the carrier issued under `key`."""
+    truth = io.read_pandas(data_dir, C.TRUTH_PEOPLE, ["phone", *columns])
+    return truth.drop(columns="phone").set_index(alignment.carrier_tokens(truth.phone, key))
+
+
 def logistic_peer(cut_data: propensity.PropensityData):
     """The centralised peer: a logistic regression on the three single-party signals, fitted at the cut."""
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
@@ -79,11 +86,12 @@ def evaluate(data_dir, *, seed: int = 0, share: float = TOP_SHARE, reps: int = B
     split = date.fromisoformat(meta["split_date"])
     cut = propensity.cut_date(split)
     visits = pf.tourism_visits(data_dir)
+    key = secrets.token_bytes(32)  # this run's carrier token key: its tokens link to nothing else
     train_data = propensity.build_data(data_dir, cut, visits)
-    test_data = propensity.build_data(data_dir, split, visits, with_label=False)
+    test_data = propensity.build_data(data_dir, split, visits, with_label=False, key=key)
     model = propensity.train(train_data, seed=seed, epochs=epochs, progress=progress)
-    truth = io.read_pandas(data_dir, C.TRUTH_PEOPLE, ["phone", "is_prospect"]).set_index("phone").is_prospect
-    label = truth.reindex(test_data.phones).fillna(False).to_numpy(bool)
+    truth = _truth_by_token(data_dir, ["is_prospect"], key).is_prospect
+    label = truth.reindex(test_data.tokens).fillna(False).to_numpy(bool)
     peer = logistic_peer(train_data)
     scores = {"federated_propensity": model.score(test_data).astype(np.float64),
               "logistic_on_signals": peer.decision_function(test_data.signals.to_numpy())}
@@ -108,7 +116,7 @@ def evaluate(data_dir, *, seed: int = 0, share: float = TOP_SHARE, reps: int = B
         "peers_lift_vs_random": {name: lifts.ratio(name)[0] for name in peers},
         "peers_lift_vs_random_95ci": {name: lifts.ratio(name)[1] for name in peers},
         "bootstrap_resamples": reps,
-        "_model": model, "_test_data": test_data, "_label": label,
+        "_model": model, "_test_data": test_data, "_label": label, "_carrier_token_key": key,
     }
 
 
@@ -124,11 +132,12 @@ def synthetic_uplift(data_dir, *, seed: int = 0, test_share: float = 0.5) -> dic
     meta = io.read_meta(data_dir)
     split = date.fromisoformat(meta["split_date"])
     visits = pf.tourism_visits(data_dir)
+    key = secrets.token_bytes(32)
     train_data = propensity.build_data(data_dir, propensity.cut_date(split), visits)
-    data = propensity.build_data(data_dir, split, visits, with_label=False)
-    truth = io.read_pandas(data_dir, C.TRUTH_PEOPLE, ["phone", "is_prospect", "campaign_response"]).set_index("phone")
-    natural = truth.is_prospect.reindex(data.phones).fillna(False).to_numpy(bool)
-    response = truth.campaign_response.reindex(data.phones).fillna(0.0).to_numpy(float)
+    data = propensity.build_data(data_dir, split, visits, with_label=False, key=key)
+    truth = _truth_by_token(data_dir, ["is_prospect", "campaign_response"], key)
+    natural = truth.is_prospect.reindex(data.tokens).fillna(False).to_numpy(bool)
+    response = truth.campaign_response.reindex(data.tokens).fillna(0.0).to_numpy(float)
     rng = np.random.default_rng(seed)
     treated = rng.random(len(natural)) < 0.5
     came = natural | (treated & (rng.random(len(natural)) < response))

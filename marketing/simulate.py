@@ -41,12 +41,13 @@ def simulate_delivery(engine: Engine, campaign_id: int, data_dir, seed: int, key
     if meta is None or not io.table_path(data_dir, C.TRUTH_PEOPLE).exists():
         raise WenlvError(f"{data_dir} has no truth/: the simulator needs generated data")
     people = io.read_pandas(data_dir, C.TRUTH_PEOPLE, ["phone", "campaign_response"])
-    people["token"] = alignment.pseudonyms(people.phone, key or alignment.alignment_key())
+    # The world, and the carrier delivering the campaign: it resolves its own user tokens.
+    people["token"] = alignment.carrier_tokens(people.phone, key or alignment.carrier_token_key())
     members = pd.DataFrame(rows)[["token", "arm"]].merge(people, on="token", how="left")
     unknown = int(members.phone.isna().sum())
     if unknown:
         raise WenlvError(f"{unknown} of {len(members)} audience tokens are not people of {data_dir} under this "
-                         f"alignment key: only audiences built from this data (target destination) can be simulated")
+                         f"carrier token key: only audiences built from this data (target destination) can be simulated")
     split = pd.Timestamp(meta["split_date"])
     visits = pf.tourism_visits(data_dir)
     test = visits[visits.day >= split]

@@ -1,7 +1,7 @@
 """Where a campaign's candidates come from, per target kind (used by the CLI and the demo).
 
 destination: the federated propensity, trained on the earlier window of a raw data folder
-and scored as of its split, tokens from the alignment key; pois, category, lookalike: a
+and scored as of its split, tokens from PSI alignment (the carrier's token key); pois, category, lookalike: a
 model bundle's user factors (a folder, or the registry's champion), consent from the feature
 blocks it was trained on.
 """
@@ -35,8 +35,9 @@ def destination(data_dir, *, seed: int = 0, key: bytes | None = None, progress: 
         raise WenlvError(f"{data_dir} has no meta.json: pass the scoring date (--as-of)")
     split = as_of or date.fromisoformat(meta["split_date"])
     visits = pf.tourism_visits(data_dir)
-    data = propensity.build_data(data_dir, split, visits, with_label=False)
-    tokens = alignment.pseudonyms(data.phones, key or alignment.alignment_key())
+    data = propensity.build_data(data_dir, split, visits, with_label=False,
+                                 key=key or alignment.carrier_token_key())
+    tokens = data.tokens
     if uplift_from is not None:
         engine, earlier = uplift_from
         model, learnt = uplift_targeting.fit(data, tokens, uplift_targeting.campaign_outcomes(engine, earlier), seed)

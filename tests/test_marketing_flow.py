@@ -19,7 +19,7 @@ from wenlv.marketing.campaigns import CampaignSpec
 from wenlv.marketing.simulate import simulate_delivery
 from tests.support.campaign_db import sqlite_engine
 
-KEY = b"test-alignment-key"
+KEY = b"test-carrier-token-key"  # the carrier's user-token key (PSI alignment)
 
 
 @pytest.fixture(scope="module")

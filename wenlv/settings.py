@@ -64,9 +64,10 @@ class Settings(BaseSettings):
     export_secret: SecretStr | None = Field(None, alias="WENLV_EXPORT_SECRET",
                                             description="secret of the per-partner, per-campaign export pseudonyms; "
                                                         "unset: a random secret kept beside the SQLite database")
-    alignment_key: SecretStr | None = Field(None, alias="WENLV_ALIGNMENT_KEY",
-                                            description="key the parties share to align propensity features "
-                                                        "(keyed pseudonym); unset: a file beside the SQLite database")
+    carrier_token_key: SecretStr | None = Field(None, alias="WENLV_CARRIER_TOKEN_KEY",
+                                                description="the carrier's key for the user tokens it issues in PSI "
+                                                            "alignment (it resolves them at delivery); unset: a 0600 "
+                                                            "file beside the SQLite database")
     # BLAS
     openblas_num_threads: int = Field(1, ge=1, alias="OPENBLAS_NUM_THREADS",
                                       description="BLAS threads (implicit ALS wants 1)")
