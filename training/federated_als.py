@@ -49,6 +49,7 @@ import threading
 import uuid
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -59,6 +60,7 @@ from wenlv.privacy.audit import AuditLog
 from wenlv.privacy.secure_agg import (DEFAULT_FRAC_BITS, Aggregator, DropoutError, Identity, MaskingParty,
                                 PartyUnavailable, SecureAggError)
 from wenlv.training.item_cg import item_cg_step, with_ridge
+from wenlv.training.party_api import Party
 from wenlv.training.sparse_rows import RS_EPS, row_pass
 from wenlv.errors import WenlvError
 from wenlv.memory import plain_pages_empty
@@ -217,9 +219,12 @@ class FederatedALSParty:
     The same object runs in-process or behind privacy.transport in its own process.
     """
 
+    remote = False  # training.party_api.Party: called in this process
+
     def __init__(self, name: str, user_items: sp.csr_matrix, alpha: float = 1.0,
-                 identity: Identity | None = None):
+                 identity: Identity | None = None, state_dir=None):
         self.name = name
+        self.state_dir = None if state_dir is None else Path(state_dir)  # where `save` keeps its item factors
         C = sp.csr_matrix(user_items, dtype=np.float32)
         C.sort_indices()
         if alpha != 1.0:
@@ -344,6 +349,18 @@ class FederatedALSParty:
         """The party's own item factors (it may publish them; the tourism POI factors go to serving)."""
         return self._Y.copy()
 
+    def save(self, run_id: str) -> str:
+        """Keep the item factors on this party's own disk (``<state_dir>/als/<run>/``); "" without one."""
+        if self.state_dir is None or self._Y is None:
+            return ""
+        if not run_id.replace("-", "").isalnum():
+            raise WenlvError(f"{self.name}: run id {run_id!r} is not a plain name")
+        folder = self.state_dir / "als" / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.name}_item_factors.npy"
+        np.save(path, self._Y)
+        return str(path)
+
 
 # --------------------------------------------------------------------- the estimator
 class FederatedALS:
@@ -406,15 +423,16 @@ class FederatedALS:
         parties = {p: FederatedALSParty(p, m, alpha=self.alpha) for p, m in user_items.items()}
         return self.fit_parties(parties, init=init, callback=callback)
 
-    def fit_parties(self, parties: dict, init: tuple | None = None, callback=None):
-        """Fit with party handles: FederatedALSParty objects or remote proxies (privacy.transport)."""
+    def fit_parties(self, parties: dict[str, Party], init: tuple | None = None, callback=None):
+        """Fit with :class:`~training.party_api.Party` handles: FederatedALSParty objects in
+        process, or training.remote.RemoteParty over mutual TLS."""
         names = list(parties)
         self.timings_ = {"party_seconds": {}, "calls_sum": 0.0, "calls_max": 0.0, "calls_wall": 0.0,
                          "calls_cpu_sum": 0.0, "calls_cpu_max": 0.0, "cpu_measured": True}
         fit_cpu = time.process_time()
         self._work: dict[str, np.ndarray] = {}
         fit_start = time.perf_counter()
-        info = self._call(parties, "describe", {p: () for p in names})
+        info = self._each(parties, lambda name, party: party.describe())
         n_users = {i["n_users"] for i in info.values()}
         if len(n_users) != 1:
             raise WenlvError(f"party blocks are not aligned on users: { {p: i['n_users'] for p, i in info.items()} }")
@@ -436,9 +454,9 @@ class FederatedALS:
         self.audit_log = AuditLog(self.audit_path)
         agg = Aggregator(run_id, tuple(names), identities, self.fixed_point_bits, audit=self.audit_log)
         agg.record_view = self.record_view
-        self._call(parties, "setup", {p: (names, identities, self.factors, self.regularization, self.cg_steps,
-                                          self.dtype.str, self.fixed_point_bits, self.num_threads, Y0[p])
-                                      for p in names})
+        self._each(parties, lambda name, party: party.setup(names, identities, self.factors, self.regularization,
+                                                            self.cg_steps, self.dtype.str, self.fixed_point_bits,
+                                                            self.num_threads, Y0[name]))
         round_no = 0
         with tqdm(total=self.iterations, disable=not self.show_progress, desc="federated ALS") as bar:
             for iteration in range(self.iterations):
@@ -451,12 +469,12 @@ class FederatedALS:
                         agg.abort_round()
                         self.rounds_aborted_ += 1
                         log.warning("iteration %d: %s; re-keying", iteration, exc)
-                        self._call(parties, "end_round", {p: (run_id, round_no) for p in names}, tolerate=True)
+                        self._each(parties, lambda name, party: party.end_round(run_id, round_no), tolerate=True)
                         if attempt == self.max_retries:
                             raise SecureAggError(f"iteration {iteration}: {self.max_retries + 1} rounds aborted; "
                                                  f"giving up (last: {exc})") from exc
                 XtX = self._user_gram(X)  # once for every party's item step
-                self._call(parties, "item_step", {p: (X, XtX) for p in names})
+                self._each(parties, lambda name, party: party.item_step(X, XtX))
                 bar.update(1)
                 if callback:
                     callback(iteration)
@@ -464,7 +482,8 @@ class FederatedALS:
         self._work = {}  # the CG work buffers (≈ 4 · 8 · users · factors bytes) are not kept after the fit
         self.parties_ = names
         collect = names if self.collect_items is None else [p for p in names if p in self.collect_items]
-        self.item_factors = self._call(parties, "item_factors", {p: () for p in collect})
+        self.saved_ = self._each(parties, lambda name, party: party.save(run_id))
+        self.item_factors = self._each(parties, lambda name, party: party.item_factors(), only=collect)
         self.transcript = agg.view
         t = self.timings_
         t["wall_seconds"] = time.perf_counter() - fit_start
@@ -485,13 +504,14 @@ class FederatedALS:
         names = list(parties)
         reg = float(np.float32(self.regularization))  # as implicit has it: λ passes through a C float
         agg.open_round(round_no)
-        for ann in self._call(parties, "announce", {p: (run_id, round_no) for p in names}).values():
+        for ann in self._each(parties, lambda name, party: party.announce(run_id, round_no)).values():
             agg.receive_key(ann)
         keys = agg.keys()
-        self._call(parties, "receive_keys", {p: (run_id, round_no, keys) for p in names})
+        self._each(parties, lambda name, party: party.receive_keys(run_id, round_no, keys))
 
-        nonempty = self._stage(parties, agg, "support", "support", (run_id, round_no), integer=True) != 0
-        G = self._stage(parties, agg, "gram", "gram", (run_id, round_no))  # YᵀY = Σ_p Y_pᵀY_p
+        nonempty = self._stage(parties, agg, "support", lambda party: party.support(run_id, round_no),
+                               integer=True) != 0
+        G = self._stage(parties, agg, "gram", lambda party: party.gram(run_id, round_no))  # YᵀY = Σ_p Y_pᵀY_p
         # CG state in the model's precision, as implicit keeps it (float32 halves the coordinator's
         # memory and traffic and what parties read), reused round after round
         work = self._work_dtype()
@@ -520,15 +540,15 @@ class FederatedALS:
             Ap += p[u] @ gram
             _cg_update(X[u], r[u], p[u], Ap, reg, rsold[u], active[u], RS_EPS)
 
-        self._stage(parties, agg, "residual", "r0", (run_id, round_no, "r0", X), consume=start)
+        self._stage(parties, agg, "r0", lambda party: party.residual(run_id, round_no, "r0", X), consume=start)
         for k in range(self.cg_steps):
             if not active.any():
                 break
             stage = f"ap{k + 1}"
-            self._stage(parties, agg, "product", stage, (run_id, round_no, stage, p), consume=step)
+            self._stage(parties, agg, stage, lambda party: party.product(run_id, round_no, stage, p), consume=step)
         X[~nonempty] = 0.0  # users with no interaction anywhere get 0 (as in implicit)
         agg.close_round()
-        self._call(parties, "end_round", {p: (run_id, round_no) for p in names})
+        self._each(parties, lambda name, party: party.end_round(run_id, round_no))
         return X
 
     def _user_gram(self, X: np.ndarray) -> np.ndarray:
@@ -554,15 +574,17 @@ class FederatedALS:
             buf = self._work[name] = plain_pages_empty(shape, dtype)
         return buf
 
-    def _stage(self, parties, agg: Aggregator, method: str, stage: str, args: tuple, integer: bool = False,
-               consume=None):
+    def _stage(self, parties, agg: Aggregator, stage: str, send, integer: bool = False, consume=None):
+        """One stage: every party's masked message (``send(party)``), checked, summed, released."""
         agg.open_stage(stage)
-        agg.submit_all(list(self._call(parties, method, {p: args for p in parties}).values()))
+        agg.submit_all(list(self._each(parties, lambda name, party: send(party)).values()))
         return agg.close_stage(integer=integer, threads=self._threads, consume=consume, dtype=self._work_dtype())
 
     # calling parties (in-process objects or remote proxies) -------------------------------
-    def _call(self, parties: dict, method: str, args: dict, tolerate: bool = False) -> dict:
-        """Call `method` on every party; a party that does not answer raises PartyUnavailable.
+    def _each(self, parties: dict[str, Party], call, only=None, tolerate: bool = False) -> dict:
+        """``call(name, party)`` for every party (or those in `only`), each a method of the
+        :class:`~training.party_api.Party` protocol; a party that does not answer raises
+        PartyUnavailable (ignored with ``tolerate``).
 
         Remote parties are called at once, in-process ones in ``party_threads`` threads (one
         after the other by default). Each call's duration per party goes to ``timings_``, so
@@ -571,7 +593,7 @@ class FederatedALS:
         def one(name):
             start, cpu = time.perf_counter(), time.process_time()
             try:
-                return getattr(parties[name], method)(*args[name])
+                return call(name, parties[name])
             except PartyUnavailable:
                 if tolerate:
                     return None
@@ -581,6 +603,7 @@ class FederatedALS:
                 # one in-process party at a time: the process's CPU time is that party's
                 cpu_spent[name] = time.process_time() - cpu
 
+        args = list(parties) if only is None else [p for p in parties if p in only]
         spent: dict[str, float] = {}
         cpu_spent: dict[str, float] = {}
         remote = any(getattr(h, "remote", False) for h in parties.values())
@@ -614,7 +637,6 @@ def party_main(argv=None) -> int:
     ``python -m training.federated_als --coordinator URL --party NAME --features DIR [--out DIR]``
     """
     import argparse
-    from pathlib import Path
 
     from wenlv.privacy.transport import serve_party
     from wenlv.training.als_data import load_party_block, load_users
