@@ -216,7 +216,7 @@ class FederatedALSParty:
     """One party: its confidence block and item factors, which never leave this object.
 
     Everything it hands out is a masked message (secure_agg) except its public identity.
-    The same object runs in-process or behind privacy.transport in its own process.
+    The same object runs in-process or behind `wenlv party serve` (training.remote) in its own process.
     """
 
     remote = False  # training.party_api.Party: called in this process
@@ -629,38 +629,3 @@ class FederatedALS:
                 t["calls_cpu_max"] += max(cpu_spent.values())
             else:
                 t["cpu_measured"] = False
-
-
-def party_main(argv=None) -> int:
-    """One party in its own process: load only its own block, serve the coordinator over HTTP.
-
-    ``python -m training.federated_als --coordinator URL --party NAME --features DIR [--out DIR]``
-    """
-    import argparse
-
-    from wenlv.privacy.transport import serve_party
-    from wenlv.training.als_data import load_party_block, load_users
-    from wenlv.training.federated_als import FederatedALSParty as Party  # the importable class, not __main__'s
-
-    parser = argparse.ArgumentParser(prog="python -m training.federated_als", description=party_main.__doc__)
-    parser.add_argument("--coordinator", required=True, help="coordinator URL, e.g. http://127.0.0.1:8765")
-    parser.add_argument("--party", required=True)
-    parser.add_argument("--features", required=True, help="this party's feature folder (its block + carrier/users)")
-    parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--out", default=None, help="where this party keeps its item factors after the fit")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.party} %(levelname)s %(message)s")
-    block = load_party_block(args.features, args.party, load_users(args.features))
-    party = Party(args.party, block.matrix, alpha=args.alpha)
-    serve_party(args.coordinator, args.party, party)
-    if args.out and party._Y is not None:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / f"{args.party}_item_factors.npy", party.item_factors())
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(party_main())
