@@ -20,6 +20,7 @@ import dataclasses
 import json
 import struct
 
+import blake3
 import numpy as np
 
 from wenlv.privacy.secure_agg import (DropoutError, KeyAnnouncement, MaskedMessage, PartyUnavailable, ProtocolError,
@@ -30,6 +31,8 @@ MAGIC = b"WLV2"
 PIECE = 1 << 20           # bytes per streamed piece of an array
 MAX_META = 1 << 20        # a skeleton larger than this is refused
 MAX_BODY = 1 << 36        # 64 GiB: refuse absurd declared sizes before allocating
+REF_MIN_BYTES = 1 << 20   # arrays at least this large may go by reference (ArrayCache)
+CACHE_SLOTS = 2
 _DTYPES = frozenset("biuf")  # numeric kinds only (no object, no void, no strings)
 _DATACLASSES = {cls.__name__: cls for cls in (KeyAnnouncement, MaskedMessage)}
 ERRORS = {cls.__name__: cls for cls in (ProtocolError, PartyUnavailable, DropoutError, SecureAggError, WenlvError)}
@@ -39,7 +42,49 @@ class RemotePartyError(WenlvError):
     """A remote party's method failed; the message names the party and the method."""
 
 
-def _skeleton(obj, arrays: list) -> object:
+def array_digest(a: np.ndarray) -> str:
+    """BLAKE3 of an array's dtype, shape and bytes: its name in the receiver's cache."""
+    h = blake3.blake3(f"{a.dtype.str}|{a.shape}|".encode())
+    h.update(memoryview(np.ascontiguousarray(a).reshape(-1)).cast("B"))
+    return h.hexdigest()
+
+
+class ArrayCache:
+    """The last :data:`CACHE_SLOTS` large arrays that crossed, by digest, on both ends of a link.
+
+    The CG start residual needs the user factors each party already received for its last
+    item step: instead of sending them again (users × factors numbers), the coordinator sends
+    their digest and the party takes them from its cache. Both ends update the same way after
+    every call, so they agree on what is cached; an unknown reference is refused (the sender
+    then sends the array itself). Nothing new is revealed: the party holds those values already.
+    """
+
+    def __init__(self):
+        self._items: dict[str, np.ndarray | None] = {}
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self._items
+
+    def get(self, digest: str) -> np.ndarray:
+        a = self._items.get(digest)
+        if a is None:
+            raise ProtocolError(f"unknown array reference {digest[:12]}…")
+        return a
+
+    def put(self, digest: str, array: np.ndarray | None) -> None:
+        """Remember a digest (the receiver keeps the array, read-only; the sender only the digest)."""
+        if array is not None:
+            array.setflags(write=False)
+        self._items.pop(digest, None)
+        self._items[digest] = array
+        while len(self._items) > CACHE_SLOTS:
+            self._items.pop(next(iter(self._items)))
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def _skeleton(obj, arrays: list, known: ArrayCache | None = None, sent_digests: list | None = None) -> object:
     def skel(o):
         if o is None or isinstance(o, (bool, int, float, str)):
             return o
@@ -48,6 +93,13 @@ def _skeleton(obj, arrays: list) -> object:
         if isinstance(o, np.ndarray):
             if o.dtype.kind not in _DTYPES:
                 raise TypeError(f"cannot send a {o.dtype} array over the wire")
+            if known is not None and o.nbytes >= REF_MIN_BYTES:
+                digest = array_digest(o)
+                sent_digests.append(digest)
+                if digest in known:
+                    return {"__ref__": digest}
+                arrays.append(np.ascontiguousarray(o))
+                return {"__nd__": len(arrays) - 1, "dtype": o.dtype.str, "shape": list(o.shape), "cache": digest}
             arrays.append(np.ascontiguousarray(o))
             return {"__nd__": len(arrays) - 1, "dtype": o.dtype.str, "shape": list(o.shape)}
         if isinstance(o, bytes):
@@ -68,10 +120,14 @@ def _skeleton(obj, arrays: list) -> object:
     return skel(obj)
 
 
-def encode_chunks(obj):
-    """The body of `obj` as an iterator of byte pieces (arrays streamed from their buffers)."""
+def encode_chunks(obj, known: ArrayCache | None = None, sent_digests: list | None = None):
+    """The body of `obj` as an iterator of byte pieces (arrays streamed from their buffers).
+
+    With `known` (the sender's mirror of the receiver's :class:`ArrayCache`), a large array
+    the receiver holds goes as a reference; the digests of the large arrays go to `sent_digests`.
+    """
     arrays: list[np.ndarray] = []
-    meta = json.dumps(_skeleton(obj, arrays)).encode()
+    meta = json.dumps(_skeleton(obj, arrays, known, sent_digests if sent_digests is not None else [])).encode()
     yield MAGIC + struct.pack(">I", len(meta)) + meta
     for a in arrays:
         view = memoryview(a.reshape(-1)).cast("B") if a.size else memoryview(b"")
@@ -89,7 +145,8 @@ def body_size(obj) -> int:
 class Decoder:
     """Parses a body fed in pieces of any size into preallocated arrays; :meth:`result` at the end."""
 
-    def __init__(self):
+    def __init__(self, cache: ArrayCache | None = None):
+        self.cache = cache
         self._head = bytearray()
         self._started = False
         self._meta = None
@@ -172,17 +229,26 @@ class Decoder:
     def result(self):
         if not self._started or self._k != len(self._views):
             raise ProtocolError("body ended early (truncated)")
-        return _build(self._meta, self._arrays)
+        return _build(self._meta, self._arrays, self.cache)
 
 
-def _build(meta, arrays):
+def _build(meta, arrays, cache: ArrayCache | None = None):
     def build(o):
         if isinstance(o, list):
             return [build(v) for v in o]
         if not isinstance(o, dict):
             return o
+        if "__ref__" in o:
+            if cache is None:
+                raise ProtocolError("array reference without a cache")
+            return cache.get(o["__ref__"])
         if "__nd__" in o:
-            return arrays[o["__nd__"]]
+            a = arrays[o["__nd__"]]
+            if "cache" in o and cache is not None:
+                if array_digest(a) != o["cache"]:
+                    raise ProtocolError("cached array does not match its digest")
+                cache.put(o["cache"], a)
+            return a
         if "__bytes__" in o:
             return bytes.fromhex(o["__bytes__"])
         if "__tuple__" in o:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import uvicorn
 
-from wenlv.privacy import tls
+from wenlv.privacy import tls, transport
 from wenlv.privacy.secure_agg import Identity, KeyAnnouncement, MaskedMessage, MaskingParty, PartyUnavailable, ProtocolError
 from wenlv.privacy.transport import Decoder, body_size, decode, encode, encode_chunks
 from wenlv.training.federated_als import FederatedALS, FederatedALSParty, init_factors
@@ -98,9 +98,12 @@ def toy():
     return blocks
 
 
-def test_remote_parties_over_mtls_equal_in_process_and_keep_their_factors(toy, certs, tmp_path):
+@pytest.mark.parametrize("ring_bits", [64, 32])
+def test_remote_parties_over_mtls_equal_in_process_and_keep_their_factors(toy, certs, tmp_path, ring_bits, monkeypatch):
     folder, _ = certs
-    params = dict(factors=5, iterations=3, show_progress=False, dtype=np.float64)
+    monkeypatch.setattr(transport, "REF_MIN_BYTES", 1024)   # toy arrays are small: let them go by reference
+    params = dict(factors=5, iterations=3, show_progress=False, dtype=np.float64, ring_bits=ring_bits,
+                  fixed_point_bits=24)
     init = init_factors(120, {p: m.shape[1] for p, m in toy.items()}, 5, 1, np.float64)
     local = FederatedALS(**params).fit(toy, init=init)
     services = {p: Service(FederatedALSParty(p, m, state_dir=tmp_path / p), folder) for p, m in toy.items()}
@@ -119,11 +122,15 @@ def test_remote_parties_over_mtls_equal_in_process_and_keep_their_factors(toy, c
     for p in ("carrier", "internet"):   # kept at home, on the party's own disk
         assert np.array_equal(np.load(model.saved_[p]), local.item_factors[p])
         assert str(tmp_path / p) in model.saved_[p]
-    # a masked CG vector goes up as users × factors ring elements (8 bytes) plus a small header
+    # a masked CG vector goes up as users × factors ring elements plus a small header
     ap1 = stats.by_stage["ap1"]
     assert ap1["calls"] == 3 * 3
-    per_call_up = ap1["received"] / ap1["calls"]
-    assert 120 * 5 * 8 < per_call_up < 120 * 5 * 8 + 2048
+    floor = 120 * 5 * ring_bits // 8
+    assert floor < ap1["received"] / ap1["calls"] < floor + 2048
+    # the CG start needs the user factors the parties got for their last item step: sent by
+    # reference (a digest) except in the first round, where they come from the initial factors
+    r0 = stats.by_stage["r0"]
+    assert r0["sent"] < 3 * (120 * 5 * 8) + 6 * 2048
 
 
 def test_stranger_certificate_and_replayed_request_are_refused(toy, certs, tmp_path):

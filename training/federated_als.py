@@ -57,7 +57,7 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from wenlv.privacy.audit import AuditLog
-from wenlv.privacy.secure_agg import (DEFAULT_FRAC_BITS, Aggregator, DropoutError, Identity, MaskingParty,
+from wenlv.privacy.secure_agg import (DEFAULT_FRAC_BITS, RING_BITS, Aggregator, DropoutError, Identity, MaskingParty,
                                 PartyUnavailable, SecureAggError)
 from wenlv.training.item_cg import item_cg_step, with_ridge
 from wenlv.training.party_api import Party
@@ -248,10 +248,11 @@ class FederatedALSParty:
                 "identity": self.identity.public_bytes}
 
     def setup(self, parties: list, identities: dict, factors: int, regularization: float, cg_steps: int,
-              dtype: str, frac_bits: int, num_threads: int = 0, item_factors=None, random_state=None) -> None:
+              dtype: str, frac_bits: int, num_threads: int = 0, item_factors=None, random_state=None,
+              ring_bits: int = 64) -> None:
         self._masking = MaskingParty(self.identity, tuple(parties), identities, frac_bits)
         self._cfg = dict(regularization=float(regularization), cg_steps=int(cg_steps), dtype=np.dtype(dtype),
-                         num_threads=int(num_threads))
+                         num_threads=int(num_threads), ring_bits=int(ring_bits))
         self._threads = resolve_threads(num_threads)
         # confidences in the model's dtype, as implicit computes with them (float32 ~1.3x faster)
         self._data = self._C.data if self._cfg["dtype"] == np.float32 else self._C.data.astype(np.float64)
@@ -300,7 +301,7 @@ class FederatedALSParty:
             return terms.reshape(-1)
 
         return self._masking.mask_rows(run_id, round_no, stage, V.shape, rows, out=self._payload_buffer(V.size),
-                                       threads=self._threads)
+                                       threads=self._threads, ring_bits=self._cfg["ring_bits"])
 
     # secure aggregation rounds ------------------------------------------------------------
     def announce(self, run_id: str, round_no: int):
@@ -371,6 +372,8 @@ class FederatedALS:
     every core) is the thread count of each party's own work (masking, item step) and of the
     coordinator's (dense products, digests, sums) — results do not depend on it;
     ``fixed_point_bits`` sets the ring encoding (2^-bits resolution, ±2^(63-bits) range).
+    ``ring_bits`` = 32 sends the CG stages' masked vectors on Z_2^32 (half the bytes; each value
+    then within ±2^(31-bits)/parties, checked; e.g. 24 fractional bits: ±42, 6e-8 resolution).
     ``max_retries`` bounds re-keyed retries of a round after a dropout. ``audit_path``
     writes the hash-chained protocol log as JSON lines; ``record_view`` keeps every masked
     message the coordinator received in ``.transcript`` (for tests and audits).
@@ -388,13 +391,16 @@ class FederatedALS:
                  dtype=np.float32, iterations: int = 15, cg_steps: int = 3, random_state=None,
                  fixed_point_bits: int = DEFAULT_FRAC_BITS, num_threads: int = 0, max_retries: int = 3,
                  audit_path=None, record_view: bool = False, show_progress: bool = True,
-                 run_id: str | None = None, collect_items=None, party_threads: int = 1):
+                 run_id: str | None = None, collect_items=None, party_threads: int = 1, ring_bits: int = 64):
         self.factors, self.regularization, self.alpha = factors, regularization, alpha
         self.dtype, self.iterations, self.cg_steps = np.dtype(dtype), iterations, cg_steps
         self.random_state, self.fixed_point_bits, self.num_threads = random_state, fixed_point_bits, num_threads
         self.max_retries, self.audit_path, self.record_view = max_retries, audit_path, record_view
         self.show_progress, self.run_id = show_progress, run_id
         self.collect_items = collect_items
+        if ring_bits not in RING_BITS:
+            raise WenlvError(f"ring_bits must be one of {RING_BITS}, got {ring_bits}")
+        self.ring_bits = int(ring_bits)
         if int(party_threads) < 1:
             raise WenlvError(f"party_threads must be at least 1, got {party_threads}")
         self.party_threads = int(party_threads)
@@ -456,7 +462,7 @@ class FederatedALS:
         agg.record_view = self.record_view
         self._each(parties, lambda name, party: party.setup(names, identities, self.factors, self.regularization,
                                                             self.cg_steps, self.dtype.str, self.fixed_point_bits,
-                                                            self.num_threads, Y0[name]))
+                                                            self.num_threads, Y0[name], None, self.ring_bits))
         round_no = 0
         with tqdm(total=self.iterations, disable=not self.show_progress, desc="federated ALS") as bar:
             for iteration in range(self.iterations):
@@ -540,12 +546,14 @@ class FederatedALS:
             Ap += p[u] @ gram
             _cg_update(X[u], r[u], p[u], Ap, reg, rsold[u], active[u], RS_EPS)
 
-        self._stage(parties, agg, "r0", lambda party: party.residual(run_id, round_no, "r0", X), consume=start)
+        self._stage(parties, agg, "r0", lambda party: party.residual(run_id, round_no, "r0", X), consume=start,
+                    ring_bits=self.ring_bits)
         for k in range(self.cg_steps):
             if not active.any():
                 break
             stage = f"ap{k + 1}"
-            self._stage(parties, agg, stage, lambda party: party.product(run_id, round_no, stage, p), consume=step)
+            self._stage(parties, agg, stage, lambda party: party.product(run_id, round_no, stage, p), consume=step,
+                        ring_bits=self.ring_bits)
         X[~nonempty] = 0.0  # users with no interaction anywhere get 0 (as in implicit)
         agg.close_round()
         self._each(parties, lambda name, party: party.end_round(run_id, round_no))
@@ -574,9 +582,10 @@ class FederatedALS:
             buf = self._work[name] = plain_pages_empty(shape, dtype)
         return buf
 
-    def _stage(self, parties, agg: Aggregator, stage: str, send, integer: bool = False, consume=None):
+    def _stage(self, parties, agg: Aggregator, stage: str, send, integer: bool = False, consume=None,
+               ring_bits: int = 64):
         """One stage: every party's masked message (``send(party)``), checked, summed, released."""
-        agg.open_stage(stage)
+        agg.open_stage(stage, ring_bits)
         agg.submit_all(list(self._each(parties, lambda name, party: send(party)).values()))
         return agg.close_stage(integer=integer, threads=self._threads, consume=consume, dtype=self._work_dtype())
 

@@ -31,7 +31,8 @@ class Party(Protocol):
         """Public facts: name, users, items of its block, its identity (signing) key."""
 
     def setup(self, parties: list, identities: dict, factors: int, regularization: float, cg_steps: int,
-              dtype: str, frac_bits: int, num_threads: int = 0, item_factors=None, random_state=None) -> None:
+              dtype: str, frac_bits: int, num_threads: int = 0, item_factors=None, random_state=None,
+              ring_bits: int = 64) -> None:
         """Join a run: peers' identity keys, the model's parameters, its initial item factors."""
 
     def announce(self, run_id: str, round_no: int) -> KeyAnnouncement:

@@ -32,7 +32,7 @@ from starlette.concurrency import run_in_threadpool
 
 from wenlv.privacy import tls
 from wenlv.privacy.secure_agg import PartyUnavailable, ProtocolError
-from wenlv.privacy.transport import ERRORS, Decoder, RemotePartyError, encode_chunks
+from wenlv.privacy.transport import ERRORS, ArrayCache, Decoder, RemotePartyError, encode_chunks
 from wenlv.training.federated_als import FederatedALSParty
 from wenlv.errors import WenlvError
 
@@ -52,9 +52,11 @@ class WireStats:
         self.received: dict[str, int] = {}
         self.by_stage: dict[str, dict] = {}
         self.seconds: dict[str, float] = {}
+        self.compute: dict[str, float] = {}
 
-    def add(self, party: str, key: str, sent: int, received: int, seconds: float) -> None:
+    def add(self, party: str, key: str, sent: int, received: int, seconds: float, compute: float = 0.0) -> None:
         with self.lock:
+            self.compute[party] = self.compute.get(party, 0.0) + compute
             self.sent[party] = self.sent.get(party, 0) + sent
             self.received[party] = self.received.get(party, 0) + received
             s = self.by_stage.setdefault(key, {"calls": 0, "sent": 0, "received": 0})
@@ -79,6 +81,7 @@ class RemoteParty:
         self.name, self.url = name, url.rstrip("/")
         self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
         self.stats = stats
+        self._known = ArrayCache()  # what the party holds in its ArrayCache (digests only)
         self._session = secrets.token_hex(16)
         self._seq = 0
         self._client = httpx.Client(verify=tls.client_context(tls_dir, name),
@@ -93,11 +96,13 @@ class RemoteParty:
         headers = {"X-Wenlv-Session": self._session, "X-Wenlv-Seq": str(self._seq),
                    "X-Wenlv-Binding": "/".join(str(b) for b in binding)}
         started = time.perf_counter()
+        by_reference = True
         for attempt in range(self.retries + 1):
-            sent = [0]
+            sent, digests = [0], []
 
             def body():
-                for piece in encode_chunks(tuple(args)):
+                known = self._known if by_reference else None
+                for piece in encode_chunks(tuple(args), known, digests):
                     sent[0] += len(piece)
                     yield piece
 
@@ -107,13 +112,17 @@ class RemoteParty:
                     if resp.status_code != 200:
                         resp.read()
                         self._raise(method, resp)
+                    compute = float(resp.headers.get("x-wenlv-compute-seconds", 0.0))
                     decoder = Decoder()
                     for chunk in resp.iter_raw():
                         decoder.feed(chunk)
                     value = decoder.result()
+                for d in digests:   # mirror the party's cache: it now holds what it received in full
+                    if d not in self._known:
+                        self._known.put(d, None)
                 if self.stats is not None:
                     self.stats.add(self.name, _stage_key(method, args), sent[0], decoder.received,
-                                   time.perf_counter() - started)
+                                   time.perf_counter() - started, compute)
                 return value
             except httpx.ConnectError as exc:   # nothing reached the party: safe to try again
                 if "CERTIFICATE" in str(exc).upper() or "SSL" in str(exc).upper():
@@ -123,6 +132,12 @@ class RemoteParty:
                                            f"{self.retries + 1} attempts ({method}): {exc}") from None
                 time.sleep(min(self.backoff * 2 ** attempt, 5.0))
             except (httpx.TransportError, ProtocolError) as exc:  # mid-call: the round aborts
+                if isinstance(exc, ProtocolError) and "unknown array reference" in str(exc) and by_reference:
+                    self._known.clear()    # the party lost its cache (restarted): send the arrays themselves
+                    by_reference = False
+                    self._seq += 1
+                    headers["X-Wenlv-Seq"] = str(self._seq)
+                    continue
                 if isinstance(exc, ProtocolError):
                     raise
                 raise PartyUnavailable(f"party {self.name!r} failed during {method}: {type(exc).__name__}: "
@@ -142,9 +157,9 @@ class RemoteParty:
         return self._call("describe")
 
     def setup(self, parties, identities, factors, regularization, cg_steps, dtype, frac_bits, num_threads=0,
-              item_factors=None, random_state=None) -> None:
+              item_factors=None, random_state=None, ring_bits=64) -> None:
         return self._call("setup", list(parties), dict(identities), factors, regularization, cg_steps, dtype,
-                          frac_bits, num_threads, item_factors, random_state)
+                          frac_bits, num_threads, item_factors, random_state, ring_bits)
 
     def announce(self, run_id, round_no):
         return self._call("announce", run_id, round_no, binding=(run_id, round_no, "key"))
@@ -200,6 +215,7 @@ def party_app(party: FederatedALSParty) -> FastAPI:
     app = FastAPI(title=f"wenlv party {party.name}", docs_url=None, redoc_url=None, openapi_url=None)
     seq = _Sequencer()
     lock = threading.Lock()  # one protocol call at a time: the party object is a state machine
+    cache = ArrayCache()       # large arrays received lately (the user factors of the item step)
 
     def error(status: int, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": str(exc), "type": type(exc).__name__}, status_code=status)
@@ -214,7 +230,7 @@ def party_app(party: FederatedALSParty) -> FastAPI:
             return error(404, ProtocolError(f"method {method!r} is not part of the Party protocol"))
         try:
             seq.check(request.headers.get("x-wenlv-session", ""), int(request.headers.get("x-wenlv-seq", "0")))
-            decoder = Decoder()
+            decoder = Decoder(cache)
             async for chunk in request.stream():
                 decoder.feed(chunk)
             args = decoder.result()
@@ -227,6 +243,7 @@ def party_app(party: FederatedALSParty) -> FastAPI:
             with lock:
                 return getattr(party, method)(*args)
 
+        started = time.perf_counter()
         try:
             value = await run_in_threadpool(run)
         except ProtocolError as exc:
@@ -234,7 +251,9 @@ def party_app(party: FederatedALSParty) -> FastAPI:
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the coordinator, named
             log.exception("party %s: %s failed", party.name, method)
             return error(500, exc)
-        return StreamingResponse(encode_chunks(value), media_type="application/x-wenlv")
+        # the party's own seconds on the call: the coordinator subtracts them to get network time
+        return StreamingResponse(encode_chunks(value), media_type="application/x-wenlv",
+                                 headers={"X-Wenlv-Compute-Seconds": f"{time.perf_counter() - started:.6f}"})
 
     return app
 
