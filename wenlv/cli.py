@@ -17,7 +17,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # implicit and numpy BLAS: n
 
 STAGE_CLIS = ("wenlv.db.cli", "wenlv.features.cli", "wenlv.spark_jobs.cli", "wenlv.training.cli", "wenlv.serving.cli", "wenlv.itinerary.cli")
 BENCHES = ("wenlv.bench.features", "wenlv.bench.als", "wenlv.bench.serve", "wenlv.bench.itinerary", "wenlv.bench.charts",
-           "wenlv.bench.wan")
+           "wenlv.bench.wan", "wenlv.bench.privacy")
 
 
 def build_parser() -> argparse.ArgumentParser:
