@@ -100,9 +100,11 @@ def probe_link(host: str, port: int, rate_mbit: float) -> dict:
             "probe_bytes": n}
 
 
-VARIANTS = {  # name: (ring bits of the CG stages, fractional bits)
-    "ring64_frac32": (64, 32),   # the protocol as it was: Z_2^64, 2^-32 resolution
-    "ring32_frac24": (32, 24),   # Z_2^32 for the CG vectors (half the bytes up), within the pipeline's tolerance
+VARIANTS = {  # name: (ring bits of the CG stages, fractional bits, arrays by reference, duplex CG stages)
+    "baseline": (64, 32, False, False),      # the protocol as it was: Z_2^64, 2^-32, every array sent, one way at a time
+    "ring32_refs": (32, 24, True, False),    # + Z_2^32 CG vectors (half the bytes up; within the pipeline's tolerance)
+    #                                          + the CG start's user factors by reference (the party holds them)
+    "ring32_refs_duplex": (32, 24, True, True),  # + P up its own stream while the masked rows stream back
 }
 
 
@@ -116,7 +118,8 @@ def run(scale: str = "small", factors: int = 32, iterations: int = 3, links=tupl
     work.chmod(0o711)  # the parties (own uids) traverse to their own 0700 folders
     procs: dict[str, PartyProcess] = {}
     out = {"scale": {"name": scale, **SCALES[scale]}, "factors": factors, "iterations": iterations,
-           "dtype": "float32", "variants": {v: dict(zip(("ring_bits", "frac_bits"), VARIANTS[v])) for v in variants},
+           "dtype": "float32",
+           "variants": {v: dict(zip(("ring_bits", "frac_bits", "by_reference", "duplex"), VARIANTS[v])) for v in variants},
            "reported_variant": variants[-1], "load_average_before": os.getloadavg(), "links": {}}
     try:
         features = write_features(blocks, work / "features")
@@ -129,11 +132,11 @@ def run(scale: str = "small", factors: int = 32, iterations: int = 3, links=tupl
         local = {}
         out["in_process"] = {}
         for v in variants:
-            ring, frac = VARIANTS[v]
+            ring, frac, refs, duplex = VARIANTS[v]
             params = dict(base, ring_bits=ring, fixed_point_bits=frac)
             model = FederatedALS(**params)
             seconds, laps = _per_iteration(lambda cb: model.fit(mats, init=init, callback=cb))
-            local[v] = (params, model, seconds)
+            local[v] = (params, model, seconds, dict(references=refs, duplex=duplex))
             out["in_process"][v] = {"seconds_per_iteration": round(seconds, 3),
                                     "iteration_seconds": np.round(laps, 3).tolist()}
             progress(f"in process ({v}): {seconds:.2f} s/iteration")
@@ -174,7 +177,7 @@ def run(scale: str = "small", factors: int = 32, iterations: int = 3, links=tupl
     return out
 
 
-def _run_link(topo, link, rate, rtt, init, params, local_model, in_process, certs, progress) -> dict:
+def _run_link(topo, link, rate, rtt, init, params, local_model, in_process, transport, certs, progress) -> dict:
     routes = []
     for k, p in enumerate(PARTIES):
         routes.append(f"{topo.middle_addr}:{SERVICE_PORT + k}={topo.addr[p]}:{SERVICE_PORT}")
@@ -187,7 +190,7 @@ def _run_link(topo, link, rate, rtt, init, params, local_model, in_process, cert
         checks = {p: probe_link(topo.middle_addr, PROBE_PORT + k, rate) for k, p in enumerate(PARTIES)}
         stats = WireStats()
         handles = {p: RemoteParty(p, f"https://{topo.middle_addr}:{SERVICE_PORT + k}", certs, timeout=600,
-                                  stats=stats) for k, p in enumerate(PARTIES)}
+                                  stats=stats, **transport) for k, p in enumerate(PARTIES)}
         model = FederatedALS(collect_items=("tourism",), **params)
         try:
             seconds, laps = _per_iteration(lambda cb: model.fit_parties(handles, init=init, callback=cb))
@@ -221,7 +224,7 @@ def _run_link(topo, link, rate, rtt, init, params, local_model, in_process, cert
                                                        f"each way"}},
             "check": checks,
         }
-        progress(f"{link} ring {params['ring_bits']}: {seconds:.2f} s/iteration, ratio {seconds / in_process:.2f}, "
+        progress(f"{link} {transport} ring {params['ring_bits']}: {seconds:.2f} s/iteration, ratio {seconds / in_process:.2f}, "
                  f"equal {equal}")
         return result
     finally:

@@ -411,9 +411,10 @@ class _MaskSegment:
     segments can run in parallel threads."""
 
     def __init__(self, party, keys: list, stage: str, mult: np.ndarray, rows, out: np.ndarray,
-                 chunk: int, integer: bool, limit: float):
+                 chunk: int, integer: bool, limit: float, progress=None):
         self.party, self.keys, self.stage, self.mult = party, keys, stage, mult
         self.rows, self.out, self.chunk, self.integer, self.limit = rows, out, chunk, integer, limit
+        self.progress = progress
 
     def run(self, lo: int, hi: int, hasher: LeafHasher) -> None:
         """Mask elements lo..hi (lo on a leaf boundary) and feed them to `hasher` while in cache."""
@@ -437,6 +438,8 @@ class _MaskSegment:
                 if bad >= 0:
                     raise _encoding_error(x, bad, self.party.frac_bits, offset=start, limit=self.limit)
             hasher.update(memoryview(self.out[start:stop]).cast("B"))
+            if self.progress is not None:
+                self.progress(start, stop, self.out)
 
 
 class MaskingParty:
@@ -502,7 +505,8 @@ class MaskingParty:
         return self.mask_rows(run_id, round_no, stage, values.shape, lambda lo, hi: x[lo:hi], integer, out)
 
     def mask_rows(self, run_id: str, round_no: int, stage: str, shape: tuple, rows, integer: bool = False,
-                  out: np.ndarray | None = None, threads: int = 1, ring_bits: int = 64) -> MaskedMessage:
+                  out: np.ndarray | None = None, threads: int = 1, ring_bits: int = 64,
+                  progress=None) -> MaskedMessage:
         """:meth:`mask` of a (rows × cols) vector produced block by block: ``rows(lo, hi)``
         returns the flat values of elements lo..hi (whole rows, float64 or int64 if
         ``integer``), computed just in time so that they are masked while in cache.
@@ -516,6 +520,10 @@ class MaskingParty:
         elements (masks stay uniform, and sums mod 2^32 are the low halves of the sums), half
         the bytes. Each value must then satisfy |x| < 2^(31 − frac_bits) / parties, so that
         no sum can wrap; a value beyond raises (never a silent wrap). Fixed point only.
+
+        ``progress(start, stop, out)``, if given, is called (from the masking threads) when
+        elements start..stop of the Z_2^64 payload `out` are final, so that a caller can
+        send them while the rest is computed (their low halves, on the 32-bit ring).
         """
         if ring_bits not in RING_BITS or (ring_bits != 64 and integer):
             raise SecureAggError(f"ring of {ring_bits} bits: one of {RING_BITS} (64 for integers)")
@@ -538,7 +546,8 @@ class MaskingParty:
         out = out.reshape(-1)[:n]
         chunk = max(min(n, max(MASK_CHUNK // row, 1) * row), 1)
         limit = 2.0 ** (ring_bits - 1 - self.frac_bits) / (len(self.parties) if ring_bits < 64 else 1)
-        segment = _MaskSegment(self, [keys[peer] for peer in peers], stage, mult, rows, out, chunk, integer, limit)
+        segment = _MaskSegment(self, [keys[peer] for peer in peers], stage, mult, rows, out, chunk, integer, limit,
+                               progress)
         # one streaming pass per segment: values, keystreams, encode + mask and the digest
         # leaves of each cache-sized block while it is in cache; segments start on whole rows
         # and whole digest leaves, so the leaves are those of the whole payload

@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
+import threading
+import time
 
 import blake3
 import numpy as np
@@ -112,6 +114,8 @@ def _skeleton(obj, arrays: list, known: ArrayCache | None = None, sent_digests: 
             if not all(isinstance(k, str) for k in o):
                 raise TypeError("only str dict keys cross the wire")
             return {"__dict__": {k: skel(v) for k, v in o.items()}}
+        if isinstance(o, UploadRef):
+            return {"__upload__": o.token, "dtype": o.array.dtype.str, "shape": list(o.array.shape)}
         if type(o).__name__ in _DATACLASSES and dataclasses.is_dataclass(o):
             return {"__dc__": type(o).__name__,
                     "fields": {f.name: skel(getattr(o, f.name)) for f in dataclasses.fields(o)}}
@@ -145,8 +149,8 @@ def body_size(obj) -> int:
 class Decoder:
     """Parses a body fed in pieces of any size into preallocated arrays; :meth:`result` at the end."""
 
-    def __init__(self, cache: ArrayCache | None = None):
-        self.cache = cache
+    def __init__(self, cache: ArrayCache | None = None, uploads: "Uploads | None" = None):
+        self.cache, self.uploads = cache, uploads
         self._head = bytearray()
         self._started = False
         self._meta = None
@@ -229,15 +233,22 @@ class Decoder:
     def result(self):
         if not self._started or self._k != len(self._views):
             raise ProtocolError("body ended early (truncated)")
-        return _build(self._meta, self._arrays, self.cache)
+        return _build(self._meta, self._arrays, self.cache, self.uploads)
 
 
-def _build(meta, arrays, cache: ArrayCache | None = None):
+def _build(meta, arrays, cache: ArrayCache | None = None, uploads=None):
     def build(o):
         if isinstance(o, list):
             return [build(v) for v in o]
         if not isinstance(o, dict):
             return o
+        if "__upload__" in o:
+            if uploads is None:
+                raise ProtocolError("upload reference where none is expected")
+            try:
+                return uploads.get(str(o["__upload__"]), o["dtype"], o["shape"])
+            except (TypeError, KeyError, ValueError):
+                raise ProtocolError("malformed upload reference") from None
         if "__ref__" in o:
             if cache is None:
                 raise ProtocolError("array reference without a cache")
@@ -280,3 +291,129 @@ def decode(data: bytes):
     decoder = Decoder()
     decoder.feed(data)
     return decoder.result()
+
+
+# ------------------------------------------------------------------ duplex stages
+# A CG stage sends users × factors values to a party and gets users × factors ring elements
+# back. Sent one after the other, each link direction idles half the time. Instead the array
+# goes up a second connection (POST /v1/upload/<token>, raw bytes) while the call that
+# names the token streams the masked rows back as they are made (frames below): both
+# directions of the link are busy at once.
+
+class UploadRef:
+    """Stands for an array that travels on its own upload stream (the call names its token)."""
+
+    def __init__(self, token: str, array: np.ndarray):
+        self.token, self.array = token, np.ascontiguousarray(array)
+
+
+class StreamedArray:
+    """An array still arriving: ``wait_rows(k)`` blocks until its first k rows are in."""
+
+    def __init__(self, dtype, shape, timeout: float):
+        dtype = np.dtype(dtype)
+        if dtype.kind not in _DTYPES or not shape or any(int(d) < 0 for d in shape):
+            raise ProtocolError(f"upload of {dtype} {shape} refused")
+        if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize > MAX_BODY:
+            raise ProtocolError("upload larger than the size limit")
+        self.array = np.empty(tuple(int(d) for d in shape), dtype=dtype)
+        self._view = memoryview(self.array.reshape(-1)).cast("B") if self.array.size else memoryview(bytearray())
+        self._row_bytes = max(self.array[0].nbytes if self.array.shape[0] else 1, 1)
+        self.filled, self.failed, self.timeout = 0, None, timeout
+        self._cond = threading.Condition()
+
+    def feed(self, data) -> None:
+        data = memoryview(data).cast("B")
+        with self._cond:
+            if self.filled + len(data) > len(self._view):
+                raise ProtocolError("upload longer than declared")
+            self._view[self.filled:self.filled + len(data)] = data
+            self.filled += len(data)
+            self._cond.notify_all()
+
+    def fail(self, why: str) -> None:
+        with self._cond:
+            self.failed = why
+            self._cond.notify_all()
+
+    def complete(self) -> bool:
+        return self.filled == len(self._view)
+
+    def wait_rows(self, rows: int) -> None:
+        need = min(int(rows) * self._row_bytes, len(self._view))
+        deadline = time.monotonic() + self.timeout
+        with self._cond:
+            while self.filled < need:
+                if self.failed:
+                    raise ProtocolError(f"upload failed: {self.failed}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PartyUnavailable(f"upload stalled at {self.filled} of {len(self._view)} bytes")
+                self._cond.wait(min(left, 1.0))
+
+
+class Uploads:
+    """The party's uploads by token. A token is claimed twice — by its upload stream and by the
+    call that names it, in either order — then forgotten; a third claim is a replay. At most
+    `limit` tokens are remembered."""
+
+    def __init__(self, timeout: float = 300.0, limit: int = 256):
+        self.timeout, self.limit = timeout, limit
+        self._lock = threading.Lock()
+        self._open: dict[str, StreamedArray] = {}
+        self._claims: dict[str, int] = {}
+
+    def get(self, token: str, dtype, shape) -> StreamedArray:
+        """The upload of `token`, checked against what the other side declared."""
+        with self._lock:
+            claims = self._claims.get(token, 0)
+            if claims >= 2:
+                raise ProtocolError(f"replayed upload token {token[:8]}…")
+            a = self._open.get(token)
+            if a is None:
+                a = self._open[token] = StreamedArray(dtype, shape, self.timeout)
+            if a.array.dtype != np.dtype(dtype) or a.array.shape != tuple(int(d) for d in shape):
+                raise ProtocolError(f"upload {token[:8]}…: declared twice differently")
+            self._claims[token] = claims + 1
+            if claims + 1 == 2:
+                self._open.pop(token)  # both ends hold it now
+            while len(self._claims) > self.limit:
+                old = next(iter(self._claims))
+                self._claims.pop(old)
+                self._open.pop(old, None)
+            return a
+
+
+FRAME_DATA, FRAME_END, FRAME_ERROR = b"D", b"T", b"E"
+
+
+def frame(kind: bytes, data) -> list:
+    return [kind + struct.pack(">I", len(data)), data]
+
+
+class FrameReader:
+    """Reads a framed response: payload pieces into a growing buffer, then the closing message."""
+
+    def __init__(self):
+        self._buf = bytearray()
+        self.payload = bytearray()
+        self.end = None
+        self.received = 0
+
+    def feed(self, data) -> None:
+        self.received += len(data)
+        self._buf += data
+        while len(self._buf) >= 5:
+            kind, (n,) = bytes(self._buf[:1]), struct.unpack(">I", self._buf[1:5])
+            if n > MAX_META and kind != FRAME_DATA:
+                raise ProtocolError("oversized frame")
+            if len(self._buf) < 5 + n:
+                return
+            body = bytes(self._buf[5:5 + n])
+            del self._buf[:5 + n]
+            if kind == FRAME_DATA:
+                self.payload += body
+            elif kind in (FRAME_END, FRAME_ERROR):
+                self.end = (kind, decode(body))
+            else:
+                raise ProtocolError(f"unknown frame {kind!r}")

@@ -280,11 +280,20 @@ class FederatedALSParty:
             self._payload = plain_pages_empty(size, np.uint64)
         return self._payload
 
-    def _masked_terms(self, run_id: str, round_no: int, stage: str, V: np.ndarray, residual: bool):
+    def _masked_terms(self, run_id: str, round_no: int, stage: str, V, residual: bool, progress=None):
         """Mask this block's sparse terms for V (residual or CG product) block of users by block
         of users, each block computed and masked while it is in cache. The dense part V·Y_pᵀY_p
-        is not sent: the coordinator applies the summed gram matrix once for all parties."""
+        is not sent: the coordinator applies the summed gram matrix once for all parties.
+
+        V may be still arriving (privacy.transport.StreamedArray: a block waits for its rows),
+        and ``progress`` (see MaskingParty.mask_rows) hears of every finished block: over the
+        network the masked rows go back while the next rows come in."""
         float32 = self._cfg["dtype"] == np.float32
+        wait = getattr(V, "wait_rows", None)
+        if wait is not None:
+            if V.array.dtype != (np.float32 if float32 else np.float64):
+                wait(V.array.shape[0])  # a dtype to convert: the whole array first
+            V = V.array
         V = np.ascontiguousarray(V, dtype=np.float32 if float32 else np.float64)
         f = V.shape[1]
         C, data, Y = self._C, self._data, (self._Y if float32 else self._Y64)
@@ -293,6 +302,8 @@ class FederatedALSParty:
 
         def rows(lo: int, hi: int) -> np.ndarray:  # called from the masking threads
             u0, u1 = lo // f, hi // f
+            if wait is not None:
+                wait(u1)
             dense = getattr(local, "dense", None)
             if dense is None or dense.shape[0] < u1 - u0 or dense.shape[1] != f:
                 dense = local.dense = np.empty((u1 - u0, f), dtype=np.float64)
@@ -301,7 +312,7 @@ class FederatedALSParty:
             return terms.reshape(-1)
 
         return self._masking.mask_rows(run_id, round_no, stage, V.shape, rows, out=self._payload_buffer(V.size),
-                                       threads=self._threads, ring_bits=self._cfg["ring_bits"])
+                                       threads=self._threads, ring_bits=self._cfg["ring_bits"], progress=progress)
 
     # secure aggregation rounds ------------------------------------------------------------
     def announce(self, run_id: str, round_no: int):
@@ -320,13 +331,13 @@ class FederatedALSParty:
         """Masked Y_pᵀY_p (factors × factors): the coordinator learns only Σ_p Y_pᵀY_p = YᵀY."""
         return self._masking.mask(run_id, round_no, "gram", self._G)
 
-    def residual(self, run_id: str, round_no: int, stage: str, X: np.ndarray):
+    def residual(self, run_id: str, round_no: int, stage: str, X: np.ndarray, progress=None):
         """Masked sparse_residual(X) (this block's sparse part of the CG start residual)."""
-        return self._masked_terms(run_id, round_no, stage, X, residual=True)
+        return self._masked_terms(run_id, round_no, stage, X, residual=True, progress=progress)
 
-    def product(self, run_id: str, round_no: int, stage: str, P: np.ndarray):
+    def product(self, run_id: str, round_no: int, stage: str, P: np.ndarray, progress=None):
         """Masked sparse_product(P) (this block's sparse part of A·p for a CG step)."""
-        return self._masked_terms(run_id, round_no, stage, P, residual=False)
+        return self._masked_terms(run_id, round_no, stage, P, residual=False, progress=progress)
 
     def end_round(self, run_id: str, round_no: int) -> None:
         self._masking.end_round(run_id, round_no)

@@ -18,6 +18,7 @@ which aborts the round (nothing is released) and re-keys, as in process.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import threading
@@ -25,14 +26,17 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from wenlv.privacy import tls
+from wenlv.privacy import tls, transport
 from wenlv.privacy.secure_agg import PartyUnavailable, ProtocolError
-from wenlv.privacy.transport import ERRORS, ArrayCache, Decoder, RemotePartyError, encode_chunks
+from wenlv.privacy.transport import (ERRORS, FRAME_DATA, FRAME_END, FRAME_ERROR, PIECE, ArrayCache,
+                                     Decoder, FrameReader, RemotePartyError, StreamedArray, UploadRef, Uploads,
+                                     array_digest, encode, encode_chunks, frame)
 from wenlv.training.federated_als import FederatedALSParty
 from wenlv.errors import WenlvError
 
@@ -65,6 +69,12 @@ class WireStats:
             s["received"] += received
             self.seconds[party] = self.seconds.get(party, 0.0) + seconds
 
+    def add_upload(self, party: str, key: str, sent: int) -> None:
+        """Bytes of a stage's upload stream (the same call, counted once in `calls`)."""
+        with self.lock:
+            self.sent[party] = self.sent.get(party, 0) + sent
+            self.by_stage.setdefault(key, {"calls": 0, "sent": 0, "received": 0})["sent"] += sent
+
 
 def _stage_key(method: str, args: tuple) -> str:
     """Per CG stage (r0, ap1, …) for the masked vectors, else the method."""
@@ -77,8 +87,9 @@ class RemoteParty:
     remote = True
 
     def __init__(self, name: str, url: str, tls_dir: str | Path, timeout: float = 300.0, retries: int = 4,
-                 backoff: float = 0.25, stats: WireStats | None = None):
-        self.name, self.url = name, url.rstrip("/")
+                 backoff: float = 0.25, stats: WireStats | None = None, duplex: bool = True,
+                 references: bool = True):
+        self.name, self.url, self.duplex, self.references = name, url.rstrip("/"), bool(duplex), bool(references)
         self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
         self.stats = stats
         self._known = ArrayCache()  # what the party holds in its ArrayCache (digests only)
@@ -90,13 +101,13 @@ class RemoteParty:
     def close(self) -> None:
         self._client.close()
 
-    def _call(self, method: str, *args, binding: tuple = ()):
+    def _call(self, method: str, *args, binding: tuple = (), framed: bool = False):
         """POST the arguments, stream the answer back; retry only a connection never made."""
         self._seq += 1
         headers = {"X-Wenlv-Session": self._session, "X-Wenlv-Seq": str(self._seq),
                    "X-Wenlv-Binding": "/".join(str(b) for b in binding)}
         started = time.perf_counter()
-        by_reference = True
+        by_reference = self.references
         for attempt in range(self.retries + 1):
             sent, digests = [0], []
 
@@ -113,10 +124,10 @@ class RemoteParty:
                         resp.read()
                         self._raise(method, resp)
                     compute = float(resp.headers.get("x-wenlv-compute-seconds", 0.0))
-                    decoder = Decoder()
+                    decoder = FrameReader() if framed else Decoder()
                     for chunk in resp.iter_raw():
                         decoder.feed(chunk)
-                    value = decoder.result()
+                    value = self._unframe(method, decoder) if framed else decoder.result()
                 for d in digests:   # mirror the party's cache: it now holds what it received in full
                     if d not in self._known:
                         self._known.put(d, None)
@@ -143,6 +154,56 @@ class RemoteParty:
                 raise PartyUnavailable(f"party {self.name!r} failed during {method}: {type(exc).__name__}: "
                                        f"{exc}") from None
         raise AssertionError("unreachable")
+
+    def _unframe(self, method: str, reader: FrameReader):
+        """The masked message of a duplex stage: its streamed payload and its closing header."""
+        if reader.end is None:
+            raise PartyUnavailable(f"party {self.name!r}: {method} stream ended early")
+        kind, value = reader.end
+        if kind == FRAME_ERROR:
+            cls = ERRORS.get(value.get("type"), RemotePartyError)
+            raise cls(f"party {self.name!r}, {method}: {value.get('error')}")
+        if len(reader.payload) % value.payload.itemsize:
+            raise ProtocolError(f"party {self.name!r}: {method} payload is not whole ring elements")
+        return dataclasses.replace(value, payload=np.frombuffer(reader.payload, dtype=value.payload.dtype))
+
+    def _masked(self, method: str, run_id, round_no, stage, V):
+        """A CG stage. A large array the party does not hold goes up its own stream while the
+        masked rows come back on the call's response (both link directions busy at once)."""
+        V = np.ascontiguousarray(V)
+        binding = (run_id, round_no, stage)
+        if not self.duplex or V.nbytes < transport.REF_MIN_BYTES or array_digest(V) in self._known:
+            return self._call(method, run_id, round_no, stage, V, binding=binding)
+        token, failed = secrets.token_hex(16), []
+        upload = threading.Thread(target=self._upload, args=(token, V, stage, failed), daemon=True)
+        upload.start()
+        try:
+            return self._call(method, run_id, round_no, stage, UploadRef(token, V), binding=binding, framed=True)
+        except (RemotePartyError, ProtocolError, PartyUnavailable) as exc:
+            if failed:
+                raise PartyUnavailable(f"party {self.name!r}: upload for {stage} failed ({failed[0]}); {exc}") from None
+            raise
+        finally:
+            upload.join(timeout=self.timeout)
+
+    def _upload(self, token: str, V: np.ndarray, stage: str, failed: list) -> None:
+        view = memoryview(V.reshape(-1)).cast("B")
+
+        def body():
+            for start in range(0, len(view), PIECE):
+                yield bytes(view[start:start + PIECE])
+
+        try:
+            resp = self._client.post(f"{self.url}/v1/upload/{token}", content=body(),
+                                     headers={"X-Wenlv-Dtype": V.dtype.str,
+                                              "X-Wenlv-Shape": ",".join(map(str, V.shape))},
+                                     extensions={"sni_hostname": self.name})
+            if resp.status_code != 204:
+                failed.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            elif self.stats is not None:
+                self.stats.add_upload(self.name, stage, len(view))
+        except httpx.HTTPError as exc:
+            failed.append(f"{type(exc).__name__}: {exc}")
 
     def _raise(self, method: str, resp: httpx.Response):
         try:
@@ -174,10 +235,10 @@ class RemoteParty:
         return self._call("gram", run_id, round_no, binding=(run_id, round_no, "gram"))
 
     def residual(self, run_id, round_no, stage, X):
-        return self._call("residual", run_id, round_no, stage, X, binding=(run_id, round_no, stage))
+        return self._masked("residual", run_id, round_no, stage, X)
 
     def product(self, run_id, round_no, stage, P):
-        return self._call("product", run_id, round_no, stage, P, binding=(run_id, round_no, stage))
+        return self._masked("product", run_id, round_no, stage, P)
 
     def end_round(self, run_id, round_no) -> None:
         return self._call("end_round", run_id, round_no, binding=(run_id, round_no, "end"))
@@ -216,9 +277,31 @@ def party_app(party: FederatedALSParty) -> FastAPI:
     seq = _Sequencer()
     lock = threading.Lock()  # one protocol call at a time: the party object is a state machine
     cache = ArrayCache()       # large arrays received lately (the user factors of the item step)
+    uploads = Uploads()        # arrays arriving on their own stream (duplex CG stages)
 
     def error(status: int, exc: Exception) -> JSONResponse:
         return JSONResponse({"error": str(exc), "type": type(exc).__name__}, status_code=status)
+
+    @app.post("/v1/upload/{token}")
+    async def upload(token: str, request: Request):
+        try:
+            shape = tuple(int(d) for d in request.headers.get("x-wenlv-shape", "").split(","))
+            target = uploads.get(token, request.headers.get("x-wenlv-dtype", ""), shape)
+        except (ProtocolError, ValueError, TypeError) as exc:
+            return error(409 if "replayed" in str(exc) else 400, exc)
+        try:
+            async for chunk in request.stream():
+                target.feed(chunk)
+        except ProtocolError as exc:
+            target.fail(str(exc))
+            return error(400, exc)
+        except Exception as exc:  # noqa: BLE001 - a broken stream: the waiting stage must hear of it
+            target.fail(f"{type(exc).__name__}: {exc}")
+            raise
+        if not target.complete():
+            target.fail("upload shorter than declared")
+            return error(400, ProtocolError("upload shorter than declared"))
+        return Response(status_code=204)
 
     @app.get("/health")
     def health() -> dict:
@@ -230,7 +313,7 @@ def party_app(party: FederatedALSParty) -> FastAPI:
             return error(404, ProtocolError(f"method {method!r} is not part of the Party protocol"))
         try:
             seq.check(request.headers.get("x-wenlv-session", ""), int(request.headers.get("x-wenlv-seq", "0")))
-            decoder = Decoder(cache)
+            decoder = Decoder(cache, uploads)
             async for chunk in request.stream():
                 decoder.feed(chunk)
             args = decoder.result()
@@ -238,6 +321,9 @@ def party_app(party: FederatedALSParty) -> FastAPI:
                 raise ProtocolError("arguments must be a tuple")
         except (ProtocolError, ValueError) as exc:
             return error(409 if "replayed" in str(exc) else 400, exc)
+
+        if method in ("residual", "product") and any(isinstance(a, StreamedArray) for a in args):
+            return StreamingResponse(_duplex_frames(party, method, args, lock), media_type="application/x-wenlv-frames")
 
         def run():
             with lock:
@@ -256,6 +342,60 @@ def party_app(party: FederatedALSParty) -> FastAPI:
                                  headers={"X-Wenlv-Compute-Seconds": f"{time.perf_counter() - started:.6f}"})
 
     return app
+
+
+def _duplex_frames(party, method: str, args: tuple, lock: threading.Lock):
+    """Run a CG stage whose input is still arriving; yield its masked rows as they are final
+    (low halves on the 32-bit ring), then the signed header — or the error."""
+    cond = threading.Condition()
+    state = {"prefix": 0, "out": None, "done": False, "result": None, "error": None}
+    finished: dict[int, int] = {}
+
+    def progress(start: int, stop: int, out: np.ndarray) -> None:
+        with cond:
+            state["out"] = out
+            finished[start] = stop
+            p = state["prefix"]
+            while p in finished:
+                p = finished.pop(p)
+            state["prefix"] = p
+            cond.notify_all()
+
+    def work() -> None:
+        try:
+            with lock:
+                state["result"] = getattr(party, method)(*args, progress=progress)
+        except Exception as exc:  # noqa: BLE001 - goes back to the coordinator in the closing frame
+            log.exception("party %s: %s failed", party.name, method)
+            state["error"] = exc
+        finally:
+            with cond:
+                state["done"] = True
+                cond.notify_all()
+
+    threading.Thread(target=work, name=f"{method}-stage", daemon=True).start()
+    narrow = party._cfg.get("ring_bits", 64) == 32
+    sent = 0
+    while True:  # ends when the stage's thread is done (its input waits are bounded)
+        with cond:
+            while state["prefix"] == sent and not state["done"]:
+                cond.wait(1.0)
+            prefix, out, done = state["prefix"], state["out"], state["done"]
+        if prefix > sent and state["error"] is None:
+            piece = out[sent:prefix]
+            data = piece.astype(np.uint32).tobytes() if narrow else piece.tobytes()
+            sent = prefix
+            for start in range(0, len(data), PIECE):
+                yield from frame(FRAME_DATA, data[start:start + PIECE])
+            continue
+        if done:
+            break
+    if state["error"] is not None:
+        exc = state["error"]
+        yield from frame(FRAME_ERROR, encode({"error": str(exc), "type": type(exc).__name__}))
+    else:
+        msg = state["result"]
+        yield from frame(FRAME_END, encode(dataclasses.replace(msg, payload=np.empty(0, msg.payload.dtype))))
 
 
 def load_party(party: str, data: str | Path, state: str | Path | None = None, alpha: float = 1.0
