@@ -5,7 +5,7 @@
 
 The middle namespace forwards between the coordinator and the parties (so the party
 services are reached at their own addresses), and is where `bench wan` shapes the links
-(tbf on both ends of each party's veth; this kernel has no netem) and runs its delaying
+(htb on both ends of each party's veth; this kernel has no netem) and runs its delaying
 TCP relay. Addresses come from 10.231.0.0/16, which nothing else in the project uses;
 each user of this module passes its own third-octet base so concurrent users do not
 collide, and interface names carry a short tag. Everything made here is removed by
@@ -99,15 +99,35 @@ class Topology:
         return ["ip", "netns", "exec", self.middle if party is None else self.ns[party]]
 
     def shape(self, party: str, rate_mbit: float) -> str:
-        """tbf at `rate_mbit` on both ends of the party's link; the commands, for the JSON."""
+        """htb at `rate_mbit` on both ends of the party's link; the commands, for the JSON.
+
+        Pure TCP ACKs get a class of their own ahead of the bulk data (as a home or office
+        router does), so a flow's ACKs do not queue behind the other direction's transfer and
+        both directions can be busy at once; each class queues at most ~50 ms of traffic.
+        (This kernel has neither netem nor fq_codel/sfq/prio; htb, tbf and u32 work.)"""
         mid_if, party_if = self.links[party]
-        burst = max(int(rate_mbit * 1e6 / 8 / 250), 16 * 1514)  # ~4 ms of traffic, at least 16 frames
+        rate = f"{rate_mbit}mbit"
+        packets = max(int(rate_mbit * 1e6 / 8 * 0.05 / 1514), 16)
+        quantum = "1514"
         commands = []
         for ns, dev in ((self.middle, mid_if), (self.ns[party], party_if)):
-            args = ["-n", ns, "qdisc", "replace", "dev", dev, "root", "tbf", "rate", f"{rate_mbit}mbit",
-                    "burst", str(burst), "latency", "50ms"]
-            subprocess.run(["tc", *args], check=True, capture_output=True, timeout=30)
-            commands.append("tc " + " ".join(args))
+            subprocess.run(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"], capture_output=True, timeout=30)
+            steps = [
+                ["qdisc", "add", "dev", dev, "root", "handle", "1:", "htb", "default", "20"],
+                ["class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", rate, "quantum", quantum],
+                ["class", "add", "dev", dev, "parent", "1:1", "classid", "1:10", "htb", "rate", f"{rate_mbit / 10}mbit",
+                 "ceil", rate, "prio", "0", "quantum", quantum],
+                ["class", "add", "dev", dev, "parent", "1:1", "classid", "1:20", "htb", "rate", f"{rate_mbit * 0.9}mbit",
+                 "ceil", rate, "prio", "1", "quantum", quantum],
+                ["qdisc", "add", "dev", dev, "parent", "1:10", "pfifo", "limit", str(packets)],
+                ["qdisc", "add", "dev", dev, "parent", "1:20", "pfifo", "limit", str(packets)],
+                ["filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+                 "match", "ip", "protocol", "6", "0xff", "match", "u8", "0x10", "0xff", "at", "nexthdr+13",
+                 "match", "u16", "0x0000", "0xffc0", "at", "2", "flowid", "1:10"],
+            ]
+            for step in steps:
+                subprocess.run(["tc", "-n", ns, *step], check=True, capture_output=True, timeout=30)
+                commands.append("tc -n " + ns + " " + " ".join(step))
         return "; ".join(commands)
 
     def unshape(self, party: str) -> None:

@@ -109,20 +109,31 @@ def test_parties_in_namespaces_match_in_process(tmp_path):
                 carrier.describe()
             carrier.close()
 
-            # 3. a party killed mid-run: the round aborts, nothing is released, the fit gives up
-            def kill_internet(iteration):
-                if iteration == 0:
-                    procs["internet"].kill()
+            # 3. a party killed mid-round (round 2, before its second CG step): the round aborts with
+            # no partial sum, the re-keyed retry finds it gone, the fit gives up with nothing released
+            class KilledBeforeAp2(RemoteParty):
+                def product(self, run_id, round_no, stage, P):
+                    if round_no == 2 and stage == "ap2":
+                        procs["internet"].kill()
+                    return super().product(run_id, round_no, stage, P)
 
+            parties = handles(retries=1)
+            parties["internet"] = KilledBeforeAp2("internet", procs["internet"].url, certs, timeout=120, retries=1,
+                                                  backoff=0.1)
             broken = FederatedALS(collect_items=("tourism",), max_retries=1, audit_path=tmp_path / "audit.jsonl",
                                   **params)
             with pytest.raises(SecureAggError, match="rounds aborted"):
-                broken.fit_parties(handles(retries=1), init=init, callback=kill_internet)
+                broken.fit_parties(parties, init=init)
             assert broken.user_factors is None                      # nothing released
-            kinds = [e["kind"] for e in broken.audit_log.entries]
+            entries = broken.audit_log.entries
+            kinds = [e["kind"] for e in entries]
             assert kinds.count("round-abort") == 2 and kinds.count("round-close") == 1
-            aborted = {e["round"] for e in broken.audit_log.entries if e["kind"] == "round-abort"}
-            assert not [e for e in broken.audit_log.entries if e["kind"] == "sum" and e["round"] in aborted]
+            released_in_2 = [e["stage"] for e in entries if e["kind"] == "sum" and e["round"] == 2]
+            assert released_in_2 == ["support", "gram", "r0", "ap1"]     # complete stages only, no ap2
+            for stage in released_in_2:                                  # each summed over all three parties
+                assert {e["sender"] for e in entries if e["kind"] == "masked" and e["round"] == 2
+                        and e["stage"] == stage} == set(PARTIES)
+            assert not [e for e in entries if e["kind"] == "sum" and e["round"] == 3]
 
             # 4. restarted, it rejoins the next run, which again equals the in-process model
             procs["internet"] = PartyProcess(topo, "internet", homes["internet"], uids["internet"])
