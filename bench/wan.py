@@ -2,7 +2,7 @@
 
 Each party runs `wenlv party serve` in its own network namespace as its own uid
 (bench.netns, bench.party_procs); the coordinator (this process) reaches them through a
-middle namespace where, per link profile, tbf limits each party's link to the rate in both
+middle namespace where, per link profile, htb limits each party's link to the rate in both
 directions (this kernel has no netem) and a delaying TCP relay of ours
 (bench.wan_tools) adds half the round-trip time in each direction. Before each run a plain
 transfer through the same path checks the achieved RTT (median of 1-byte echoes) and

@@ -9,6 +9,11 @@ straight into preallocated arrays (:class:`Decoder`), so neither side copies a w
 payload to build or to parse a body. Only numeric dtypes are accepted, and the declared
 sizes are bounded before anything is allocated.
 
+Two ways to send less or sooner: a large array the receiver already holds goes as its
+digest (:class:`ArrayCache`); and a CG stage goes duplex — its input travels on its own
+upload stream (:class:`UploadRef` → :class:`StreamedArray`) while the masked rows come back
+in frames as they are made (:func:`frame`, :class:`FrameReader`).
+
 Authentication is not here: the channel is mutual TLS with pinned certificates
 (privacy.tls, training.remote), and masked messages and key announcements carry their own
 Ed25519 signatures bound to (run, round, stage) (privacy.secure_agg), which the

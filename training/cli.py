@@ -100,6 +100,7 @@ def _train(args) -> int:
 def _train_remote(args) -> int:
     """Federated ALS driven over the party services; the coordinator keeps the user factors and
     the tourism POI factors, every party keeps its own item factors on its own disk."""
+    # lazy, as in every command here: the parser loads all stages, the heavy modules only run
     import numpy as np
 
     from wenlv.settings import get_settings
@@ -131,6 +132,7 @@ def _train_remote(args) -> int:
 
 
 def _party(args) -> int:
+    # lazy, as in every command here: the parser loads all stages, the heavy modules only run
     if args.party_command == "certs":
         from wenlv.privacy.tls import fingerprint, make_deployment
 

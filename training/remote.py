@@ -10,9 +10,11 @@ privacy.transport.
 The coordinator side (:class:`RemoteParty`) implements the same protocol with httpx over
 mutual TLS (only that party's pinned certificate, its name checked against the SAN). Each
 call carries a session id and a sequence number the service requires to increase (a
-replayed request is refused with 409), plus the (run, round, stage) it belongs to; masked
-messages are signed and bound to (run, round, stage) as in process, and the coordinator's
-Aggregator checks them. A connection that cannot be made is retried with exponential
+replayed request is refused with 409); masked messages and key announcements are signed
+and bound to (run, round, stage) as in process, and the coordinator's Aggregator checks
+them. A CG stage whose input is large goes duplex (its input up a second stream while the
+masked rows come back as they are made), and an array the party already holds goes by
+digest (privacy.transport). A connection that cannot be made is retried with exponential
 backoff (bounded); a party that stays away, or fails mid-call, raises PartyUnavailable,
 which aborts the round (nothing is released) and re-keys, as in process.
 """
@@ -37,12 +39,13 @@ from wenlv.privacy.secure_agg import PartyUnavailable, ProtocolError
 from wenlv.privacy.transport import (ERRORS, FRAME_DATA, FRAME_END, FRAME_ERROR, PIECE, ArrayCache,
                                      Decoder, FrameReader, RemotePartyError, StreamedArray, UploadRef, Uploads,
                                      array_digest, encode, encode_chunks, frame)
+from wenlv.training.als_data import load_party_block, load_users
 from wenlv.training.federated_als import FederatedALSParty
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)
 
-# the Party protocol's methods, and which argument holds the run/round/stage binding
+# the Party protocol's methods: nothing else is callable
 METHODS = ("describe", "setup", "announce", "receive_keys", "support", "gram", "residual", "product", "end_round",
            "item_step", "item_factors", "save")
 
@@ -101,11 +104,10 @@ class RemoteParty:
     def close(self) -> None:
         self._client.close()
 
-    def _call(self, method: str, *args, binding: tuple = (), framed: bool = False):
+    def _call(self, method: str, *args, framed: bool = False):
         """POST the arguments, stream the answer back; retry only a connection never made."""
         self._seq += 1
-        headers = {"X-Wenlv-Session": self._session, "X-Wenlv-Seq": str(self._seq),
-                   "X-Wenlv-Binding": "/".join(str(b) for b in binding)}
+        headers = {"X-Wenlv-Session": self._session, "X-Wenlv-Seq": str(self._seq)}
         started = time.perf_counter()
         by_reference = self.references
         for attempt in range(self.retries + 1):
@@ -171,14 +173,13 @@ class RemoteParty:
         """A CG stage. A large array the party does not hold goes up its own stream while the
         masked rows come back on the call's response (both link directions busy at once)."""
         V = np.ascontiguousarray(V)
-        binding = (run_id, round_no, stage)
         if not self.duplex or V.nbytes < transport.REF_MIN_BYTES or array_digest(V) in self._known:
-            return self._call(method, run_id, round_no, stage, V, binding=binding)
+            return self._call(method, run_id, round_no, stage, V)
         token, failed = secrets.token_hex(16), []
         upload = threading.Thread(target=self._upload, args=(token, V, stage, failed), daemon=True)
         upload.start()
         try:
-            return self._call(method, run_id, round_no, stage, UploadRef(token, V), binding=binding, framed=True)
+            return self._call(method, run_id, round_no, stage, UploadRef(token, V), framed=True)
         except (RemotePartyError, ProtocolError, PartyUnavailable) as exc:
             if failed:
                 raise PartyUnavailable(f"party {self.name!r}: upload for {stage} failed ({failed[0]}); {exc}") from None
@@ -223,16 +224,16 @@ class RemoteParty:
                           frac_bits, num_threads, item_factors, random_state, ring_bits)
 
     def announce(self, run_id, round_no):
-        return self._call("announce", run_id, round_no, binding=(run_id, round_no, "key"))
+        return self._call("announce", run_id, round_no)
 
     def receive_keys(self, run_id, round_no, announcements) -> None:
-        return self._call("receive_keys", run_id, round_no, list(announcements), binding=(run_id, round_no, "keys"))
+        return self._call("receive_keys", run_id, round_no, list(announcements))
 
     def support(self, run_id, round_no):
-        return self._call("support", run_id, round_no, binding=(run_id, round_no, "support"))
+        return self._call("support", run_id, round_no)
 
     def gram(self, run_id, round_no):
-        return self._call("gram", run_id, round_no, binding=(run_id, round_no, "gram"))
+        return self._call("gram", run_id, round_no)
 
     def residual(self, run_id, round_no, stage, X):
         return self._masked("residual", run_id, round_no, stage, X)
@@ -241,7 +242,7 @@ class RemoteParty:
         return self._masked("product", run_id, round_no, stage, P)
 
     def end_round(self, run_id, round_no) -> None:
-        return self._call("end_round", run_id, round_no, binding=(run_id, round_no, "end"))
+        return self._call("end_round", run_id, round_no)
 
     def item_step(self, X, user_gram=None) -> None:
         return self._call("item_step", X, user_gram)
@@ -250,7 +251,7 @@ class RemoteParty:
         return self._call("item_factors")
 
     def save(self, run_id) -> str:
-        return self._call("save", run_id, binding=(run_id,))
+        return self._call("save", run_id)
 
 
 # ------------------------------------------------------------------------ the party side
@@ -401,8 +402,6 @@ def _duplex_frames(party, method: str, args: tuple, lock: threading.Lock):
 def load_party(party: str, data: str | Path, state: str | Path | None = None, alpha: float = 1.0
                ) -> FederatedALSParty:
     """The party's ALS side from its own folder only: its block and the shared user axis."""
-    from wenlv.training.als_data import load_party_block, load_users  # pandas/pyarrow: only a party loads
-
     data = Path(data)
     block = load_party_block(data, party, load_users(data))
     return FederatedALSParty(party, block.matrix, alpha=alpha, state_dir=state or data / ".wenlv-party")
