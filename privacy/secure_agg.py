@@ -59,9 +59,12 @@ DIGEST_LEAF = 1 << 20  # bytes
 SCHEME = (f"{PROTOCOL.decode()}: x25519 + hkdf-sha256 pair keys, aes-256 counter keystreams, "
           f"z/2^64 fixed point, {DIGEST} digests")
 _LEAF_ELEMENTS = DIGEST_LEAF // 8
+RING_BITS = (64, 32)  # payload rings: Z_2^64, or its low halves Z_2^32 (MaskingParty.mask_rows)
+_PAYLOAD_DTYPES = {64: np.uint64, 32: np.uint32}
 _DIGEST_ROOT_TAG = b"wenlv/payload-digest/v1"
 DEFAULT_FRAC_BITS = 32
 MASK_CHUNK = 1 << 17  # ring elements masked per pass (1 MiB per keystream: stays in cache)
+_LOW32, _SIGN32 = np.uint64(0xFFFFFFFF), np.uint64(0x80000000)
 _CLOSE_CHUNK = 1 << 15  # ring elements per step of close_stage (3 payloads' chunks and the sum: 1 MiB)
 
 
@@ -93,11 +96,13 @@ def _encode_kernel(x, scale, limit, out):
     return -1
 
 
-def _encoding_error(x: np.ndarray, bad: int, frac_bits: int, offset: int = 0) -> SecureAggError:
+def _encoding_error(x: np.ndarray, bad: int, frac_bits: int, offset: int = 0, limit: float | None = None
+                    ) -> SecureAggError:
     v = x[bad]
     if not np.isfinite(v):
         return SecureAggError(f"fixed-point encoding: element {offset + bad} is {v} (not finite)")
-    return SecureAggError(f"fixed-point encoding: element {offset + bad} has |value| ≥ 2^{63 - frac_bits}, which "
+    bound = f"2^{63 - frac_bits}" if limit is None or limit == 2.0 ** (63 - frac_bits) else f"{limit:g}"
+    return SecureAggError(f"fixed-point encoding: element {offset + bad} has |value| ≥ {bound}, which "
                           f"overflows the ring with {frac_bits} fractional bits")
 
 
@@ -406,9 +411,10 @@ class _MaskSegment:
     segments can run in parallel threads."""
 
     def __init__(self, party, keys: list, stage: str, mult: np.ndarray, rows, out: np.ndarray,
-                 chunk: int, integer: bool):
+                 chunk: int, integer: bool, limit: float, progress=None):
         self.party, self.keys, self.stage, self.mult = party, keys, stage, mult
-        self.rows, self.out, self.chunk, self.integer = rows, out, chunk, integer
+        self.rows, self.out, self.chunk, self.integer, self.limit = rows, out, chunk, integer, limit
+        self.progress = progress
 
     def run(self, lo: int, hi: int, hasher: LeafHasher) -> None:
         """Mask elements lo..hi (lo on a leaf boundary) and feed them to `hasher` while in cache."""
@@ -416,7 +422,7 @@ class _MaskSegment:
         streams = np.empty((m, chunk + 8), dtype=np.uint64)
         zeros = memoryview(bytearray(8 * chunk))
         ciphers = [Keystream(key, self.stage, 8 * lo) for key in self.keys]
-        scale, limit = 2.0 ** self.party.frac_bits, 2.0 ** (63 - self.party.frac_bits)
+        scale, limit = 2.0 ** self.party.frac_bits, self.limit
         for start in range(lo, hi, chunk):
             stop = min(start + chunk, hi)
             c = stop - start
@@ -430,8 +436,10 @@ class _MaskSegment:
             else:
                 bad = _encode_mask_kernel(x, scale, limit, streams[:, :c], self.mult, self.out[start:stop])
                 if bad >= 0:
-                    raise _encoding_error(x, bad, self.party.frac_bits, offset=start)
+                    raise _encoding_error(x, bad, self.party.frac_bits, offset=start, limit=self.limit)
             hasher.update(memoryview(self.out[start:stop]).cast("B"))
+            if self.progress is not None:
+                self.progress(start, stop, self.out)
 
 
 class MaskingParty:
@@ -497,7 +505,8 @@ class MaskingParty:
         return self.mask_rows(run_id, round_no, stage, values.shape, lambda lo, hi: x[lo:hi], integer, out)
 
     def mask_rows(self, run_id: str, round_no: int, stage: str, shape: tuple, rows, integer: bool = False,
-                  out: np.ndarray | None = None, threads: int = 1) -> MaskedMessage:
+                  out: np.ndarray | None = None, threads: int = 1, ring_bits: int = 64,
+                  progress=None) -> MaskedMessage:
         """:meth:`mask` of a (rows × cols) vector produced block by block: ``rows(lo, hi)``
         returns the flat values of elements lo..hi (whole rows, float64 or int64 if
         ``integer``), computed just in time so that they are masked while in cache.
@@ -506,7 +515,18 @@ class MaskingParty:
         once (each peer's keystream is seekable: a segment starts its cipher at its own
         offset), so ``rows`` must be safe to call from several threads. The payload, and so
         the digest, are the same whatever the thread count.
+
+        ``ring_bits`` = 32 sends the payload on Z_2^32: the low halves of the Z_2^64 ring
+        elements (masks stay uniform, and sums mod 2^32 are the low halves of the sums), half
+        the bytes. Each value must then satisfy |x| < 2^(31 − frac_bits) / parties, so that
+        no sum can wrap; a value beyond raises (never a silent wrap). Fixed point only.
+
+        ``progress(start, stop, out)``, if given, is called (from the masking threads) when
+        elements start..stop of the Z_2^64 payload `out` are final, so that a caller can
+        send them while the rest is computed (their low halves, on the 32-bit ring).
         """
+        if ring_bits not in RING_BITS or (ring_bits != 64 and integer):
+            raise SecureAggError(f"ring of {ring_bits} bits: one of {RING_BITS} (64 for integers)")
         keys = self._pair_keys.get((run_id, round_no))
         if keys is None:
             raise ProtocolError(f"{self.name}: round {round_no} of run {run_id} is not keyed")
@@ -525,12 +545,17 @@ class MaskingParty:
             raise SecureAggError(f"mask: out must be contiguous uint64 with at least {n} elements")
         out = out.reshape(-1)[:n]
         chunk = max(min(n, max(MASK_CHUNK // row, 1) * row), 1)
-        segment = _MaskSegment(self, [keys[peer] for peer in peers], stage, mult, rows, out, chunk, integer)
+        limit = 2.0 ** (ring_bits - 1 - self.frac_bits) / (len(self.parties) if ring_bits < 64 else 1)
+        segment = _MaskSegment(self, [keys[peer] for peer in peers], stage, mult, rows, out, chunk, integer, limit,
+                               progress)
         # one streaming pass per segment: values, keystreams, encode + mask and the digest
         # leaves of each cache-sized block while it is in cache; segments start on whole rows
         # and whole digest leaves, so the leaves are those of the whole payload
         leaves = _segment_leaves(segment.run, segments(n, math.lcm(row, _LEAF_ELEMENTS), threads))
         digest = root_digest(leaves, 8 * n)
+        if ring_bits == 32:   # the low halves: a fresh payload of 4 bytes per element, digested again
+            out = out.astype(np.uint32)
+            digest = payload_digest(out)
         msg = MaskedMessage(run_id, round_no, stage, self.name, shape, out, digest, b"")
         return MaskedMessage(run_id, round_no, stage, self.name, shape, out, digest,
                              self.identity.sign(msg.signed_part()))
@@ -557,6 +582,7 @@ class Aggregator:
         self._unchecked: set[str] = set()  # senders whose payload digest close_stage checks
         self._keys: dict[str, KeyAnnouncement] = {}
         self.view: list[MaskedMessage] = []  # what the coordinator saw (for tests of what it learns)
+        self._payload_dtype = np.dtype(np.uint64)
         self.record_view = False
 
     # rounds
@@ -582,14 +608,17 @@ class Aggregator:
         return [self._keys[p] for p in self.parties]
 
     # stages
-    def open_stage(self, stage: str) -> None:
+    def open_stage(self, stage: str, ring_bits: int = 64) -> None:
         if self.round is None:
             raise ProtocolError("no round is open")
         if stage in self._closed_stages:
             raise ProtocolError(f"stage {stage!r} of round {self.round} was already aggregated")
         if self.stage is not None:
             raise ProtocolError(f"stage {self.stage!r} is still open")
+        if ring_bits not in RING_BITS:
+            raise SecureAggError(f"ring of {ring_bits} bits: one of {RING_BITS}")
         self.stage, self._inbox, self._unchecked = stage, {}, set()
+        self._payload_dtype = np.dtype(_PAYLOAD_DTYPES[ring_bits])
 
     def submit_all(self, msgs: list) -> None:
         """Accept a stage's messages, their payload digests checked by :meth:`close_stage` in
@@ -614,7 +643,7 @@ class Aggregator:
                                 f"{self.stage!r} of round {msg.round} is open")
         if msg.sender in self._inbox:
             raise ProtocolError(f"replayed message: second {msg.stage!r} from {msg.sender!r} in round {msg.round}")
-        if msg.payload.dtype != np.uint64 or msg.payload.size != int(np.prod(msg.shape, dtype=np.int64)):
+        if msg.payload.dtype != self._payload_dtype or msg.payload.size != int(np.prod(msg.shape, dtype=np.int64)):
             raise ProtocolError(f"malformed {msg.stage!r} from {msg.sender!r}: payload does not match its shape")
         if check_payload and payload_digest(msg.payload) != msg.digest:
             raise ProtocolError(f"{msg.stage!r} from {msg.sender!r}: payload digest mismatch (altered)")
@@ -650,6 +679,9 @@ class Aggregator:
         if missing:
             self.abort(f"stage {self.stage!r}: no message from {', '.join(missing)}")
         msgs = list(self._inbox.values())
+        narrow = self._payload_dtype == np.uint32
+        if narrow and integer:
+            raise SecureAggError("close_stage: integer stages use the 64-bit ring")
         unchecked = [m for m in msgs if m.sender in self._unchecked]
         size, shape = msgs[0].payload.size, msgs[0].shape
         row = max(size // shape[0], 1) if shape and shape[0] else 1
@@ -679,6 +711,10 @@ class Aggregator:
                     hasher.update(memoryview(m.payload[start:stop]).cast("B"))
                 total = result[start:stop].view(np.uint64) if integer else scratch[:stop - start]
                 self._sum_chunk(msgs, start, stop, total)   # uint64 wraps mod 2^64: the masks cancel
+                if narrow:  # keep the sum mod 2^32 and sign-extend it to the int64 pattern decode reads
+                    np.bitwise_and(total, _LOW32, out=total)
+                    np.bitwise_xor(total, _SIGN32, out=total)
+                    np.subtract(total, _SIGN32, out=total)
                 hashers[-1].update(memoryview(total).cast("B"))
                 if consume is not None:
                     _decode_kernel(total, scale, values[:stop - start])
@@ -686,9 +722,10 @@ class Aggregator:
                 elif not integer:
                     _decode_kernel(total, scale, result[start:stop])
 
-        ranges = segments(size, math.lcm(row, _LEAF_ELEMENTS), threads)
+        leaf_elements = DIGEST_LEAF // msgs[0].payload.itemsize
+        ranges = segments(size, math.lcm(row, leaf_elements), threads)
         leaves = _segment_leaf_lists(segment, ranges, len(unchecked) + 1)
-        altered = [m.sender for m, lv in zip(unchecked, leaves) if root_digest(lv, 8 * size) != m.digest]
+        altered = [m.sender for m, lv in zip(unchecked, leaves) if root_digest(lv, m.payload.nbytes) != m.digest]
         if altered:
             stage = self.stage
             self.abort_round()
@@ -702,13 +739,14 @@ class Aggregator:
 
     @staticmethod
     def _sum_chunk(msgs: list, start: int, stop: int, total: np.ndarray) -> None:
-        """total = Σ payload[start:stop] on Z_2^64 (uint64 addition wraps; the masks cancel)."""
+        """total = Σ payload[start:stop] on Z_2^64 (uint64 addition wraps; the masks cancel).
+        uint32 payloads are summed in uint64 too: right modulo 2^32, which is all that is kept."""
         if len(msgs) == 1:
             total[:] = msgs[0].payload[start:stop]
         else:
-            np.add(msgs[0].payload[start:stop], msgs[1].payload[start:stop], out=total)
+            np.add(msgs[0].payload[start:stop], msgs[1].payload[start:stop], out=total, dtype=np.uint64)
         for m in msgs[2:]:
-            np.add(total, m.payload[start:stop], out=total)
+            np.add(total, m.payload[start:stop], out=total, dtype=np.uint64)
 
     def close_round(self) -> None:
         self._log("round-close", "coordinator")

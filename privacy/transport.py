@@ -1,61 +1,114 @@
-"""Parties in their own processes, talking to the coordinator over loopback HTTP.
+"""The wire format between the coordinator and the party services: streamed, pickle-free.
 
-The coordinator runs a tiny HTTP server (stdlib ``http.server``, 127.0.0.1, a free
-port). The protocol driver holds one :class:`RemoteParty` per party: calling a method on
-it queues a task; the party's process long-polls ``GET /v1/task?party=…``, runs the
-method on its own local object and posts the answer to ``POST /v1/result?task=…``. A
-party that does not answer in time raises :class:`PartyUnavailable` (the round aborts
-and is re-keyed). So the same driver code runs parties in-process or remote.
+A body is ``WLV2`` ‖ u32 length ‖ JSON skeleton ‖ the raw bytes of every array, in order.
+The skeleton holds plain values and placeholders for arrays (dtype, shape), bytes, tuples,
+str-keyed dicts and the whitelisted protocol dataclasses (KeyAnnouncement, MaskedMessage);
+nothing else can be sent, and nothing is ever unpickled. Arrays go out in pieces of
+:data:`PIECE` bytes straight from their buffers (:func:`encode_chunks`) and come in
+straight into preallocated arrays (:class:`Decoder`), so neither side copies a whole
+payload to build or to parse a body. Only numeric dtypes are accepted, and the declared
+sizes are bounded before anything is allocated.
 
-Bodies are a small self-describing format (:func:`encode` / :func:`decode`): an ``.npz``
-archive of the arrays plus a JSON skeleton, loaded with ``allow_pickle=False`` — no
-pickle crosses the wire. Only whitelisted protocol dataclasses are rebuilt. The HTTP
-channel itself is not authenticated (loopback here; TLS in a deployment): masked
-messages and key announcements are signed by the parties' identity keys
-(privacy.secure_agg), which is what the coordinator checks.
+Two ways to send less or sooner: a large array the receiver already holds goes as its
+digest (:class:`ArrayCache`); and a CG stage goes duplex — its input travels on its own
+upload stream (:class:`UploadRef` → :class:`StreamedArray`) while the masked rows come back
+in frames as they are made (:func:`frame`, :class:`FrameReader`).
+
+Authentication is not here: the channel is mutual TLS with pinned certificates
+(privacy.tls, training.remote), and masked messages and key announcements carry their own
+Ed25519 signatures bound to (run, round, stage) (privacy.secure_agg), which the
+coordinator's Aggregator checks whatever the channel.
 """
 from __future__ import annotations
 
 import dataclasses
-import io
-import itertools
 import json
-import logging
-import queue
+import struct
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
+import blake3
 import numpy as np
 
 from wenlv.privacy.secure_agg import (DropoutError, KeyAnnouncement, MaskedMessage, PartyUnavailable, ProtocolError,
-                                SecureAggError)
+                                      SecureAggError)
 from wenlv.errors import WenlvError
 
-log = logging.getLogger(__name__)
-
+MAGIC = b"WLV2"
+PIECE = 1 << 20           # bytes per streamed piece of an array
+MAX_META = 1 << 20        # a skeleton larger than this is refused
+MAX_BODY = 1 << 36        # 64 GiB: refuse absurd declared sizes before allocating
+REF_MIN_BYTES = 1 << 20   # arrays at least this large may go by reference (ArrayCache)
+CACHE_SLOTS = 2
+_DTYPES = frozenset("biuf")  # numeric kinds only (no object, no void, no strings)
 _DATACLASSES = {cls.__name__: cls for cls in (KeyAnnouncement, MaskedMessage)}
-_ERRORS = {cls.__name__: cls for cls in (ProtocolError, PartyUnavailable, DropoutError, SecureAggError, WenlvError)}
-STOP = "__stop__"
+ERRORS = {cls.__name__: cls for cls in (ProtocolError, PartyUnavailable, DropoutError, SecureAggError, WenlvError)}
 
 
 class RemotePartyError(WenlvError):
     """A remote party's method failed; the message names the party and the method."""
 
 
-# ------------------------------------------------------------------ wire format
-def encode(obj) -> bytes:
-    arrays: list[np.ndarray] = []
+def array_digest(a: np.ndarray) -> str:
+    """BLAKE3 of an array's dtype, shape and bytes: its name in the receiver's cache."""
+    h = blake3.blake3(f"{a.dtype.str}|{a.shape}|".encode())
+    h.update(memoryview(np.ascontiguousarray(a).reshape(-1)).cast("B"))
+    return h.hexdigest()
 
+
+class ArrayCache:
+    """The last :data:`CACHE_SLOTS` large arrays that crossed, by digest, on both ends of a link.
+
+    The CG start residual needs the user factors each party already received for its last
+    item step: instead of sending them again (users × factors numbers), the coordinator sends
+    their digest and the party takes them from its cache. Both ends update the same way after
+    every call, so they agree on what is cached; an unknown reference is refused (the sender
+    then sends the array itself). Nothing new is revealed: the party holds those values already.
+    """
+
+    def __init__(self):
+        self._items: dict[str, np.ndarray | None] = {}
+
+    def __contains__(self, digest: str) -> bool:
+        return digest in self._items
+
+    def get(self, digest: str) -> np.ndarray:
+        a = self._items.get(digest)
+        if a is None:
+            raise ProtocolError(f"unknown array reference {digest[:12]}…")
+        return a
+
+    def put(self, digest: str, array: np.ndarray | None) -> None:
+        """Remember a digest (the receiver keeps the array, read-only; the sender only the digest)."""
+        if array is not None:
+            array.setflags(write=False)
+        self._items.pop(digest, None)
+        self._items[digest] = array
+        while len(self._items) > CACHE_SLOTS:
+            self._items.pop(next(iter(self._items)))
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+def _skeleton(obj, arrays: list, known: ArrayCache | None = None, sent_digests: list | None = None) -> object:
     def skel(o):
         if o is None or isinstance(o, (bool, int, float, str)):
             return o
         if isinstance(o, np.generic):
             return o.item()
         if isinstance(o, np.ndarray):
-            arrays.append(o)
-            return {"__nd__": len(arrays) - 1}
+            if o.dtype.kind not in _DTYPES:
+                raise TypeError(f"cannot send a {o.dtype} array over the wire")
+            if known is not None and o.nbytes >= REF_MIN_BYTES:
+                digest = array_digest(o)
+                sent_digests.append(digest)
+                if digest in known:
+                    return {"__ref__": digest}
+                arrays.append(np.ascontiguousarray(o))
+                return {"__nd__": len(arrays) - 1, "dtype": o.dtype.str, "shape": list(o.shape), "cache": digest}
+            arrays.append(np.ascontiguousarray(o))
+            return {"__nd__": len(arrays) - 1, "dtype": o.dtype.str, "shape": list(o.shape)}
         if isinstance(o, bytes):
             return {"__bytes__": o.hex()}
         if isinstance(o, tuple):
@@ -66,29 +119,152 @@ def encode(obj) -> bytes:
             if not all(isinstance(k, str) for k in o):
                 raise TypeError("only str dict keys cross the wire")
             return {"__dict__": {k: skel(v) for k, v in o.items()}}
+        if isinstance(o, UploadRef):
+            return {"__upload__": o.token, "dtype": o.array.dtype.str, "shape": list(o.array.shape)}
         if type(o).__name__ in _DATACLASSES and dataclasses.is_dataclass(o):
             return {"__dc__": type(o).__name__,
                     "fields": {f.name: skel(getattr(o, f.name)) for f in dataclasses.fields(o)}}
         raise TypeError(f"cannot send a {type(o).__name__} over the wire")
 
-    meta = json.dumps(skel(obj)).encode()
-    buf = io.BytesIO()
-    np.savez(buf, __meta__=np.frombuffer(meta, dtype=np.uint8), **{f"a{i}": a for i, a in enumerate(arrays)})
-    return buf.getvalue()
+    return skel(obj)
 
 
-def decode(data: bytes):
-    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-        meta = json.loads(z["__meta__"].tobytes())
-        arrays = {k: z[k] for k in z.files if k != "__meta__"}
+def encode_chunks(obj, known: ArrayCache | None = None, sent_digests: list | None = None):
+    """The body of `obj` as an iterator of byte pieces (arrays streamed from their buffers).
 
+    With `known` (the sender's mirror of the receiver's :class:`ArrayCache`), a large array
+    the receiver holds goes as a reference; the digests of the large arrays go to `sent_digests`.
+    """
+    arrays: list[np.ndarray] = []
+    meta = json.dumps(_skeleton(obj, arrays, known, sent_digests if sent_digests is not None else [])).encode()
+    yield MAGIC + struct.pack(">I", len(meta)) + meta
+    for a in arrays:
+        view = memoryview(a.reshape(-1)).cast("B") if a.size else memoryview(b"")
+        for start in range(0, len(view), PIECE):
+            yield bytes(view[start:start + PIECE])
+
+
+def body_size(obj) -> int:
+    """Bytes :func:`encode_chunks` sends for `obj` (for byte accounting without encoding)."""
+    arrays: list[np.ndarray] = []
+    meta = json.dumps(_skeleton(obj, arrays)).encode()
+    return len(MAGIC) + 4 + len(meta) + sum(a.nbytes for a in arrays)
+
+
+class Decoder:
+    """Parses a body fed in pieces of any size into preallocated arrays; :meth:`result` at the end."""
+
+    def __init__(self, cache: ArrayCache | None = None, uploads: "Uploads | None" = None):
+        self.cache, self.uploads = cache, uploads
+        self._head = bytearray()
+        self._started = False
+        self._meta = None
+        self._arrays: list[np.ndarray] = []
+        self._views: list[memoryview] = []
+        self._k, self._filled = 0, 0
+        self.received = 0
+
+    def feed(self, data) -> None:
+        data = memoryview(data).cast("B")
+        self.received += len(data)
+        if not self._started:
+            self._head += data
+            if len(self._head) < 8:
+                return
+            if bytes(self._head[:4]) != MAGIC:
+                raise ProtocolError("not a wenlv body (bad magic)")
+            (n,) = struct.unpack(">I", self._head[4:8])
+            if n > MAX_META:
+                raise ProtocolError(f"body skeleton of {n} bytes refused")
+            if len(self._head) < 8 + n:
+                return
+            self._start(bytes(self._head[8:8 + n]))
+            data, self._head = memoryview(bytes(self._head[8 + n:])), bytearray()
+        while len(data):
+            if self._k >= len(self._views):
+                raise ProtocolError("body longer than its skeleton declares")
+            view = self._views[self._k]
+            take = min(len(view) - self._filled, len(data))
+            view[self._filled:self._filled + take] = data[:take]
+            self._filled += take
+            data = data[take:]
+            if self._filled == len(view):
+                self._k, self._filled = self._k + 1, 0
+                self._skip_empty()
+
+    def _start(self, meta_bytes: bytes) -> None:
+        self._started = True
+        try:
+            self._meta = json.loads(meta_bytes)
+        except ValueError:
+            raise ProtocolError("malformed body skeleton") from None
+        specs: list[dict] = []
+
+        def walk(o):
+            if isinstance(o, list):
+                for v in o:
+                    walk(v)
+            elif isinstance(o, dict):
+                if "__nd__" in o:
+                    specs.append(o)
+                for v in o.values():
+                    walk(v)
+
+        walk(self._meta)
+        specs.sort(key=lambda s: s["__nd__"])
+        if [s["__nd__"] for s in specs] != list(range(len(specs))):
+            raise ProtocolError("malformed body: array placeholders out of order")
+        total = 0
+        for s in specs:
+            try:
+                dtype = np.dtype(s["dtype"])
+                shape = tuple(int(d) for d in s["shape"])
+            except (TypeError, ValueError, KeyError):
+                raise ProtocolError("malformed body: bad array declaration") from None
+            if dtype.kind not in _DTYPES or any(d < 0 for d in shape):
+                raise ProtocolError(f"malformed body: array of {dtype} {shape} refused")
+            total += int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if total > MAX_BODY:
+                raise ProtocolError("body declares more than the size limit")
+            a = np.empty(shape, dtype=dtype)
+            self._arrays.append(a)
+            self._views.append(memoryview(a.reshape(-1)).cast("B") if a.size else memoryview(bytearray()))
+        self._skip_empty()
+
+    def _skip_empty(self) -> None:
+        while self._k < len(self._views) and len(self._views[self._k]) == 0:
+            self._k += 1
+
+    def result(self):
+        if not self._started or self._k != len(self._views):
+            raise ProtocolError("body ended early (truncated)")
+        return _build(self._meta, self._arrays, self.cache, self.uploads)
+
+
+def _build(meta, arrays, cache: ArrayCache | None = None, uploads=None):
     def build(o):
         if isinstance(o, list):
             return [build(v) for v in o]
         if not isinstance(o, dict):
             return o
+        if "__upload__" in o:
+            if uploads is None:
+                raise ProtocolError("upload reference where none is expected")
+            try:
+                return uploads.get(str(o["__upload__"]), o["dtype"], o["shape"])
+            except (TypeError, KeyError, ValueError):
+                raise ProtocolError("malformed upload reference") from None
+        if "__ref__" in o:
+            if cache is None:
+                raise ProtocolError("array reference without a cache")
+            return cache.get(o["__ref__"])
         if "__nd__" in o:
-            return arrays[f"a{o['__nd__']}"]
+            a = arrays[o["__nd__"]]
+            if "cache" in o and cache is not None:
+                if array_digest(a) != o["cache"]:
+                    raise ProtocolError("cached array does not match its digest")
+                cache.put(o["cache"], a)
+            return a
         if "__bytes__" in o:
             return bytes.fromhex(o["__bytes__"])
         if "__tuple__" in o:
@@ -102,166 +278,147 @@ def decode(data: bytes):
             fields = {k: build(v) for k, v in o["fields"].items()}
             if "shape" in fields:
                 fields["shape"] = tuple(fields["shape"])
-            return cls(**fields)
+            try:
+                return cls(**fields)
+            except TypeError:
+                raise ProtocolError(f"malformed {o['__dc__']}") from None
         raise ProtocolError("malformed body")
 
     return build(meta)
 
 
-# ------------------------------------------------------------------ coordinator side
-class CoordinatorServer:
-    """Task queues per party and their answers, behind an HTTP server on 127.0.0.1."""
+def encode(obj) -> bytes:
+    """The whole body as bytes (small messages and tests; the services stream)."""
+    return b"".join(encode_chunks(obj))
 
-    def __init__(self, parties, host: str = "127.0.0.1", port: int = 0, poll_seconds: float = 5.0):
-        self.parties = tuple(parties)
-        self.poll_seconds = poll_seconds
-        self._tasks = {p: queue.Queue() for p in self.parties}
-        self._results: dict[int, tuple[threading.Event, list]] = {}
-        self._ids = itertools.count(1)
+
+def decode(data: bytes):
+    decoder = Decoder()
+    decoder.feed(data)
+    return decoder.result()
+
+
+# ------------------------------------------------------------------ duplex stages
+# A CG stage sends users × factors values to a party and gets users × factors ring elements
+# back. Sent one after the other, each link direction idles half the time. Instead the array
+# goes up a second connection (POST /v1/upload/<token>, raw bytes) while the call that
+# names the token streams the masked rows back as they are made (frames below): both
+# directions of the link are busy at once.
+
+class UploadRef:
+    """Stands for an array that travels on its own upload stream (the call names its token)."""
+
+    def __init__(self, token: str, array: np.ndarray):
+        self.token, self.array = token, np.ascontiguousarray(array)
+
+
+class StreamedArray:
+    """An array still arriving: ``wait_rows(k)`` blocks until its first k rows are in."""
+
+    def __init__(self, dtype, shape, timeout: float):
+        dtype = np.dtype(dtype)
+        if dtype.kind not in _DTYPES or not shape or any(int(d) < 0 for d in shape):
+            raise ProtocolError(f"upload of {dtype} {shape} refused")
+        if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize > MAX_BODY:
+            raise ProtocolError("upload larger than the size limit")
+        self.array = np.empty(tuple(int(d) for d in shape), dtype=dtype)
+        self._view = memoryview(self.array.reshape(-1)).cast("B") if self.array.size else memoryview(bytearray())
+        self._row_bytes = max(self.array[0].nbytes if self.array.shape[0] else 1, 1)
+        self.filled, self.failed, self.timeout = 0, None, timeout
+        self._cond = threading.Condition()
+
+    def feed(self, data) -> None:
+        data = memoryview(data).cast("B")
+        with self._cond:
+            if self.filled + len(data) > len(self._view):
+                raise ProtocolError("upload longer than declared")
+            self._view[self.filled:self.filled + len(data)] = data
+            self.filled += len(data)
+            self._cond.notify_all()
+
+    def fail(self, why: str) -> None:
+        with self._cond:
+            self.failed = why
+            self._cond.notify_all()
+
+    def complete(self) -> bool:
+        return self.filled == len(self._view)
+
+    def wait_rows(self, rows: int) -> None:
+        need = min(int(rows) * self._row_bytes, len(self._view))
+        deadline = time.monotonic() + self.timeout
+        with self._cond:
+            while self.filled < need:
+                if self.failed:
+                    raise ProtocolError(f"upload failed: {self.failed}")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PartyUnavailable(f"upload stalled at {self.filled} of {len(self._view)} bytes")
+                self._cond.wait(min(left, 1.0))
+
+
+class Uploads:
+    """The party's uploads by token. A token is claimed twice — by its upload stream and by the
+    call that names it, in either order — then forgotten; a third claim is a replay. At most
+    `limit` tokens are remembered."""
+
+    def __init__(self, timeout: float = 300.0, limit: int = 256):
+        self.timeout, self.limit = timeout, limit
         self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="coordinator-http", daemon=True)
+        self._open: dict[str, StreamedArray] = {}
+        self._claims: dict[str, int] = {}
 
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> "CoordinatorServer":
-        self._thread.start()
-        return self
-
-    def close(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def call(self, party: str, method: str, args: tuple, timeout: float):
-        """Queue a call for a party and wait for its answer."""
-        task_id = next(self._ids)
-        event, box = threading.Event(), []
+    def get(self, token: str, dtype, shape) -> StreamedArray:
+        """The upload of `token`, checked against what the other side declared."""
         with self._lock:
-            self._results[task_id] = (event, box)
-        self._tasks[party].put(encode({"id": task_id, "method": method, "args": tuple(args)}))
-        if not event.wait(timeout):
-            with self._lock:
-                self._results.pop(task_id, None)
-            raise PartyUnavailable(f"party {party!r} did not answer {method!r} within {timeout:g} s")
-        answer = box[0]
-        if "error" in answer:
-            cls = _ERRORS.get(answer.get("type"), RemotePartyError)
-            raise cls(f"party {party!r}, {method}: {answer['error']}")
-        return answer["value"]
-
-    def stop_party(self, party: str) -> None:
-        self._tasks[party].put(encode({"id": 0, "method": STOP, "args": ()}))
-
-    def _handler(self):
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, fmt, *args):  # quiet: bodies are never logged anyway
-                log.debug("coordinator http: " + fmt, *args)
-
-            def _reply(self, code: int, body: bytes = b"", ctype: str = "application/octet-stream"):
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def _error(self, code: int, message: str):
-                self._reply(code, json.dumps({"error": message}).encode(), "application/json")
-
-            def do_GET(self):
-                url = urlparse(self.path)
-                if url.path == "/health":
-                    return self._reply(200, b'{"status":"ok"}', "application/json")
-                if url.path != "/v1/task":
-                    return self._error(404, f"no route {url.path}")
-                party = parse_qs(url.query).get("party", [""])[0]
-                if party not in server._tasks:
-                    return self._error(404, f"unknown party {party!r}")
-                try:
-                    body = server._tasks[party].get(timeout=server.poll_seconds)
-                except queue.Empty:
-                    return self._reply(204)
-                self._reply(200, body)
-
-            def do_POST(self):
-                url = urlparse(self.path)
-                if url.path != "/v1/result":
-                    return self._error(404, f"no route {url.path}")
-                try:
-                    task_id = int(parse_qs(url.query).get("task", [""])[0])
-                    answer = decode(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                except (ValueError, ProtocolError, OSError) as exc:
-                    return self._error(400, f"bad result: {exc}")
-                with server._lock:
-                    slot = server._results.pop(task_id, None)
-                if slot is None:
-                    return self._error(409, f"task {task_id} is not awaited (late or replayed answer)")
-                slot[1].append(answer)
-                slot[0].set()
-                self._reply(204)
-
-        return Handler
+            claims = self._claims.get(token, 0)
+            if claims >= 2:
+                raise ProtocolError(f"replayed upload token {token[:8]}…")
+            a = self._open.get(token)
+            if a is None:
+                a = self._open[token] = StreamedArray(dtype, shape, self.timeout)
+            if a.array.dtype != np.dtype(dtype) or a.array.shape != tuple(int(d) for d in shape):
+                raise ProtocolError(f"upload {token[:8]}…: declared twice differently")
+            self._claims[token] = claims + 1
+            if claims + 1 == 2:
+                self._open.pop(token)  # both ends hold it now
+            while len(self._claims) > self.limit:
+                old = next(iter(self._claims))
+                self._claims.pop(old)
+                self._open.pop(old, None)
+            return a
 
 
-class RemoteParty:
-    """Stands in for a party object in the driver; every method call goes over HTTP."""
-
-    remote = True
-
-    def __init__(self, server: CoordinatorServer, name: str, timeout: float = 120.0):
-        self.server, self.name, self.timeout = server, name, timeout
-
-    def __getattr__(self, method: str):
-        if method.startswith("_"):
-            raise AttributeError(method)
-
-        def call(*args):
-            return self.server.call(self.name, method, args, self.timeout)
-
-        return call
+FRAME_DATA, FRAME_END, FRAME_ERROR = b"D", b"T", b"E"
 
 
-# ------------------------------------------------------------------ party side
-def serve_party(url: str, party: str, obj, idle_timeout: float = 600.0) -> None:
-    """Run `obj`'s methods for the coordinator at `url` until told to stop (or idle too long)."""
-    import httpx
+def frame(kind: bytes, data) -> list:
+    return [kind + struct.pack(">I", len(data)), data]
 
-    last = time.monotonic()
-    with httpx.Client(base_url=url, timeout=httpx.Timeout(60.0)) as client:
-        while True:
-            try:
-                resp = client.get("/v1/task", params={"party": party})
-            except httpx.TransportError:
-                if time.monotonic() - last > idle_timeout:
-                    raise WenlvError(f"party {party}: coordinator at {url} unreachable") from None
-                time.sleep(0.2)
-                continue
-            if resp.status_code == 204:
-                if time.monotonic() - last > idle_timeout:
-                    raise WenlvError(f"party {party}: no task for {idle_timeout:g} s; stopping")
-                continue
-            if resp.status_code != 200:
-                raise WenlvError(f"party {party}: coordinator answered {resp.status_code}: {resp.text[:200]}")
-            last = time.monotonic()
-            task = decode(resp.content)
-            if task["method"] == STOP:
+
+class FrameReader:
+    """Reads a framed response: payload pieces into a growing buffer, then the closing message."""
+
+    def __init__(self):
+        self._buf = bytearray()
+        self.payload = bytearray()
+        self.end = None
+        self.received = 0
+
+    def feed(self, data) -> None:
+        self.received += len(data)
+        self._buf += data
+        while len(self._buf) >= 5:
+            kind, (n,) = bytes(self._buf[:1]), struct.unpack(">I", self._buf[1:5])
+            if n > MAX_META and kind != FRAME_DATA:
+                raise ProtocolError("oversized frame")
+            if len(self._buf) < 5 + n:
                 return
-            try:
-                if task["method"].startswith("_"):
-                    raise ProtocolError(f"method {task['method']!r} is not callable remotely")
-                answer = {"value": getattr(obj, task["method"])(*task["args"])}
-            except Exception as exc:  # noqa: BLE001 - every failure goes back to the coordinator, named
-                log.exception("party %s: %s failed", party, task["method"])
-                answer = {"error": str(exc), "type": type(exc).__name__}
-            client.post("/v1/result", params={"task": task["id"]}, content=encode(answer))
+            body = bytes(self._buf[5:5 + n])
+            del self._buf[:5 + n]
+            if kind == FRAME_DATA:
+                self.payload += body
+            elif kind in (FRAME_END, FRAME_ERROR):
+                self.end = (kind, decode(body))
+            else:
+                raise ProtocolError(f"unknown frame {kind!r}")

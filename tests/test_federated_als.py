@@ -13,6 +13,7 @@ from wenlv.training.central_als import CentralALS
 from wenlv.training.federated_als import (FederatedALS, FederatedALSParty, PartyUnavailable, block_product,
                                     block_residual, init_factors, sparse_product, sparse_residual)
 from wenlv.errors import WenlvError
+from wenlv.training.pipeline import RELATIVE_TOLERANCE
 
 PARAMS = dict(factors=16, regularization=0.05, iterations=8, random_state=11, num_threads=1)
 
@@ -399,3 +400,29 @@ def test_thread_count_does_not_change_the_model(data, monkeypatch):
     two = FederatedALS(show_progress=False, **dict(params, num_threads=2)).fit(blocks)
     assert np.array_equal(one.user_factors, two.user_factors)
     assert all(np.array_equal(one.item_factors[p], two.item_factors[p]) for p in blocks)
+
+
+def test_narrow_ring_halves_the_cg_bytes_and_gives_the_same_sums(data):
+    """On Z_2^32 (low halves of the Z_2^64 elements) every stage sum is the same integer, so the
+    model equals the 64-bit ring's bit for bit at the same fractional bits, within the pipeline's
+    tolerance of implicit; a value that could wrap the narrow sum raises instead."""
+    blocks, _ = data
+    params = dict(PARAMS, iterations=3)
+    wide = FederatedALS(show_progress=False, fixed_point_bits=24, record_view=True, **params).fit(blocks)
+    narrow = FederatedALS(show_progress=False, fixed_point_bits=24, ring_bits=32, record_view=True, **params).fit(blocks)
+    assert np.array_equal(wide.user_factors, narrow.user_factors)
+    assert all(np.array_equal(wide.item_factors[p], narrow.item_factors[p]) for p in blocks)
+    cg = [m for m in narrow.transcript if m.stage == "r0" or m.stage.startswith("ap")]
+    assert cg and all(m.payload.dtype == np.uint32 and m.size == 600 * 16 * 4 for m in cg)
+    assert all(m.payload.dtype == np.uint64 for m in narrow.transcript if m.stage in ("support", "gram"))
+    # the pipeline's check (training.factors): one float64 iteration from the same state as implicit's
+    state = (narrow.user_factors.astype(np.float64), {p: v.astype(np.float64) for p, v in narrow.item_factors.items()})
+    one = dict(params, iterations=1)
+    step = FederatedALS(show_progress=False, fixed_point_bits=24, ring_bits=32, dtype=np.float64, **one).fit(
+        blocks, init=state)
+    central = CentralALS(dtype=np.float64, **one).fit(blocks, init=state)
+    assert _max_diff(step, central) / np.abs(central.user_factors).max() < RELATIVE_TOLERANCE
+    with pytest.raises(WenlvError, match="overflows the ring"):   # ±2^(31-28)/3 ≈ 2.7: too narrow
+        FederatedALS(show_progress=False, fixed_point_bits=28, ring_bits=32, max_retries=0, **params).fit(blocks)
+    with pytest.raises(WenlvError, match="ring_bits"):
+        FederatedALS(ring_bits=16)

@@ -4,12 +4,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from wenlv.errors import WenlvError
 from wenlv.features import contracts
 
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the checkout's mlflow/ store)"
 
 
-def _parties(text: str) -> tuple[str, ...]:
+def _parties(text: str) -> tuple[str, ...] | dict[str, str]:
+    """``tourism,carrier`` (in process) or ``tourism=https://…,carrier=https://…`` (party services)."""
+    if "=" in text:
+        from wenlv.training.remote import parse_parties
+
+        return parse_parties(text)
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
@@ -18,7 +24,10 @@ def register(sub) -> None:
     t.add_argument("--features", type=Path, required=True, help="feature folder written by `wenlv features`")
     t.add_argument("--mode", choices=("federated", "central"), default="federated",
                    help="federated (masked sums; the production path) or central (pooled baseline, never champion)")
-    t.add_argument("--parties", type=_parties, default=contracts.PARTIES, help="comma list, must include tourism")
+    t.add_argument("--parties", type=_parties, default=contracts.PARTIES,
+                   help="comma list, must include tourism; or name=https://host:port for each party's own "
+                        "`wenlv party serve` (federated ALS over mutual TLS; the coordinator holds no block)")
+    t.add_argument("--out", type=Path, default=None, help="with remote parties: where the user and POI factors go")
     t.add_argument("--factors", type=int, default=16, help="latent factors per user and POI")
     t.add_argument("--iterations", type=int, default=10, help="ALS iterations")
     t.add_argument("--regularization", type=float, default=1.0, help="ALS L2 regularisation")
@@ -33,6 +42,23 @@ def register(sub) -> None:
     t.add_argument("--no-promote", action="store_true", help="register the version but do not try the quality gate")
     t.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     t.set_defaults(func=_train)
+
+    pa = sub.add_parser("party", help="one organisation's party service, and the deployment's certificates")
+    pa_sub = pa.add_subparsers(dest="party_command", required=True, metavar="PARTY_COMMAND")
+    ps = pa_sub.add_parser("serve", help="serve this party's side of federated training over mutual TLS")
+    ps.add_argument("--party", choices=contracts.PARTIES, required=True)
+    ps.add_argument("--data", type=Path, required=True,
+                    help="this party's own feature folder (its block + the shared carrier/users token list)")
+    ps.add_argument("--listen", required=True, help="HOST:PORT")
+    ps.add_argument("--tls", type=Path, default=None, help="certificate folder (default: WENLV_PARTY_TLS)")
+    ps.add_argument("--state", type=Path, default=None,
+                    help="where this party keeps its item factors (default: <data>/.wenlv-party)")
+    ps.set_defaults(func=_party)
+    pc = pa_sub.add_parser("certs", help="make a per-deployment CA and every party's certificate")
+    pc.add_argument("--out", type=Path, required=True)
+    pc.add_argument("--names", type=_parties, default=contracts.PARTIES)
+    pc.add_argument("--host", action="append", help="name=host or name=IP to put in that certificate's SAN")
+    pc.set_defaults(func=_party)
 
     e = sub.add_parser("evaluate", help="metrics of a registered version (default: champion) on a feature folder")
     e.add_argument("--features", type=Path, required=True, help="feature blocks folder to evaluate on")
@@ -59,6 +85,8 @@ def register(sub) -> None:
 
 
 def _train(args) -> int:
+    if isinstance(args.parties, dict):
+        return _train_remote(args)
     from wenlv.training.pipeline import TrainConfig, train
 
     config = TrainConfig(mode=args.mode, parties=args.parties, factors=args.factors, iterations=args.iterations,
@@ -68,6 +96,64 @@ def _train(args) -> int:
                          shapley=not args.no_shapley, promote=not args.no_promote)
     out = train(args.features, config, tracking_uri=args.tracking_uri, data_dir=args.data)
     print(json.dumps(_public(out), default=str))
+    return 0
+
+
+def _train_remote(args) -> int:
+    """Federated ALS driven over the party services; the coordinator keeps the user factors and
+    the tourism POI factors, every party keeps its own item factors on its own disk."""
+    # lazy, as in every command here: the parser loads all stages, the heavy modules only run
+    import numpy as np
+
+    from wenlv.settings import get_settings
+    from wenlv.training.factors import COMPUTE_DTYPE
+    from wenlv.training.federated_als import FederatedALS
+    from wenlv.training.remote import RemoteParty
+
+    settings = get_settings()
+    if "tourism" not in args.parties:
+        raise WenlvError("the tourism party (owner of the POI block) must take part")
+    out = args.out or Path(args.features) / "federated"
+    handles = {p: RemoteParty(p, url, settings.party_tls_dir, timeout=settings.party_timeout_s,
+                              retries=settings.party_retries) for p, url in args.parties.items()}
+    try:
+        model = FederatedALS(factors=args.factors, iterations=args.iterations, regularization=args.regularization,
+                             random_state=args.seed, dtype=COMPUTE_DTYPE, collect_items=("tourism",),
+                             show_progress=False, audit_path=out / "audit.jsonl")
+        out.mkdir(parents=True, exist_ok=True)
+        model.fit_parties(handles)
+    finally:
+        for h in handles.values():
+            h.close()
+    np.save(out / "user_factors.npy", model.user_factors)
+    np.save(out / "poi_factors.npy", model.item_factors["tourism"])
+    print(json.dumps({"run_id": model.run_id_, "out": str(out), "parties": list(handles),
+                      "kept_by_parties": model.saved_, "rounds_aborted": model.rounds_aborted_,
+                      "seconds": round(model.timings_["wall_seconds"], 3)}))
+    return 0
+
+
+def _party(args) -> int:
+    # lazy, as in every command here: the parser loads all stages, the heavy modules only run
+    if args.party_command == "certs":
+        from wenlv.privacy.tls import fingerprint, make_deployment
+
+        hosts: dict[str, list[str]] = {}
+        for item in args.host or ():
+            name, _, host = item.partition("=")
+            hosts.setdefault(name, []).append(host)
+        written = make_deployment(args.out, args.names, hosts)
+        print(json.dumps({"files": written, "sha256": {k: fingerprint(v) for k, v in written.items()}}))
+        return 0
+    from wenlv.settings import get_settings
+    from wenlv.training.remote import load_party, serve
+
+    host, _, port = args.listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise WenlvError(f"--listen wants HOST:PORT, got {args.listen!r}")
+    party = load_party(args.party, args.data, args.state)
+    serve(party, host, int(port), args.tls or get_settings().party_tls_dir,
+          ready=lambda: print(json.dumps({"party": args.party, "listening": args.listen}), flush=True))
     return 0
 
 

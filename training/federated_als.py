@@ -49,6 +49,7 @@ import threading
 import uuid
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -56,9 +57,10 @@ import scipy.sparse as sp
 from tqdm.auto import tqdm
 
 from wenlv.privacy.audit import AuditLog
-from wenlv.privacy.secure_agg import (DEFAULT_FRAC_BITS, Aggregator, DropoutError, Identity, MaskingParty,
+from wenlv.privacy.secure_agg import (DEFAULT_FRAC_BITS, RING_BITS, Aggregator, DropoutError, Identity, MaskingParty,
                                 PartyUnavailable, SecureAggError)
 from wenlv.training.item_cg import item_cg_step, with_ridge
+from wenlv.training.party_api import Party
 from wenlv.training.sparse_rows import RS_EPS, row_pass
 from wenlv.errors import WenlvError
 from wenlv.memory import plain_pages_empty
@@ -215,12 +217,15 @@ class FederatedALSParty:
     """One party: its confidence block and item factors, which never leave this object.
 
     Everything it hands out is a masked message (secure_agg) except its public identity.
-    The same object runs in-process or behind privacy.transport in its own process.
+    The same object runs in-process or behind `wenlv party serve` (training.remote) in its own process.
     """
 
+    remote = False  # training.party_api.Party: called in this process
+
     def __init__(self, name: str, user_items: sp.csr_matrix, alpha: float = 1.0,
-                 identity: Identity | None = None):
+                 identity: Identity | None = None, state_dir=None):
         self.name = name
+        self.state_dir = None if state_dir is None else Path(state_dir)  # where `save` keeps its item factors
         C = sp.csr_matrix(user_items, dtype=np.float32)
         C.sort_indices()
         if alpha != 1.0:
@@ -244,10 +249,11 @@ class FederatedALSParty:
                 "identity": self.identity.public_bytes}
 
     def setup(self, parties: list, identities: dict, factors: int, regularization: float, cg_steps: int,
-              dtype: str, frac_bits: int, num_threads: int = 0, item_factors=None, random_state=None) -> None:
+              dtype: str, frac_bits: int, num_threads: int = 0, item_factors=None, random_state=None,
+              ring_bits: int = 64) -> None:
         self._masking = MaskingParty(self.identity, tuple(parties), identities, frac_bits)
         self._cfg = dict(regularization=float(regularization), cg_steps=int(cg_steps), dtype=np.dtype(dtype),
-                         num_threads=int(num_threads))
+                         num_threads=int(num_threads), ring_bits=int(ring_bits))
         self._threads = resolve_threads(num_threads)
         # confidences in the model's dtype, as implicit computes with them (float32 ~1.3x faster)
         self._data = self._C.data if self._cfg["dtype"] == np.float32 else self._C.data.astype(np.float64)
@@ -275,11 +281,20 @@ class FederatedALSParty:
             self._payload = plain_pages_empty(size, np.uint64)
         return self._payload
 
-    def _masked_terms(self, run_id: str, round_no: int, stage: str, V: np.ndarray, residual: bool):
+    def _masked_terms(self, run_id: str, round_no: int, stage: str, V, residual: bool, progress=None):
         """Mask this block's sparse terms for V (residual or CG product) block of users by block
         of users, each block computed and masked while it is in cache. The dense part V·Y_pᵀY_p
-        is not sent: the coordinator applies the summed gram matrix once for all parties."""
+        is not sent: the coordinator applies the summed gram matrix once for all parties.
+
+        V may be still arriving (privacy.transport.StreamedArray: a block waits for its rows),
+        and ``progress`` (see MaskingParty.mask_rows) hears of every finished block: over the
+        network the masked rows go back while the next rows come in."""
         float32 = self._cfg["dtype"] == np.float32
+        wait = getattr(V, "wait_rows", None)
+        if wait is not None:
+            if V.array.dtype != (np.float32 if float32 else np.float64):
+                wait(V.array.shape[0])  # a dtype to convert: the whole array first
+            V = V.array
         V = np.ascontiguousarray(V, dtype=np.float32 if float32 else np.float64)
         f = V.shape[1]
         C, data, Y = self._C, self._data, (self._Y if float32 else self._Y64)
@@ -288,6 +303,8 @@ class FederatedALSParty:
 
         def rows(lo: int, hi: int) -> np.ndarray:  # called from the masking threads
             u0, u1 = lo // f, hi // f
+            if wait is not None:
+                wait(u1)
             dense = getattr(local, "dense", None)
             if dense is None or dense.shape[0] < u1 - u0 or dense.shape[1] != f:
                 dense = local.dense = np.empty((u1 - u0, f), dtype=np.float64)
@@ -296,7 +313,7 @@ class FederatedALSParty:
             return terms.reshape(-1)
 
         return self._masking.mask_rows(run_id, round_no, stage, V.shape, rows, out=self._payload_buffer(V.size),
-                                       threads=self._threads)
+                                       threads=self._threads, ring_bits=self._cfg["ring_bits"], progress=progress)
 
     # secure aggregation rounds ------------------------------------------------------------
     def announce(self, run_id: str, round_no: int):
@@ -315,13 +332,13 @@ class FederatedALSParty:
         """Masked Y_pᵀY_p (factors × factors): the coordinator learns only Σ_p Y_pᵀY_p = YᵀY."""
         return self._masking.mask(run_id, round_no, "gram", self._G)
 
-    def residual(self, run_id: str, round_no: int, stage: str, X: np.ndarray):
+    def residual(self, run_id: str, round_no: int, stage: str, X: np.ndarray, progress=None):
         """Masked sparse_residual(X) (this block's sparse part of the CG start residual)."""
-        return self._masked_terms(run_id, round_no, stage, X, residual=True)
+        return self._masked_terms(run_id, round_no, stage, X, residual=True, progress=progress)
 
-    def product(self, run_id: str, round_no: int, stage: str, P: np.ndarray):
+    def product(self, run_id: str, round_no: int, stage: str, P: np.ndarray, progress=None):
         """Masked sparse_product(P) (this block's sparse part of A·p for a CG step)."""
-        return self._masked_terms(run_id, round_no, stage, P, residual=False)
+        return self._masked_terms(run_id, round_no, stage, P, residual=False, progress=progress)
 
     def end_round(self, run_id: str, round_no: int) -> None:
         self._masking.end_round(run_id, round_no)
@@ -345,6 +362,18 @@ class FederatedALSParty:
         """The party's own item factors (it may publish them; the tourism POI factors go to serving)."""
         return self._Y.copy()
 
+    def save(self, run_id: str) -> str:
+        """Keep the item factors on this party's own disk (``<state_dir>/als/<run>/``); "" without one."""
+        if self.state_dir is None or self._Y is None:
+            return ""
+        if not run_id.replace("-", "").isalnum():
+            raise WenlvError(f"{self.name}: run id {run_id!r} is not a plain name")
+        folder = self.state_dir / "als" / run_id
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.name}_item_factors.npy"
+        np.save(path, self._Y)
+        return str(path)
+
 
 # --------------------------------------------------------------------- the estimator
 class FederatedALS:
@@ -355,6 +384,8 @@ class FederatedALS:
     every core) is the thread count of each party's own work (masking, item step) and of the
     coordinator's (dense products, digests, sums) — results do not depend on it;
     ``fixed_point_bits`` sets the ring encoding (2^-bits resolution, ±2^(63-bits) range).
+    ``ring_bits`` = 32 sends the CG stages' masked vectors on Z_2^32 (half the bytes; each value
+    then within ±2^(31-bits)/parties, checked; e.g. 24 fractional bits: ±42, 6e-8 resolution).
     ``max_retries`` bounds re-keyed retries of a round after a dropout. ``audit_path``
     writes the hash-chained protocol log as JSON lines; ``record_view`` keeps every masked
     message the coordinator received in ``.transcript`` (for tests and audits).
@@ -372,13 +403,16 @@ class FederatedALS:
                  dtype=np.float32, iterations: int = 15, cg_steps: int = 3, random_state=None,
                  fixed_point_bits: int = DEFAULT_FRAC_BITS, num_threads: int = 0, max_retries: int = 3,
                  audit_path=None, record_view: bool = False, show_progress: bool = True,
-                 run_id: str | None = None, collect_items=None, party_threads: int = 1):
+                 run_id: str | None = None, collect_items=None, party_threads: int = 1, ring_bits: int = 64):
         self.factors, self.regularization, self.alpha = factors, regularization, alpha
         self.dtype, self.iterations, self.cg_steps = np.dtype(dtype), iterations, cg_steps
         self.random_state, self.fixed_point_bits, self.num_threads = random_state, fixed_point_bits, num_threads
         self.max_retries, self.audit_path, self.record_view = max_retries, audit_path, record_view
         self.show_progress, self.run_id = show_progress, run_id
         self.collect_items = collect_items
+        if ring_bits not in RING_BITS:
+            raise WenlvError(f"ring_bits must be one of {RING_BITS}, got {ring_bits}")
+        self.ring_bits = int(ring_bits)
         if int(party_threads) < 1:
             raise WenlvError(f"party_threads must be at least 1, got {party_threads}")
         self.party_threads = int(party_threads)
@@ -407,15 +441,16 @@ class FederatedALS:
         parties = {p: FederatedALSParty(p, m, alpha=self.alpha) for p, m in user_items.items()}
         return self.fit_parties(parties, init=init, callback=callback)
 
-    def fit_parties(self, parties: dict, init: tuple | None = None, callback=None):
-        """Fit with party handles: FederatedALSParty objects or remote proxies (privacy.transport)."""
+    def fit_parties(self, parties: dict[str, Party], init: tuple | None = None, callback=None):
+        """Fit with :class:`~training.party_api.Party` handles: FederatedALSParty objects in
+        process, or training.remote.RemoteParty over mutual TLS."""
         names = list(parties)
         self.timings_ = {"party_seconds": {}, "calls_sum": 0.0, "calls_max": 0.0, "calls_wall": 0.0,
                          "calls_cpu_sum": 0.0, "calls_cpu_max": 0.0, "cpu_measured": True}
         fit_cpu = time.process_time()
         self._work: dict[str, np.ndarray] = {}
         fit_start = time.perf_counter()
-        info = self._call(parties, "describe", {p: () for p in names})
+        info = self._each(parties, lambda name, party: party.describe())
         n_users = {i["n_users"] for i in info.values()}
         if len(n_users) != 1:
             raise WenlvError(f"party blocks are not aligned on users: { {p: i['n_users'] for p, i in info.items()} }")
@@ -440,9 +475,9 @@ class FederatedALS:
         self.audit_log = AuditLog(self.audit_path)
         agg = Aggregator(run_id, tuple(names), identities, self.fixed_point_bits, audit=self.audit_log)
         agg.record_view = self.record_view
-        self._call(parties, "setup", {p: (names, identities, self.factors, self.regularization, self.cg_steps,
-                                          self.dtype.str, self.fixed_point_bits, self.num_threads, Y0[p])
-                                      for p in names})
+        self._each(parties, lambda name, party: party.setup(names, identities, self.factors, self.regularization,
+                                                            self.cg_steps, self.dtype.str, self.fixed_point_bits,
+                                                            self.num_threads, Y0[name], None, self.ring_bits))
         round_no = 0
         with tqdm(total=self.iterations, disable=not self.show_progress, desc="federated ALS") as bar:
             for iteration in range(self.iterations):
@@ -455,12 +490,12 @@ class FederatedALS:
                         agg.abort_round()
                         self.rounds_aborted_ += 1
                         log.warning("iteration %d: %s; re-keying", iteration, exc)
-                        self._call(parties, "end_round", {p: (run_id, round_no) for p in names}, tolerate=True)
+                        self._each(parties, lambda name, party: party.end_round(run_id, round_no), tolerate=True)
                         if attempt == self.max_retries:
                             raise SecureAggError(f"iteration {iteration}: {self.max_retries + 1} rounds aborted; "
                                                  f"giving up (last: {exc})") from exc
                 XtX = self._user_gram(X)  # once for every party's item step
-                self._call(parties, "item_step", {p: (X, XtX) for p in names})
+                self._each(parties, lambda name, party: party.item_step(X, XtX))
                 bar.update(1)
                 if callback:
                     callback(iteration)
@@ -468,7 +503,8 @@ class FederatedALS:
         self._work = {}  # the CG work buffers (≈ 4 · 8 · users · factors bytes) are not kept after the fit
         self.parties_ = names
         collect = names if self.collect_items is None else [p for p in names if p in self.collect_items]
-        self.item_factors = self._call(parties, "item_factors", {p: () for p in collect})
+        self.saved_ = self._each(parties, lambda name, party: party.save(run_id))
+        self.item_factors = self._each(parties, lambda name, party: party.item_factors(), only=collect)
         self.transcript = agg.view
         t = self.timings_
         t["wall_seconds"] = time.perf_counter() - fit_start
@@ -489,13 +525,14 @@ class FederatedALS:
         names = list(parties)
         reg = float(np.float32(self.regularization))  # as implicit has it: λ passes through a C float
         agg.open_round(round_no)
-        for ann in self._call(parties, "announce", {p: (run_id, round_no) for p in names}).values():
+        for ann in self._each(parties, lambda name, party: party.announce(run_id, round_no)).values():
             agg.receive_key(ann)
         keys = agg.keys()
-        self._call(parties, "receive_keys", {p: (run_id, round_no, keys) for p in names})
+        self._each(parties, lambda name, party: party.receive_keys(run_id, round_no, keys))
 
-        nonempty = self._stage(parties, agg, "support", "support", (run_id, round_no), integer=True) != 0
-        G = self._stage(parties, agg, "gram", "gram", (run_id, round_no))  # YᵀY = Σ_p Y_pᵀY_p
+        nonempty = self._stage(parties, agg, "support", lambda party: party.support(run_id, round_no),
+                               integer=True) != 0
+        G = self._stage(parties, agg, "gram", lambda party: party.gram(run_id, round_no))  # YᵀY = Σ_p Y_pᵀY_p
         # CG state in the model's precision, as implicit keeps it (float32 halves the coordinator's
         # memory and traffic and what parties read), reused round after round
         work = self._work_dtype()
@@ -524,15 +561,17 @@ class FederatedALS:
             Ap += p[u] @ gram
             _cg_update(X[u], r[u], p[u], Ap, reg, rsold[u], active[u], RS_EPS)
 
-        self._stage(parties, agg, "residual", "r0", (run_id, round_no, "r0", X), consume=start)
+        self._stage(parties, agg, "r0", lambda party: party.residual(run_id, round_no, "r0", X), consume=start,
+                    ring_bits=self.ring_bits)
         for k in range(self.cg_steps):
             if not active.any():
                 break
             stage = f"ap{k + 1}"
-            self._stage(parties, agg, "product", stage, (run_id, round_no, stage, p), consume=step)
+            self._stage(parties, agg, stage, lambda party: party.product(run_id, round_no, stage, p), consume=step,
+                        ring_bits=self.ring_bits)
         X[~nonempty] = 0.0  # users with no interaction anywhere get 0 (as in implicit)
         agg.close_round()
-        self._call(parties, "end_round", {p: (run_id, round_no) for p in names})
+        self._each(parties, lambda name, party: party.end_round(run_id, round_no))
         return X
 
     def _user_gram(self, X: np.ndarray) -> np.ndarray:
@@ -558,15 +597,18 @@ class FederatedALS:
             buf = self._work[name] = plain_pages_empty(shape, dtype)
         return buf
 
-    def _stage(self, parties, agg: Aggregator, method: str, stage: str, args: tuple, integer: bool = False,
-               consume=None):
-        agg.open_stage(stage)
-        agg.submit_all(list(self._call(parties, method, {p: args for p in parties}).values()))
+    def _stage(self, parties, agg: Aggregator, stage: str, send, integer: bool = False, consume=None,
+               ring_bits: int = 64):
+        """One stage: every party's masked message (``send(party)``), checked, summed, released."""
+        agg.open_stage(stage, ring_bits)
+        agg.submit_all(list(self._each(parties, lambda name, party: send(party)).values()))
         return agg.close_stage(integer=integer, threads=self._threads, consume=consume, dtype=self._work_dtype())
 
     # calling parties (in-process objects or remote proxies) -------------------------------
-    def _call(self, parties: dict, method: str, args: dict, tolerate: bool = False) -> dict:
-        """Call `method` on every party; a party that does not answer raises PartyUnavailable.
+    def _each(self, parties: dict[str, Party], call, only=None, tolerate: bool = False) -> dict:
+        """``call(name, party)`` for every party (or those in `only`), each a method of the
+        :class:`~training.party_api.Party` protocol; a party that does not answer raises
+        PartyUnavailable (ignored with ``tolerate``).
 
         Remote parties are called at once, in-process ones in ``party_threads`` threads (one
         after the other by default). Each call's duration per party goes to ``timings_``, so
@@ -575,7 +617,7 @@ class FederatedALS:
         def one(name):
             start, cpu = time.perf_counter(), time.process_time()
             try:
-                return getattr(parties[name], method)(*args[name])
+                return call(name, parties[name])
             except PartyUnavailable:
                 if tolerate:
                     return None
@@ -585,6 +627,7 @@ class FederatedALS:
                 # one in-process party at a time: the process's CPU time is that party's
                 cpu_spent[name] = time.process_time() - cpu
 
+        args = list(parties) if only is None else [p for p in parties if p in only]
         spent: dict[str, float] = {}
         cpu_spent: dict[str, float] = {}
         remote = any(getattr(h, "remote", False) for h in parties.values())
@@ -610,39 +653,3 @@ class FederatedALS:
                 t["calls_cpu_max"] += max(cpu_spent.values())
             else:
                 t["cpu_measured"] = False
-
-
-def party_main(argv=None) -> int:
-    """One party in its own process: load only its own block, serve the coordinator over HTTP.
-
-    ``python -m training.federated_als --coordinator URL --party NAME --features DIR [--out DIR]``
-    """
-    import argparse
-    from pathlib import Path
-
-    from wenlv.privacy.transport import serve_party
-    from wenlv.training.als_data import load_party_block, load_users
-    from wenlv.training.federated_als import FederatedALSParty as Party  # the importable class, not __main__'s
-
-    parser = argparse.ArgumentParser(prog="python -m training.federated_als", description=party_main.__doc__)
-    parser.add_argument("--coordinator", required=True, help="coordinator URL, e.g. http://127.0.0.1:8765")
-    parser.add_argument("--party", required=True)
-    parser.add_argument("--features", required=True, help="this party's feature folder (its block + carrier/users)")
-    parser.add_argument("--alpha", type=float, default=1.0)
-    parser.add_argument("--out", default=None, help="where this party keeps its item factors after the fit")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.party} %(levelname)s %(message)s")
-    block = load_party_block(args.features, args.party, load_users(args.features))
-    party = Party(args.party, block.matrix, alpha=args.alpha)
-    serve_party(args.coordinator, args.party, party)
-    if args.out and party._Y is not None:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        np.save(out / f"{args.party}_item_factors.npy", party.item_factors())
-    return 0
-
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(party_main())

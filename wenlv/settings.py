@@ -68,6 +68,14 @@ class Settings(BaseSettings):
                                                 description="the carrier's key for the user tokens it issues in PSI "
                                                             "alignment (it resolves them at delivery); unset: a 0600 "
                                                             "file beside the SQLite database")
+    # Party services (wenlv party serve / --parties name=URL)
+    party_tls_dir: Path = Field(HOME / ".wenlv" / "tls", alias="WENLV_PARTY_TLS",
+                                description="this organisation's key, its certificate and the pinned certificates "
+                                            "of the others (`wenlv party certs`)")
+    party_timeout_s: float = Field(300.0, gt=0, alias="WENLV_PARTY_TIMEOUT",
+                                   description="seconds a party may take to answer one protocol call")
+    party_retries: int = Field(4, ge=0, le=20, alias="WENLV_PARTY_RETRIES",
+                               description="connection retries (exponential backoff) before a party counts as away")
     # BLAS
     openblas_num_threads: int = Field(1, ge=1, alias="OPENBLAS_NUM_THREADS",
                                       description="BLAS threads (implicit ALS wants 1)")

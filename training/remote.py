@@ -1,0 +1,438 @@
+"""Parties as services of their own organisations: `wenlv party serve` and its client.
+
+The party side (:func:`party_app`, :func:`serve`) is a FastAPI app under uvicorn with
+mutual TLS (privacy.tls: only the pinned coordinator certificate is accepted). It holds
+one :class:`~training.federated_als.FederatedALSParty` built from the party's own folder
+and exposes exactly the methods of the :class:`~training.party_api.Party` protocol at
+``POST /v1/call/<method>``; bodies are the streamed, pickle-free format of
+privacy.transport.
+
+The coordinator side (:class:`RemoteParty`) implements the same protocol with httpx over
+mutual TLS (only that party's pinned certificate, its name checked against the SAN). Each
+call carries a session id and a sequence number the service requires to increase (a
+replayed request is refused with 409); masked messages and key announcements are signed
+and bound to (run, round, stage) as in process, and the coordinator's Aggregator checks
+them. A CG stage whose input is large goes duplex (its input up a second stream while the
+masked rows come back as they are made), and an array the party already holds goes by
+digest (privacy.transport). A connection that cannot be made is retried with exponential
+backoff (bounded); a party that stays away, or fails mid-call, raises PartyUnavailable,
+which aborts the round (nothing is released) and re-keys, as in process.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from wenlv.privacy import tls, transport
+from wenlv.privacy.secure_agg import PartyUnavailable, ProtocolError
+from wenlv.privacy.transport import (ERRORS, FRAME_DATA, FRAME_END, FRAME_ERROR, PIECE, ArrayCache,
+                                     Decoder, FrameReader, RemotePartyError, StreamedArray, UploadRef, Uploads,
+                                     array_digest, encode, encode_chunks, frame)
+from wenlv.training.als_data import load_party_block, load_users
+from wenlv.training.federated_als import FederatedALSParty
+from wenlv.errors import WenlvError
+
+log = logging.getLogger(__name__)
+
+# the Party protocol's methods: nothing else is callable
+METHODS = ("describe", "setup", "announce", "receive_keys", "support", "gram", "residual", "product", "end_round",
+           "item_step", "item_factors", "save")
+
+
+class WireStats:
+    """Bytes on the wire per party and per (method, stage kind), as the coordinator counts them."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.sent: dict[str, int] = {}
+        self.received: dict[str, int] = {}
+        self.by_stage: dict[str, dict] = {}
+        self.seconds: dict[str, float] = {}
+        self.compute: dict[str, float] = {}
+
+    def add(self, party: str, key: str, sent: int, received: int, seconds: float, compute: float = 0.0) -> None:
+        with self.lock:
+            self.compute[party] = self.compute.get(party, 0.0) + compute
+            self.sent[party] = self.sent.get(party, 0) + sent
+            self.received[party] = self.received.get(party, 0) + received
+            s = self.by_stage.setdefault(key, {"calls": 0, "sent": 0, "received": 0})
+            s["calls"] += 1
+            s["sent"] += sent
+            s["received"] += received
+            self.seconds[party] = self.seconds.get(party, 0.0) + seconds
+
+    def add_upload(self, party: str, key: str, sent: int) -> None:
+        """Bytes of a stage's upload stream (the same call, counted once in `calls`)."""
+        with self.lock:
+            self.sent[party] = self.sent.get(party, 0) + sent
+            self.by_stage.setdefault(key, {"calls": 0, "sent": 0, "received": 0})["sent"] += sent
+
+
+def _stage_key(method: str, args: tuple) -> str:
+    """Per CG stage (r0, ap1, …) for the masked vectors, else the method."""
+    return str(args[2]) if method in ("residual", "product") else method
+
+
+class RemoteParty:
+    """The coordinator's handle on one party service (training.party_api.Party over mTLS)."""
+
+    remote = True
+
+    def __init__(self, name: str, url: str, tls_dir: str | Path, timeout: float = 300.0, retries: int = 4,
+                 backoff: float = 0.25, stats: WireStats | None = None, duplex: bool = True,
+                 references: bool = True):
+        self.name, self.url, self.duplex, self.references = name, url.rstrip("/"), bool(duplex), bool(references)
+        self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
+        self.stats = stats
+        self._known = ArrayCache()  # what the party holds in its ArrayCache (digests only)
+        self._session = secrets.token_hex(16)
+        self._seq = 0
+        self._client = httpx.Client(verify=tls.client_context(tls_dir, name),
+                                    timeout=httpx.Timeout(self.timeout, connect=10.0, pool=10.0))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def _call(self, method: str, *args, framed: bool = False):
+        """POST the arguments, stream the answer back; retry only a connection never made."""
+        self._seq += 1
+        headers = {"X-Wenlv-Session": self._session, "X-Wenlv-Seq": str(self._seq)}
+        started = time.perf_counter()
+        by_reference = self.references
+        for attempt in range(self.retries + 1):
+            sent, digests = [0], []
+
+            def body():
+                known = self._known if by_reference else None
+                for piece in encode_chunks(tuple(args), known, digests):
+                    sent[0] += len(piece)
+                    yield piece
+
+            try:
+                with self._client.stream("POST", f"{self.url}/v1/call/{method}", content=body(), headers=headers,
+                                         extensions={"sni_hostname": self.name}) as resp:
+                    if resp.status_code != 200:
+                        resp.read()
+                        self._raise(method, resp)
+                    compute = float(resp.headers.get("x-wenlv-compute-seconds", 0.0))
+                    decoder = FrameReader() if framed else Decoder()
+                    for chunk in resp.iter_raw():
+                        decoder.feed(chunk)
+                    value = self._unframe(method, decoder) if framed else decoder.result()
+                for d in digests:   # mirror the party's cache: it now holds what it received in full
+                    if d not in self._known:
+                        self._known.put(d, None)
+                if self.stats is not None:
+                    self.stats.add(self.name, _stage_key(method, args), sent[0], decoder.received,
+                                   time.perf_counter() - started, compute)
+                return value
+            except httpx.ConnectError as exc:   # nothing reached the party: safe to try again
+                if "CERTIFICATE" in str(exc).upper() or "SSL" in str(exc).upper():
+                    raise ProtocolError(f"party {self.name!r} at {self.url}: TLS refused ({exc})") from None
+                if attempt == self.retries:
+                    raise PartyUnavailable(f"party {self.name!r} at {self.url} unreachable after "
+                                           f"{self.retries + 1} attempts ({method}): {exc}") from None
+                time.sleep(min(self.backoff * 2 ** attempt, 5.0))
+            except (httpx.TransportError, ProtocolError) as exc:  # mid-call: the round aborts
+                if isinstance(exc, ProtocolError) and "unknown array reference" in str(exc) and by_reference:
+                    self._known.clear()    # the party lost its cache (restarted): send the arrays themselves
+                    by_reference = False
+                    self._seq += 1
+                    headers["X-Wenlv-Seq"] = str(self._seq)
+                    continue
+                if isinstance(exc, ProtocolError):
+                    raise
+                raise PartyUnavailable(f"party {self.name!r} failed during {method}: {type(exc).__name__}: "
+                                       f"{exc}") from None
+        raise AssertionError("unreachable")
+
+    def _unframe(self, method: str, reader: FrameReader):
+        """The masked message of a duplex stage: its streamed payload and its closing header."""
+        if reader.end is None:
+            raise PartyUnavailable(f"party {self.name!r}: {method} stream ended early")
+        kind, value = reader.end
+        if kind == FRAME_ERROR:
+            cls = ERRORS.get(value.get("type"), RemotePartyError)
+            raise cls(f"party {self.name!r}, {method}: {value.get('error')}")
+        if len(reader.payload) % value.payload.itemsize:
+            raise ProtocolError(f"party {self.name!r}: {method} payload is not whole ring elements")
+        return dataclasses.replace(value, payload=np.frombuffer(reader.payload, dtype=value.payload.dtype))
+
+    def _masked(self, method: str, run_id, round_no, stage, V):
+        """A CG stage. A large array the party does not hold goes up its own stream while the
+        masked rows come back on the call's response (both link directions busy at once)."""
+        V = np.ascontiguousarray(V)
+        if not self.duplex or V.nbytes < transport.REF_MIN_BYTES or array_digest(V) in self._known:
+            return self._call(method, run_id, round_no, stage, V)
+        token, failed = secrets.token_hex(16), []
+        upload = threading.Thread(target=self._upload, args=(token, V, stage, failed), daemon=True)
+        upload.start()
+        try:
+            return self._call(method, run_id, round_no, stage, UploadRef(token, V), framed=True)
+        except (RemotePartyError, ProtocolError, PartyUnavailable) as exc:
+            if failed:
+                raise PartyUnavailable(f"party {self.name!r}: upload for {stage} failed ({failed[0]}); {exc}") from None
+            raise
+        finally:
+            upload.join(timeout=self.timeout)
+
+    def _upload(self, token: str, V: np.ndarray, stage: str, failed: list) -> None:
+        view = memoryview(V.reshape(-1)).cast("B")
+
+        def body():
+            for start in range(0, len(view), PIECE):
+                yield bytes(view[start:start + PIECE])
+
+        try:
+            resp = self._client.post(f"{self.url}/v1/upload/{token}", content=body(),
+                                     headers={"X-Wenlv-Dtype": V.dtype.str,
+                                              "X-Wenlv-Shape": ",".join(map(str, V.shape))},
+                                     extensions={"sni_hostname": self.name})
+            if resp.status_code != 204:
+                failed.append(f"HTTP {resp.status_code}: {resp.text[:200]}")
+            elif self.stats is not None:
+                self.stats.add_upload(self.name, stage, len(view))
+        except httpx.HTTPError as exc:
+            failed.append(f"{type(exc).__name__}: {exc}")
+
+    def _raise(self, method: str, resp: httpx.Response):
+        try:
+            answer = resp.json()
+        except ValueError:
+            answer = {"error": resp.text[:300], "type": ""}
+        cls = ERRORS.get(answer.get("type"), RemotePartyError)
+        raise cls(f"party {self.name!r}, {method}: {answer.get('error')} (HTTP {resp.status_code})")
+
+    # the Party protocol ---------------------------------------------------------------
+    def describe(self) -> dict:
+        return self._call("describe")
+
+    def setup(self, parties, identities, factors, regularization, cg_steps, dtype, frac_bits, num_threads=0,
+              item_factors=None, random_state=None, ring_bits=64) -> None:
+        return self._call("setup", list(parties), dict(identities), factors, regularization, cg_steps, dtype,
+                          frac_bits, num_threads, item_factors, random_state, ring_bits)
+
+    def announce(self, run_id, round_no):
+        return self._call("announce", run_id, round_no)
+
+    def receive_keys(self, run_id, round_no, announcements) -> None:
+        return self._call("receive_keys", run_id, round_no, list(announcements))
+
+    def support(self, run_id, round_no):
+        return self._call("support", run_id, round_no)
+
+    def gram(self, run_id, round_no):
+        return self._call("gram", run_id, round_no)
+
+    def residual(self, run_id, round_no, stage, X):
+        return self._masked("residual", run_id, round_no, stage, X)
+
+    def product(self, run_id, round_no, stage, P):
+        return self._masked("product", run_id, round_no, stage, P)
+
+    def end_round(self, run_id, round_no) -> None:
+        return self._call("end_round", run_id, round_no)
+
+    def item_step(self, X, user_gram=None) -> None:
+        return self._call("item_step", X, user_gram)
+
+    def item_factors(self):
+        return self._call("item_factors")
+
+    def save(self, run_id) -> str:
+        return self._call("save", run_id)
+
+
+# ------------------------------------------------------------------------ the party side
+class _Sequencer:
+    """Per client session, the last sequence number: a request must come with a larger one."""
+
+    def __init__(self, limit: int = 64):
+        self.lock = threading.Lock()
+        self.last: dict[str, int] = {}
+        self.limit = limit
+
+    def check(self, session: str, seq: int) -> None:
+        with self.lock:
+            if seq <= self.last.get(session, 0):
+                raise ProtocolError(f"replayed request: sequence {seq} of session {session[:8]}… already seen")
+            if session not in self.last and len(self.last) >= self.limit:
+                self.last.pop(next(iter(self.last)))   # oldest session first (dicts keep order)
+            self.last[session] = seq
+
+
+def party_app(party: FederatedALSParty) -> FastAPI:
+    """The party's service: the Party protocol's methods, one at a time (the driver's order)."""
+    app = FastAPI(title=f"wenlv party {party.name}", docs_url=None, redoc_url=None, openapi_url=None)
+    seq = _Sequencer()
+    lock = threading.Lock()  # one protocol call at a time: the party object is a state machine
+    cache = ArrayCache()       # large arrays received lately (the user factors of the item step)
+    uploads = Uploads()        # arrays arriving on their own stream (duplex CG stages)
+
+    def error(status: int, exc: Exception) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "type": type(exc).__name__}, status_code=status)
+
+    @app.post("/v1/upload/{token}")
+    async def upload(token: str, request: Request):
+        try:
+            shape = tuple(int(d) for d in request.headers.get("x-wenlv-shape", "").split(","))
+            target = uploads.get(token, request.headers.get("x-wenlv-dtype", ""), shape)
+        except (ProtocolError, ValueError, TypeError) as exc:
+            return error(409 if "replayed" in str(exc) else 400, exc)
+        try:
+            async for chunk in request.stream():
+                target.feed(chunk)
+        except ProtocolError as exc:
+            target.fail(str(exc))
+            return error(400, exc)
+        except Exception as exc:  # noqa: BLE001 - a broken stream: the waiting stage must hear of it
+            target.fail(f"{type(exc).__name__}: {exc}")
+            raise
+        if not target.complete():
+            target.fail("upload shorter than declared")
+            return error(400, ProtocolError("upload shorter than declared"))
+        return Response(status_code=204)
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "party": party.name}
+
+    @app.post("/v1/call/{method}")
+    async def call(method: str, request: Request):
+        if method not in METHODS:
+            return error(404, ProtocolError(f"method {method!r} is not part of the Party protocol"))
+        try:
+            seq.check(request.headers.get("x-wenlv-session", ""), int(request.headers.get("x-wenlv-seq", "0")))
+            decoder = Decoder(cache, uploads)
+            async for chunk in request.stream():
+                decoder.feed(chunk)
+            args = decoder.result()
+            if not isinstance(args, tuple):
+                raise ProtocolError("arguments must be a tuple")
+        except (ProtocolError, ValueError) as exc:
+            return error(409 if "replayed" in str(exc) else 400, exc)
+
+        if method in ("residual", "product") and any(isinstance(a, StreamedArray) for a in args):
+            return StreamingResponse(_duplex_frames(party, method, args, lock), media_type="application/x-wenlv-frames")
+
+        def run():
+            with lock:
+                return getattr(party, method)(*args)
+
+        started = time.perf_counter()
+        try:
+            value = await run_in_threadpool(run)
+        except ProtocolError as exc:
+            return error(409, exc)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the coordinator, named
+            log.exception("party %s: %s failed", party.name, method)
+            return error(500, exc)
+        # the party's own seconds on the call: the coordinator subtracts them to get network time
+        return StreamingResponse(encode_chunks(value), media_type="application/x-wenlv",
+                                 headers={"X-Wenlv-Compute-Seconds": f"{time.perf_counter() - started:.6f}"})
+
+    return app
+
+
+def _duplex_frames(party, method: str, args: tuple, lock: threading.Lock):
+    """Run a CG stage whose input is still arriving; yield its masked rows as they are final
+    (low halves on the 32-bit ring), then the signed header — or the error."""
+    cond = threading.Condition()
+    state = {"prefix": 0, "out": None, "done": False, "result": None, "error": None}
+    finished: dict[int, int] = {}
+
+    def progress(start: int, stop: int, out: np.ndarray) -> None:
+        with cond:
+            state["out"] = out
+            finished[start] = stop
+            p = state["prefix"]
+            while p in finished:
+                p = finished.pop(p)
+            state["prefix"] = p
+            cond.notify_all()
+
+    def work() -> None:
+        try:
+            with lock:
+                state["result"] = getattr(party, method)(*args, progress=progress)
+        except Exception as exc:  # noqa: BLE001 - goes back to the coordinator in the closing frame
+            log.exception("party %s: %s failed", party.name, method)
+            state["error"] = exc
+        finally:
+            with cond:
+                state["done"] = True
+                cond.notify_all()
+
+    threading.Thread(target=work, name=f"{method}-stage", daemon=True).start()
+    narrow = party._cfg.get("ring_bits", 64) == 32
+    sent = 0
+    while True:  # ends when the stage's thread is done (its input waits are bounded)
+        with cond:
+            while state["prefix"] == sent and not state["done"]:
+                cond.wait(1.0)
+            prefix, out, done = state["prefix"], state["out"], state["done"]
+        if prefix > sent and state["error"] is None:
+            piece = out[sent:prefix]
+            data = piece.astype(np.uint32).tobytes() if narrow else piece.tobytes()
+            sent = prefix
+            for start in range(0, len(data), PIECE):
+                yield from frame(FRAME_DATA, data[start:start + PIECE])
+            continue
+        if done:
+            break
+    if state["error"] is not None:
+        exc = state["error"]
+        yield from frame(FRAME_ERROR, encode({"error": str(exc), "type": type(exc).__name__}))
+    else:
+        msg = state["result"]
+        yield from frame(FRAME_END, encode(dataclasses.replace(msg, payload=np.empty(0, msg.payload.dtype))))
+
+
+def load_party(party: str, data: str | Path, state: str | Path | None = None, alpha: float = 1.0
+               ) -> FederatedALSParty:
+    """The party's ALS side from its own folder only: its block and the shared user axis."""
+    data = Path(data)
+    block = load_party_block(data, party, load_users(data))
+    return FederatedALSParty(party, block.matrix, alpha=alpha, state_dir=state or data / ".wenlv-party")
+
+
+def serve(party: FederatedALSParty, host: str, port: int, tls_dir: str | Path, ready=None) -> None:
+    """Run the party's service until stopped (SIGINT/SIGTERM); mutual TLS, pinned coordinator."""
+    context = tls.server_context(tls_dir, party.name)
+    config = uvicorn.Config(party_app(party), host=host, port=port, log_level="warning", access_log=False,
+                            ssl_certfile=str(Path(tls_dir) / f"{party.name}.pem"),
+                            ssl_context_factory=lambda cfg, default: context, timeout_keep_alive=600)
+    server = uvicorn.Server(config)
+    if ready is not None:
+        threading.Thread(target=_announce_ready, args=(server, ready), daemon=True).start()
+    server.run()
+
+
+def _announce_ready(server, ready) -> None:
+    for _ in range(600):  # bounded: 60 s
+        if server.started:
+            ready()
+            return
+        time.sleep(0.1)
+
+
+def parse_parties(text: str) -> dict[str, str]:
+    """``tourism=https://h:p,carrier=…`` → {party: url}."""
+    out = {}
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, sep, url = item.partition("=")
+        if not sep or not url.startswith("https://"):
+            raise WenlvError(f"--parties wants name=https://host:port entries, got {item!r}")
+        out[name.strip()] = url.strip()
+    return out
