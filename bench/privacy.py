@@ -187,7 +187,7 @@ def run(seed: int = 0) -> dict:
 def register(bench_sub) -> None:
     p = bench_sub.add_parser("privacy", help="uniformity, two-sample and interaction-inference tests of what the "
                                              "coordinator sees")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data and of the attack's split")
     p.add_argument("--json", action="store_true", help="JSON only on stdout")
     p.set_defaults(func=main)
 

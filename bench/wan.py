@@ -236,9 +236,9 @@ def _run_link(topo, link, rate, rtt, init, params, local_model, in_process, tran
 
 def register(bench_sub) -> None:
     p = bench_sub.add_parser("wan", help="federated ALS over emulated WAN links, parties in their own namespaces")
-    p.add_argument("--scale", choices=tuple(SCALES), default="small")
-    p.add_argument("--factors", type=int, default=32)
-    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--scale", choices=tuple(SCALES), default="small", help="synthetic problem size (users, items)")
+    p.add_argument("--factors", type=int, default=32, help="ALS factors")
+    p.add_argument("--iterations", type=int, default=3, help="federated ALS iterations per link")
     p.add_argument("--links", default=",".join(LINKS), help=f"comma list of {', '.join(LINKS)}")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}; "
                                                                   "the last one is reported at the top of each link")

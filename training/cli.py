@@ -46,7 +46,7 @@ def register(sub) -> None:
     pa = sub.add_parser("party", help="one organisation's party service, and the deployment's certificates")
     pa_sub = pa.add_subparsers(dest="party_command", required=True, metavar="PARTY_COMMAND")
     ps = pa_sub.add_parser("serve", help="serve this party's side of federated training over mutual TLS")
-    ps.add_argument("--party", choices=contracts.PARTIES, required=True)
+    ps.add_argument("--party", choices=contracts.PARTIES, required=True, help="which organisation this process is")
     ps.add_argument("--data", type=Path, required=True,
                     help="this party's own feature folder (its block + the shared carrier/users token list)")
     ps.add_argument("--listen", required=True, help="HOST:PORT")
@@ -55,8 +55,8 @@ def register(sub) -> None:
                     help="where this party keeps its item factors (default: <data>/.wenlv-party)")
     ps.set_defaults(func=_party)
     pc = pa_sub.add_parser("certs", help="make a per-deployment CA and every party's certificate")
-    pc.add_argument("--out", type=Path, required=True)
-    pc.add_argument("--names", type=_parties, default=contracts.PARTIES)
+    pc.add_argument("--out", type=Path, required=True, help="folder for the CA and one key and certificate per party")
+    pc.add_argument("--names", type=_parties, default=contracts.PARTIES, help="comma list of the parties to certify")
     pc.add_argument("--host", action="append", help="name=host or name=IP to put in that certificate's SAN")
     pc.set_defaults(func=_party)
 
