@@ -15,32 +15,19 @@ that its tokens link to nothing outside the run.
 """
 from __future__ import annotations
 
-import os
-import secrets
 from pathlib import Path
 
 import numpy as np
 
 from wenlv.privacy import psi, psi_align
+from wenlv.marketing.secret_file import setting_or_private_file
 from wenlv.settings import get_settings
 
 
 def carrier_token_key(path: Path | None = None) -> bytes:
     """The carrier's user-token key (setting, else its private file, made on first use)."""
     settings = get_settings()
-    if settings.carrier_token_key is not None:
-        return settings.carrier_token_key.get_secret_value().encode()
-    path = path or settings.database_sqlite.with_suffix(".carrier-token-key")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+    return setting_or_private_file(settings.carrier_token_key, path or settings.database_sqlite.with_suffix(".carrier-token-key"))
 
 
 def carrier_tokens(phones, key: bytes) -> np.ndarray:

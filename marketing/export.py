@@ -13,8 +13,6 @@ import csv
 import hashlib
 import hmac
 import io
-import os
-import secrets
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -23,25 +21,14 @@ from wenlv.marketing import audience, holdout
 from wenlv.marketing import campaigns as store
 from wenlv.marketing.audience import AudienceRefused
 from wenlv.marketing.campaigns import PARTNER_OF_CHANNEL
+from wenlv.marketing.secret_file import setting_or_private_file
 from wenlv.settings import get_settings
 
 
 def export_secret(path: Path | None = None) -> bytes:
     """WENLV_EXPORT_SECRET, else a 0600 file beside the SQLite database (made on first use)."""
     settings = get_settings()
-    if settings.export_secret is not None:
-        return settings.export_secret.get_secret_value().encode()
-    path = path or settings.database_sqlite.with_suffix(".export-secret")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists():
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(secrets.token_hex(32))
-    return path.read_text().strip().encode()
+    return setting_or_private_file(settings.export_secret, path or settings.database_sqlite.with_suffix(".export-secret"))
 
 
 def partner_key(secret: bytes, partner: str, campaign_id: int) -> bytes:
