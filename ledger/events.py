@@ -9,7 +9,6 @@ acknowledgement means durable.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -20,8 +19,8 @@ from sqlalchemy import Engine
 from sqlalchemy.dialects import postgresql, sqlite
 
 from wenlv.db.schema import EVENT_KINDS, events
+from wenlv.privacy.tokens import PSI_TOKEN_RE as TOKEN_RE
 
-TOKEN_RE = re.compile(r"^[0-9a-f]{32,64}$")  # PSI tokens are lowercase hex (privacy/psi.py)
 MAX_BATCH = 1000
 
 
@@ -44,7 +43,7 @@ class Event(BaseModel):
     @field_validator("token")
     @classmethod
     def _token(cls, value: str) -> str:
-        if not TOKEN_RE.match(value):
+        if not TOKEN_RE.fullmatch(value):
             raise ValueError("must be a pseudonymous token (lowercase hex), never a phone number or a name")
         return value
 

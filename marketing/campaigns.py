@@ -5,7 +5,6 @@ a missing one (None), so no route can reveal that it exists.
 """
 from __future__ import annotations
 
-import re
 import secrets
 from datetime import date, datetime, timezone
 from typing import Literal
@@ -16,9 +15,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from wenlv.db.schema import CHANNELS, campaigns, tenant_settings
 from wenlv.settings import get_settings
+from wenlv.privacy.tokens import PSI_TOKEN_RE as TOKEN_RE
 
 MIN_SEED = 100
-TOKEN_RE = re.compile(r"^[0-9a-f]{32,64}$")
 PARTNER_OF_CHANNEL = {"sms": "carrier", "ads": "internet"}  # who delivers, and so who resolves the export
 
 
@@ -52,7 +51,7 @@ class CampaignSpec(BaseModel):
     def _tokens(cls, value):
         if value is None:
             return value
-        bad = [i for i, t in enumerate(value) if not TOKEN_RE.match(t)]
+        bad = [i for i, t in enumerate(value) if not TOKEN_RE.fullmatch(t)]
         if bad:
             raise ValueError(f"seed_tokens[{bad[0]}] is not a pseudonymous token (lowercase hex); "
                              f"{len(bad)} bad in all — never send phone numbers")
