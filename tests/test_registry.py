@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from wenlv.training import privacy_scan, registry, tracking
+from wenlv.privacy import leak_scan
+from wenlv.training import registry, tracking
 from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
 from wenlv.settings import reset_settings
@@ -107,25 +108,25 @@ def test_cli_promote_and_rollback(store, tmp_path, capsys):
 # ---------------------------------------------------------------- the artifact scan
 def test_scan_passes_a_clean_bundle_and_catches_leaks(tmp_path):
     folder = _bundle(tmp_path, "clean").save(tmp_path / "clean")
-    assert privacy_scan.scan_folder(folder).clean
+    assert leak_scan.scan_folder(folder).clean
 
     (folder / "card.md").write_text("contact 8613812345678 for details")
-    assert any("phone" in f for f in privacy_scan.scan_folder(folder).findings)
+    assert any("phone" in f for f in leak_scan.scan_folder(folder).findings)
     (folder / "card.md").write_text("token a13812345678bcd and ndcg 0.13812345678 are fine")
-    assert privacy_scan.scan_folder(folder).clean
+    assert leak_scan.scan_folder(folder).clean
 
     pd.DataFrame({"token": ["aa"], "dwell_minutes": [120.0]}).to_parquet(folder / "stats.parquet")
-    findings = privacy_scan.scan_folder(folder).findings
+    findings = leak_scan.scan_folder(folder).findings
     assert findings == ["stats.parquet: per-party statistic column(s) ['dwell_minutes']"]
     (folder / "stats.parquet").unlink()
 
     pd.DataFrame({"id": np.array([8613912345678], dtype=np.int64)}).to_parquet(folder / "ids.parquet")
-    assert any("phone" in f for f in privacy_scan.scan_folder(folder).findings)
+    assert any("phone" in f for f in leak_scan.scan_folder(folder).findings)
     (folder / "ids.parquet").unlink()
 
     np.save(folder / "area_factors.npy", np.zeros((12, 4), np.float32))
-    assert privacy_scan.scan_folder(folder, forbidden_shapes=[(12, 4)]).findings
-    assert privacy_scan.scan_folder(folder, phones=["8613700000000"], forbidden_shapes=[(7, 4)]).clean
+    assert leak_scan.scan_folder(folder, forbidden_shapes=[(12, 4)]).findings
+    assert leak_scan.scan_folder(folder, phones=["8613700000000"], forbidden_shapes=[(7, 4)]).clean
 
 
 def test_tracking_uri_resolution(monkeypatch, tmp_path):

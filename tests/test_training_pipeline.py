@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from wenlv.privacy import secure_agg
-from wenlv.training import privacy_scan, registry, tracking
+from wenlv.privacy import leak_scan
+from wenlv.training import registry, tracking
 from wenlv.training.blocks import FeatureBlocks
 from wenlv.training.pipeline import TrainConfig, evaluate_version, train
 from tests.support.toy_blocks import write_toy_blocks
@@ -70,14 +71,14 @@ def test_champion_bundle_loads_for_serving(trained, tmp_path):
 def test_no_phone_or_party_statistic_in_the_store(trained):
     root, features, uri, out = trained
     artifacts = root / "mlflow" / "artifacts"
-    report = privacy_scan.scan_folder(artifacts)
-    assert report.files > 5 and report.clean, report.findings
+    report = leak_scan.scan_folder(artifacts)
+    assert report.places > 5 and report.clean, report.findings
     # params, tags and metric names in the SQLite store: no phone shapes, no per-user carrier value
     db = sqlite3.connect(root / "mlflow" / "mlflow.db")
     text = "\n".join(str(v) for table in ("params", "tags", "metrics", "model_versions", "registered_model_tags")
                      for row in db.execute(f"select * from {table}") for v in row)
     db.close()
-    assert not privacy_scan.PHONE_RE.search(text)
+    assert not leak_scan.PHONE_RE.search(text)
     carrier = pd.read_parquet(features / "carrier" / "user_features.parquet")
     distances = {f"{v:.6f}" for v in carrier["home_distance_km"]}
     assert not any(d in text for d in distances)
@@ -129,7 +130,7 @@ def test_train_on_real_pipeline_blocks_leaks_no_phone(spark, tmp_path):
     assert bundle.meta["poi_metadata"] == "ok" and bundle.pois["name"].notna().all()
     phones = set(pd.read_parquet(data / "carrier" / "subscribers.parquet")["phone"].astype(str))
     assert len(phones) > 100
-    report = privacy_scan.scan_folder(tmp_path / "mlflow" / "artifacts", phones=phones)
+    report = leak_scan.scan_folder(tmp_path / "mlflow" / "artifacts", phones=phones)
     assert report.clean, report.findings
     db = (tmp_path / "mlflow" / "mlflow.db").read_bytes().decode("latin-1")
     assert not any(p in db for p in phones)

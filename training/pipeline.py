@@ -6,7 +6,7 @@ One call does the whole flow of DESIGN §2's training box:
 3. evaluate on the temporal split, beside popularity (training.evaluation);
 4. train the split towers for cold start through masked sums (training.towers);
 5. value each data source by Shapley over coalitions (training.shapley);
-6. write the model bundle and the model card, scan them for leaks (training.privacy_scan);
+6. write the model bundle and the model card, scan them for leaks (privacy.leak_scan);
 7. log the MLflow run, register a version and promote it if the quality gate passes.
 """
 from __future__ import annotations
@@ -24,7 +24,8 @@ import pandas as pd
 
 from wenlv.features import contracts
 from wenlv.privacy import secure_agg
-from wenlv.training import evaluation, factors, privacy_scan, registry, tracking
+from wenlv.privacy import leak_scan
+from wenlv.training import evaluation, factors, registry, tracking
 from wenlv.training.blocks import FeatureBlocks, Matrices, build_matrices
 from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
@@ -277,7 +278,7 @@ def train(features_dir: str | Path, config: TrainConfig | None = None, *, tracki
         (card_dir / "shapley.json").write_text(json.dumps(shapley, indent=2))
     private_shapes = [matrices.blocks[p].shape for p in config.parties if p != "tourism"]
     private_shapes += [model.item_factors[p].shape for p in config.parties if p != "tourism"]
-    scans = [privacy_scan.scan_folder(d, forbidden_shapes=private_shapes) for d in (bundle_dir, card_dir)]
+    scans = [leak_scan.scan_folder(d, forbidden_shapes=private_shapes) for d in (bundle_dir, card_dir)]
     findings = [f for s in scans for f in s.findings]
     checks["artifacts_clean"] = not findings
     if findings:
