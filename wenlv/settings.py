@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     api_pepper: SecretStr | None = Field(None, alias="WENLV_API_PEPPER",
                                          description="secret mixed into stored API key hashes; unset: a random "
                                                      "pepper kept beside the key database")
+    session_secret: SecretStr | None = Field(None, alias="WENLV_SESSION_SECRET",
+                                             description="secret that signs dashboard session cookies; unset: a "
+                                                         "random secret kept beside the key database")
+    session_ttl_s: int = Field(8 * 3600, ge=60, le=7 * 24 * 3600, alias="WENLV_SESSION_TTL",
+                               description="seconds a dashboard session cookie stays valid after login")
     index_cache: Path = Field(HOME / ".cache" / "wenlv" / "indexes", alias="WENLV_INDEX_CACHE",
                               description="folder for FAISS indexes built when a version has none")
     faiss_threads: int = Field(1, ge=1, alias="WENLV_FAISS_THREADS",
