@@ -52,9 +52,9 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _install_error_handlers(app)
 
-    from wenlv.serving.routers import campaigns, health, itineraries, recommendations
+    from wenlv.serving.routers import campaigns, events, health, itineraries, recommendations
 
-    for module in (health, recommendations, itineraries, campaigns):
+    for module in (health, recommendations, itineraries, campaigns, events):
         app.include_router(module.router)
     return app
 
