@@ -52,10 +52,12 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _install_error_handlers(app)
 
-    from wenlv.serving.routers import campaigns, dashboard, health, itineraries, recommendations
+    from wenlv.serving.routers import campaigns, events, health, itineraries, recommendations
+    from wenlv.serving.routers import dashboard  # the analyst page and its login
 
-    for module in (health, recommendations, itineraries, campaigns, dashboard):
+    for module in (health, recommendations, itineraries, campaigns, events):
         app.include_router(module.router)
+    app.include_router(dashboard.router)
     return app
 
 

@@ -63,6 +63,9 @@ class Settings(BaseSettings):
                                      description="campaign and ledger database (postgresql://...); unset: SQLite file")
     database_sqlite: Path = Field(HOME / ".wenlv" / "wenlv.sqlite", alias="WENLV_DATABASE_SQLITE",
                                   description="SQLite campaign and ledger database, when DATABASE_URL is unset")
+    # Ledger
+    events_max_batch: int = Field(1000, ge=1, le=10_000, alias="WENLV_EVENTS_MAX_BATCH",
+                                  description="most events one POST /v1/events may carry (larger batches get 413)")
     # Campaigns
     min_audience_size: int = Field(1000, ge=1, alias="WENLV_MIN_AUDIENCE_SIZE",
                                    description="smallest audience a campaign may export (a tenant may set its own)")
