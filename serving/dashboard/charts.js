@@ -124,7 +124,8 @@
       .filter(v => Number.isFinite(v));
     const y = yAxis(svg, Math.min(0, ...all), Math.max(0, ...all));
     const band = (W - M.left - M.right) / categories.length;
-    const width = Math.max(4, band * 0.8 / series.length);
+    const width = Math.min(72, Math.max(4, band * 0.8 / series.length));
+    const pad = (band - width * series.length) / 2;  // centre each group in its band
     const axis = el("g", { class: "axis x" }, svg);
     categories.forEach((c, j) => {
       const label = c.length > 16 ? c.slice(0, 15) + "…" : c;
@@ -134,7 +135,7 @@
       const colour = PALETTE[i % PALETTE.length];
       s.values.forEach((v, j) => {
         if (!Number.isFinite(v)) return;
-        const x = M.left + band * j + band * 0.1 + width * i;
+        const x = M.left + band * j + pad + width * i;
         const top = Math.min(y(v), y(0)), height = Math.max(1, Math.abs(y(v) - y(0)));
         const r = el("rect", { x: x, y: top, width: width, height: height, fill: colour, class: "bar",
                                "data-value": v, "data-series": s.name }, svg);
