@@ -69,6 +69,10 @@ class CostLine(BaseModel):
         return self
 
 
+class AssetNotFound(WenlvError):
+    """No such asset for this tenant (another tenant's asset looks exactly like a missing one)."""
+
+
 def _invalid(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'row'}: {e['msg']}" for e in exc.errors())
 
@@ -98,7 +102,7 @@ def add_cost_lines(engine: Engine, tenant: str, asset_id: int, lines: list[dict]
         raise WenlvError("cost lines refused, none stored: " + " | ".join(bad[:10]))
     with engine.begin() as c:
         if get_asset_row(c, tenant, asset_id) is None:
-            raise WenlvError(f"asset {asset_id} not found")
+            raise AssetNotFound(f"asset {asset_id} not found")
         if good:
             c.execute(insert(asset_cost_lines), [{"asset_id": asset_id, **g.model_dump()} for g in good])
     return len(good)

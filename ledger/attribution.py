@@ -307,3 +307,9 @@ def rounded_ci(ci) -> list[float] | None:
 
 def finite_or_none(value) -> float | None:
     return None if value is None or not np.isfinite(value) else round(float(value), 2)
+
+
+def utc_iso(moment: datetime) -> str:
+    """ISO 8601 in UTC (a naive value from SQLite is UTC already)."""
+    moment = moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment.astimezone(timezone.utc)
+    return moment.isoformat().replace("+00:00", "Z")

@@ -56,6 +56,8 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) 
 
     for module in (health, recommendations, itineraries, campaigns):
         app.include_router(module.router)
+    from wenlv.serving.routers import analytics  # the analysts' routes (ledger)
+    app.include_router(analytics.router)
     return app
 
 
