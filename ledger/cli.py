@@ -32,9 +32,16 @@ def register(sub) -> None:
     _attribution_options(t)
     t.set_defaults(func=_attribute)
 
+    pub = lsub.add_parser("publish", help="log attributed returns to MLflow: on each earning version's run and "
+                                          "one run per data asset")
+    _attribution_options(pub)
+    pub.add_argument("--as-of", type=date.fromisoformat, default=None, help="valuation date YYYY-MM-DD (default: today)")
+    pub.set_defaults(func=_publish)
+
 
 def _attribution_options(p) -> None:
-    p.add_argument("--tenant", required=True, help="the tenant whose ledger to attribute")
+    p.add_argument("--tenant", required=True, help="the tenant whose ledger to attribute (publish then logs the "
+                                                   "stored returns of every tenant)")
     p.add_argument("--tracking-uri", default=None, help="MLflow store holding the versions' Shapley splits "
                                                         "(default: MLFLOW_TRACKING_URI, else the embedded store)")
     p.add_argument("--fallback-version", default=None,
@@ -98,4 +105,13 @@ def _attribute(args) -> int:
         raise WenlvError(f"no data-source split for {', '.join(result['unsplit'])} (the others are stored): "
                          f"train a version with Shapley values or pass --fallback-version")
     _print(result)
+    return 0
+
+
+def _publish(args) -> int:
+    from wenlv.ledger import publish
+
+    engine = _engine(args)
+    attributed = attribute_with_splits(engine, args.tenant, args.tracking_uri, args.fallback_version, args.window_days)
+    _print({"attribution": attributed, **publish.publish(engine, args.tracking_uri, as_of=args.as_of)})
     return 0
