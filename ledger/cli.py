@@ -38,6 +38,12 @@ def register(sub) -> None:
     pub.add_argument("--as-of", type=date.fromisoformat, default=None, help="valuation date YYYY-MM-DD (default: today)")
     pub.set_defaults(func=_publish)
 
+    rep = lsub.add_parser("report", help="HTML report with charts and the balance-sheet disclosure lines")
+    rep.add_argument("--tenant", required=True, help="the tenant to report on")
+    rep.add_argument("--out", type=Path, required=True, help="report folder (replaced only when the new one is complete)")
+    rep.add_argument("--as-of", type=date.fromisoformat, default=None, help="valuation date YYYY-MM-DD (default: today)")
+    rep.set_defaults(func=_report)
+
 
 def _attribution_options(p) -> None:
     p.add_argument("--tenant", required=True, help="the tenant whose ledger to attribute (publish then logs the "
@@ -114,4 +120,11 @@ def _publish(args) -> int:
     engine = _engine(args)
     attributed = attribute_with_splits(engine, args.tenant, args.tracking_uri, args.fallback_version, args.window_days)
     _print({"attribution": attributed, **publish.publish(engine, args.tracking_uri, as_of=args.as_of)})
+    return 0
+
+
+def _report(args) -> int:
+    from wenlv.ledger import report  # lazy: matplotlib loads only for the report
+
+    _print({"report": str(report.write(_engine(args), args.tenant, args.out, as_of=args.as_of))})
     return 0
