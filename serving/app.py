@@ -57,6 +57,8 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) 
 
     for module in (health, recommendations, itineraries, campaigns, events):
         app.include_router(module.router)
+    from wenlv.serving.routers import analytics  # the analysts' routes (ledger)
+    app.include_router(analytics.router)
     app.include_router(dashboard.router)
     return app
 
