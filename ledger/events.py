@@ -15,13 +15,12 @@ from decimal import Decimal
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from wenlv.db.schema import EVENT_KINDS, events
+from wenlv.db.schema import EVENT_KINDS, campaigns, events
 from wenlv.privacy.tokens import PSI_TOKEN_RE as TOKEN_RE
-
-MAX_BATCH = 1000
+MAX_BATCH = 1000  # library callers' limit (the simulator); the API passes WENLV_EVENTS_MAX_BATCH
 
 
 class Event(BaseModel):
@@ -97,21 +96,58 @@ def _reason(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'event'}: {e['msg']}" for e in exc.errors())
 
 
-def record_events(engine: Engine, tenant: str, raw_events: list[dict], now: datetime | None = None) -> BatchResult:
-    """Validate and store a batch for `tenant`; returns after the commit (durable)."""
-    if len(raw_events) > MAX_BATCH:
-        raise ValueError(f"a batch holds at most {MAX_BATCH} events, got {len(raw_events)}")
+class BatchTooLarge(ValueError):
+    """More events in one batch than the ledger takes at once (WENLV_EVENTS_MAX_BATCH)."""
+
+
+def record_events(engine: Engine, tenant: str, raw_events: list[dict], now: datetime | None = None,
+                  max_batch: int = MAX_BATCH) -> BatchResult:
+    """Validate and store a batch for `tenant`; returns after the commit (durable).
+
+    An event naming a campaign of another tenant (or none) is rejected exactly like an
+    unknown campaign, so one tenant can neither attach revenue to another's campaign nor
+    learn which campaign ids exist.
+    """
+    if len(raw_events) > max_batch:
+        raise BatchTooLarge(f"a batch holds at most {max_batch} events, got {len(raw_events)}")
     good, repeats, bad = validate(raw_events)
     result = BatchResult(duplicates=repeats, rejected=bad)
     if not good:
+        result.rejected.sort(key=lambda r: r[0])
         return result
     received = now or datetime.now(timezone.utc)
-    rows = [{**e.model_dump(), "tenant": tenant, "received_at": received} for e in good]
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     statement = (dialect.insert(events).on_conflict_do_nothing(index_elements=["tenant", "event_id"])
                  .returning(events.c.event_id))
     with engine.begin() as connection:
-        inserted = set(connection.execute(statement, rows).scalars())
+        good = _own_campaigns_only(connection, tenant, good, result, raw_events)
+        rows = [{**e.model_dump(), "tenant": tenant, "received_at": received} for e in good]
+        inserted = set(connection.execute(statement, rows).scalars()) if rows else set()
     for e in good:
         (result.accepted if e.event_id in inserted else result.duplicates).append(e.event_id)
+    result.rejected.sort(key=lambda r: r[0])
     return result
+
+
+def _own_campaigns_only(connection: Connection, tenant: str, good: list[Event], result: BatchResult,
+                        raw_events: list) -> list[Event]:
+    """The events whose campaign (if any) is the tenant's; the others go to `result.rejected`."""
+    wanted = {e.campaign_id for e in good if e.campaign_id is not None}
+    if not wanted:
+        return good
+    owned = set(connection.execute(select(campaigns.c.id).where(
+        campaigns.c.tenant == tenant, campaigns.c.id.in_(sorted(wanted)))).scalars())
+    if owned == wanted:
+        return good
+    positions = {}
+    for i, raw in enumerate(raw_events):
+        if isinstance(raw, dict) and isinstance(raw.get("event_id"), str):
+            positions.setdefault(raw["event_id"].strip(), i)
+    kept = []
+    for e in good:
+        if e.campaign_id is None or e.campaign_id in owned:
+            kept.append(e)
+        else:
+            result.rejected.append((positions.get(e.event_id, -1), e.event_id,
+                                    f"campaign_id: no campaign {e.campaign_id} for this tenant"))
+    return kept

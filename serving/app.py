@@ -52,10 +52,14 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     _install_error_handlers(app)
 
-    from wenlv.serving.routers import campaigns, health, itineraries, recommendations
+    from wenlv.serving.routers import campaigns, events, health, itineraries, recommendations
+    from wenlv.serving.routers import dashboard  # the analyst page and its login
 
-    for module in (health, recommendations, itineraries, campaigns):
+    for module in (health, recommendations, itineraries, campaigns, events):
         app.include_router(module.router)
+    from wenlv.serving.routers import analytics  # the analysts' routes (ledger)
+    app.include_router(analytics.router)
+    app.include_router(dashboard.router)
     return app
 
 

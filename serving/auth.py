@@ -21,6 +21,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from wenlv.errors import WenlvError
+from wenlv.serving import sessions
 from wenlv.settings import get_settings
 
 ROLES = ("visitor-app", "marketer", "analyst", "admin")
@@ -122,14 +123,31 @@ _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bea
 
 
 async def get_principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
-    """The caller behind the bearer key, or 401."""
+    """The caller behind the bearer key, or behind a dashboard session cookie on a GET (see serving.sessions), or 401."""
     challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None:
+        principal = _session_principal(request)
+        if principal is not None:
+            return principal
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise ApiError(401, "unauthorized", "missing bearer API key (Authorization: Bearer <key>)", challenge)
     principal = request.app.state.keys.lookup(credentials.credentials)
     if principal is None:
         raise ApiError(401, "unauthorized", "unknown or revoked API key", challenge)
     return principal
+
+
+def _session_principal(request: Request) -> Principal | None:
+    """The principal of a valid session cookie whose key is still active (revoking a key ends its sessions)."""
+    keys = request.app.state.keys
+    key_id = sessions.session_key_id(request, keys.path)
+    if key_id is None:
+        return None
+    for row in keys.list():
+        if (row["key_id"] == key_id and not row["revoked"] and row["role"] in sessions.SESSION_ROLES
+                and (row.get("expires_at") or float("inf")) > time.time()):
+            return Principal(role=row["role"], tenant=row["tenant"], key_id=key_id)
+    return None
 
 
 def require_role(*roles: str):

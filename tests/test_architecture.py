@@ -85,6 +85,7 @@ def test_built_wheel_exposes_only_the_root_package(tmp_path):
         assert f"wenlv/{stage}/__init__.py" in names, stage
     assert not any(n.startswith("wenlv/tests/") or "/support/" in n for n in names)
     assert "wenlv/db/migrations/env.py" in names and "wenlv/db/migrations/versions/0001_initial.py" in names
+    assert {f"wenlv/serving/dashboard/{f}" for f in ("index.html", "dashboard.js", "charts.js", "dashboard.css")} <= set(names)
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=120)
     clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the wheel

@@ -3,20 +3,21 @@ from __future__ import annotations
 
 import threading
 import uuid
+from datetime import date, datetime, timezone
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, insert, select, text
 
 from wenlv.db import engine as db_engine
-from wenlv.db.schema import events
-from wenlv.ledger.events import record_events
+from wenlv.db.schema import campaigns, events
+from wenlv.ledger.events import BatchTooLarge, record_events
 
 TOKEN = "ab" * 32
 
 
 def _event(i, **over):
     e = {"event_id": f"e{i}", "kind": "booking", "token": TOKEN, "poi_id": "P1", "amount_cny": "120.50",
-         "occurred_at": "2026-05-01T10:00:00+08:00", "campaign_id": 1}
+         "occurred_at": "2026-05-01T10:00:00+08:00", "recommendation_id": "r" * 32}
     e.update(over)
     return e
 
@@ -81,3 +82,30 @@ def test_interleaved_concurrent_batches_store_each_id_once(engine):
     for t in threads:
         t.join()
     assert _count(engine) == 200
+
+
+def _campaign(engine, tenant: str) -> int:
+    row = {"tenant": tenant, "name": f"c-{tenant}", "target_kind": "destination", "target": {}, "channel": "sms",
+           "audience_size": 10, "starts_on": date(2026, 5, 1), "ends_on": date(2026, 5, 9), "holdout_seed": "s",
+           "created_at": datetime.now(timezone.utc)}
+    with engine.begin() as c:
+        return c.execute(insert(campaigns).values(**row).returning(campaigns.c.id)).scalar_one()
+
+
+def test_an_event_cannot_be_attached_to_another_tenants_campaign(engine):
+    mine, theirs = _campaign(engine, "t1"), _campaign(engine, "t2")
+    batch = [_event(1, campaign_id=mine, recommendation_id=None), _event(2, campaign_id=theirs, recommendation_id=None),
+             _event(3, campaign_id=theirs + 100, recommendation_id=None), _event(4)]
+    result = record_events(engine, "t1", batch)
+    assert result.accepted == ["e1", "e4"]
+    assert [(i, eid) for i, eid, _ in result.rejected] == [(1, "e2"), (2, "e3")]
+    # another tenant's campaign reads exactly like a missing one
+    assert result.rejected[0][2].replace(str(theirs), "N") == result.rejected[1][2].replace(str(theirs + 100), "N")
+    with engine.connect() as c:
+        assert c.execute(select(events.c.campaign_id).where(events.c.campaign_id.is_not(None))).scalars().all() == [mine]
+
+
+def test_a_batch_above_the_limit_is_refused_whole(engine):
+    with pytest.raises(BatchTooLarge, match="at most 5"):
+        record_events(engine, "t1", [_event(i) for i in range(6)], max_batch=5)
+    assert _count(engine) == 0

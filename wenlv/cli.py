@@ -26,8 +26,9 @@ from wenlv.errors import WenlvError  # noqa: E402
 
 # Stage CLIs are imported by name so `wenlv --help` stays one place to add a stage; each
 # imports its own (heavy) libraries only inside the command that needs them.
-STAGE_CLIS = ("wenlv.db.cli", "wenlv.privacy.cli", "wenlv.features.cli", "wenlv.spark_jobs.cli", "wenlv.training.cli", "wenlv.serving.cli",
-              "wenlv.itinerary.cli", "wenlv.marketing.cli")
+STAGE_CLIS = ("wenlv.db.cli", "wenlv.privacy.cli", "wenlv.features.cli", "wenlv.spark_jobs.cli",
+              "wenlv.training.cli", "wenlv.serving.cli", "wenlv.itinerary.cli", "wenlv.marketing.cli",
+              "wenlv.ledger.cli")
 BENCHES = ("wenlv.bench.features", "wenlv.bench.als", "wenlv.bench.serve", "wenlv.bench.itinerary", "wenlv.bench.audience",
            "wenlv.bench.wan", "wenlv.bench.privacy", "wenlv.bench.charts")
 # Loggers that talk at INFO on a healthy run: per-request chatter, and faiss.loader, which

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError
@@ -47,6 +48,11 @@ class Settings(BaseSettings):
     api_pepper: SecretStr | None = Field(None, alias="WENLV_API_PEPPER",
                                          description="secret mixed into stored API key hashes; unset: a random "
                                                      "pepper kept beside the key database")
+    session_secret: SecretStr | None = Field(None, alias="WENLV_SESSION_SECRET",
+                                             description="secret that signs dashboard session cookies; unset: a "
+                                                         "random secret kept beside the key database")
+    session_ttl_s: int = Field(8 * 3600, ge=60, le=7 * 24 * 3600, alias="WENLV_SESSION_TTL",
+                               description="seconds a dashboard session cookie stays valid after login")
     index_cache: Path = Field(HOME / ".cache" / "wenlv" / "indexes", alias="WENLV_INDEX_CACHE",
                               description="folder for FAISS indexes built when a version has none")
     faiss_threads: int = Field(1, ge=1, alias="WENLV_FAISS_THREADS",
@@ -58,6 +64,9 @@ class Settings(BaseSettings):
                                      description="campaign and ledger database (postgresql://...); unset: SQLite file")
     database_sqlite: Path = Field(HOME / ".wenlv" / "wenlv.sqlite", alias="WENLV_DATABASE_SQLITE",
                                   description="SQLite campaign and ledger database, when DATABASE_URL is unset")
+    # Ledger
+    events_max_batch: int = Field(1000, ge=1, le=10_000, alias="WENLV_EVENTS_MAX_BATCH",
+                                  description="most events one POST /v1/events may carry (larger batches get 413)")
     # Campaigns
     min_audience_size: int = Field(1000, ge=1, alias="WENLV_MIN_AUDIENCE_SIZE",
                                    description="smallest audience a campaign may export (a tenant may set its own)")
@@ -68,6 +77,20 @@ class Settings(BaseSettings):
                                                 description="the carrier's key for the user tokens it issues in PSI "
                                                             "alignment (it resolves them at delivery); unset: a 0600 "
                                                             "file beside the SQLite database")
+    # Ledger (attribution and the data-asset register)
+    ledger_window_days: int = Field(7, ge=1, le=365, alias="WENLV_LEDGER_WINDOW_DAYS",
+                                    description="attribution window: days after a campaign ends (or a list is served) "
+                                                "whose revenue counts, and the last-touch window")
+    ledger_interval: Literal["bootstrap", "delta"] = Field(
+        "bootstrap", alias="WENLV_LEDGER_INTERVAL",
+        description="95% interval of incremental revenue: bootstrap over persons, or the delta method")
+    ledger_bootstrap_reps: int = Field(1000, ge=100, le=100_000, alias="WENLV_LEDGER_BOOTSTRAP_REPS",
+                                       description="bootstrap resamples per interval (seeded: reports are repeatable)")
+    ledger_discount_rate: float = Field(0.08, gt=-1, lt=1, alias="WENLV_LEDGER_DISCOUNT_RATE",
+                                        description="income approach: annual discount rate of attributed cash flows")
+    ledger_growth: float = Field(0.0, gt=-1, lt=1, alias="WENLV_LEDGER_GROWTH",
+                                 description="income approach: annual growth of attributed cash flows over the "
+                                             "remaining life")
     # Party services (wenlv party serve / --parties name=URL)
     party_tls_dir: Path = Field(HOME / ".wenlv" / "tls", alias="WENLV_PARTY_TLS",
                                 description="this organisation's key, its certificate and the pinned certificates "

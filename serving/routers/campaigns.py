@@ -9,17 +9,17 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Literal
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
-from wenlv.db import engine as db_engine
 from wenlv.marketing import audience, export
 from wenlv.marketing import campaigns as store
 from wenlv.marketing.audience import AudienceRefused
 from wenlv.marketing.campaigns import CampaignSpec
 from wenlv.serving.auth import ApiError, Principal, require_role
+from wenlv.serving.database import get_db
 from wenlv.serving.schemas import ERROR_RESPONSES
 
 router = APIRouter(prefix="/v1", tags=["campaigns"])
@@ -47,16 +47,6 @@ class Campaign(BaseModel):
     model_version: str | None
     created_at: datetime
     arms: dict[str, int] | None = Field(None, description="audience members per arm (treatment, holdout)")
-
-
-def get_db(request: Request) -> Engine:
-    """The campaign database of the app (made and migrated on first use when the app was given none)."""
-    engine = getattr(request.app.state, "db", None)
-    if engine is None:
-        engine = db_engine.make_engine()
-        db_engine.migrate(engine)
-        request.app.state.db = engine
-    return engine
 
 
 def _own(engine: Engine, principal: Principal, campaign_id: int) -> dict:
