@@ -82,31 +82,11 @@ def _assets_list(args) -> int:
     return 0
 
 
-def attribute_with_splits(engine, tenant: str, tracking_uri: str | None, fallback_version: str | None,
-                          window_days: int | None = None) -> dict:
-    """Attribution, then the returns split by the Shapley values of every version involved (from MLflow)."""
-    from wenlv.ledger import attribution, returns
-    from wenlv.training import registry
-
-    options = attribution.Options.from_settings(window_days=window_days)
-    versions = {r.model_version for r in attribution.campaign_effects(engine, tenant, options)}
-    versions |= {r.model_version for r in attribution.surface_effects(engine, tenant, options)}
-    if fallback_version is None:
-        champion = registry.champion_version(tracking_uri)
-        fallback_version = None if champion is None else str(champion)
-    versions.add(fallback_version)
-    splits = {}
-    for v in sorted(x for x in versions if x is not None):
-        found = returns.version_weights(v, tracking_uri)
-        if found is not None:
-            splits[v] = found
-    out = returns.attribute(engine, tenant, options, splits, fallback_version)
-    return {**out, "fallback_version": fallback_version, "splits": splits}
-
-
 def _attribute(args) -> int:
-    result = attribute_with_splits(_engine(args), args.tenant, args.tracking_uri, args.fallback_version,
-                                   args.window_days)
+    from wenlv.ledger import returns
+
+    result = returns.attribute_from_registry(_engine(args), args.tenant, args.tracking_uri, args.fallback_version,
+                                             args.window_days)
     if result["unsplit"]:
         raise WenlvError(f"no data-source split for {', '.join(result['unsplit'])} (the others are stored): "
                          f"train a version with Shapley values or pass --fallback-version")
@@ -115,10 +95,11 @@ def _attribute(args) -> int:
 
 
 def _publish(args) -> int:
-    from wenlv.ledger import publish
+    from wenlv.ledger import publish, returns
 
     engine = _engine(args)
-    attributed = attribute_with_splits(engine, args.tenant, args.tracking_uri, args.fallback_version, args.window_days)
+    attributed = returns.attribute_from_registry(engine, args.tenant, args.tracking_uri, args.fallback_version,
+                                                 args.window_days)
     _print({"attribution": attributed, **publish.publish(engine, args.tracking_uri, as_of=args.as_of)})
     return 0
 

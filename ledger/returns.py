@@ -112,3 +112,24 @@ def attribute(engine: Engine, tenant: str, options: attribution.Options, splits:
     return {"rows": len(rows), "split_by": used, "unsplit": unsplit,
             "by_source": {s: float(v) for s, v in by_source.items()},
             "total": float(sum(by_source.values(), Decimal(0)))}
+
+
+def attribute_from_registry(engine: Engine, tenant: str, tracking_uri: str | None, fallback_version: str | None,
+                            window_days: int | None = None) -> dict:
+    """Attribution, then the returns split by the Shapley values of every version involved (from MLflow)."""
+    from wenlv.training import registry  # lazy: MLflow stays out of the API's start-up
+
+    options = attribution.Options.from_settings(window_days=window_days)
+    versions = {r.model_version for r in attribution.campaign_effects(engine, tenant, options)}
+    versions |= {r.model_version for r in attribution.surface_effects(engine, tenant, options)}
+    if fallback_version is None:
+        champion = registry.champion_version(tracking_uri)
+        fallback_version = None if champion is None else str(champion)
+    versions.add(fallback_version)
+    splits = {}
+    for v in sorted(x for x in versions if x is not None):
+        found = version_weights(v, tracking_uri)
+        if found is not None:
+            splits[v] = found
+    out = attribute(engine, tenant, options, splits, fallback_version)
+    return {**out, "fallback_version": fallback_version, "splits": splits}

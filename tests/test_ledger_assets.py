@@ -74,8 +74,8 @@ def test_example_csv_loads_once_and_register_values_it(tmp_path):
         register = {a["source"]: a for a in assets.register(engine, "hz", as_of=date(2026, 7, 1))}
         tourism = register["tourism"]
         assert tourism["capitalised_cny"] == 595000.0 and tourism["expensed_cny"] == 180000.0
-        assert tourism["amortised_cny"] == pytest.approx(595000 * 6 / 60)
-        assert tourism["carrying_cny"] == tourism["value"]["cost"] == pytest.approx(595000 * 54 / 60)
+        assert tourism["amortised_cny"] == pytest.approx(595000 * 12 / 60)
+        assert tourism["carrying_cny"] == tourism["value"]["cost"] == pytest.approx(595000 * 48 / 60)
         assert tourism["attributed_returns_cny"] == 8000.0 and register["carrier"]["attributed_returns_cny"] == 0.0
         assert tourism["value"]["income"] > 0 and register["carrier"]["value"]["income"] == 0.0
         assert register["carrier"]["roi"] == -1.0
