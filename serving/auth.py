@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from wenlv.errors import WenlvError
 from wenlv.settings import get_settings
@@ -156,17 +156,24 @@ def _load_pepper(db_path: Path) -> bytes:
     return pepper_file.read_text().strip().encode()
 
 
-_bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer wlv_…`")
+PRINCIPAL = "wenlv.principal"  # scope key where `serving.guard.RequestGuard` leaves the caller (or None)
 
 
-async def get_principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
+class ScopeBearer(HTTPBearer):
+    """The bearer scheme in OpenAPI; the key itself was checked by the guard middleware before the body was read."""
+
+    async def __call__(self, request: Request) -> Principal | None:  # type: ignore[override]
+        return request.scope.get(PRINCIPAL)
+
+
+_bearer = ScopeBearer(auto_error=False, description="API key: `Authorization: Bearer wlv_…` (the scheme is case-insensitive)")
+
+
+async def get_principal(principal: Principal | None = Depends(_bearer)) -> Principal:
     """The caller behind the bearer key, or 401."""
-    challenge = {"WWW-Authenticate": "Bearer"}
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise ApiError(401, "unauthorized", "missing bearer API key (Authorization: Bearer <key>)", challenge)
-    principal = request.app.state.keys.lookup(credentials.credentials)
     if principal is None:
-        raise ApiError(401, "unauthorized", "unknown or revoked API key", challenge)
+        raise ApiError(401, "unauthorized", "missing, unknown or revoked bearer API key (Authorization: Bearer <key>)",
+                       {"WWW-Authenticate": "Bearer"})
     return principal
 
 
