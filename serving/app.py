@@ -14,8 +14,10 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wenlv.serving.auth import ApiError, KeyStore
+from wenlv.serving.guard import RequestGuard
 from wenlv.serving.metrics import Metrics, MetricsMiddleware
 from wenlv.serving.state import ServingState
+from wenlv.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,10 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) 
     app.state.serving, app.state.keys, app.state.metrics, app.state.db = state, keys, metrics, db
     if state.model is not None:
         metrics.model_info.labels(state.model.version).set(1)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    settings = get_settings()
+    app.add_middleware(RequestGuard, keys=keys, max_body_bytes=settings.max_body_bytes,
+                       body_timeout_s=settings.body_timeout_s)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: refusals are counted too
     _install_error_handlers(app)
 
     from wenlv.serving.routers import campaigns, events, health, itineraries, recommendations
@@ -84,7 +89,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+                413: "payload_too_large"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

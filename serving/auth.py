@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
 from wenlv.errors import WenlvError
 from wenlv.serving import sessions
@@ -45,20 +45,34 @@ class ApiError(Exception):
 
 
 class KeyStore:
-    """API keys in SQLite (hashed); lookups are served from memory and reloaded on a miss."""
+    """API keys in SQLite (hashed); lookups are served from memory.
 
-    RELOAD_EVERY_S = 1.0
+    A revoke, a new key or an expiry must take effect within `CHECK_EVERY_S` (another process,
+    `wenlv apikey`, may have written the database), yet a request must not read the database.
+    So at most every `CHECK_EVERY_S` a lookup asks SQLite's `PRAGMA data_version` on a kept
+    connection (a counter that moves when another connection commits, a few microseconds) and
+    reloads only when it moved; an unknown key also triggers that check. Expiry needs no read:
+    each cached key carries its `expires_at`.
+    """
+
+    CHECK_EVERY_S = 0.25
 
     def __init__(self, path: str | Path | None = None, pepper: bytes | None = None):
         self.path = Path(path) if path is not None else get_settings().api_keys_db
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._pepper = pepper or _load_pepper(self.path)
         self._lock = threading.Lock()
-        self._by_hash: dict[str, Principal] = {}
-        self._loaded_at = 0.0
+        self._by_hash: dict[str, tuple[Principal, float]] = {}
+        self._checked_at = 0.0
+        self._data_version = None
         with self._connect() as db:
             db.execute("CREATE TABLE IF NOT EXISTS api_keys (key_hash TEXT PRIMARY KEY, key_id TEXT UNIQUE NOT NULL,"
-                       " role TEXT NOT NULL, tenant TEXT NOT NULL, created_at REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0)")
+                       " role TEXT NOT NULL, tenant TEXT NOT NULL, created_at REAL NOT NULL, revoked INTEGER NOT NULL DEFAULT 0,"
+                       " expires_at REAL)")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
+            if "expires_at" not in columns:  # a key database made before keys could expire
+                db.execute("ALTER TABLE api_keys ADD COLUMN expires_at REAL")
+        self._watch = sqlite3.connect(self.path, timeout=5, check_same_thread=False)  # only for PRAGMA data_version
         self._reload()
 
     def _connect(self) -> sqlite3.Connection:
@@ -67,16 +81,22 @@ class KeyStore:
     def _hash(self, key: str) -> str:
         return hmac.new(self._pepper, key.encode(), hashlib.sha256).hexdigest()
 
-    def create(self, role: str, tenant: str) -> str:
-        """Make a new key; the plain key is returned once and never stored."""
+    def create(self, role: str, tenant: str, expires_in_s: float | None = None) -> str:
+        """Make a new key (valid for `expires_in_s` seconds, or until revoked); the plain key is returned once and
+        never stored."""
         if role not in ROLES:
             raise WenlvError(f"unknown role {role!r}; one of: {', '.join(ROLES)}")
         if not tenant or not tenant.replace("-", "").replace("_", "").isalnum() or len(tenant) > 64:
             raise WenlvError(f"tenant {tenant!r} must be 1-64 letters, digits, '-' or '_'")
+        if expires_in_s is not None and not expires_in_s > 0:
+            raise WenlvError(f"a key's lifetime must be positive, got {expires_in_s!r} s")
         key_id = secrets.token_hex(6)
         key = f"wlv_{key_id}_{secrets.token_urlsafe(24)}"
+        now = time.time()
+        expires_at = None if expires_in_s is None else now + expires_in_s
         with self._connect() as db:
-            db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, 0)", (self._hash(key), key_id, role, tenant, time.time()))
+            db.execute("INSERT INTO api_keys VALUES (?, ?, ?, ?, ?, 0, ?)",
+                       (self._hash(key), key_id, role, tenant, now, expires_at))
         self._reload()
         return key
 
@@ -88,23 +108,41 @@ class KeyStore:
 
     def list(self) -> list[dict]:
         with self._connect() as db:
-            rows = db.execute("SELECT key_id, role, tenant, created_at, revoked FROM api_keys ORDER BY created_at").fetchall()
-        return [dict(zip(("key_id", "role", "tenant", "created_at", "revoked"), r)) for r in rows]
+            rows = db.execute("SELECT key_id, role, tenant, created_at, revoked, expires_at FROM api_keys"
+                              " ORDER BY created_at").fetchall()
+        return [dict(zip(("key_id", "role", "tenant", "created_at", "revoked", "expires_at"), r)) for r in rows]
 
     def _reload(self) -> None:
-        with self._connect() as db:
-            rows = db.execute("SELECT key_hash, key_id, role, tenant FROM api_keys WHERE revoked = 0").fetchall()
         with self._lock:
-            self._by_hash = {h: Principal(role=r, tenant=t, key_id=k) for h, k, r, t in rows}
-            self._loaded_at = time.monotonic()
+            version = self._watch.execute("PRAGMA data_version").fetchone()[0]
+            with self._connect() as db:
+                rows = db.execute("SELECT key_hash, key_id, role, tenant, expires_at FROM api_keys WHERE revoked = 0").fetchall()
+            self._by_hash = {h: (Principal(role=r, tenant=t, key_id=k), float("inf") if e is None else e)
+                             for h, k, r, t, e in rows}
+            self._data_version = version
+            self._checked_at = time.monotonic()
+
+    def _changed(self) -> bool:
+        """Whether another connection committed since the last load (one PRAGMA, no table read)."""
+        with self._lock:
+            self._checked_at = time.monotonic()
+            return self._watch.execute("PRAGMA data_version").fetchone()[0] != self._data_version
 
     def lookup(self, key: str) -> Principal | None:
+        """The principal of a valid key; None when unknown, revoked or expired (within CHECK_EVERY_S of the change)."""
+        if time.monotonic() - self._checked_at > self.CHECK_EVERY_S and self._changed():
+            self._reload()
         digest = self._hash(key)
         found = self._by_hash.get(digest)
-        if found is None and time.monotonic() - self._loaded_at > self.RELOAD_EVERY_S:
-            self._reload()  # a key created by another process since the last load
+        if found is None and self._changed():  # a key made by another process since the last check
+            self._reload()
             found = self._by_hash.get(digest)
-        return found
+        if found is None or found[1] <= time.time():
+            return None
+        return found[0]
+
+    def close(self) -> None:
+        self._watch.close()
 
 
 def _load_pepper(db_path: Path) -> bytes:
@@ -119,27 +157,30 @@ def _load_pepper(db_path: Path) -> bytes:
     return pepper_file.read_text().strip().encode()
 
 
-_bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer wlv_…`")
+PRINCIPAL = "wenlv.principal"  # scope key where `serving.guard.RequestGuard` leaves the caller (or None)
 
 
-async def get_principal(request: Request, credentials: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> Principal:
-    """The caller behind the bearer key, or behind a dashboard session cookie on a GET (see serving.sessions), or 401."""
-    challenge = {"WWW-Authenticate": "Bearer"}
-    if credentials is None:
-        principal = _session_principal(request)
-        if principal is not None:
-            return principal
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise ApiError(401, "unauthorized", "missing bearer API key (Authorization: Bearer <key>)", challenge)
-    principal = request.app.state.keys.lookup(credentials.credentials)
+class ScopeBearer(HTTPBearer):
+    """The bearer scheme in OpenAPI; the key itself was checked by the guard middleware before the body was read."""
+
+    async def __call__(self, request: Request) -> Principal | None:  # type: ignore[override]
+        return request.scope.get(PRINCIPAL)
+
+
+_bearer = ScopeBearer(auto_error=False, description="API key: `Authorization: Bearer wlv_…` (the scheme is case-insensitive)")
+
+
+async def get_principal(principal: Principal | None = Depends(_bearer)) -> Principal:
+    """The caller behind the bearer key or a dashboard session cookie (resolved by the guard), or 401."""
     if principal is None:
-        raise ApiError(401, "unauthorized", "unknown or revoked API key", challenge)
+        raise ApiError(401, "unauthorized", "missing, unknown or revoked bearer API key (Authorization: Bearer <key>)",
+                       {"WWW-Authenticate": "Bearer"})
     return principal
 
 
-def _session_principal(request: Request) -> Principal | None:
-    """The principal of a valid session cookie whose key is still active (revoking a key ends its sessions)."""
-    keys = request.app.state.keys
+def session_principal(request: Request, keys: KeyStore) -> Principal | None:
+    """The principal of a valid session cookie on a safe method whose key is still active (revoking a key ends its
+    sessions); a key-list read, so only for requests that carry a cookie and no bearer key (the dashboard's)."""
     key_id = sessions.session_key_id(request, keys.path)
     if key_id is None:
         return None

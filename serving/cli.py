@@ -44,12 +44,14 @@ def register(sub) -> None:
     c = ksub.add_parser("create", help="create a key; prints it once")
     c.add_argument("--role", required=True, choices=ROLES, help="what the key may call")
     c.add_argument("--tenant", required=True, help="whose data the key sees (1-64 letters, digits, '-' or '_')")
+    c.add_argument("--expires-days", type=float, default=None,
+                   help="the key stops working after this many days (default: only when revoked)")
     c.add_argument("--keys", type=Path, default=None, help=KEYS_HELP)
     c.set_defaults(func=_apikey_create)
     ls = ksub.add_parser("list", help="list keys (ids, roles, tenants; never the keys)")
     ls.add_argument("--keys", type=Path, default=None, help=KEYS_HELP)
     ls.set_defaults(func=_apikey_list)
-    r = ksub.add_parser("revoke", help="revoke a key by its id")
+    r = ksub.add_parser("revoke", help="revoke a key by its id (a running server refuses it within a second)")
     r.add_argument("key_id", help="the key's id (from `wenlv apikey list`)")
     r.add_argument("--keys", type=Path, default=None, help=KEYS_HELP)
     r.set_defaults(func=_apikey_revoke)
@@ -83,8 +85,9 @@ def _materialize(args) -> int:
 def _apikey_create(args) -> int:
     from wenlv.serving.auth import KeyStore
 
-    key = KeyStore(args.keys).create(args.role, args.tenant)
-    print(json.dumps({"key": key, "role": args.role, "tenant": args.tenant,
+    lifetime = None if args.expires_days is None else args.expires_days * 86400
+    key = KeyStore(args.keys).create(args.role, args.tenant, expires_in_s=lifetime)
+    print(json.dumps({"key": key, "role": args.role, "tenant": args.tenant, "expires_days": args.expires_days,
                       "note": "shown once; only its hash is stored"}))
     return 0
 

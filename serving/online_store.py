@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+import redis
+from redis.backoff import NoBackoff
+from redis.connection import parse_url
+from redis.retry import Retry
 
 from wenlv.settings import get_settings
 
@@ -99,7 +103,8 @@ class KeyValueStore:
         return int(raw) if raw is not None else 0
 
     def put_recommendation(self, tenant: str, recommendation_id: str, payload: dict, ttl_s: int = 7 * 24 * 3600) -> None:
-        self.set_many([(self.rec_key(tenant, recommendation_id), json.dumps(payload).encode())], ttl_s)
+        """One list, written on a request's path: the short-timeout `set`, never the bulk writer."""
+        self.set(self.rec_key(tenant, recommendation_id), json.dumps(payload).encode(), ttl_s)
 
     def get_recommendation(self, tenant: str, recommendation_id: str) -> dict | None:
         raw = self.get(self.rec_key(tenant, recommendation_id))
@@ -107,6 +112,7 @@ class KeyValueStore:
 
     # primitives -------------------------------------------------------------
     def get(self, key: str) -> bytes | None: raise NotImplementedError
+    def set(self, key: str, value: bytes, ttl_s: int) -> None: raise NotImplementedError
     def set_many(self, items: Iterable[tuple[str, bytes]], ttl_s: int) -> int: raise NotImplementedError
     def incr(self, key: str, ttl_s: int) -> int: raise NotImplementedError
     def ttl(self, key: str) -> float | None: raise NotImplementedError
@@ -117,16 +123,17 @@ class KeyValueStore:
 
 
 class RedisStore(KeyValueStore):
-    """Redis with short socket timeouts: a dead Redis must fail fast, not stall requests."""
+    """Redis with short socket timeouts: a dead Redis must fail fast, not stall requests.
+
+    `client` (timeout `timeout_s`, default WENLV_STORE_TIMEOUT, no retries) serves every call a
+    request makes; `bulk` (30 s) only materialisation, scans and the background flush of served lists.
+    """
 
     backend = "redis"
 
-    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, timeout_s: float = 0.1):
+    def __init__(self, url: str, prefix: str = DEFAULT_PREFIX, timeout_s: float | None = None):
         super().__init__(prefix)
-        import redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
+        timeout_s = get_settings().store_timeout_s if timeout_s is None else timeout_s
         self.url = url
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
                                            retry=Retry(NoBackoff(), 0), health_check_interval=0)
@@ -134,6 +141,9 @@ class RedisStore(KeyValueStore):
 
     def get(self, key):
         return self.client.get(key)
+
+    def set(self, key, value, ttl_s):
+        self.client.set(key, value, ex=int(ttl_s))
 
     def set_many(self, items, ttl_s):
         n = 0
@@ -175,8 +185,6 @@ class RedisStore(KeyValueStore):
         return bool(self.client.ping())
 
     def describe(self):
-        from redis.connection import parse_url
-
         parts = parse_url(self.url)  # never echo a password
         return f"redis://{parts.get('host', '?')}:{parts.get('port', 6379)}/{parts.get('db', 0)}"
 
@@ -214,6 +222,11 @@ class SQLiteStore(KeyValueStore):
             return None
         value = row[0]
         return value.encode() if isinstance(value, str) else bytes(value)  # counters are stored as text
+
+    def set(self, key, value, ttl_s):
+        db = self._db()
+        with db:
+            db.execute("INSERT OR REPLACE INTO kv VALUES (?, ?, ?)", (key, value, time.time() + ttl_s))
 
     def set_many(self, items, ttl_s):
         db = self._db()

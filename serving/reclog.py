@@ -26,8 +26,9 @@ TTL_S = 7 * 24 * 3600
 
 
 class RecommendationLog:
-    def __init__(self, store, interval_s: float = 0.05, max_pending: int = 100_000, on_drop=None):
-        self.store = store  # a raw KeyValueStore (the flusher handles failures itself)
+    def __init__(self, store, interval_s: float = 0.05, max_pending: int = 100_000, on_drop=None, reader=None):
+        self.store = store  # a raw KeyValueStore for the flusher (it handles failures itself)
+        self.reader = reader if reader is not None else store  # lookups on a request's path: the circuit breaker
         self.interval_s, self.max_pending = interval_s, max_pending
         self.on_drop = on_drop
         self._pending: OrderedDict[tuple[str, str], dict] = OrderedDict()
@@ -63,7 +64,7 @@ class RecommendationLog:
             pending = self._pending.get((tenant, recommendation_id))
         if pending is not None:
             return pending
-        return self.store.get_recommendation(tenant, recommendation_id)
+        return self.reader.get_recommendation(tenant, recommendation_id)
 
     def flush(self) -> int:
         with self._lock:

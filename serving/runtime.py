@@ -12,6 +12,7 @@ from pathlib import Path
 
 from wenlv.serving.app import create_app
 from wenlv.serving.auth import KeyStore
+from wenlv.serving.http_protocol import HeaderDeadlineProtocol
 from wenlv.serving.lifecycle import ChampionFollower, load_champion, model_from_registry
 from wenlv.serving.model import ServingModel
 from wenlv.serving.online_store import DEFAULT_PREFIX, ResilientStore, open_store
@@ -79,7 +80,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def uvicorn_config(app, host: str, port: int):
     import uvicorn
 
-    return uvicorn.Config(app, host=host, port=port, workers=1, loop="uvloop", http="httptools",
+    return uvicorn.Config(app, host=host, port=port, workers=1, loop="uvloop", http=HeaderDeadlineProtocol,
                           access_log=False, log_level="warning", lifespan="on")
 
 

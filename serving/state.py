@@ -22,7 +22,7 @@ class ServingState:
         from wenlv.serving.reclog import RecommendationLog
 
         self.store = store
-        self.rec_log = RecommendationLog(store.store) if store is not None else None
+        self.rec_log = RecommendationLog(store.store, reader=store) if store is not None else None
         self._model = model
         self._swap_lock = threading.Lock()
         self.swaps = 0

@@ -2,6 +2,10 @@
 independent checker, infeasible requests get 422 with a reason, roles are enforced."""
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -10,8 +14,9 @@ from wenlv.serving.app import create_app
 from wenlv.serving.auth import KeyStore
 from wenlv.serving.materialize import materialize
 from wenlv.serving.model import ServingModel
-from wenlv.serving.online_store import ResilientStore
+from wenlv.serving.online_store import RedisStore, ResilientStore
 from wenlv.serving.state import ServingState
+from wenlv.bench.private_redis import PrivateRedis
 from wenlv.bench.serving_fixtures import synthetic_bundle
 from wenlv.settings import reset_settings
 from tests.support.stores import make_store
@@ -148,3 +153,36 @@ def test_no_request_shape_produces_a_5xx(env, monkeypatch):
             assert r.json()["message"]
 
     run()
+
+
+def test_a_frozen_redis_does_not_hold_an_itinerary_past_its_budget(tmp_path, bundle, monkeypatch):
+    """Regression (issue 13.3): storing the plan went through the bulk client (30 s timeout), so a Redis
+    stopped with SIGSTOP held POST /v1/itineraries for 30 s."""
+    monkeypatch.setenv("WENLV_ITINERARY_TIME_LIMIT", "0.3")
+    monkeypatch.setenv("WENLV_STORE_TIMEOUT", "0.1")
+    reset_settings()
+    redis_server = PrivateRedis().start()
+    frozen, client = False, None
+    try:
+        raw = RedisStore(redis_server.url, prefix="frozen:")
+        materialize(bundle, "1", raw, progress=False)
+        store = ResilientStore(raw)
+        keys = KeyStore(tmp_path / "keys.sqlite")
+        key = keys.create("visitor-app", "hz")
+        client = TestClient(create_app(ServingState(store, ServingModel(bundle, "1", store, index_cache=None)), keys))
+        assert post(client, key, token=bundle.users.token[3]).status_code == 200  # warm, with Redis answering
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        frozen = True
+        for attempt in range(3):  # the first finds Redis silent; the later ones meet the open or half-open breaker
+            started = time.monotonic()
+            r = post(client, key, token=bundle.users.token[3], days=1)
+            waited = time.monotonic() - started
+            assert r.status_code == 200, r.text[:300]
+            assert waited < 0.3 + 1.0, f"attempt {attempt}: the itinerary waited {waited:.2f} s on a frozen Redis"
+            time.sleep(0.25)  # let the breaker half-open again
+    finally:
+        if frozen:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        if client is not None:
+            client.app.state.serving.rec_log.close()
+        redis_server.stop()

@@ -8,9 +8,12 @@ import time
 import httpx
 import pytest
 
+from wenlv.serving.app import create_app
 from wenlv.serving.auth import KeyStore
-from wenlv.serving.online_store import SQLiteStore
-from wenlv.serving.runtime import free_port
+from wenlv.serving.model import ServingModel
+from wenlv.serving.online_store import ResilientStore, SQLiteStore
+from wenlv.serving.runtime import ServerThread, free_port
+from wenlv.serving.state import ServingState
 from wenlv.bench.serving_fixtures import synthetic_bundle
 from wenlv.cli import main
 
@@ -67,3 +70,35 @@ def test_serve_runs_as_a_process(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_a_revoked_or_expired_key_is_refused_by_a_running_server_within_a_second(tmp_path, capsys):
+    """Regression (issue 13.1): the server cached keys and reloaded only on an unknown key, so a revoked one kept working."""
+    bundle = synthetic_bundle(n_pois=20, n_users=15, factors=4, seed=3, version="12")
+    keys_db = tmp_path / "keys.sqlite"
+    server_keys = KeyStore(keys_db)
+    store = ResilientStore(SQLiteStore(tmp_path / "online.sqlite"))
+    app = create_app(ServingState(store, ServingModel(bundle, "12", store, index_cache=None)), server_keys)
+    assert main(["apikey", "create", "--role", "visitor-app", "--tenant", "hz", "--keys", str(keys_db)]) == 0
+    key = json.loads(capsys.readouterr().out)["key"]
+    assert main(["apikey", "create", "--role", "visitor-app", "--tenant", "hz", "--expires-days", str(1.5 / 86400),
+                 "--keys", str(keys_db)]) == 0
+    short_lived = json.loads(capsys.readouterr().out)["key"]
+    url = f"/v1/visitors/{bundle.users.token[0]}/recommendations?k=3"
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=5) as client:
+        def status(k):
+            return client.get(url, headers={"Authorization": f"Bearer {k}"}).status_code
+
+        assert status(key) == 200 and status(short_lived) == 200  # both known to the running server
+        for _ in range(20):
+            status(key)  # the server is warm: its cache holds the key
+        key_id = next(k["key_id"] for k in KeyStore(keys_db).list() if k["expires_at"] is None)
+        assert main(["apikey", "revoke", key_id, "--keys", str(keys_db)]) == 0  # another KeyStore, as from a shell
+        revoked_at = time.monotonic()
+        while status(key) != 401:
+            assert time.monotonic() - revoked_at < 1.0, "a revoked key still works after 1 s"
+            time.sleep(0.02)
+        while status(short_lived) != 401:
+            assert time.monotonic() - revoked_at < 2.5, "an expired key still works"
+            time.sleep(0.02)
+        assert status(key) == 401 and status(short_lived) == 401

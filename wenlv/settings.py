@@ -59,6 +59,16 @@ class Settings(BaseSettings):
                                description="OpenMP threads per FAISS search (1: the server's workers parallelise)")
     itinerary_time_limit_s: float = Field(0.5, gt=0, alias="WENLV_ITINERARY_TIME_LIMIT",
                                           description="solver seconds per itinerary request")
+    store_timeout_s: float = Field(0.1, gt=0, le=5, alias="WENLV_STORE_TIMEOUT",
+                                   description="seconds one online-store call on a request's path may take before "
+                                               "the request goes on without it (and the circuit breaker opens)")
+    max_body_bytes: int = Field(1_048_576, ge=1, alias="WENLV_MAX_BODY_BYTES",
+                                description="largest request body the API reads (bigger: 413 before reading it)")
+    body_timeout_s: float = Field(10.0, gt=0, alias="WENLV_BODY_TIMEOUT",
+                                  description="seconds a client may take to send a request body (then 408 and close)")
+    header_timeout_s: float = Field(10.0, gt=0, alias="WENLV_HEADER_TIMEOUT",
+                                    description="seconds a client may take to send a request's headers (then the "
+                                                "connection is closed)")
     # Campaign and ledger database
     database_url: str | None = Field(None, alias="DATABASE_URL",
                                      description="campaign and ledger database (postgresql://...); unset: SQLite file")
