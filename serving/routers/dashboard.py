@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from wenlv.serving import sessions
-from wenlv.serving.auth import ApiError, get_principal
+from wenlv.serving.auth import ApiError, session_principal
 from wenlv.serving.schemas import ERROR_RESPONSES
 from wenlv.settings import get_settings
 
@@ -93,9 +93,8 @@ def login(request: Request, body: Login = Body(...)) -> JSONResponse:
 
 @router.get("/dashboard/session", response_model=Session, summary="who the session cookie belongs to, if anyone")
 async def session(request: Request) -> Session:
-    try:
-        principal = await get_principal(request, None)  # the cookie only: this route reports the browser session
-    except ApiError:
+    principal = session_principal(request, request.app.state.keys)  # the cookie only: this route reports the browser session
+    if principal is None:
         return Session(authenticated=False)
     return Session(authenticated=True, role=principal.role, tenant=principal.tenant)
 
