@@ -21,13 +21,11 @@ from wenlv.serving.indexes import DEFAULT_CACHE, EXACT_BELOW, BundleIndexes, bui
 from wenlv.serving.online_store import ResilientStore, StoreUnavailable
 from wenlv.serving.towers import load_user_tower
 from wenlv.training.bundle import ModelBundle
-from wenlv.training.ranking import BundleRanker
+from wenlv.training.ranking import STRATEGY_ALS, STRATEGY_POPULARITY, BundleRanker
 
 log = logging.getLogger(__name__)
 
-STRATEGY_ALS = "als"               # the user's own factors
-STRATEGY_TOWER = "cold_start_tower"  # a vector from side features (new user)
-STRATEGY_POPULARITY = "popularity"   # no usable vector, or personalised=false
+STRATEGY_TOWER = "cold_start_tower"  # a vector from side features (new user); als and popularity: training.ranking
 
 
 @dataclass

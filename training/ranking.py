@@ -15,6 +15,9 @@ from wenlv.training.bundle import ModelBundle
 from wenlv.training.poi_filters import Filters, PoiTable
 from wenlv.training.vector_index import VectorIndex, exact_top_k
 
+STRATEGY_ALS = "als"                # ranked by the visitor's own factors
+STRATEGY_POPULARITY = "popularity"  # no usable vector, or a non-personalised list asked for
+
 
 def popularity_scores(pois: pd.DataFrame) -> np.ndarray:
     """log(1 + popularity) scaled to [0, 1], one per POI: the ranking that uses nothing about the person."""
