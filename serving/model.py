@@ -15,20 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from wenlv.serving.filters import Filters, PoiTable
-from wenlv.serving.indexes import (DEFAULT_CACHE, EXACT_BELOW, BundleIndexes, build_bundle_indexes, exact_top_k,
-                                   use_configured_threads)
+from wenlv.serving.filters import Filters
+from wenlv.serving.indexes import DEFAULT_CACHE, EXACT_BELOW, BundleIndexes, build_bundle_indexes, use_configured_threads
 from wenlv.serving.online_store import ResilientStore, StoreUnavailable
 from wenlv.serving.towers import load_user_tower
 from wenlv.training.bundle import ModelBundle
+from wenlv.training.ranking import STRATEGY_ALS, STRATEGY_POPULARITY, BundleRanker
 
 log = logging.getLogger(__name__)
 
-STRATEGY_ALS = "als"               # the user's own factors
-STRATEGY_TOWER = "cold_start_tower"  # a vector from side features (new user)
-STRATEGY_POPULARITY = "popularity"   # no usable vector, or personalised=false
+STRATEGY_TOWER = "cold_start_tower"  # a vector from side features (new user); als and popularity: training.ranking
 
 
 @dataclass
@@ -62,36 +59,18 @@ class ServingModel:
         started = time.perf_counter()
         use_configured_threads()  # searches run here, one query at a time
         self.bundle, self.version, self.store = bundle, str(version), store
-        self.table = PoiTable(bundle.pois)
         self.indexes = indexes or build_bundle_indexes(bundle, with_users=with_user_index, cache_dir=index_cache,
                                                        exact_below=exact_below)
-        self.poi_factors = np.ascontiguousarray(bundle.poi_factors, dtype=np.float32)
+        self.ranker = BundleRanker(bundle, self.indexes.pois)  # the scoring the MLflow pyfunc model shares
+        self.table, self.poi_factors, self.popularity = self.ranker.table, self.ranker.poi_factors, self.ranker.popularity
         norms = np.linalg.norm(self.poi_factors, axis=1, keepdims=True)
         self.poi_unit = self.poi_factors / np.maximum(norms, 1e-9)
-        pop = np.log1p(bundle.pois["popularity"].to_numpy(dtype=np.float64)) if "popularity" in bundle.pois else np.zeros(len(bundle.pois))
-        self.popularity = (pop / pop.max() if pop.max() > 0 else pop).astype(np.float32)
-        self.user_rows = pd.Index(bundle.users["token"].astype(str))
-        self.user_factors = bundle.user_factors
-        self._history_csr(bundle.history)
+        self.user_rows, self.user_factors = self.ranker.user_rows, self.ranker.user_factors
         self.tower = load_user_tower(bundle.towers_dir, bundle.factors)
         self.built_seconds = round(time.perf_counter() - started, 3)
 
-    def _history_csr(self, history: pd.DataFrame) -> None:
-        """Visited POI rows per user row, as CSR arrays (no per-user Python objects)."""
-        rows = self.user_rows.get_indexer(history["token"].astype(str)) if len(history) else np.empty(0, dtype=np.int64)
-        cols = self.table.index_of.get_indexer(history["poi_id"].astype(str)) if len(history) else np.empty(0, dtype=np.int64)
-        keep = (rows >= 0) & (cols >= 0)
-        rows, cols = rows[keep], cols[keep]
-        order = np.argsort(rows, kind="stable")
-        self._hist_cols = cols[order].astype(np.int64)
-        self._hist_ptr = np.searchsorted(rows[order], np.arange(len(self.user_rows) + 1))
-
     def bundle_row(self, token: str) -> int | None:
-        try:
-            row = self.user_rows.get_loc(token)
-        except KeyError:
-            return None
-        return row if isinstance(row, (int, np.integer)) else None
+        return self.ranker.bundle_row(token)
 
     # ------------------------------------------------------------------ users
     def resolve_user(self, token: str, personalized: bool = True) -> UserView:
@@ -108,8 +87,7 @@ class ServingModel:
             return UserView(record.vector, self.table.indices(record.visited), STRATEGY_ALS, degraded, "store")
         row = self.bundle_row(token)
         if row is not None:
-            visited = self._hist_cols[self._hist_ptr[row]:self._hist_ptr[row + 1]]
-            return UserView(self.user_factors[row], visited, STRATEGY_ALS, degraded, "bundle")
+            return UserView(self.user_factors[row], self.ranker.visited(row), STRATEGY_ALS, degraded, "bundle")
         visited = self.table.indices(record.visited) if record is not None else np.empty(0, dtype=np.int64)
         if record is not None and record.side and self.tower is not None:
             vector = self.tower.embed(record.side)
@@ -129,12 +107,7 @@ class ServingModel:
                   personalized: bool = True) -> Recommendation:
         filters = filters or Filters()
         user = self.resolve_user(token, personalized)
-        exclude = user.visited if exclude_visited else None
-        mask = self.table.mask(filters, exclude)
-        if user.vector is not None:
-            ids, scores = self.indexes.pois.search(user.vector, k, mask)
-        else:
-            ids, scores = exact_top_k(self.popularity[:, None], np.ones(1, dtype=np.float32), k, mask)
+        ids, scores = self.ranker.top_k(user.vector, k, filters, user.visited if exclude_visited else None)
         reasons = self._reasons(ids, user)
         return Recommendation(ids=ids, scores=scores, reasons=reasons, strategy=user.strategy,
                               personalized=user.vector is not None, degraded=user.degraded)

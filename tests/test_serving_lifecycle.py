@@ -235,8 +235,8 @@ def _register(tmp_path, bundles):
 
 @pytest.fixture
 def count_builds(monkeypatch):
-    """Count real index builds (serving.indexes.build_index still runs)."""
-    import wenlv.serving.indexes as indexes
+    """Count real index builds (training.vector_index.build_index still runs)."""
+    import wenlv.training.vector_index as indexes
 
     calls = []
     real = indexes.build_index

@@ -119,7 +119,8 @@ def poi_table(blocks: FeatureBlocks, data_dir: str | Path | None) -> tuple[pd.Da
     The feature blocks carry only POI features; names, places and hours come from the
     tourism party's own `pois` table: `<features>/tourism/pois.parquet` if the feature job
     copied it, else `<data>/tourism/pois.(parquet|csv)`. Without either, the bundle still
-    works for ranking but names are the ids and places unknown (logged, marked in bundle.json).
+    works for ranking but names are the ids, places unknown and hours 00:00–00:00 (open all
+    day, which is what serving's filters read from equal hours) (logged, marked in bundle.json).
     """
     features = blocks["tourism/poi_features"].sort_values("poi_id").reset_index(drop=True)
     candidates = [blocks.root / "tourism" / "pois.parquet"]
@@ -140,7 +141,7 @@ def poi_table(blocks: FeatureBlocks, data_dir: str | Path | None) -> tuple[pd.Da
     log.warning("no POI table found (looked at %s); the bundle names POIs by id, without places or hours",
                 ", ".join(str(p) for p in candidates))
     out = pd.DataFrame({"poi_id": features["poi_id"], "name": features["poi_id"], "category": features["category"],
-                        "city": "", "lat": np.nan, "lon": np.nan, "open_time": "", "close_time": "",
+                        "city": "", "lat": np.nan, "lon": np.nan, "open_time": "00:00", "close_time": "00:00",
                         "visit_minutes": 60, "price_cny": 0.0, "popularity": features["popularity"]})
     return out, "missing"
 

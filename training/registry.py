@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wenlv.training import tracking
+from wenlv.training import pyfunc_model, tracking
 from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
 
@@ -82,11 +82,11 @@ def _ensure_model(c) -> None:
 
 
 def register_version(run_id: str, tracking_uri: str | None = None) -> int:
-    """A new version of `wenlv-recommender` pointing at the run's `bundle/` artifacts."""
+    """A new version of `wenlv-recommender`: the run's bundle as an MLflow pyfunc model (`model/`)."""
     c = _client(tracking_uri)
     _ensure_model(c)
     run = c.get_run(run_id)
-    mv = c.create_model_version(MODEL_NAME, source=f"{run.info.artifact_uri}/bundle", run_id=run_id,
+    mv = c.create_model_version(MODEL_NAME, source=pyfunc_model.log_model_for_run(c, run_id), run_id=run_id,
                                 tags={"ndcg_at_10": str(run.data.metrics.get("ndcg_at_10", ""))})
     return int(mv.version)
 
@@ -178,8 +178,8 @@ def download_bundle(version: int, tracking_uri: str | None = None, dst: str | Pa
     c = _client(tracking_uri)
     mv = _model_version(c, version)
     dst = Path(dst or tempfile.mkdtemp(prefix=f"wenlv-bundle-v{version}-"))
-    path = mlflow.artifacts.download_artifacts(artifact_uri=mv.source, dst_path=str(dst),
-                                               tracking_uri=c.tracking_uri)
+    path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=pyfunc_model.BUNDLE_ARTIFACT,
+                                               dst_path=str(dst), tracking_uri=c.tracking_uri)
     return Path(path)
 
 
