@@ -15,10 +15,13 @@ from wenlv.serving.runtime import free_port
 
 
 class PrivateRedis:
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, persist_dir: str | None = None):
+        """`persist_dir`: keep an append-only file there (fsync every second), so a restart keeps the data, as a
+        production Redis would; without it the server keeps nothing on disk."""
         if shutil.which("redis-server") is None:
             raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
         self.port = port or free_port()
+        self.persist_dir = persist_dir
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -26,8 +29,10 @@ class PrivateRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> "PrivateRedis":
+        persistence = (["--appendonly", "yes", "--appendfsync", "everysec", "--dir", str(self.persist_dir)]
+                       if self.persist_dir else ["--appendonly", "no"])
         self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      *persistence], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
         while True:
