@@ -163,6 +163,27 @@ def wrk_run(base: str, key: str, nonce: str, batch: int, duration: int, connecti
     return json.loads(line[len("WRKJSON "):])
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its descendants (the uvicorn workers), from /proc: what the
+    server spent, whatever else the shared machine was doing."""
+    parent_of, cpu = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parent_of[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parent_of.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(cpu.get(p, 0.0) for p in tree)
+
+
 # ---------------------------------------------------------------- the peers
 
 PGBENCH_SQL = """INSERT INTO events_pgbench (tenant, event_id, kind, token, poi_id, amount_cny, occurred_at,
@@ -245,7 +266,9 @@ def measure(kind: str, url: str, work: Path, *, batch: int, duration: int, worke
     try:
         warm = wrk_run(base, key, "w" + uuid.uuid4().hex[:8], batch, 2, connections)
         load_before = [round(x, 2) for x in os.getloadavg()]
+        cpu_before = tree_cpu_seconds(server.pid)
         run = wrk_run(base, key, "r" + uuid.uuid4().hex[:8], batch, duration, connections)
+        cpu_used = tree_cpu_seconds(server.pid) - cpu_before
         load_after = [round(x, 2) for x in os.getloadavg()]
     finally:
         server.terminate()
@@ -258,6 +281,8 @@ def measure(kind: str, url: str, work: Path, *, batch: int, duration: int, worke
         "events_per_s": round(run["acknowledged"] / run["duration_s"], 1),
         "requests_per_s": round(run["requests"] / run["duration_s"], 1),
         "p50_ms": run["p50_ms"], "p90_ms": run["p90_ms"], "p99_ms": run["p99_ms"], "max_ms": run["max_ms"],
+        "server_cpu_ms_per_request": round(1000 * cpu_used / max(1, run["requests"]), 2),
+        "server_cpu_cores_used": round(cpu_used / run["duration_s"], 2),
         "acknowledged": acknowledged, "rows": rows,
         "lost": max(0, acknowledged - rows),
         "duplicated": (rows - distinct) + warm["acknowledged_duplicates"] + run["acknowledged_duplicates"],
