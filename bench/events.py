@@ -316,7 +316,7 @@ def run(*, batch: int, duration: int, workers: int, connections: int, postgres_u
     missing = [tool for tool in ("wrk", "pgbench") if shutil.which(tool) is None]
     if "wrk" in missing:
         return {"missing_tools": missing, "error": "wrk is needed (apt-get install -y wrk)"}
-    result: dict = {"goals": GOALS, "machine_cores": os.cpu_count(), "missing_tools": missing,
+    result: dict = {"bench": "events", "goals": GOALS, "machine_cores": os.cpu_count(), "missing_tools": missing,
                     "niceness": os.nice(0),  # run under `nice -n -10` to stand for a machine of its own
                     "load_average_start": [round(x, 2) for x in os.getloadavg()],
                     "note": "the machine is shared: read the rates beside the load averages recorded with them"}
