@@ -42,7 +42,9 @@ def kind_of(result: dict) -> str:
         return "serve"
     if result.get("bench") == "features" or "scales" in result:
         return "features"
-    raise WenlvError("not a result of `wenlv bench itinerary|als|serve|features --json` (unknown keys: "
+    if result.get("bench") == "events":
+        return "events"
+    raise WenlvError("not a result of `wenlv bench itinerary|als|serve|features|events --json` (unknown keys: "
                      + ", ".join(sorted(result)[:8]) + ")")
 
 
@@ -192,4 +194,17 @@ def _features(plt, result: dict):
     return fig
 
 
-_DRAW = {"itinerary": _itinerary, "als": _als, "serve": _serve, "features": _features}
+def _events(plt, result: dict):
+    targets = [t for t in ("postgresql", "sqlite") if t in result]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    peers = [result[t].get("pgbench_rows_per_s") or result[t].get("direct_rows_per_s") or 0 for t in targets]
+    _bars(axes[0], targets, {"POST /v1/events (HTTP, acknowledged)": [result[t]["events_per_s"] for t in targets],
+                             "peer: pgbench / one in-process thread": peers},
+          "events per second", "Ledger events in batches of 100 vs the database's own rate")
+    _bars(axes[1], targets, {"p50": [result[t]["p50_ms"] for t in targets],
+                             "p99": [result[t]["p99_ms"] for t in targets]},
+          "acknowledgement latency, ms", "Answered once committed (durable)")
+    return fig
+
+
+_DRAW = {"itinerary": _itinerary, "als": _als, "serve": _serve, "features": _features, "events": _events}

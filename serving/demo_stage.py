@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wenlv.db import engine as db_engine
 from wenlv.errors import WenlvError
 from wenlv.settings import get_settings
 
@@ -67,7 +68,9 @@ def run(ctx) -> dict:
                                     index_cache=workdir / "index_cache")
     else:
         model = ServingModel(bundle, version, store, index_cache=workdir / "index_cache")
-    app = create_app(ServingState(store, model), keys)
+    ledger_db = db_engine.make_engine(f"sqlite:///{workdir / 'campaigns.sqlite'}")  # served lists stay in the workdir
+    db_engine.migrate(ledger_db)
+    app = create_app(ServingState(store, model), keys, db=ledger_db)
 
     rng = np.random.default_rng(ctx.seed)
     known = bundle.users["token"].astype(str).to_numpy()

@@ -25,6 +25,10 @@ RESULTS = {
                                                                   "matched_per_s_per_core": 90}},
         {"scale": "small", "raw_rows": 3e6, "seconds": 56, "psi": {"seconds": 23, "items_per_s_per_core": 2400,
                                                                     "matched_per_s_per_core": 700}}]},
+    "events": {"bench": "events",
+               "postgresql": {"events_per_s": 17000, "p50_ms": 300, "p99_ms": 1300, "pgbench_rows_per_s": 31000},
+               "sqlite": {"events_per_s": 8800, "p50_ms": 600, "p99_ms": 3200, "pgbench_rows_per_s": None,
+                          "direct_rows_per_s": 4100}},
 }
 
 
