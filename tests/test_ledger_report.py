@@ -47,3 +47,25 @@ def test_disclosure_by_holding_and_readiness():
             {"holding": "intangible", "available_on": "2027-01-01", "carrying_cny": 5.5}]
     lines = {d["item"]: d["carrying_cny"] for d in report.disclosure(rows, date(2026, 7, 1))}
     assert lines == {"存货": 10.0, "无形资产": 20.0, "开发支出": 5.5}
+
+
+def test_cli_load_attribute_report(tmp_path, capsys):
+    from wenlv.cli import main
+
+    db = f"sqlite:///{tmp_path / 'cli.sqlite'}"
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    assert main(["ledger", "--db", db, "assets", "load", "--tenant", "hz"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["assets"]) == 3
+    bad = tmp_path / "bad.csv"
+    bad.write_text("asset,source\n")
+    assert main(["ledger", "--db", db, "assets", "load", "--tenant", "hz", "--csv", str(bad)]) == 2
+    assert "missing column" in capsys.readouterr().err
+    # nothing to attribute yet: no campaign, no surface; no version needed
+    assert main(["ledger", "--db", db, "attribute", "--tenant", "hz", "--tracking-uri", uri]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == 0
+    assert main(["ledger", "--db", db, "report", "--tenant", "hz", "--out", str(tmp_path / "rep"),
+                 "--as-of", "2026-01-01"]) == 0
+    assert (tmp_path / "rep" / "report.html").is_file()
+    assert main(["ledger", "--db", db, "assets", "list", "--tenant", "hz", "--as-of", "2026-01-01"]) == 0
+    listed = json.loads(capsys.readouterr().out.splitlines()[-1])["assets"]
+    assert {a["source"] for a in listed} == {"tourism", "carrier", "internet"}
