@@ -9,6 +9,8 @@ acknowledgement means durable.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -16,7 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from sqlalchemy import Connection, Engine, select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 
 from wenlv.db.schema import EVENT_KINDS, campaigns, events
 from wenlv.privacy.tokens import PSI_TOKEN_RE as TOKEN_RE
@@ -116,17 +118,52 @@ def record_events(engine: Engine, tenant: str, raw_events: list[dict], now: date
         result.rejected.sort(key=lambda r: r[0])
         return result
     received = now or datetime.now(timezone.utc)
-    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
-    statement = (dialect.insert(events).on_conflict_do_nothing(index_elements=["tenant", "event_id"])
-                 .returning(events.c.event_id))
-    with engine.begin() as connection:
+    with _transaction(engine) as connection:
         good = _own_campaigns_only(connection, tenant, good, result, raw_events)
-        rows = [{**e.model_dump(), "tenant": tenant, "received_at": received} for e in good]
-        inserted = set(connection.execute(statement, rows).scalars()) if rows else set()
+        inserted = _insert(connection, tenant, good, received) if good else set()
     for e in good:
         (result.accepted if e.event_id in inserted else result.duplicates).append(e.event_id)
     result.rejected.sort(key=lambda r: r[0])
     return result
+
+
+# PostgreSQL: one short statement over column arrays. A multi-row VALUES list would carry 10
+# parameters per event, and psycopg re-parses such a long query on every call (~25 ms a batch).
+_PG_INSERT = (f"INSERT INTO {events.name} (tenant, event_id, kind, token, poi_id, amount_cny, occurred_at, "
+              "recommendation_id, campaign_id, received_at) "
+              "SELECT %s, u.event_id, u.kind, u.token, u.poi_id, u.amount_cny, u.occurred_at, u.recommendation_id, "
+              "u.campaign_id, %s FROM unnest(%b::varchar[], %b::varchar[], %b::varchar[], %b::varchar[], "
+              "%b::numeric[], %b::timestamptz[], %b::varchar[], %b::integer[]) "
+              "AS u(event_id, kind, token, poi_id, amount_cny, occurred_at, recommendation_id, campaign_id) "
+              "ON CONFLICT (tenant, event_id) DO NOTHING RETURNING event_id")  # %b: arrays sent in binary, unescaped
+_COLUMNS = ("event_id", "kind", "token", "poi_id", "amount_cny", "occurred_at", "recommendation_id", "campaign_id")
+
+
+@contextmanager
+def _transaction(engine: Engine) -> Iterator[Connection]:
+    """Where the batch is written; committed when the block ends.
+
+    On PostgreSQL the one INSERT is its own transaction (autocommit): committed, and flushed to
+    the WAL under the default synchronous_commit, when it returns, without the BEGIN and COMMIT
+    round trips. (The campaign check before it reads rows whose tenant never changes.)
+    """
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            yield connection
+    else:
+        with engine.begin() as connection:
+            yield connection
+
+
+def _insert(connection: Connection, tenant: str, good: list[Event], received: datetime) -> set[str]:
+    """Insert the events, skipping ids the tenant already has; the ids actually inserted."""
+    if connection.dialect.name == "postgresql":
+        arrays = tuple([getattr(e, column) for e in good] for column in _COLUMNS)
+        return set(r[0] for r in connection.exec_driver_sql(_PG_INSERT, (tenant, received, *arrays)))
+    statement = (sqlite.insert(events).on_conflict_do_nothing(index_elements=["tenant", "event_id"])
+                 .returning(events.c.event_id))
+    rows = [{**e.model_dump(), "tenant": tenant, "received_at": received} for e in good]
+    return set(connection.execute(statement, rows).scalars())
 
 
 def _own_campaigns_only(connection: Connection, tenant: str, good: list[Event], result: BatchResult,

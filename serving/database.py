@@ -2,7 +2,8 @@
 
 `create_app(..., db=engine)` fixes it (tests, the demo); otherwise the first route or
 background writer that needs it makes it from the settings (DATABASE_URL, else the SQLite
-file). `get_db` is the FastAPI dependency; `app_engine` serves code outside a request.
+file). `get_db` is the FastAPI dependency; `app_engine` serves code outside a request, such
+as the writer of served lists (`served_lists_writer`).
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from fastapi import Request
 from sqlalchemy import Engine
 
 from wenlv.db import engine as db_engine
+from wenlv.ledger.served import ServedListWriter
+from wenlv.settings import get_settings
 
 _making = threading.Lock()
 
@@ -32,3 +35,10 @@ def app_engine(app) -> Engine:
 def get_db(request: Request) -> Engine:
     """Dependency: the campaign and ledger database of the app."""
     return app_engine(request.app)
+
+
+def served_lists_writer(app) -> ServedListWriter:
+    """A writer of served lists into the app's ledger, its drops counted in the app's metrics."""
+    dropped = app.state.metrics.served_lists_dropped
+    return ServedListWriter(lambda: app_engine(app), max_pending=get_settings().served_lists_queue,
+                            on_drop=lambda reason, n: dropped.labels(reason).inc(n))

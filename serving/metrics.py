@@ -16,6 +16,8 @@ class Metrics:
                                        ["strategy", "degraded"], registry=self.registry)
         self.model_info = Gauge("wenlv_model_info", "current model version (1 = serving)", ["version"], registry=self.registry)
         self.swaps = Counter("wenlv_model_swaps_total", "model versions swapped in", registry=self.registry)
+        self.served_lists_dropped = Counter("wenlv_served_lists_dropped_total", "served lists not kept in the ledger",
+                                            ["reason"], registry=self.registry)
         self.store_up = Gauge("wenlv_online_store_available", "1 when the online store answers", registry=self.registry)
 
 

@@ -6,6 +6,10 @@ store round trip, so lists are buffered and flushed in one pipeline every `inter
 by a background thread; lookups see the buffer too, so a list is readable at once. If the
 store is down the buffer keeps up to `max_pending` lists and retries; beyond that the
 oldest are dropped, counted and logged (never silently).
+
+The store keeps lists for 7 days; attribution needs them longer, so each list also goes to
+the ledger's `served_lists` table through `ledger` (a `ledger.served.ServedListWriter`,
+attached by `attach_ledger` on the first request; closed, and so drained, with this log).
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+
+from wenlv.ledger.served import ServedListWriter, served_row
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +37,12 @@ class RecommendationLog:
         self._thread: threading.Thread | None = None
         self.dropped = 0
         self.written = 0
+        self.ledger: ServedListWriter | None = None
 
     def add(self, tenant: str, recommendation_id: str, payload: dict) -> None:
+        if self.ledger is not None:
+            self.ledger.add(served_row(tenant, recommendation_id, payload["token"], payload.get("model_version"),
+                                       payload.get("arm", "treatment"), payload["poi_ids"], payload["created_at"]))
         with self._lock:
             self._pending[(tenant, recommendation_id)] = payload
             overflow = len(self._pending) - self.max_pending
@@ -80,8 +90,18 @@ class RecommendationLog:
         while not self._stop.wait(self.interval_s):
             self.flush()
 
+    def attach_ledger(self, make_writer) -> ServedListWriter:
+        """The ledger writer, made by `make_writer()` once (several request threads may ask at the same time)."""
+        if self.ledger is None:
+            with self._lock:
+                if self.ledger is None:
+                    self.ledger = make_writer()
+        return self.ledger
+
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.flush()
+        if self.ledger is not None:
+            self.ledger.close()

@@ -43,6 +43,8 @@ class RecommendationResponse(BaseModel):
     degraded: bool = Field(description="the online store was unavailable: answered from the in-process model and popularity")
     personalized: bool = Field(description="whether the list uses anything about this visitor")
     strategy: Strategy = Field(description="als: own factors; cold_start_tower: from side features; popularity: not personal")
+    arm: Literal["treatment", "holdout"] = Field(description="holdout: this visitor is in the recommendation surface's "
+                                                             "random holdout and gets the non-personalised list")
 
 
 class StoredRecommendation(BaseModel):
@@ -52,6 +54,7 @@ class StoredRecommendation(BaseModel):
     personalized: bool
     poi_ids: list[str]
     created_at: float
+    arm: Literal["treatment", "holdout"] = "treatment"
 
 
 class Health(BaseModel):

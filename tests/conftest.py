@@ -6,6 +6,7 @@ with the reason. The shared data folder skips with a reason when absent.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,12 @@ import pytest
 from wenlv.settings import reset_settings
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+# Apps made without a database write served lists (and keep the holdout key) in the default SQLite
+# campaign and ledger database: in tests that is a throwaway file, never ~/.wenlv.
+os.environ.setdefault("WENLV_DATABASE_SQLITE", str(Path(tempfile.mkdtemp(prefix="wenlv-tests-")) / "wenlv.sqlite"))
+# Tests that check a visitor's personal list must get it: the recommendation holdout (5% by default)
+# is off unless a test turns it on (tests/test_ledger_served.py does).
+os.environ.setdefault("WENLV_RECOMMENDATION_HOLDOUT", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("WENLV_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -67,6 +67,15 @@ class Settings(BaseSettings):
     # Ledger
     events_max_batch: int = Field(1000, ge=1, le=10_000, alias="WENLV_EVENTS_MAX_BATCH",
                                   description="most events one POST /v1/events may carry (larger batches get 413)")
+    recommendation_holdout: float = Field(0.05, ge=0, lt=1, alias="WENLV_RECOMMENDATION_HOLDOUT",
+                                          description="share of visitors who get the non-personalised list, to measure "
+                                                      "the recommender's incremental revenue (0: none)")
+    holdout_key: SecretStr | None = Field(None, alias="WENLV_HOLDOUT_KEY",
+                                          description="key of the recommendation holdout's hash (replicas must share "
+                                                      "it); unset: a 0600 file beside the SQLite database")
+    served_lists_queue: int = Field(50_000, ge=1, alias="WENLV_SERVED_LISTS_QUEUE",
+                                    description="served lists waiting for the ledger before new ones are dropped "
+                                                "(counted in wenlv_served_lists_dropped_total)")
     # Campaigns
     min_audience_size: int = Field(1000, ge=1, alias="WENLV_MIN_AUDIENCE_SIZE",
                                    description="smallest audience a campaign may export (a tenant may set its own)")

@@ -9,7 +9,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 
 from wenlv.serving.auth import ApiError, Principal, require_role
+from wenlv.serving.database import served_lists_writer
 from wenlv.serving.filters import Filters, now_minute
+from wenlv.serving.holdout import TREATMENT, surface_arm
 from wenlv.serving.schemas import ERROR_RESPONSES, TOKEN_PATTERN, Category, RecommendationResponse, StoredRecommendation
 from wenlv.serving.state import ServingModel, get_model
 
@@ -74,21 +76,24 @@ async def recommendations(
     model: ServingModel = Depends(get_model),
 ) -> RecommendationResponse:
     reject_phone_like(token)
-    rec = model.recommend(token, k=k, filters=filters, exclude_visited=exclude_visited, personalized=personalized)
+    arm = surface_arm(token)  # the holdout gets the non-personalised list, whatever it asked for
+    rec = model.recommend(token, k=k, filters=filters, exclude_visited=exclude_visited,
+                          personalized=personalized and arm == TREATMENT)
     t = model.table
     items = [{"poi_id": t.poi_ids[i], "name": t.names[i], "category": t.categories[i], "city": t.cities[i],
               "score": round(float(s), 6), "reason": r} for i, s, r in zip(rec.ids.tolist(), rec.scores.tolist(), rec.reasons)]
     degraded = rec.degraded
     state = request.app.state.serving
-    if state.rec_log is not None:  # written off the request path, in batches
+    if state.rec_log is not None:  # written off the request path, in batches, to the store and the ledger
+        state.rec_log.attach_ledger(lambda: served_lists_writer(request.app))
         state.rec_log.add(principal.tenant, rec.recommendation_id, {
             "recommendation_id": rec.recommendation_id, "model_version": model.version, "strategy": rec.strategy,
             "personalized": rec.personalized, "poi_ids": [it["poi_id"] for it in items], "token": token,
-            "created_at": time.time()})
+            "arm": arm, "created_at": time.time()})
     request.app.state.metrics.recommendations.labels(rec.strategy, str(degraded).lower()).inc()
     # Built as plain JSON: the response model documents the shape, re-validating it per request costs ~0.3 ms.
     return JSONResponse({"items": items, "model_version": model.version, "recommendation_id": rec.recommendation_id,
-                         "degraded": degraded, "personalized": rec.personalized, "strategy": rec.strategy})
+                         "degraded": degraded, "personalized": rec.personalized, "strategy": rec.strategy, "arm": arm})
 
 
 @router.get(

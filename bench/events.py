@@ -1,0 +1,362 @@
+"""`wenlv bench events`: POST /v1/events under sustained load over loopback, into SQLite and PostgreSQL.
+
+The server is the real app (`serving.app.create_app`, every router and middleware; no model
+is loaded, events do not need one) under uvicorn with `--workers` processes (uvloop +
+httptools), each with its own connection pool. `wrk` drives it with a Lua script that sends
+batches of `--batch` events with unique event_ids (run nonce, wrk thread, request, position)
+and counts, from each answer, the events acknowledged. After the run the rows are counted
+in the database: lost = acknowledged but absent, duplicated = stored more than once or
+acknowledged as duplicates although every id was new; both must be 0.
+
+Peers in the same run: on PostgreSQL, `pgbench` inserting the same batches (one multi-row
+INSERT ... ON CONFLICT DO NOTHING RETURNING per transaction) into a table of the same shape,
+the ceiling of the database itself; on SQLite, the same statement from one in-process thread.
+Each target gets a fresh database (PostgreSQL: CREATE DATABASE, dropped afterwards).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, func, select, text
+
+GOALS = {"postgresql_events_per_s": 10_000, "p99_ms": 50.0, "batch": 100}
+PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
+TENANT = "bench"
+
+
+def register(sub) -> None:
+    p = sub.add_parser("events", help="POST /v1/events throughput, latency, lost/duplicated (needs wrk; pgbench for PG)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--duration", type=int, default=15, help="seconds of measured load per database")
+    p.add_argument("--batch", type=int, default=100, help="events per request")
+    p.add_argument("--workers", type=int, default=3, help="uvicorn worker processes")
+    p.add_argument("--connections", type=int, default=16, help="concurrent HTTP connections (wrk -c)")
+    p.add_argument("--postgres-url", default=None,
+                   help="PostgreSQL server to create the throwaway database on (default: $TEST_DATABASE_URL, else "
+                        f"{PG_URL})")
+    p.add_argument("--only", choices=("postgresql", "sqlite"), default=None, help="run one database only")
+    p.set_defaults(func=main)
+
+
+# ---------------------------------------------------------------- the server under test
+
+def events_app():
+    """uvicorn factory (one per worker): the app over the database of the environment, already migrated."""
+    from wenlv.db.engine import make_engine
+    from wenlv.serving.app import create_app
+    from wenlv.serving.auth import KeyStore
+    from wenlv.serving.state import ServingState
+
+    engine = make_engine(pool_size=int(os.environ.get("WENLV_BENCH_POOL", "8")), max_overflow=8) \
+        if os.environ.get("DATABASE_URL") else make_engine()
+    return create_app(ServingState(), KeyStore(), db=engine)
+
+
+def serve(port: int, workers: int) -> None:
+    """Run `events_app` under uvicorn (one worker: in this process, so a SIGKILL kills the server itself)."""
+    import uvicorn
+
+    uvicorn.run("wenlv.bench.events:events_app", factory=True, host="127.0.0.1", port=port, workers=workers,
+                loop="uvloop", http="httptools", access_log=False, log_level="warning")
+
+
+def start_server(port: int, workers: int, env: dict) -> subprocess.Popen:
+    """`serve` as a subprocess; returns once /healthz answers."""
+    proc = subprocess.Popen([sys.executable, "-c", f"from wenlv.bench.events import serve; serve({port}, {workers})"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the events server exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("the events server did not start within 60 s")
+        time.sleep(0.2)
+
+
+# ---------------------------------------------------------------- the load
+
+WRK_LUA = r"""
+local threads = {}
+local counter = 0
+local nonce = "%(nonce)s"
+local batch = %(batch)d
+local kinds = {"impression", "click", "booking", "visit"}
+
+function setup(thread)
+  thread:set("tid", #threads)
+  table.insert(threads, thread)
+end
+
+function init(args)
+  acked, dups, rejected, bad_status = 0, 0, 0, 0
+  wrk.headers["Content-Type"] = "application/json"  -- beside -H Authorization (a headers table would replace both)
+end
+
+function request()
+  counter = counter + 1
+  local parts = {}
+  for j = 1, batch do
+    local kind = kinds[(j %% 4) + 1]
+    local amount = ""
+    if kind == "booking" or kind == "visit" then amount = ',"amount_cny":"88.50"' end
+    parts[j] = string.format(
+      '{"event_id":"%%s-%%d-%%d-%%d","kind":"%%s","token":"%%08x%%024x","poi_id":"P%%d"%%s,' ..
+      '"occurred_at":"2026-05-01T10:00:00+08:00","recommendation_id":"%%032x"}',
+      nonce, tid, counter, j, kind, tid, (counter * batch + j) %% 100000, j, amount, counter)
+  end
+  return wrk.format("POST", "/v1/events", nil, '{"events":[' .. table.concat(parts, ",") .. ']}')
+end
+
+function response(status, headers, body)
+  if status == 200 then
+    acked = acked + tonumber(body:match('"accepted":(%%d+)'))
+    dups = dups + tonumber(body:match('"duplicates":(%%d+)'))
+    if not body:find('"rejected":%%[%%]') then rejected = rejected + 1 end
+  else
+    bad_status = bad_status + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local a, d, r, b = 0, 0, 0, 0
+  for _, t in ipairs(threads) do
+    a = a + t:get("acked"); d = d + t:get("dups"); r = r + t:get("rejected"); b = b + t:get("bad_status")
+  end
+  local e = summary.errors
+  io.write(string.format('WRKJSON {"requests": %%d, "duration_s": %%.3f, "p50_ms": %%.3f, "p90_ms": %%.3f, ' ..
+    '"p99_ms": %%.3f, "max_ms": %%.3f, "acknowledged": %%d, "acknowledged_duplicates": %%d, ' ..
+    '"batches_with_rejections": %%d, "non_200": %%d, "socket_errors": %%d}\n',
+    summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(90) / 1000,
+    latency:percentile(99) / 1000, latency.max / 1000, a, d, r, b, e.connect + e.read + e.write + e.timeout))
+end
+"""
+
+
+def wrk_run(base: str, key: str, nonce: str, batch: int, duration: int, connections: int) -> dict:
+    """One wrk run; its counts of acknowledged events come from the answers themselves."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_LUA % {"nonce": nonce, "batch": batch})
+        script = f.name
+    try:
+        out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", script,
+                              "-H", f"Authorization: Bearer {key}", base], capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(script)
+    line = next(l for l in out.splitlines() if l.startswith("WRKJSON "))
+    return json.loads(line[len("WRKJSON "):])
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its descendants (the uvicorn workers), from /proc: what the
+    server spent, whatever else the shared machine was doing."""
+    parent_of, cpu = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parent_of[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, grew = {pid}, True
+    while grew:
+        more = {p for p, parent in parent_of.items() if parent in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(cpu.get(p, 0.0) for p in tree)
+
+
+# ---------------------------------------------------------------- the peers
+
+PGBENCH_SQL = """INSERT INTO events_pgbench (tenant, event_id, kind, token, poi_id, amount_cny, occurred_at,
+  recommendation_id, campaign_id, received_at)
+SELECT 'bench', md5(random()::text || clock_timestamp()::text || g), 'booking', md5(g::text), 'P' || g, 88.50,
+  '2026-05-01T02:00:00Z', md5((g + 1)::text), NULL, now()
+FROM generate_series(1, %d) g
+ON CONFLICT DO NOTHING RETURNING event_id;
+"""
+
+
+def pgbench_rows_per_s(url: str, batch: int, duration: int, connections: int) -> dict:
+    """pgbench's insert rate into a copy of the events table (same columns, keys, indexes and checks)."""
+    engine = create_engine(_psycopg(url))
+    with engine.begin() as c:
+        c.execute(text("CREATE TABLE events_pgbench (LIKE events INCLUDING ALL)"))
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(PGBENCH_SQL % batch)
+        script = f.name
+    parts = httpx.URL(url.replace("postgresql://", "http://", 1))
+    try:
+        out = subprocess.run(["pgbench", "-n", "-c", str(connections), "-j", "2", "-T", str(duration), "-f", script,
+                              "-h", parts.host, "-p", str(parts.port or 5432), "-U", parts.username or "postgres",
+                              parts.path.lstrip("/")], capture_output=True, text=True, check=True).stdout
+        tps = float(re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out).group(1))
+        with engine.connect() as c:
+            rows = c.execute(text("SELECT count(*) FROM events_pgbench")).scalar()
+    finally:
+        os.unlink(script)
+        with engine.begin() as c:
+            c.execute(text("DROP TABLE events_pgbench"))
+        engine.dispose()
+    return {"pgbench_rows_per_s": round(tps * batch, 1), "pgbench_tps": tps, "pgbench_rows": rows,
+            "pgbench_connections": connections}
+
+
+def direct_rows_per_s(engine, batch: int, duration: float) -> float:
+    """The same INSERT ... ON CONFLICT DO NOTHING RETURNING from one thread in this process (SQLite's peer)."""
+    from wenlv.ledger.events import record_events
+
+    nonce, n, started = uuid.uuid4().hex[:8], 0, time.perf_counter()
+    while time.perf_counter() - started < duration:
+        rows = [{"event_id": f"direct-{nonce}-{n + j}", "kind": "booking", "token": f"{(n + j) % 100000:032x}",
+                 "poi_id": "P1", "amount_cny": "88.50", "occurred_at": "2026-05-01T10:00:00+08:00",
+                 "recommendation_id": f"{n:032x}"} for j in range(batch)]
+        record_events(engine, "direct-peer", rows, max_batch=batch)
+        n += batch
+    return round(n / (time.perf_counter() - started), 1)
+
+
+# ---------------------------------------------------------------- one database
+
+def _psycopg(url: str) -> str:
+    from wenlv.db.engine import normalise_url
+
+    return normalise_url(url)
+
+
+def measure(kind: str, url: str, work: Path, *, batch: int, duration: int, workers: int, connections: int,
+            pg_server_url: str | None = None) -> dict:
+    """Load the events route on the database at `url` (migrated here) and check every acknowledged event."""
+    from wenlv.db.engine import make_engine, migrate
+    from wenlv.db.schema import events
+    from wenlv.serving.auth import KeyStore
+    from wenlv.serving.runtime import free_port
+
+    engine = make_engine(url)
+    migrate(engine)
+    keys_path = work / f"keys-{kind}.sqlite"
+    key = KeyStore(keys_path).create("visitor-app", TENANT)
+    env = {**os.environ, "WENLV_API_KEYS": str(keys_path), "OPENBLAS_NUM_THREADS": "1"}
+    if kind == "postgresql":
+        env["DATABASE_URL"] = url
+    else:
+        env.pop("DATABASE_URL", None)
+        env["WENLV_DATABASE_SQLITE"] = url[len("sqlite:///"):]
+    port = free_port()
+    server = start_server(port, workers, env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        warm = wrk_run(base, key, "w" + uuid.uuid4().hex[:8], batch, 2, connections)
+        load_before = [round(x, 2) for x in os.getloadavg()]
+        cpu_before = tree_cpu_seconds(server.pid)
+        run = wrk_run(base, key, "r" + uuid.uuid4().hex[:8], batch, duration, connections)
+        cpu_used = tree_cpu_seconds(server.pid) - cpu_before
+        load_after = [round(x, 2) for x in os.getloadavg()]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    with engine.connect() as c:
+        rows = c.execute(select(func.count()).select_from(events).where(events.c.tenant == TENANT)).scalar()
+        distinct = c.execute(select(func.count(func.distinct(events.c.event_id))).where(events.c.tenant == TENANT)).scalar()
+    acknowledged = warm["acknowledged"] + run["acknowledged"]
+    result = {
+        "events_per_s": round(run["acknowledged"] / run["duration_s"], 1),
+        "requests_per_s": round(run["requests"] / run["duration_s"], 1),
+        "p50_ms": run["p50_ms"], "p90_ms": run["p90_ms"], "p99_ms": run["p99_ms"], "max_ms": run["max_ms"],
+        "server_cpu_ms_per_request": round(1000 * cpu_used / max(1, run["requests"]), 2),
+        "server_cpu_cores_used": round(cpu_used / run["duration_s"], 2),
+        "acknowledged": acknowledged, "rows": rows,
+        "lost": max(0, acknowledged - rows),
+        "duplicated": (rows - distinct) + warm["acknowledged_duplicates"] + run["acknowledged_duplicates"],
+        "stored_unacknowledged": max(0, rows - acknowledged),  # a request cut off after its commit: harmless
+        "non_200": warm["non_200"] + run["non_200"], "socket_errors": warm["socket_errors"] + run["socket_errors"],
+        "batches_with_rejections": run["batches_with_rejections"],
+        "batch": batch, "workers": workers, "connections": connections, "duration_s": run["duration_s"],
+        "load_average_before": load_before, "load_average_after": load_after,
+    }
+    if kind == "postgresql":
+        with engine.connect() as c:
+            result["synchronous_commit"] = c.execute(text("SHOW synchronous_commit")).scalar()
+        result.update(pgbench_rows_per_s(url, batch, min(duration, 10), connections))
+        result["ratio"] = round(result["events_per_s"] / result["pgbench_rows_per_s"], 3)
+    else:
+        with engine.connect() as c:
+            result["journal_mode"] = c.exec_driver_sql("PRAGMA journal_mode").scalar()
+            result["synchronous"] = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}[
+                c.exec_driver_sql("PRAGMA synchronous").scalar()]
+        result["direct_rows_per_s"] = direct_rows_per_s(engine, batch, min(duration, 5))
+        result["pgbench_rows_per_s"] = None
+        result["ratio"] = round(result["events_per_s"] / result["direct_rows_per_s"], 3)
+        result["ratio_peer"] = "direct_rows_per_s (one in-process thread, the same statement)"
+    engine.dispose()
+    return result
+
+
+def run(*, batch: int, duration: int, workers: int, connections: int, postgres_url: str | None,
+        only: str | None) -> dict:
+    missing = [tool for tool in ("wrk", "pgbench") if shutil.which(tool) is None]
+    if "wrk" in missing:
+        return {"missing_tools": missing, "error": "wrk is needed (apt-get install -y wrk)"}
+    result: dict = {"goals": GOALS, "machine_cores": os.cpu_count(), "missing_tools": missing,
+                    "load_average_start": [round(x, 2) for x in os.getloadavg()],
+                    "note": "the machine is shared: read the rates beside the load averages recorded with them"}
+    work = Path(tempfile.mkdtemp(prefix="wenlv-bench-events-"))
+    shape = {"batch": batch, "duration": duration, "workers": workers, "connections": connections}
+    try:
+        if only in (None, "postgresql") and "pgbench" not in missing:
+            server_url = postgres_url or os.environ.get("TEST_DATABASE_URL", PG_URL)
+            admin = create_engine(_psycopg(server_url), isolation_level="AUTOCOMMIT")
+            name = f"wenlv_bench_{uuid.uuid4().hex[:8]}"
+            with admin.connect() as c:
+                c.execute(text(f"CREATE DATABASE {name}"))
+            try:
+                url = server_url.rsplit("/", 1)[0] + "/" + name
+                result["postgresql"] = measure("postgresql", url, work, **shape)
+            finally:
+                with admin.connect() as c:
+                    c.execute(text(f"DROP DATABASE {name} WITH (FORCE)"))
+                admin.dispose()
+        if only in (None, "sqlite"):
+            result["sqlite"] = measure("sqlite", f"sqlite:///{work / 'ledger.sqlite'}", work, **shape)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    pg = result.get("postgresql")
+    result["verdict"] = {
+        "postgresql_goal_met": None if pg is None else bool(pg["events_per_s"] >= GOALS["postgresql_events_per_s"]
+                                                            and pg["p99_ms"] <= GOALS["p99_ms"]),
+        "nothing_lost_or_duplicated": all(result[k]["lost"] == 0 and result[k]["duplicated"] == 0
+                                          for k in ("postgresql", "sqlite") if k in result),
+        "every_request_answered_200": all(result[k]["non_200"] == 0 and result[k]["socket_errors"] == 0
+                                          and result[k]["acknowledged"] > 0 for k in ("postgresql", "sqlite") if k in result),
+    }
+    result["measured_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return result
+
+
+def main(args) -> int:
+    result = run(batch=args.batch, duration=args.duration, workers=args.workers, connections=args.connections,
+                 postgres_url=args.postgres_url, only=args.only)
+    print(json.dumps(result) if args.json else json.dumps(result, indent=2))
+    if "error" in result:
+        return 3
+    verdict = result["verdict"]
+    return 0 if verdict["nothing_lost_or_duplicated"] and verdict["every_request_answered_200"] else 1
