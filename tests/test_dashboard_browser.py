@@ -1,8 +1,8 @@
 """The analyst dashboard in a real browser: headless Debian Chromium driven by Selenium, against a real
 uvicorn server on 127.0.0.1 over a seeded SQLite ledger.
 
-Seeding goes through the public routes and functions where they exist (campaigns, audiences, events, the
-cost-line CSV loader, returns attribution) and through SQL into the shared schema otherwise (served lists).
+Seeding goes through the public routes and functions: campaigns, audiences, events, served lists, the
+cost-line CSV loader, returns attribution.
 Checked: logging in through the form, every chart drawn with the API's numbers, intervals drawn as
 error bars, no console error, the key in no URL, cookie or browser storage, a marketer's and a
 visitor app's key refused, another tenant's analyst seeing only its own tenant, logout.
@@ -19,11 +19,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
-from wenlv.db.schema import audience_members, served_lists
+from wenlv.db.schema import audience_members
 from wenlv.ledger import assets, attribution, returns
 from wenlv.ledger.cli import EXAMPLE_CSV
+from wenlv.ledger.served import record_served, served_row
 from wenlv.marketing import audience, targets
 from wenlv.marketing import campaigns as store
 from wenlv.serving import sessions
@@ -99,7 +100,7 @@ def _seed_campaign(base: str, engine, key: dict, tenant: str, seed: int) -> tupl
 
 
 def _seed_recommendations(base: str, engine, key: dict, tenant: str, seed: int) -> list[dict]:
-    """Served lists of two model versions with a holdout (SQL: the ledger's table), and bookings from them."""
+    """Served lists of two model versions, each with a holdout (the ledger's recorder), and bookings from them."""
     rng = np.random.default_rng(seed)
     lists, events = [], []
     for n in range(240):
@@ -108,14 +109,12 @@ def _seed_recommendations(base: str, engine, key: dict, tenant: str, seed: int) 
         rec_id = f"{seed:04x}{n:028x}"
         token = f"{rng.integers(0, 2**62):016x}".rjust(64, "e")
         served = datetime.combine(START + timedelta(days=int(rng.integers(0, 7))), datetime.min.time(), timezone.utc)
-        lists.append({"recommendation_id": rec_id, "tenant": tenant, "token": token, "model_version": version,
-                      "arm": arm, "poi_ids": ["P1", "P2", "P3"], "served_at": served})
+        lists.append(served_row(tenant, rec_id, token, version, arm, ["P1", "P2", "P3"], served.timestamp()))
         if rng.random() < (0.5 if arm == "treatment" else 0.25):
             events.append({"event_id": f"{tenant}-r-{n}", "kind": "booking", "token": token, "poi_id": "P2",
                            "amount_cny": f"{rng.integers(80, 400)}.00", "recommendation_id": rec_id,
                            "occurred_at": (served + timedelta(hours=30)).isoformat()})
-    with engine.begin() as c:
-        c.execute(insert(served_lists), lists)
+    assert record_served(engine, lists) == len(lists)
     _post_events(base, key[("visitor-app", tenant)], events)
     return events
 
