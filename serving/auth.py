@@ -14,6 +14,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,10 +179,10 @@ async def get_principal(principal: Principal | None = Depends(_bearer)) -> Princ
     return principal
 
 
-def session_principal(request: Request, keys: KeyStore) -> Principal | None:
-    """The principal of a valid session cookie on a safe method whose key is still active (revoking a key ends its
-    sessions); a key-list read, so only for requests that carry a cookie and no bearer key (the dashboard's)."""
-    key_id = sessions.session_key_id(request, keys.path)
+def session_principal(keys: KeyStore, method: str, cookies: Mapping[str, str]) -> Principal | None:
+    """The principal of a valid dashboard session cookie on a GET/HEAD, while its key is active (see serving.sessions);
+    revoking the key ends its sessions."""
+    key_id = sessions.session_key_id(method, cookies, keys.path)
     if key_id is None:
         return None
     for row in keys.list():

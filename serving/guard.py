@@ -81,7 +81,7 @@ class RequestGuard:
         key = bearer_key(headers)
         principal = self.keys.lookup(key) if key is not None else None
         if key is None and _has_cookie(headers, COOKIE):
-            principal = session_principal(Request(scope), self.keys)  # the dashboard's GETs (serving.sessions)
+            principal = session_principal(self.keys, scope["method"], Request(scope).cookies)  # the dashboard's GETs
         scope[PRINCIPAL] = principal
         has_body = _has_body(headers)
         if principal is None and scope["path"].startswith(PROTECTED_PREFIX):

@@ -59,7 +59,7 @@ def test_analyst_and_admin_get_a_strict_httponly_cookie_that_does_not_hold_the_k
     cookie = response.headers["set-cookie"]
     assert cookie.startswith(f"{sessions.COOKIE}=") and "HttpOnly" in cookie and "SameSite=strict" in cookie
     assert "Secure" not in cookie and "Path=/" in cookie and "Max-Age=" in cookie  # plain http: a Secure cookie would never come back
-    secret = key[(role, "hz")].rsplit("_", 1)[1]
+    secret = key[(role, "hz")].split("_", 2)[2]
     assert key[(role, "hz")] not in cookie and secret not in cookie
     assert client.get("/dashboard/session").json() == {"authenticated": True, "role": role, "tenant": "hz",
                                                        "expires_at": None}
@@ -165,3 +165,18 @@ def test_session_secret_comes_from_the_setting_else_a_private_file(app, monkeypa
 
     reset_settings()
     assert sessions.secret_for(keys.path) == b"from-the-setting"
+
+
+def test_session_principal_answers_plain_values_for_safe_methods_only(app):
+    """The seam a request-guard middleware can call too: method and cookies in, a Principal or None out."""
+    from wenlv.serving.auth import session_principal
+
+    application, keys, key = app
+    client = TestClient(application)
+    assert login(client, key[("analyst", "sx")]).status_code == 200
+    cookies = {sessions.COOKIE: client.cookies[sessions.COOKIE]}
+    got = session_principal(keys, "GET", cookies)
+    assert (got.role, got.tenant) == ("analyst", "sx") and session_principal(keys, "HEAD", cookies) == got
+    for method in ("POST", "PUT", "PATCH", "DELETE"):
+        assert session_principal(keys, method, cookies) is None
+    assert session_principal(keys, "GET", {}) is None

@@ -101,6 +101,10 @@
     return campaignNames.get(String(id)) || `campaign ${id}`;
   }
 
+  function versionLabel(v) {
+    return v === null || v === undefined ? "no model version" : `model ${v}`;
+  }
+
   function fillSelect(select, values, label) {
     const keep = select.value;
     while (select.options.length > 1) select.remove(1);
@@ -136,7 +140,7 @@
     }
     C.line($("chart-revenue-campaign"), seriesBy(daily, r => r.campaign_id ?? null, campaignLabel),
            { label: "daily revenue by campaign" });
-    C.line($("chart-revenue-model"), seriesBy(daily, r => r.model_version ?? "none", v => `model ${v}`),
+    C.line($("chart-revenue-model"), seriesBy(daily, r => r.model_version ?? null, versionLabel),
            { label: "daily revenue by model version" });
     const names = campaigns.map(c => campaignLabel(c.campaign_id));
     C.bar($("chart-arms"), names, [
@@ -148,7 +152,7 @@
         intervals: campaigns.map(c => (c.ci95 || []).map(num)) },
       { name: "last touch (associative)", values: campaigns.map(c => num(c.last_touch_revenue_cny)) },
     ], { label: "incremental revenue with 95% intervals" });
-    C.bar($("chart-model-incremental"), versions.map(v => `model ${v.model_version ?? "none"}`), [
+    C.bar($("chart-model-incremental"), versions.map(v => versionLabel(v.model_version)), [
       { name: "incremental (95% CI)", values: versions.map(v => num(v.incremental_revenue_cny)),
         intervals: versions.map(v => (v.ci95 || []).map(num)) },
       { name: "last touch (associative)", values: versions.map(v => num(v.last_touch_revenue_cny)) },

@@ -93,7 +93,8 @@ def login(request: Request, body: Login = Body(...)) -> JSONResponse:
 
 @router.get("/dashboard/session", response_model=Session, summary="who the session cookie belongs to, if anyone")
 async def session(request: Request) -> Session:
-    principal = session_principal(request, request.app.state.keys)  # the cookie only: this route reports the browser session
+    # the cookie only: this route reports the browser session
+    principal = session_principal(request.app.state.keys, request.method, request.cookies)
     if principal is None:
         return Session(authenticated=False)
     return Session(authenticated=True, role=principal.role, tenant=principal.tenant)
