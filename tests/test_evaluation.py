@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 
 from wenlv.training import evaluation as ev
+from wenlv.training.evaluation_run import mean_interval
 
 
 def frame(rows, cols=("user", "item")):
@@ -118,3 +119,13 @@ def test_flickr_temporal_split_against_popularity(shared_data):
     assert out["als_ndcg@10"] != out["popularity_ndcg@10"]
     with pytest.raises(Exception, match="test_fraction"):
         temporal_split_eval(tables["visits"], test_fraction=1.5)
+
+
+def test_per_user_ndcg_recall_average_to_the_metrics_and_get_an_interval():
+    per_user = ev.per_user_ndcg_recall(TRUTH, RECS, k=3)
+    assert sorted(per_user.index) == ["u1", "u2"]  # common users only, as the means count them
+    assert per_user["ndcg"].mean() == pytest.approx(ev.ndcg_at_k(TRUTH, RECS, 3))
+    assert per_user["recall"].mean() == pytest.approx(ev.recall_at_k(TRUTH, RECS, 3))
+    mean, low, high = mean_interval([0.0, 1.0, 0.5, 0.5])
+    assert mean == 0.5 and low == pytest.approx(0.5 - 1.959964 * math.sqrt(1 / 6) / 2) and high == pytest.approx(1 - low)
+    assert all(math.isnan(v) for v in mean_interval([]))

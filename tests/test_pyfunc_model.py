@@ -110,6 +110,7 @@ def test_signature_and_input_example_are_recorded_and_valid(champion):
     assert answer["strategy"].tolist() == ["als", "popularity"]  # a known visitor, and a new one
     assert load_serving_example(str(local))  # what `mlflow models serve` documents as a request
     assert (local / "artifacts" / "indexes" / "pois.faiss").exists() and (local / "artifacts" / "bundle" / "bundle.json").exists()
+    assert (local / "pyfunc_entry.py").exists() and not list(local.glob("*.pkl")), "models from code: nothing to unpickle"
 
 
 def test_bad_requests_are_named(champion):

@@ -13,6 +13,7 @@ from wenlv.training import registry, tracking
 from wenlv.training.blocks import FeatureBlocks
 from wenlv.training.pipeline import TrainConfig, evaluate_version, train
 from tests.support.toy_blocks import write_toy_blocks
+from wenlv.cli import main as wenlv_main
 from wenlv.errors import WenlvError
 
 
@@ -134,3 +135,33 @@ def test_train_on_real_pipeline_blocks_leaks_no_phone(spark, tmp_path):
     assert report.clean, report.findings
     db = (tmp_path / "mlflow" / "mlflow.db").read_bytes().decode("latin-1")
     assert not any(p in db for p in phones)
+
+
+def test_curves_are_logged_as_metric_steps(trained):
+    root, features, uri, out = trained
+    c = tracking.client(uri)
+    loss = c.get_metric_history(out["run_id"], "als_tourism_loss")
+    ndcg = sorted(c.get_metric_history(out["run_id"], "als_test_ndcg_at_10"), key=lambda m: m.step)
+    towers = c.get_metric_history(out["run_id"], "tower_loss")
+    assert sorted(m.step for m in loss) == list(range(6)) and [m.step for m in ndcg] == list(range(6))
+    assert sorted(m.step for m in towers) == list(range(8))
+    assert ndcg[-1].value == pytest.approx(out["metrics"]["ndcg@10"], abs=1e-9)
+
+
+def test_evaluate_logs_a_run_linked_to_the_version(trained, capsys):
+    root, features, uri, out = trained
+    assert wenlv_main(["evaluate", "--features", str(features), "--tracking-uri", uri]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    c = tracking.client(uri)
+    run = c.get_run(printed["evaluation_run_id"])
+    assert run.data.tags["wenlv.kind"] == "evaluation"
+    assert run.data.tags["wenlv.model_version"] == str(out["model_version"])
+    assert run.data.tags["wenlv.model_run_id"] == out["run_id"]
+    mv = c.get_model_version(registry.MODEL_NAME, str(out["model_version"]))
+    assert mv.tags["last_evaluation_run"] == run.info.run_id
+    m = run.data.metrics
+    for name in ("ndcg", "recall"):
+        assert m[f"{name}_at_10_ci_low"] < m[f"{name}_at_10"] < m[f"{name}_at_10_ci_high"]
+    assert m["ndcg_at_10"] == pytest.approx(out["metrics"]["ndcg@10"], abs=1e-4)
+    assert m["interval_users"] > 50
+    assert run.inputs.dataset_inputs[0].tags[0].value == "evaluation"

@@ -51,8 +51,8 @@ class CentralALS:
         model.cg_steps = self.cg_steps
         model.user_factors = np.array(X0, dtype=self.dtype, copy=True)
         model.item_factors = np.concatenate([np.asarray(Y0[p], dtype=self.dtype) for p in user_items])
+        self.model = model  # before fitting: a callback reads the factors of the iteration just done from it
         model.fit(matrix, show_progress=self.show_progress, callback=callback)
-        self.model = model
         self.user_factors = model.user_factors
         self.item_factors = {p: model.item_factors[s] for p, s in slices.items()}
         return self

@@ -60,11 +60,14 @@ def register(sub) -> None:
     pc.add_argument("--host", action="append", help="name=host or name=IP to put in that certificate's SAN")
     pc.set_defaults(func=_party)
 
-    e = sub.add_parser("evaluate", help="metrics of a registered version (default: champion) on a feature folder")
+    e = sub.add_parser("evaluate", help="metrics of a registered version (default: champion) on a feature folder, "
+                                        "logged as an MLflow run linked to the version")
     e.add_argument("--features", type=Path, required=True, help="feature blocks folder to evaluate on")
     e.add_argument("--version", type=int, default=None, help="registered model version (default: the champion)")
     e.add_argument("--k", type=int, default=10, help="cut-off of NDCG@k and recall@k")
     e.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
+    e.add_argument("--no-log", action="store_true",
+                   help="print the metrics only; by default they are also an MLflow run linked to the version")
     e.set_defaults(func=_evaluate)
 
     fl = sub.add_parser("evaluate-flickr", help="ALS vs popularity on one city's real Flickr visits (temporal split)")
@@ -166,7 +169,7 @@ def _public(out: dict) -> dict:
 def _evaluate(args) -> int:
     from wenlv.training.pipeline import evaluate_version
 
-    print(json.dumps(evaluate_version(args.features, args.version, args.tracking_uri, args.k)))
+    print(json.dumps(evaluate_version(args.features, args.version, args.tracking_uri, args.k, log=not args.no_log)))
     return 0
 
 

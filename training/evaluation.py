@@ -79,6 +79,18 @@ def map_at_k(truth: pd.DataFrame, recs: pd.DataFrame, k: int = 10) -> float:
     return float((rr / actual.reindex(rr.index).clip(upper=k)).sum() / n_users)
 
 
+def per_user_ndcg_recall(truth: pd.DataFrame, recs: pd.DataFrame, k: int = 10) -> pd.DataFrame:
+    """NDCG@k and recall@k of every common user (0 without a hit): the means are `ndcg_at_k`, `recall_at_k`."""
+    hits, actual, _ = _hits(truth, recs, k)
+    users = actual.index
+    ideal = np.cumsum(1.0 / np.log1p(np.arange(1, k + 1, dtype=float)))
+    dcg = pd.Series(1.0 / np.log1p(hits[RANK].to_numpy(float)), index=hits[USER].to_numpy()).groupby(level=0).sum()
+    found = hits.groupby(USER).size()
+    idcg = actual.clip(upper=k).map(lambda n: ideal[int(n) - 1])
+    return pd.DataFrame({"ndcg": dcg.reindex(users, fill_value=0.0) / idcg,
+                         "recall": found.reindex(users, fill_value=0) / actual}, index=users)
+
+
 def catalog_coverage(train: pd.DataFrame, recs: pd.DataFrame) -> float:
     _check(train, "train", (USER, ITEM))
     _check(recs, "recommendations", (USER, ITEM))

@@ -63,10 +63,16 @@ def _split(item_factors: np.ndarray, matrices: Matrices, parties) -> dict[str, n
     return out
 
 
-def _central_step(blocks, factors, regularization, iterations, seed, state):
+def _central_step(blocks, factors, regularization, iterations, seed, state, on_iteration=None):
     model = CentralALS(factors=factors, regularization=regularization, iterations=iterations, random_state=seed,
                        dtype=COMPUTE_DTYPE)
-    model.fit(blocks, init=state)
+    callback = None
+    if on_iteration is not None:
+        names = list(blocks)  # the concatenation's order
+        start = sum(blocks[p].shape[1] for p in names[:names.index("tourism")])
+        poi_cols = slice(start, start + blocks["tourism"].shape[1])
+        callback = lambda it, _s, _loss: on_iteration(it, model.model.user_factors, model.model.item_factors[poi_cols])
+    model.fit(blocks, init=state, callback=callback)
     return np.asarray(model.user_factors), {p: np.asarray(v) for p, v in model.item_factors.items()}, model
 
 
@@ -85,7 +91,9 @@ def _max_diff(a_users, a_items, b_users, b_items) -> float:
 
 def fit(matrices: Matrices, parties=("tourism", "carrier", "internet"), mode: str = "federated",
         factors: int = 16, iterations: int = 10, regularization: float = 1.0, seed: int = 0,
-        fixed_point_bits: int | None = None, progress: bool = False) -> FactorModel:
+        fixed_point_bits: int | None = None, progress: bool = False, on_iteration=None) -> FactorModel:
+    """The joint factors; `on_iteration(i, user_factors, poi_factors)` sees the state after each iteration
+    (of the fit that is returned: the federated one in federated mode)."""
     parties = tuple(parties)
     if mode not in MODES:
         raise WenlvError(f"mode must be one of {MODES}, got {mode!r}")
@@ -99,18 +107,21 @@ def fit(matrices: Matrices, parties=("tourism", "carrier", "internet"), mode: st
     state = (user0, _split(item0, matrices, parties))
     params = {"mode": mode, "factors": factors, "iterations": iterations, "regularization": regularization,
               "seed": seed, "solver": "implicit-cg", "cg_steps": 3, "compute_dtype": "float64"}
-    central_users, central_items, _ = _central_step(blocks, factors, regularization, iterations, seed, state)
+    central_users, central_items, _ = _central_step(blocks, factors, regularization, iterations, seed, state,
+                                                    on_iteration if mode == "central" else None)
     if mode == "central":
         return _model(central_users, central_items, parties, params, {})
 
     per_iteration, rounds_aborted, audit_entries = [], 0, 0
-    for _ in tqdm(range(iterations), desc=f"federated ALS ({'+'.join(parties)})", disable=not progress):
+    for iteration in tqdm(range(iterations), desc=f"federated ALS ({'+'.join(parties)})", disable=not progress):
         fed_users, fed_items, fed = _federated_step(blocks, factors, regularization, 1, seed, state, fixed_point_bits)
         ref_users, ref_items, _ = _central_step(blocks, factors, regularization, 1, seed, state)
         per_iteration.append(_max_diff(fed_users, fed_items, ref_users, ref_items))
         rounds_aborted += fed.rounds_aborted_
         audit_entries += len(fed.audit_log)
         state = (fed_users, fed_items)
+        if on_iteration is not None:
+            on_iteration(iteration, fed_users, fed_items["tourism"])
     params.update({"fixed_point_bits": fed.fixed_point_bits, "rounds_aborted": rounds_aborted,
                    "audit_entries": audit_entries})
     checks = {"federated_vs_central_max_abs_diff": max(per_iteration),

@@ -23,9 +23,8 @@ import numpy as np
 import pandas as pd
 
 from wenlv.features import contracts
-from wenlv.privacy import secure_agg
-from wenlv.privacy import leak_scan
-from wenlv.training import evaluation, factors, registry, tracking
+from wenlv.privacy import leak_scan, secure_agg
+from wenlv.training import curves, evaluation, evaluation_run, factors, registry, tracking
 from wenlv.training.blocks import FeatureBlocks, Matrices, build_matrices
 from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
@@ -68,11 +67,11 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- steps
-def fit_and_evaluate(blocks: FeatureBlocks, matrices: Matrices, config: TrainConfig, parties=None):
-    """ALS on `parties` (default: the config's), then metrics on the temporal split."""
+def fit_and_evaluate(blocks: FeatureBlocks, matrices: Matrices, config: TrainConfig, parties=None, curve=None):
+    """ALS on `parties` (default: the config's), then metrics on the temporal split; `curve` sees each iteration."""
     model = factors.fit(matrices, parties or config.parties, mode=config.mode, factors=config.factors,
                         iterations=config.iterations, regularization=config.regularization, seed=config.seed,
-                        fixed_point_bits=config.fixed_point_bits, progress=config.progress)
+                        fixed_point_bits=config.fixed_point_bits, progress=config.progress, on_iteration=curve)
     metrics = evaluation.evaluate_scores(blocks, matrices, model.user_factors @ model.poi_factors.T, k=config.k)
     return model, metrics
 
@@ -238,7 +237,8 @@ def train(features_dir: str | Path, config: TrainConfig | None = None, *, tracki
     log.info("training %s ALS on %s: %d users, %s items", config.mode, ", ".join(config.parties),
              len(matrices.tokens), {p: matrices.blocks[p].shape[1] for p in config.parties})
 
-    model, metrics = fit_and_evaluate(blocks, matrices, config)
+    als_curve = curves.AlsCurve(blocks, matrices, config.regularization, config.k)
+    model, metrics = fit_and_evaluate(blocks, matrices, config, curve=als_curve)
     fed_ok, fed_metrics = federated_check(model, config)
     metrics.update(fed_metrics)
 
@@ -293,7 +293,8 @@ def train(features_dir: str | Path, config: TrainConfig | None = None, *, tracki
     logged = tracking.log_run(params=params, metrics=metrics, tags=tags,
                               artifacts={"bundle": bundle_dir, "": card_dir},
                               manifest_frame=blocks.manifest_frame(), features_dir=str(blocks.root),
-                              tracking_uri=tracking_uri, run_name=f"{config.mode}-{created}")
+                              tracking_uri=tracking_uri, run_name=f"{config.mode}-{created}",
+                              steps={**als_curve.steps(), **(curves.tower_steps(tower_result.losses) if tower_result else {})})
     version = registry.register_version(logged["run_id"], logged["tracking_uri"])
     decision = (registry.promote(version, logged["tracking_uri"], config.gate_tolerance)
                 if config.promote else None)
@@ -306,8 +307,10 @@ def train(features_dir: str | Path, config: TrainConfig | None = None, *, tracki
 
 
 def evaluate_version(features_dir: str | Path, version: int | None = None, tracking_uri: str | None = None,
-                     k: int = 10) -> dict:
-    """Score a registered version's bundle (default: the champion) on a feature folder's test window."""
+                     k: int = 10, log: bool = True) -> dict:
+    """Score a registered version's bundle (default: the champion) on a feature folder's test window.
+
+    With `log`, the result is an MLflow evaluation run linked to the version (training.evaluation_run)."""
     if version is None:
         bundle, version = registry.load_champion_bundle(tracking_uri)
     else:
@@ -323,6 +326,13 @@ def evaluate_version(features_dir: str | Path, version: int | None = None, track
     rows = user_row.reindex(matrices.tokens)
     known = rows.notna().to_numpy()
     users[known] = bundle.user_factors[rows[known].astype(int).to_numpy()]
-    metrics = evaluation.evaluate_scores(blocks, matrices, users @ poi_factors.T, k=k)
-    return {"model_version": version, "users_known_to_model": int(known.sum()),
-            "metrics": evaluation.finite(metrics)}
+    scores = users @ poi_factors.T
+    metrics = {**evaluation.evaluate_scores(blocks, matrices, scores, k=k),
+               **evaluation_run.user_intervals(blocks, matrices, scores, k)}
+    out = {"model_version": version, "users_known_to_model": int(known.sum()), "metrics": evaluation.finite(metrics)}
+    if log:
+        out["evaluation_run_id"] = evaluation_run.log_evaluation(
+            version, Path(features_dir).resolve(), {**metrics, "users_known_to_model": out["users_known_to_model"]},
+            manifest_frame=blocks.manifest_frame(), params={"k": k, "test_window": blocks.manifest.get("test_window")},
+            tracking_uri=tracking_uri)
+    return out

@@ -6,8 +6,8 @@
 At registration `log_model_for_run` reads the run's `bundle/` artifact, builds the POI
 index serving would build for it (`training.vector_index`), and logs the run's `model/`
 artifact: an MLflow model folder (MLmodel with a signature and an input example) whose
-artifacts are the bundle and the FAISS index. The registered version's source is that
-folder. Serving does not use it: it keeps loading the run's `bundle/` and `indexes/`.
+artifacts are the bundle and the FAISS index, its code `pyfunc_entry.py` (models from code:
+nothing is unpickled at load). The registered version's source is that folder. Serving does not use it: it keeps loading the run's `bundle/` and `indexes/`.
 
 Input, one row per request: `token` (a visitor token, 32 lowercase hex), optional `k`
 (1–100, default 10), optional filters `category` and `city`, optional `exclude_visited`
@@ -39,6 +39,7 @@ from wenlv.training.ranking import STRATEGY_ALS, STRATEGY_POPULARITY, BundleRank
 from wenlv.training.vector_index import VectorIndex, build_bundle_indexes, index_params, vectors_sha256
 
 ARTIFACT_PATH = "model"     # the run's artifact folder holding the MLflow model
+ENTRY = Path(__file__).with_name("pyfunc_entry.py")  # the model's code (no pickle)
 BUNDLE_ARTIFACT = "bundle"  # the run's bundle, as training logged it
 POI_INDEX_FILE = "pois.faiss"
 INDEX_MANIFEST = "manifest.json"
@@ -170,7 +171,7 @@ def save_model(bundle_dir: Path, out: Path) -> Path:
     index_dir = out.parent / "indexes"
     write_poi_index(bundle, index_dir)
     mlflow.pyfunc.save_model(
-        str(out), python_model=RecommenderModel(),
+        str(out), python_model=str(ENTRY),
         artifacts={"bundle": str(bundle_dir), "indexes": str(index_dir)},
         signature=SIGNATURE, input_example=input_example(bundle), pip_requirements=_requirements(),
         metadata={"wenlv_bundle_version": bundle.meta.get("version"), "needs": "the wenlv package installed"})

@@ -86,10 +86,12 @@ def _param_value(v) -> str:
 
 
 def log_run(*, params: dict, metrics: dict, tags: dict, artifacts: dict, manifest_frame=None,
-            features_dir: str | None = None, tracking_uri: str | None = None, run_name: str | None = None) -> dict:
+            features_dir: str | None = None, tracking_uri: str | None = None, run_name: str | None = None,
+            steps: dict | None = None, dataset_context: str = "training") -> dict:
     """One finished run: params, finite metrics, tags, the feature manifest as input, artifact folders.
 
-    artifacts: {artifact path in the run: local folder or file}. Returns run id and artifact URI.
+    artifacts: {artifact path in the run: local folder or file}. steps: curves, {metric: [(step, value)]}
+    (MLflow's metric history). Returns run id and artifact URI.
     """
     import mlflow
     from mlflow.entities import DatasetInput, InputTag, Metric, Param
@@ -101,6 +103,8 @@ def log_run(*, params: dict, metrics: dict, tags: dict, artifacts: dict, manifes
         now = int(time.time() * 1000)
         metric_list = [Metric(mlflow_name(k), float(v), now, 0) for k, v in metrics.items()
                        if isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(float(v))]
+        metric_list += [Metric(mlflow_name(k), float(v), now, int(step)) for k, points in (steps or {}).items()
+                        for step, v in points if math.isfinite(float(v))]
         param_list = [Param(mlflow_name(k), _param_value(v)[:6000]) for k, v in params.items() if v is not None]
         for start in range(0, max(len(metric_list), len(param_list)), 100):
             c.log_batch(run_id, metrics=metric_list[start:start + 100], params=param_list[start:start + 100])
@@ -110,7 +114,7 @@ def log_run(*, params: dict, metrics: dict, tags: dict, artifacts: dict, manifes
                 dataset = mlflow.data.from_pandas(manifest_frame.astype({"rows": "float64"}),
                                                   source=str(features_dir or "features"), name="feature-blocks")
             c.log_inputs(run_id, datasets=[DatasetInput(dataset._to_mlflow_entity(),
-                                                        tags=[InputTag("mlflow.data.context", "training")])])
+                                                        tags=[InputTag("mlflow.data.context", dataset_context)])])
         for path, local in artifacts.items():
             local = Path(local)
             if local.is_dir():
