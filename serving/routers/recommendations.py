@@ -10,7 +10,8 @@ from fastapi.responses import JSONResponse
 
 from wenlv.serving.auth import ApiError, Principal, require_role
 from wenlv.serving.filters import Filters, now_minute
-from wenlv.serving.schemas import ERROR_RESPONSES, TOKEN_PATTERN, Category, RecommendationResponse, StoredRecommendation
+from wenlv.serving.schemas import (ERROR_RESPONSES, TOKEN_DESCRIPTION, TOKEN_PATTERN, Category, RecommendationResponse,
+                                   StoredRecommendation)
 from wenlv.serving.state import ServingModel, get_model
 
 log = logging.getLogger(__name__)
@@ -18,14 +19,6 @@ router = APIRouter(prefix="/v1", tags=["recommendations"])
 
 _NEAR = re.compile(r"^\s*(-?\d{1,3}(?:\.\d+)?)\s*,\s*(-?\d{1,3}(?:\.\d+)?)\s*$")
 _HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
-_PHONE_LIKE = re.compile(r"^\+?\d{7,15}$")
-
-
-def reject_phone_like(token: str) -> None:
-    """A bare number is not a PSI token: it may be a phone number, which must not reach the store or logs."""
-    if _PHONE_LIKE.match(token):
-        raise ApiError(422, "invalid_request", "the visitor token looks like a phone number; send the pseudonymous token")
-
 
 async def parse_filters(
     category: Category | None = Query(None, description="only POIs of this category"),
@@ -65,7 +58,7 @@ async def parse_filters(
 )
 async def recommendations(
     request: Request,
-    token: str = Path(..., pattern=TOKEN_PATTERN, description="pseudonymous visitor token (never a phone number)"),
+    token: str = Path(..., pattern=TOKEN_PATTERN, description=TOKEN_DESCRIPTION),
     k: int = Query(10, ge=1, le=100, description="how many POIs"),
     exclude_visited: bool = Query(True, description="leave out POIs the visitor has visited"),
     personalized: bool = Query(True, description="false: a non-personalised list on the visitor's request"),
@@ -73,7 +66,6 @@ async def recommendations(
     principal: Principal = Depends(require_role("visitor-app")),
     model: ServingModel = Depends(get_model),
 ) -> RecommendationResponse:
-    reject_phone_like(token)
     rec = model.recommend(token, k=k, filters=filters, exclude_visited=exclude_visited, personalized=personalized)
     t = model.table
     items = [{"poi_id": t.poi_ids[i], "name": t.names[i], "category": t.categories[i], "city": t.cities[i],
