@@ -61,7 +61,7 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) 
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: refusals are counted too
     _install_error_handlers(app)
 
-    for module in (health, recommendations, itineraries, campaigns):
+    for module in (recommendations, itineraries, campaigns, health):  # the hot route is matched first
         app.include_router(module.router)
     return app
 

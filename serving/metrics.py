@@ -31,6 +31,15 @@ class Metrics:
         self.model_info = Gauge("wenlv_model_info", "current model version (1 = serving)", ["version"], registry=self.registry)
         self.swaps = Counter("wenlv_model_swaps_total", "model versions swapped in", registry=self.registry)
         self.store_up = Gauge("wenlv_online_store_available", "1 when the online store answers", registry=self.registry)
+        self._recommendation_children: dict = {}
+
+    def recommendation_counter(self, strategy: str, degraded: bool):
+        """The counter child for one (strategy, degraded), resolved once."""
+        key = (strategy, degraded)
+        child = self._recommendation_children.get(key)
+        if child is None:
+            child = self._recommendation_children[key] = self.recommendations.labels(strategy, str(degraded).lower())
+        return child
 
 
 def route_template(scope) -> str:
@@ -45,6 +54,8 @@ class MetricsMiddleware:
 
     def __init__(self, app, metrics: Metrics):
         self.app, self.metrics = app, metrics
+        self._latency: dict = {}   # route -> histogram child: labels() resolved once, not per request
+        self._requests: dict = {}  # (route, method, status) -> counter child
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -69,7 +80,14 @@ class MetricsMiddleware:
         finally:
             name = route_template(scope)
             elapsed = time.perf_counter() - started
-            self.metrics.latency.labels(name).observe(elapsed)
-            self.metrics.requests.labels(name, scope.get("method", ""), str(status)).inc()
+            latency = self._latency.get(name)
+            if latency is None:
+                latency = self._latency[name] = self.metrics.latency.labels(name)
+            latency.observe(elapsed)
+            key = (name, scope.get("method", ""), status)
+            counter = self._requests.get(key)
+            if counter is None:
+                counter = self._requests[key] = self.metrics.requests.labels(name, key[1], str(status))
+            counter.inc()
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info("%s %s %d %.1f ms", scope.get("method", ""), name, status, elapsed * 1000)
