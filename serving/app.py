@@ -2,11 +2,13 @@
 
 `create_app(state, keys)` wires a ready `ServingState` (model + online store) and a
 `KeyStore`; `serving.cli` builds those from a bundle directory or the MLflow champion.
-The itinerary router (`serving.routers.itineraries`) is included when it exists.
+Middleware, outermost first: metrics and the access log (`serving.metrics`), then the door
+(`serving.guard`: key, body size and body deadline) before FastAPI reads anything.
 """
 from __future__ import annotations
 
-import logging
+import asyncio
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -16,11 +18,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from wenlv.serving.auth import ApiError, KeyStore
 from wenlv.serving.guard import RequestGuard
 from wenlv.serving.metrics import Metrics, MetricsMiddleware
+from wenlv.serving.routers import analytics, campaigns, dashboard, events, health, itineraries, recommendations
+from wenlv.serving.schemas import TOKEN_MESSAGE
+from wenlv.serving.solver_pool import SolverPool
 from wenlv.serving.state import ServingState
 from wenlv.settings import get_settings
-
-log = logging.getLogger(__name__)
-
 
 DESCRIPTION = """Wenlv serving API: POI recommendations for visitors, itineraries, and campaigns for marketers.
 
@@ -32,12 +34,14 @@ Every route under `/v1` needs `Authorization: Bearer <API key>`; a key has a rol
 def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) -> FastAPI:
     """The app over `state` (current model + store); `lifecycle` (a ChampionFollower) is started and stopped with it;
     `db` is the campaign database engine (default: made from the settings on first use)."""
-    from contextlib import asynccontextmanager
+    settings = get_settings()
+    solver = SolverPool(settings.itinerary_workers, settings.itinerary_queue)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         if lifecycle is not None:
             lifecycle.start()
+        await asyncio.to_thread(solver.warm)
         try:
             yield
         finally:
@@ -51,20 +55,14 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) 
     app.state.serving, app.state.keys, app.state.metrics, app.state.db = state, keys, metrics, db
     if state.model is not None:
         metrics.model_info.labels(state.model.version).set(1)
-    settings = get_settings()
+    app.state.solver = solver
     app.add_middleware(RequestGuard, keys=keys, max_body_bytes=settings.max_body_bytes,
                        body_timeout_s=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: refusals are counted too
     _install_error_handlers(app)
 
-    from wenlv.serving.routers import campaigns, events, health, itineraries, recommendations
-    from wenlv.serving.routers import dashboard  # the analyst page and its login
-
-    for module in (health, recommendations, itineraries, campaigns, events):
+    for module in (recommendations, itineraries, campaigns, events, analytics, dashboard, health):  # hot route first
         app.include_router(module.router)
-    from wenlv.serving.routers import analytics  # the analysts' routes (ledger)
-    app.include_router(analytics.router)
-    app.include_router(dashboard.router)
     return app
 
 
@@ -82,7 +80,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError):
-        details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+        details = [{"loc": [str(p) for p in e.get("loc", ())], "msg": _message(e), "type": str(e.get("type", ""))}
                    for e in exc.errors()]
         where = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:5])
         return _error(422, "invalid_request", f"invalid request: {where}", details)
@@ -92,9 +90,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
                 413: "payload_too_large"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
+    # Anything else is answered 500 (and logged without request data) by MetricsMiddleware.
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception):
-        # Log the type and route only: exception text may quote request data.
-        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
-        return _error(500, "internal_error", "internal error; it has been logged")
+
+def _message(error: dict) -> str:
+    """A validation error's text; a token that is not one gets the token rule (pydantic would quote the regex)."""
+    loc = error.get("loc", ())
+    if error.get("type") == "string_pattern_mismatch" and loc and loc[-1] == "token":
+        return TOKEN_MESSAGE
+    return str(error.get("msg", ""))

@@ -168,14 +168,31 @@ class ScopeBearer(HTTPBearer):
         return request.scope.get(PRINCIPAL)
 
 
-_bearer = ScopeBearer(auto_error=False, description="API key: `Authorization: Bearer wlv_…` (the scheme is case-insensitive)")
+BEARER_SCHEME = "HTTPBearer"  # its name in the OpenAPI components
+OPENAPI_SECURITY = [{BEARER_SCHEME: []}]  # for a route that authorizes with a plain call (see routers.recommendations)
+_bearer = ScopeBearer(auto_error=False, scheme_name=BEARER_SCHEME, description="API key: `Authorization: Bearer wlv_…` (the scheme is case-insensitive)")
 
 
 async def get_principal(principal: Principal | None = Depends(_bearer)) -> Principal:
     """The caller behind the bearer key or a dashboard session cookie (resolved by the guard), or 401."""
+    return authorize(principal, frozenset(ROLES))
+
+
+def allowed_roles(*roles: str) -> frozenset[str]:
+    """The roles that may call a route: `roles` and admin."""
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}")
+    return frozenset(roles) | {"admin"}
+
+
+def authorize(principal: Principal | None, allowed: frozenset[str]) -> Principal:
+    """The caller if their key holds one of `allowed`; else 401 (no valid key) or 403 (wrong role)."""
     if principal is None:
         raise ApiError(401, "unauthorized", "missing, unknown or revoked bearer API key (Authorization: Bearer <key>)",
                        {"WWW-Authenticate": "Bearer"})
+    if principal.role not in allowed:
+        raise ApiError(403, "forbidden", f"role {principal.role!r} may not call this route; allowed: {', '.join(sorted(allowed))}")
     return principal
 
 
@@ -194,14 +211,9 @@ def session_principal(keys: KeyStore, method: str, cookies: Mapping[str, str]) -
 
 def require_role(*roles: str):
     """Dependency: the caller must hold one of `roles` (admin always may); returns the Principal."""
-    unknown = set(roles) - set(ROLES)
-    if unknown:
-        raise ValueError(f"unknown roles {sorted(unknown)}")
-    allowed = set(roles) | {"admin"}
+    allowed = allowed_roles(*roles)
 
-    async def dependency(principal: Principal = Depends(get_principal)) -> Principal:
-        if principal.role not in allowed:
-            raise ApiError(403, "forbidden", f"role {principal.role!r} may not call this route; allowed: {', '.join(sorted(allowed))}")
-        return principal
+    async def dependency(principal: Principal | None = Depends(_bearer)) -> Principal:  # one level: cheaper per request
+        return authorize(principal, allowed)
 
     return dependency

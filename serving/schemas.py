@@ -6,9 +6,12 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 from wenlv.features.contracts import POI_CATEGORIES
+from wenlv.privacy.tokens import VISITOR_TOKEN_PATTERN
 
 Category = Literal[POI_CATEGORIES]  # type: ignore[valid-type]
-TOKEN_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+TOKEN_PATTERN = VISITOR_TOKEN_PATTERN  # THE token format (privacy/tokens.py): a phone number in any spelling fails it
+TOKEN_DESCRIPTION = "pseudonymous visitor token: 32 lowercase hex digits (never a phone number)"
+TOKEN_MESSAGE = "the visitor token must be 32 lowercase hex digits (the pseudonymous token, never a phone number)"
 Strategy = Literal["als", "cold_start_tower", "popularity"]
 
 
@@ -64,5 +67,5 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
     model_version: str | None
-    store: str
+    store: str = Field(description="the online store's kind (redis, sqlite); with an admin key also its file or host")
     store_available: bool

@@ -13,14 +13,13 @@ from fastapi import Request
 from wenlv.serving.auth import ApiError
 from wenlv.serving.model import ServingModel
 from wenlv.serving.online_store import ResilientStore
+from wenlv.serving.reclog import RecommendationLog
 
-__all__ = ["ServingState", "ServingModel", "get_model", "get_state"]
+__all__ = ["ServingState", "ServingModel", "current_model", "get_model", "get_state"]
 
 
 class ServingState:
     def __init__(self, store: ResilientStore | None = None, model: ServingModel | None = None):
-        from wenlv.serving.reclog import RecommendationLog
-
         self.store = store
         self.rec_log = RecommendationLog(store.store, reader=store) if store is not None else None
         self._model = model
@@ -43,9 +42,14 @@ async def get_state(request: Request) -> ServingState:
     return request.app.state.serving
 
 
-async def get_model(request: Request) -> ServingModel:
-    """Dependency: the current model version (503 while none is loaded)."""
+def current_model(request: Request) -> ServingModel:
+    """The current model version (503 while none is loaded); read once per request."""
     model = request.app.state.serving.model
     if model is None:
         raise ApiError(503, "not_ready", "no model version is loaded yet")
     return model
+
+
+async def get_model(request: Request) -> ServingModel:
+    """Dependency: `current_model`."""
+    return current_model(request)

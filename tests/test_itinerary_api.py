@@ -2,6 +2,7 @@
 independent checker, infeasible requests get 422 with a reason, roles are enforced."""
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -11,10 +12,11 @@ from fastapi.testclient import TestClient
 
 from wenlv.itinerary import check, planner
 from wenlv.serving.app import create_app
-from wenlv.serving.auth import KeyStore
+from wenlv.serving.auth import ApiError, KeyStore
 from wenlv.serving.materialize import materialize
 from wenlv.serving.model import ServingModel
 from wenlv.serving.online_store import RedisStore, ResilientStore
+from wenlv.serving.solver_pool import SolverPool
 from wenlv.serving.state import ServingState
 from wenlv.bench.private_redis import PrivateRedis
 from wenlv.bench.serving_fixtures import synthetic_bundle
@@ -186,3 +188,20 @@ def test_a_frozen_redis_does_not_hold_an_itinerary_past_its_budget(tmp_path, bun
         if client is not None:
             client.app.state.serving.rec_log.close()
         redis_server.stop()
+
+
+def test_the_solver_pool_refuses_with_503_when_every_slot_is_taken(bundle):
+    """Solving is bounded: beyond WENLV_ITINERARY_WORKERS + WENLV_ITINERARY_QUEUE requests, 503 with Retry-After."""
+    body = {"days": 1, "pace": 3, "budget_cny": None, "must_include": [], "exclude": []}
+    req = request_of(bundle, body)
+    pool = SolverPool(workers=1, queue=1)
+
+    async def three_at_once():
+        return await asyncio.gather(*(pool.solve(req) for _ in range(3)), return_exceptions=True)
+
+    outcomes = asyncio.run(three_at_once())
+    plans = [o for o in outcomes if isinstance(o, dict)]
+    refused = [o for o in outcomes if isinstance(o, ApiError)]
+    assert len(plans) == 2 and len(refused) == 1 and pool.refused == 1 and pool.in_flight == 0
+    assert refused[0].status == 503 and refused[0].headers == {"Retry-After": "1"}
+    assert all(check.check_plan(req, p) == [] for p in plans)  # solved in a worker process, the same rules hold

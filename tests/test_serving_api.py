@@ -3,6 +3,7 @@ filters, k items, cold start, personalised=false, auth roles, tenant isolation, 
 no personal data in the store or logs."""
 import json
 import logging
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from wenlv.serving.model import ServingModel
 from wenlv.serving.online_store import ResilientStore, UserRecord
 from wenlv.serving.state import ServingState
 from wenlv.bench.serving_fixtures import synthetic_bundle, token_for
+from wenlv.privacy.tokens import VISITOR_TOKEN_PATTERN
 from tests.support.stores import make_store
 
 PHONE = "13800138000"
@@ -111,7 +113,7 @@ def test_filters_are_honoured_and_k_items_come_back_when_k_are_eligible(env, bun
         assert len(items) == min(k, len(eligible_ids))
         assert {it["poi_id"] for it in items} <= eligible_ids
     # the same filters for a brand-new visitor: popularity in context
-    items = get(client, key["app"], "newvisitor01", k=100, **params).json()["items"]
+    items = get(client, key["app"], token_for(1, "new"), k=100, **params).json()["items"]
     assert {it["poi_id"] for it in items} == set(bundle.pois.poi_id[table.mask(f)])
 
 
@@ -127,7 +129,7 @@ def test_unknown_token_gets_popularity_in_context(env, bundle):
 def test_personalized_false_uses_nothing_about_the_visitor(env, bundle):
     client, key, *_ = env
     known = get(client, key["app"], bundle.users.token[1], k=8, personalized="false").json()
-    unknown = get(client, key["app"], "someoneelse", k=8, personalized="false").json()
+    unknown = get(client, key["app"], token_for(2, "else"), k=8, personalized="false").json()
     assert known["personalized"] is False and known["strategy"] == "popularity"
     assert [i["poi_id"] for i in known["items"]] == [i["poi_id"] for i in unknown["items"]]
 
@@ -156,7 +158,7 @@ def test_cold_start_tower_from_side_features(tmp_path, bundle):
         vec = layer(torch.tensor([[300.0, 2.0, 1.0]])).numpy()[0]
     want = np.argsort(-(with_tower.poi_factors @ vec))[:5]
     assert [it["poi_id"] for it in body["items"]] == list(with_tower.pois.poi_id[want])
-    assert get(client, key, "nosidefeatures", k=5).json()["strategy"] == "popularity"
+    assert get(client, key, token_for(3, "noside"), k=5).json()["strategy"] == "popularity"
 
 
 def test_auth_roles_and_json_errors(env, bundle):
@@ -199,22 +201,72 @@ def test_a_tenant_never_sees_another_tenants_recommendations(env, bundle):
 ])
 def test_malformed_input_is_a_clear_4xx(env, params, needle):
     client, key, *_ = env
-    r = get(client, key["app"], "abc", **params)
+    r = get(client, key["app"], token_for(4, "new"), **params)
     assert r.status_code == 422 and r.json()["error"] == "invalid_request" and needle in r.json()["message"]
 
 
-def test_phone_numbers_never_reach_the_store_or_logs(env, caplog):
+PHONE_SPELLINGS = [PHONE, "+86" + PHONE, "158-6365-3206", "86-158-6365-3206", "86_15863653206", "15863653206",
+                   "158 6365 3206", "0086" + PHONE, "A" * 32, "feedbeef" * 4 + "\n"]
+
+
+def digits(text: str) -> str:
+    return "".join(c for c in text if c.isdigit())
+
+
+def test_phone_numbers_in_any_spelling_are_refused_and_never_reach_the_store_or_logs(env, bundle, caplog):
+    """Regression (issue 13.5): `158-6365-3206` and friends passed as tokens and were stored for 7 days."""
     client, key, _, raw = env
     caplog.set_level(logging.DEBUG)
-    r = get(client, key["app"], PHONE)
-    assert r.status_code == 422 and "phone" in r.json()["message"] and PHONE not in r.text
-    r = get(client, key["app"], "+86" + PHONE)  # not even token-shaped
-    assert r.status_code == 422 and PHONE not in r.text
-    assert client.get("/nowhere").json()["error"] == "not_found"
+    auth = {"Authorization": f"Bearer {key['app']}"}
+    itinerary = {"city": "hangzhou", "start_date": "2026-05-01", "start_location": {"lat": 30.25, "lon": 120.17}}
+    for spelling in PHONE_SPELLINGS:
+        r = client.get(f"/v1/visitors/{quote(spelling, safe='')}/recommendations", headers=auth)
+        assert r.status_code == 422, (spelling, r.status_code)
+        assert "32 lowercase hex" in r.json()["message"] and "phone" in r.json()["message"]
+        assert spelling not in r.text
+        r = client.post("/v1/itineraries", json={**itinerary, "token": spelling}, headers=auth)
+        assert r.status_code == 422 and "32 lowercase hex" in r.json()["message"], spelling
+        assert spelling not in r.text
+    assert get(client, key["app"], bundle.users.token[0]).status_code == 200  # a real token still works
+    client.app.state.serving.rec_log.flush()
     ours = [rec.getMessage() for rec in caplog.records if not rec.name.startswith("httpx")]  # httpx is the test's client
-    assert ours == [] or all(PHONE not in m for m in ours)
-    for k in raw.scan_keys(raw.prefix):
-        assert PHONE not in k and PHONE.encode() not in raw.get(k)
+    for spelling in PHONE_SPELLINGS[:-3]:
+        assert not any(spelling in m or digits(spelling) in digits(m) for m in ours), spelling
+        for k in raw.scan_keys(raw.prefix):
+            assert spelling not in k and spelling.encode() not in raw.get(k)
+
+
+def test_the_token_pattern_is_in_the_openapi_schema(env):
+    client, *_ = env
+    spec = client.get("/openapi.json").json()
+    params = spec["paths"]["/v1/visitors/{token}/recommendations"]["get"]["parameters"]
+    assert next(p for p in params if p["name"] == "token")["schema"]["pattern"] == VISITOR_TOKEN_PATTERN
+    body = spec["components"]["schemas"]["ItineraryRequest"]["properties"]["token"]
+    assert VISITOR_TOKEN_PATTERN in json.dumps(body)
+
+
+def test_logs_name_the_route_template_never_the_token(env, bundle, caplog, monkeypatch):
+    """Regression (issue 13.5): the 500 log line carried the request path, and with it the visitor's token."""
+    client, key, model, _ = env
+    caplog.set_level(logging.DEBUG)
+    token = bundle.users.token[5]
+    assert get(client, key["app"], token).status_code == 200
+    assert get(client, key["app"], token, k=0).status_code == 422
+
+    def fails(self, token, **kwargs):  # an unexpected failure whose text quotes the request, as real ones can
+        raise RuntimeError(f"cannot score {token}")
+
+    monkeypatch.setattr(type(model), "recommend", fails)
+    r = get(client, key["app"], token)
+    assert r.status_code == 500 and r.json()["error"] == "internal_error" and token not in r.text
+    records = [rec for rec in caplog.records if not rec.name.startswith("httpx")]
+    text = "\n".join(rec.getMessage() + (logging.Formatter().formatException(rec.exc_info) if rec.exc_info else "")
+                     for rec in records)
+    assert token not in text
+    template = "/v1/visitors/{token}/recommendations"
+    assert f"unhandled RuntimeError on GET {template}" in text
+    access = [rec.getMessage() for rec in records if rec.name == "wenlv.serving.access"]
+    assert [a.split()[2] for a in access] == ["200", "422", "500"] and all(template in a for a in access)
 
 
 def test_poi_scores_for_itineraries(env, bundle):
@@ -224,3 +276,27 @@ def test_poi_scores_for_itineraries(env, bundle):
     np.testing.assert_allclose(scores, bundle.poi_factors @ bundle.user_factors[3], rtol=1e-5)
     scores, personal, strategy = model.poi_scores(bundle.users.token[3], personalized=False)
     assert not personal and strategy == "popularity" and scores.argmax() == bundle.pois.popularity.argmax()
+
+
+def test_readyz_shows_where_the_store_is_to_admin_keys_only(env, tmp_path):
+    """Regression (issue 13, smaller points): /readyz told anyone the store's file path or Redis host."""
+    client, key, _, raw = env
+    where = raw.describe()
+    assert where != raw.backend  # sqlite:/path or redis://host:port/db
+    anonymous = client.get("/readyz").json()
+    assert anonymous["store"] == raw.backend and where not in json.dumps(anonymous)
+    for name in ("app", "marketer", "analyst"):
+        seen = client.get("/readyz", headers={"Authorization": f"Bearer {key[name]}"}).json()
+        assert seen["store"] == raw.backend, name
+    assert client.get("/readyz", headers={"Authorization": f"Bearer {key['admin']}"}).json()["store"] == where
+
+
+@pytest.mark.parametrize("scheme, status", [("Bearer", 200), ("bearer", 200), ("BEARER", 200), ("Basic", 401),
+                                            ("Token", 401), ("", 401)])
+def test_the_bearer_scheme_is_case_insensitive_and_nothing_else_is_accepted(env, bundle, scheme, status):
+    client, key, *_ = env
+    header = f"{scheme} {key['app']}".strip()
+    r = client.get(f"/v1/visitors/{bundle.users.token[0]}/recommendations", headers={"Authorization": header})
+    assert r.status_code == status, (scheme, r.text[:200])
+    if status == 401:
+        assert r.json()["error"] == "unauthorized" and r.headers["www-authenticate"] == "Bearer"

@@ -15,7 +15,7 @@ from wenlv.serving.model import ServingModel
 from wenlv.serving.online_store import RedisStore, ResilientStore
 from wenlv.serving.runtime import ServerThread
 from wenlv.serving.state import ServingState
-from wenlv.bench.serving_fixtures import synthetic_bundle
+from wenlv.bench.serving_fixtures import synthetic_bundle, token_for
 from tests.support.stores import make_store
 from wenlv.bench.private_redis import PrivateRedis
 
@@ -142,7 +142,8 @@ def test_redis_stopped_and_restarted_during_requests(tmp_path):
         keys = KeyStore(tmp_path / "keys.sqlite")
         key = keys.create("visitor-app", "hz")
         stop = threading.Event()
-        tokens = list(bundle.users.token[:5]) + ["brandnew1"]
+        newcomer = token_for(1, "brand-new")
+        tokens = list(bundle.users.token[:5]) + [newcomer]
 
         def client_loop(url):
             with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=5) as client:
@@ -178,7 +179,7 @@ def test_redis_stopped_and_restarted_during_requests(tmp_path):
     after = [e for e in log if e[0] > restarted_at + 1.0]
     assert before and all(not e[3] for e in before)
     assert during and all(e[3] for e in during), "answers during the outage say degraded"
-    assert all(e[4] == "als" for e in during if e[1] != "brandnew1"), "known visitors stay personal from the in-process model"
+    assert all(e[4] == "als" for e in during if e[1] != newcomer), "known visitors stay personal from the in-process model"
     # Recovered without a restart. (On a loaded machine a single slow reply can still trip the
     # short socket timeout, which rightly answers degraded for a moment: allow a few.)
     assert after and sum(not e[3] for e in after) >= 0.9 * len(after), [e[3] for e in after]

@@ -50,6 +50,8 @@ class PoiTable:
         self.cities = pois["city"].astype(str).to_numpy() if "city" in pois else np.full(self.n, "")
         self.category_codes = {c: np.flatnonzero(self.categories == c) for c in np.unique(self.categories)}
         self.city_codes = {c: np.flatnonzero(self.cities == c) for c in np.unique(self.cities)}
+        lowered = np.char.lower(self.cities.astype(str))
+        self._city_rows_any_case = {c: np.flatnonzero(lowered == c) for c in np.unique(lowered)}
         self.lat = np.radians(pois["lat"].to_numpy(dtype=np.float64))
         self.lon = np.radians(pois["lon"].to_numpy(dtype=np.float64))
         self.cos_lat = np.cos(self.lat)
@@ -57,6 +59,10 @@ class PoiTable:
         self.close_min = hhmm_column_to_minutes(pois["close_time"])
         self.index_of = pd.Index(self.poi_ids)
         self.row_of = {p: i for i, p in enumerate(self.poi_ids)}  # small lookups: a dict beats get_indexer
+
+    def rows_in_city(self, city: str) -> np.ndarray:
+        """Rows of the POIs in `city`, whatever its case (itineraries name cities as people type them)."""
+        return self._city_rows_any_case.get(city.lower(), np.empty(0, dtype=np.int64))
 
     def distance_km(self, lat: float, lon: float) -> np.ndarray:
         return haversine_km_radians(self.lat, self.lon, np.radians(lat), np.radians(lon), cos_lat1=self.cos_lat)

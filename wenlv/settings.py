@@ -59,6 +59,12 @@ class Settings(BaseSettings):
                                description="OpenMP threads per FAISS search (1: the server's workers parallelise)")
     itinerary_time_limit_s: float = Field(0.5, gt=0, alias="WENLV_ITINERARY_TIME_LIMIT",
                                           description="solver seconds per itinerary request")
+    itinerary_workers: int = Field(1, ge=1, le=64, alias="WENLV_ITINERARY_WORKERS",
+                                   description="processes that solve itineraries (off the event loop, so "
+                                               "recommendations are not starved)")
+    itinerary_queue: int = Field(32, ge=0, alias="WENLV_ITINERARY_QUEUE",
+                                 description="itinerary requests that may wait for a solver; more are answered 503 "
+                                             "with Retry-After")
     store_timeout_s: float = Field(0.1, gt=0, le=5, alias="WENLV_STORE_TIMEOUT",
                                    description="seconds one online-store call on a request's path may take before "
                                                "the request goes on without it (and the circuit breaker opens)")

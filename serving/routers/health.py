@@ -5,6 +5,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from wenlv.serving.auth import PRINCIPAL
 from wenlv.serving.online_store import StoreUnavailable
 from wenlv.serving.schemas import Health, Readiness
 
@@ -12,7 +13,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=Health, summary="the process is alive")
-def healthz() -> Health:
+async def healthz() -> Health:
     return Health(status="ok")
 
 
@@ -28,8 +29,15 @@ def readyz(request: Request):
         except StoreUnavailable:
             store_ok = False
     request.app.state.metrics.store_up.set(1 if store_ok else 0)
+    principal = request.scope.get(PRINCIPAL)
+    if state.store is None:
+        store = "none"
+    elif principal is not None and principal.role == "admin":
+        store = state.store.describe()  # the file path or Redis host: for operators only
+    else:
+        store = state.store.backend
     body = Readiness(status="ready" if model else "not_ready", model_version=model.version if model else None,
-                     store=state.store.describe() if state.store is not None else "none", store_available=store_ok)
+                     store=store, store_available=store_ok)
     return JSONResponse(body.model_dump(), status_code=200 if model else 503)
 
 

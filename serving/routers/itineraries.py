@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import time
 import uuid
 from typing import Literal
@@ -21,8 +22,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from wenlv.itinerary.planner import PACE_STOPS, InfeasibleRequest, PlanRequest, hhmm_to_minutes, plan
 from wenlv.serving.auth import Principal, require_role
 from wenlv.serving.online_store import StoreUnavailable
-from wenlv.serving.routers.recommendations import reject_phone_like
-from wenlv.serving.schemas import ERROR_RESPONSES, TOKEN_PATTERN, Category
+from wenlv.serving.schemas import ERROR_RESPONSES, TOKEN_DESCRIPTION, TOKEN_PATTERN, Category, ErrorResponse
 from wenlv.serving.state import ServingModel, get_model
 from wenlv.settings import get_settings
 
@@ -39,7 +39,7 @@ class Location(BaseModel):
 
 
 class ItineraryRequest(BaseModel):
-    token: str | None = Field(None, pattern=TOKEN_PATTERN, description="pseudonymous visitor token (never a phone number)")
+    token: str | None = Field(None, pattern=TOKEN_PATTERN, description=TOKEN_DESCRIPTION)
     interests: list[Category] = Field(default_factory=list, max_length=7, description="categories the visitor asks for")
     city: str = Field(min_length=1, max_length=64)
     start_date: dt.date
@@ -59,8 +59,6 @@ class ItineraryRequest(BaseModel):
     @field_validator("daily_hours")
     @classmethod
     def _hours(cls, value: tuple[str, str]) -> tuple[str, str]:
-        import re
-
         for v in value:
             if not re.match(_HHMM, v):
                 raise ValueError(f"daily_hours must be HH:MM, got {v[:10]!r}")
@@ -147,7 +145,7 @@ def _scores(model: ServingModel, body: ItineraryRequest, rows: np.ndarray) -> tu
     if body.interests and len(scores):
         lo, hi = scores.min(), scores.max()
         scaled = (scores - lo) / (hi - lo) if hi > lo else np.ones_like(scores)
-        cats = model.bundle.pois["category"].to_numpy()[rows]
+        cats = model.table.categories[rows]
         scores = scaled + INTEREST_LIFT * np.isin(cats, list(body.interests))
     return scores, personal, strategy
 
@@ -160,25 +158,22 @@ def _scores(model: ServingModel, body: ItineraryRequest, rows: np.ndarray) -> tu
                 "travel times, the budget and the pace, with lunch and dinner at restaurants. Answers 422 with "
                 "the reason when no plan can satisfy the request (nothing open, budget too small, a must-include "
                 "that cannot fit).",
-    responses=ERROR_RESPONSES,
+    responses={**ERROR_RESPONSES, 503: {"model": ErrorResponse,
+                                        "description": "every solver slot is taken (see Retry-After)"}},
 )
-def create_itinerary(
+async def create_itinerary(
     request: Request,
     body: ItineraryRequest,
     principal: Principal = Depends(require_role("visitor-app")),
     model: ServingModel = Depends(get_model),
 ):
-    if body.token is not None:
-        reject_phone_like(body.token)
-    pois = model.bundle.pois
-    in_city = pois["city"].astype(str).str.lower() == body.city.lower() if "city" in pois else np.ones(len(pois), bool)
-    rows = np.flatnonzero(np.asarray(in_city))
+    rows = model.table.rows_in_city(body.city)
     if len(rows) == 0:
-        known = sorted(pois["city"].astype(str).unique())[:20] if "city" in pois else []
+        known = sorted(set(model.table.cities.tolist()))[:20]
         return _infeasible(InfeasibleRequest("unknown_city", f"no POIs in city {body.city[:64]!r}; known: {known}",
                                              {"city": body.city[:64]}))
     scores, personal, strategy = _scores(model, body, rows)
-    city_pois = pois.iloc[rows].reset_index(drop=True)
+    city_pois = model.bundle.pois.iloc[rows].reset_index(drop=True)
     pace = PACE_STOPS[body.pace] if isinstance(body.pace, str) else int(body.pace)
     end = body.end_location or body.start_location
     req = PlanRequest(
@@ -189,7 +184,7 @@ def create_itinerary(
         time_limit=get_settings().itinerary_time_limit_s,
     )
     try:
-        result = plan(req)
+        result = await request.app.state.solver.solve(req)  # in a worker process: the event loop stays free
     except InfeasibleRequest as exc:
         return _infeasible(exc)
     for d in result["days"]:
