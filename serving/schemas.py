@@ -63,3 +63,5 @@ class Readiness(BaseModel):
     model_version: str | None
     store: str
     store_available: bool
+    load_error: str | None = Field(None, description="why the champion version last tried is not served (a refused "
+                                                     "or failed load; the version shown keeps serving)")

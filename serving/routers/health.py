@@ -29,7 +29,8 @@ def readyz(request: Request):
             store_ok = False
     request.app.state.metrics.store_up.set(1 if store_ok else 0)
     body = Readiness(status="ready" if model else "not_ready", model_version=model.version if model else None,
-                     store=state.store.describe() if state.store is not None else "none", store_available=store_ok)
+                     store=state.store.describe() if state.store is not None else "none", store_available=store_ok,
+                     load_error=state.load_error)
     return JSONResponse(body.model_dump(), status_code=200 if model else 503)
 
 
