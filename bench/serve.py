@@ -58,7 +58,7 @@ def _bundle_dir(n_pois: int, n_users: int, factors: int) -> Path:
     from wenlv.bench.serving_fixtures import synthetic_bundle
 
     path = CACHE / f"bundle-{n_pois}x{n_users}x{factors}"
-    if not (path / "bundle.json").exists():
+    if not (path / "digests.json").exists():  # bundles from before digests are refused: rebuild
         print(f"bench serve: synthesising a {n_pois}×{n_users} bundle in {path} …", file=sys.stderr)
         bundle = synthetic_bundle(n_pois=n_pois, n_users=n_users, factors=factors, seed=42, visits_per_user=3,
                                   clusters=64, version=f"bench-{n_pois}x{n_users}")

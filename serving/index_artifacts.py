@@ -14,19 +14,27 @@ version, run and bundle, every wanted index was built from exactly the bundle's 
 `faiss.read_index`, then size, dimension and metric). Anything else is refused with a log
 line saying why, and the indexes are built and uploaded again, so a stale, foreign or
 corrupt index is never served. An upload that fails is logged; the built indexes serve.
+
+Building and uploading happen only for a bundle whose files were verified against the digests
+recorded at registration (`bundle.digests`, checked by `lifecycle.model_from_registry`): the
+vectors are then the registered ones, so a rebuilt index is a faithful one. A bundle with
+unchecked files is refused here (BundleIntegrityError) and nothing is written to the registry.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import tempfile
 from pathlib import Path
 
 import faiss
+import mlflow
+from mlflow import MlflowClient
 
 from wenlv.serving.indexes import (DEFAULT_CACHE, EXACT_BELOW, TARGET_RECALL, BundleIndexes, VectorIndex,
                              build_bundle_indexes, bundle_index_inputs, index_params, vectors_sha256)
+from wenlv.training.digests import REMEDY, BundleIntegrityError, file_sha256
+from wenlv.training.tracking import resolve_tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +48,7 @@ class IndexArtifactRefused(Exception):
     """The stored indexes do not belong to (or do not faithfully index) the bundle being served."""
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+_file_sha256 = file_sha256  # one definition (training.digests); the name tests and callers use
 
 
 def _bundle_version(bundle) -> str | None:
@@ -129,17 +132,11 @@ def registry_uri(tracking_uri: str | None) -> str | None:
     """The same store the loader reads (training.tracking's default) when no URI is given."""
     if tracking_uri:
         return tracking_uri
-    try:
-        from wenlv.training.tracking import resolve_tracking_uri
-    except ModuleNotFoundError:
-        return None
     return resolve_tracking_uri(None)
 
 
 def fetch_indexes(client, run_id: str, expected: dict, bundle, tracking_uri: str | None) -> BundleIndexes | None:
     """The run's stored indexes if valid; None when the run has none. Raises IndexArtifactRefused."""
-    import mlflow
-
     if not client.list_artifacts(run_id, ARTIFACT_DIR):
         return None
     with tempfile.TemporaryDirectory(prefix="wenlv-indexes-") as tmp:
@@ -159,9 +156,13 @@ def publish_indexes(client, run_id: str, indexes: BundleIndexes, expected: dict)
 def indexes_for_version(bundle, version: str, run_id: str, *, tracking_uri: str | None = None,
                         with_users: bool = True, cache_dir: Path | None = DEFAULT_CACHE,
                         exact_below: int = EXACT_BELOW) -> BundleIndexes:
-    """The model version's indexes: its MLflow artifact when valid, else built here and uploaded."""
-    from mlflow import MlflowClient
+    """The model version's indexes: its MLflow artifact when valid, else built here and uploaded.
 
+    `bundle` must have been loaded from files verified against the version's registered digests.
+    """
+    if getattr(bundle, "digests", None) is None:
+        raise BundleIntegrityError(f"model version {version}: its bundle was not loaded from files checked against "
+                                   f"their digests, so no index is built or stored for it; {REMEDY}")
     tracking_uri = registry_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
     expected = expected_manifest(bundle, version, run_id, with_users=with_users, exact_below=exact_below)
@@ -189,7 +190,5 @@ def indexes_for_version(bundle, version: str, run_id: str, *, tracking_uri: str 
 
 def version_run_id(version: str, *, tracking_uri: str | None = None, model_name: str) -> str:
     """The MLflow run a registered model version was created from."""
-    from mlflow import MlflowClient
-
     return MlflowClient(tracking_uri=registry_uri(tracking_uri)).get_model_version(model_name, str(version)).run_id
 

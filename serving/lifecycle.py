@@ -1,75 +1,80 @@
 """Follow the registry's `champion` alias and swap the served model atomically.
 
 A background thread polls `MlflowClient.get_model_version_by_alias` (cheap) every
-`poll_s` seconds. When the alias moves it loads that version's bundle (through
-`training.registry.load_champion_bundle` when it exists, else the `bundle/` artifact of
-the version's run), builds the whole `ServingModel` (indexes included), materialises the
-version's online keys, and only then swaps the one reference in `ServingState`. Requests
-in flight keep the model they started with; a failed load leaves the old version serving.
+`poll_s` seconds. When the alias moves it loads that version's bundle through
+`training.registry.load_champion_bundle` (which refuses files that differ from the digests
+recorded at registration, and factors that are not finite), builds the whole `ServingModel`
+(indexes and cold-start tower included; a tower that does not load refuses the version),
+materialises the version's online keys, and only then swaps the one reference in
+`ServingState`. Requests in flight keep the model they started with; a refused or failed
+load leaves the old version serving and is reported by `/readyz` (`ServingState.load_error`).
+The swapped-out model releases its bundle's temporary copy.
 
 The indexes of a registered version come from (or, the first time, go to) the `indexes/`
 artifact of that version's run: see `serving.index_artifacts` and `model_from_registry`.
+Serving writes nothing else to the registry, and that only for a bundle whose files match
+the digests recorded at registration.
 """
 from __future__ import annotations
 
 import logging
-import tempfile
 import threading
 from pathlib import Path
 
+from mlflow import MlflowClient
+
+from wenlv.serving.index_artifacts import indexes_for_version, registry_uri
 from wenlv.serving.indexes import DEFAULT_CACHE, EXACT_BELOW
+from wenlv.serving.materialize import materialize
 from wenlv.serving.model import ServingModel
 from wenlv.serving.state import ServingState
+from wenlv.serving.towers import load_user_tower
+from wenlv.training import digests, registry
 from wenlv.training.bundle import ModelBundle
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "wenlv-recommender"
-ALIAS = "champion"
+MODEL_NAME = registry.MODEL_NAME
+ALIAS = registry.ALIAS
 
 
 def champion_version(tracking_uri: str | None = None, model_name: str = MODEL_NAME, alias: str = ALIAS):
     """The registered model version the alias points at (an mlflow ModelVersion)."""
-    from mlflow import MlflowClient
-
-    from wenlv.serving.index_artifacts import registry_uri
-
     return MlflowClient(tracking_uri=registry_uri(tracking_uri)).get_model_version_by_alias(model_name, alias)
 
 
-def load_champion(tracking_uri: str | None = None, model_name: str = MODEL_NAME, alias: str = ALIAS) -> tuple[ModelBundle, str]:
-    """(bundle, version) of the champion: via training.registry if present, else the run's bundle/ artifact."""
-    try:
-        from wenlv.training.registry import load_champion_bundle
-    except ModuleNotFoundError as exc:
-        if exc.name != "wenlv.training.registry":
-            raise
-        load_champion_bundle = None
-    if load_champion_bundle is not None and model_name == MODEL_NAME and alias == ALIAS:
-        bundle, version = load_champion_bundle(tracking_uri=tracking_uri)
-        return bundle, str(version)
-    import mlflow
-
-    from wenlv.serving.index_artifacts import registry_uri
-
-    tracking_uri = registry_uri(tracking_uri)
-    mv = champion_version(tracking_uri, model_name, alias)
-    dst = Path(tempfile.mkdtemp(prefix=f"wenlv-champion-v{mv.version}-"))
-    path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="bundle", dst_path=str(dst),
-                                               tracking_uri=tracking_uri)
-    return ModelBundle.load(path), str(mv.version)
+def load_champion(tracking_uri: str | None = None) -> tuple[ModelBundle, str]:
+    """(bundle, version) of the champion, its files checked against the digests recorded at registration."""
+    bundle, version = registry.load_champion_bundle(tracking_uri=registry_uri(tracking_uri))
+    return bundle, str(version)
 
 
 def model_from_registry(bundle: ModelBundle, version: str, store=None, *, tracking_uri: str | None = None,
                         model_name: str = MODEL_NAME, with_user_index: bool = True,
                         index_cache: Path | None = DEFAULT_CACHE, exact_below: int = EXACT_BELOW) -> ServingModel:
-    """A registered version's ServingModel, its indexes read from (or first written to) the version's run."""
-    from wenlv.serving.index_artifacts import indexes_for_version, version_run_id
+    """A registered version's ServingModel, its indexes read from (or first written to) the version's run.
 
-    run_id = version_run_id(version, tracking_uri=tracking_uri, model_name=model_name)
-    indexes = indexes_for_version(bundle, str(version), run_id, tracking_uri=tracking_uri, with_users=with_user_index,
-                                  cache_dir=index_cache, exact_below=exact_below)
-    return ServingModel(bundle, version, store, indexes, with_user_index=with_user_index, exact_below=exact_below)
+    The bundle must be the one registered as `version` (its verified digests.json is the one
+    recorded on the version); otherwise BundleIntegrityError, before any index is built or stored.
+    """
+    tracking_uri = registry_uri(tracking_uri)
+    mv = MlflowClient(tracking_uri=tracking_uri).get_model_version(model_name, str(version))
+    what = f"{model_name} version {version}"
+    if bundle.digests is None:
+        raise digests.BundleIntegrityError(f"{what}: the bundle was not loaded from checked files "
+                                           f"(no {digests.MANIFEST}); {digests.REMEDY}")
+    digests.check_registered(bundle.digests, mv.tags.get(digests.REGISTERED_TAG), what)
+    tower = load_user_tower(bundle.towers_dir, bundle.factors)  # a broken tower refuses the version before any index
+    indexes = indexes_for_version(bundle, str(version), mv.run_id, tracking_uri=tracking_uri,
+                                  with_users=with_user_index, cache_dir=index_cache, exact_below=exact_below)
+    return ServingModel(bundle, version, store, indexes, with_user_index=with_user_index, exact_below=exact_below,
+                        tower=tower)
+
+
+def _release(bundle) -> None:
+    release = getattr(bundle, "release", None)
+    if release is not None:
+        release()
 
 
 class ChampionFollower:
@@ -89,6 +94,13 @@ class ChampionFollower:
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
 
+    def _failed(self, version: str, exc: Exception, current) -> bool:
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.state.load_error = f"model version {version} was not loaded: {self.last_error}"
+        log.error("champion v%s could not be loaded; still serving %s: %s", version,
+                  current.version if current else None, self.last_error)
+        return False
+
     def check_once(self) -> bool:
         """Swap if the champion moved; True when a new version went live."""
         try:
@@ -102,24 +114,26 @@ class ChampionFollower:
             return False
         try:
             bundle, loaded_version = self.loader()
-            model = self.build(bundle, loaded_version)
         except Exception as exc:  # noqa: BLE001 - keep serving the old version
-            self.last_error = f"{type(exc).__name__}: {exc}"
-            log.error("champion v%s could not be loaded; still serving %s: %s", version,
-                      current.version if current else None, self.last_error)
-            return False
+            return self._failed(version, exc, current)
+        try:
+            model = self.build(bundle, loaded_version)
+        except Exception as exc:  # noqa: BLE001 - a refused or broken version never goes live
+            _release(bundle)
+            return self._failed(loaded_version, exc, current)
         if self.materialize_on_swap and self.state.store is not None:
             self._materialize(bundle, loaded_version)
-        self.state.swap(model)
-        log.info("now serving model version %s (was %s)", model.version, current.version if current else None)
+        previous = self.state.swap(model)
+        self.last_error = self.state.load_error = None
+        log.info("now serving model version %s (was %s)", model.version, previous.version if previous else None)
         if self.on_swap is not None:
-            self.on_swap(model, current)
+            self.on_swap(model, previous)
+        if previous is not None and previous is not model:
+            previous.close()  # requests still holding it use in-memory arrays only
         return True
 
     def _materialize(self, bundle, version: str) -> None:
         """Write the new version's online keys first; if the store is down, serve from the bundle anyway."""
-        from wenlv.serving.materialize import materialize
-
         raw = self.state.store.store
         try:
             if raw.materialized(version) is None:
@@ -133,11 +147,15 @@ class ChampionFollower:
 
     def start(self) -> None:
         if self._thread is None:
+            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name="champion-follower", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop polling and release the served bundle's temporary copy (the server is shutting down)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self.state.model is not None:
+            self.state.model.close()

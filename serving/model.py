@@ -2,7 +2,8 @@
 
 A `ServingModel` is immutable once built; the lifecycle builds the next one fully and
 swaps a single reference, and a request takes that reference once, so it never sees
-half of two versions. User vectors come from the online store (keys of this version),
+half of two versions. Building refuses (BundleIntegrityError) a bundle whose cold-start tower
+does not load; the bundle's files and factors were checked when it was loaded. User vectors come from the online store (keys of this version),
 else from the bundle in memory; when the store is down the bundle and popularity keep
 answering and the answer says `degraded`.
 """
@@ -19,13 +20,14 @@ import numpy as np
 from wenlv.serving.filters import Filters
 from wenlv.serving.indexes import DEFAULT_CACHE, EXACT_BELOW, BundleIndexes, build_bundle_indexes, use_configured_threads
 from wenlv.serving.online_store import ResilientStore, StoreUnavailable
-from wenlv.serving.towers import load_user_tower
+from wenlv.serving.towers import UserTower, load_user_tower
 from wenlv.training.bundle import ModelBundle
 from wenlv.training.ranking import STRATEGY_ALS, STRATEGY_POPULARITY, BundleRanker
 
 log = logging.getLogger(__name__)
 
 STRATEGY_TOWER = "cold_start_tower"  # a vector from side features (new user); als and popularity: training.ranking
+FROM_BUNDLE = object()  # ServingModel(tower=...): load the bundle's own tower (the default)
 
 
 @dataclass
@@ -55,7 +57,8 @@ class ServingModel:
 
     def __init__(self, bundle: ModelBundle, version: str, store: ResilientStore | None = None,
                  indexes: BundleIndexes | None = None, *, with_user_index: bool = True,
-                 index_cache: Path | None = DEFAULT_CACHE, exact_below: int = EXACT_BELOW):
+                 index_cache: Path | None = DEFAULT_CACHE, exact_below: int = EXACT_BELOW,
+                 tower: UserTower | None | object = FROM_BUNDLE):
         started = time.perf_counter()
         use_configured_threads()  # searches run here, one query at a time
         self.bundle, self.version, self.store = bundle, str(version), store
@@ -66,8 +69,12 @@ class ServingModel:
         norms = np.linalg.norm(self.poi_factors, axis=1, keepdims=True)
         self.poi_unit = self.poi_factors / np.maximum(norms, 1e-9)
         self.user_rows, self.user_factors = self.ranker.user_rows, self.ranker.user_factors
-        self.tower = load_user_tower(bundle.towers_dir, bundle.factors)
+        self.tower = load_user_tower(bundle.towers_dir, bundle.factors) if tower is FROM_BUNDLE else tower
         self.built_seconds = round(time.perf_counter() - started, 3)
+
+    def close(self) -> None:
+        """Release the bundle's temporary copy on disk (arrays and tower stay in memory for requests in flight)."""
+        self.bundle.release()
 
     def bundle_row(self, token: str) -> int | None:
         return self.ranker.bundle_row(token)

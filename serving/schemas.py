@@ -69,3 +69,5 @@ class Readiness(BaseModel):
     model_version: str | None
     store: str = Field(description="the online store's kind (redis, sqlite); with an admin key also its file or host")
     store_available: bool
+    load_error: str | None = Field(None, description="why the champion version last tried is not served (a refused "
+                                                     "or failed load; the version shown keeps serving)")

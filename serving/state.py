@@ -25,6 +25,7 @@ class ServingState:
         self._model = model
         self._swap_lock = threading.Lock()
         self.swaps = 0
+        self.load_error: str | None = None  # why the last version the lifecycle tried is not served (readyz)
 
     @property
     def model(self) -> ServingModel | None:

@@ -16,6 +16,7 @@ from wenlv.serving.online_store import RedisStore, ResilientStore
 from wenlv.serving.runtime import ServerThread
 from wenlv.serving.state import ServingState
 from wenlv.bench.serving_fixtures import synthetic_bundle, token_for
+from wenlv.training import registry
 from tests.support.stores import make_store
 from wenlv.bench.private_redis import PrivateRedis
 
@@ -229,7 +230,8 @@ def _register(tmp_path, bundles):
         with mlflow.start_run() as run:
             path = b.save(tmp_path / f"bundle-{b.meta['version']}")
             mlflow.log_artifacts(str(path), artifact_path="bundle")
-        mv = client.create_model_version(MODEL_NAME, f"runs:/{run.info.run_id}/bundle", run.info.run_id)
+        mv = client.create_model_version(MODEL_NAME, f"runs:/{run.info.run_id}/bundle", run.info.run_id,
+                                         tags=registry.bundle_digest_tags(client, run.info.run_id))
         versions.append((str(mv.version), run.info.run_id))
     return uri, client, versions
 

@@ -314,7 +314,7 @@ def evaluate_version(features_dir: str | Path, version: int | None = None, track
     if version is None:
         bundle, version = registry.load_champion_bundle(tracking_uri)
     else:
-        bundle = ModelBundle.load(registry.download_bundle(version, tracking_uri))
+        bundle = registry.load_version_bundle(version, tracking_uri)
     blocks = FeatureBlocks.load(features_dir)
     matrices = build_matrices(blocks)
     user_row = pd.Series(np.arange(len(bundle.users)), index=bundle.users["token"].to_numpy())

@@ -12,16 +12,25 @@ A version becomes champion only through `promote`, which runs the quality gate:
 Each run records its checks as tags `privacy_check.<name>` = passed|failed. The registered
 model's tag `champion_history` (JSON list of versions) lets `rollback` restore the
 previous champion. Serving calls `load_champion_bundle`.
+
+Integrity: `register_version` checks the run's bundle against its digests.json and records
+the manifest's digest on the version and the run (`training.digests`); `load_version_bundle`
+refuses a bundle whose files or manifest differ from what was registered. The registry is
+only ever written here, by training and the promote/rollback commands, never by serving.
 """
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wenlv.training import pyfunc_model, tracking
+import mlflow
+from mlflow.exceptions import MlflowException
+
+from wenlv.training import digests, pyfunc_model, tracking
 from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
 
@@ -72,8 +81,6 @@ def _client(tracking_uri: str | None):
 
 
 def _ensure_model(c) -> None:
-    from mlflow.exceptions import MlflowException
-
     try:
         c.get_registered_model(MODEL_NAME)
     except MlflowException:
@@ -86,9 +93,25 @@ def register_version(run_id: str, tracking_uri: str | None = None) -> int:
     c = _client(tracking_uri)
     _ensure_model(c)
     run = c.get_run(run_id)
+    integrity = bundle_digest_tags(c, run_id)  # before anything is registered: a mismatch registers nothing
     mv = c.create_model_version(MODEL_NAME, source=pyfunc_model.log_model_for_run(c, run_id), run_id=run_id,
-                                tags={"ndcg_at_10": str(run.data.metrics.get("ndcg_at_10", ""))})
+                                tags={"ndcg_at_10": str(run.data.metrics.get("ndcg_at_10", "")), **integrity})
     return int(mv.version)
+
+
+def bundle_digest_tags(c, run_id: str) -> dict[str, str]:
+    """Check the run's `bundle/` artifact against its digests.json; record the manifest's digest on the run.
+
+    Returns the tags to put on the model version. Raises BundleIntegrityError (nothing is registered)
+    when the uploaded files do not match the manifest or there is none.
+    """
+    with tempfile.TemporaryDirectory(prefix="wenlv-register-") as tmp:
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="bundle", dst_path=tmp,
+                                                    tracking_uri=c.tracking_uri)
+        manifest = digests.verify_folder(local)
+    tags = digests.registration_tags(manifest)
+    c.set_tag(run_id, digests.REGISTERED_TAG, tags[digests.REGISTERED_TAG])
+    return tags
 
 
 def run_checks(c, run_id: str) -> dict:
@@ -97,8 +120,6 @@ def run_checks(c, run_id: str) -> dict:
 
 
 def champion_version(tracking_uri: str | None = None) -> int | None:
-    from mlflow.exceptions import MlflowException
-
     c = _client(tracking_uri)
     try:
         return int(c.get_model_version_by_alias(MODEL_NAME, ALIAS).version)
@@ -164,8 +185,6 @@ def rollback(tracking_uri: str | None = None) -> int:
 
 
 def _model_version(c, version: int):
-    from mlflow.exceptions import MlflowException
-
     try:
         return c.get_model_version(MODEL_NAME, str(int(version)))
     except MlflowException as exc:
@@ -173,14 +192,40 @@ def _model_version(c, version: int):
 
 
 def download_bundle(version: int, tracking_uri: str | None = None, dst: str | Path | None = None) -> Path:
-    import mlflow
-
+    """The version's bundle files in `dst` (default: a new temporary folder, removed again if the download fails)."""
     c = _client(tracking_uri)
     mv = _model_version(c, version)
+    temporary = dst is None
     dst = Path(dst or tempfile.mkdtemp(prefix=f"wenlv-bundle-v{version}-"))
-    path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=pyfunc_model.BUNDLE_ARTIFACT,
-                                               dst_path=str(dst), tracking_uri=c.tracking_uri)
+    try:
+        path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=pyfunc_model.BUNDLE_ARTIFACT,
+                                                   dst_path=str(dst), tracking_uri=c.tracking_uri)
+    except BaseException:
+        if temporary:
+            shutil.rmtree(dst, ignore_errors=True)
+        raise
     return Path(path)
+
+
+def load_version_bundle(version: int, tracking_uri: str | None = None, dst: str | Path | None = None) -> ModelBundle:
+    """A registered version's bundle, refused (BundleIntegrityError) unless its files are the ones registered.
+
+    Without `dst` the files go to a temporary folder the bundle owns: `bundle.release()` (or
+    dropping the bundle) removes it.
+    """
+    c = _client(tracking_uri)
+    mv = _model_version(c, version)
+    owned = None if dst is not None else Path(tempfile.mkdtemp(prefix=f"wenlv-bundle-v{int(version)}-"))
+    try:
+        bundle = ModelBundle.load(download_bundle(version, tracking_uri, dst or owned))
+        digests.check_registered(bundle.digests, mv.tags.get(digests.REGISTERED_TAG), f"{MODEL_NAME} version {version}")
+    except BaseException:
+        if owned is not None:
+            shutil.rmtree(owned, ignore_errors=True)
+        raise
+    if owned is not None:
+        bundle.own_folder(owned)
+    return bundle
 
 
 def load_champion_bundle(tracking_uri: str | None = None, dst: str | Path | None = None) -> tuple[ModelBundle, int]:
@@ -189,4 +234,4 @@ def load_champion_bundle(tracking_uri: str | None = None, dst: str | Path | None
     if version is None:
         raise WenlvError(f"no {ALIAS} version of {MODEL_NAME} in {tracking.resolve_tracking_uri(tracking_uri)}; "
                          f"train one with `wenlv train`")
-    return ModelBundle.load(download_bundle(version, tracking_uri, dst)), version
+    return load_version_bundle(version, tracking_uri, dst), version

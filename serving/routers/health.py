@@ -36,8 +36,11 @@ def readyz(request: Request):
         store = state.store.describe()  # the file path or Redis host: for operators only
     else:
         store = state.store.backend
+    load_error = state.load_error
+    if load_error and (principal is None or principal.role != "admin"):
+        load_error = "a model version was refused at load (details for admin keys)"
     body = Readiness(status="ready" if model else "not_ready", model_version=model.version if model else None,
-                     store=store, store_available=store_ok)
+                     store=store, store_available=store_ok, load_error=load_error)
     return JSONResponse(body.model_dump(), status_code=200 if model else 503)
 
 
