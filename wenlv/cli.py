@@ -29,7 +29,7 @@ from wenlv.errors import WenlvError  # noqa: E402
 STAGE_CLIS = ("wenlv.db.cli", "wenlv.features.cli", "wenlv.spark_jobs.cli", "wenlv.training.cli", "wenlv.serving.cli",
               "wenlv.itinerary.cli", "wenlv.marketing.cli")
 BENCHES = ("wenlv.bench.features", "wenlv.bench.als", "wenlv.bench.serve", "wenlv.bench.itinerary", "wenlv.bench.audience",
-           "wenlv.bench.wan", "wenlv.bench.privacy", "wenlv.bench.charts")
+           "wenlv.bench.wan", "wenlv.bench.privacy", "wenlv.bench.quality", "wenlv.bench.charts")
 # Loggers that talk at INFO on a healthy run: per-request chatter, and faiss.loader, which
 # logs each CPU-specific build it probes and cannot import (ModuleNotFoundError lines).
 QUIET_LOGGERS = ("httpx", "httpcore", "py4j", "urllib3", "alembic", "faiss.loader")
