@@ -79,6 +79,7 @@ def flickr_dataset(city: str, source: Path, fraction: float = 0.2):
     items = pd.Index(np.sort(visits["poi_id"].unique()))
     train, test = _time_split(visits, fraction)
     fit, val = _time_split(train, fraction)
+    fit2, val2 = _time_split(fit, fraction)  # an earlier validation window: twice the users to choose on
 
     def window(history, future):
         users = pd.Index(np.sort(history["visitor_id"].unique()))
@@ -87,7 +88,8 @@ def flickr_dataset(city: str, source: Path, fraction: float = 0.2):
         truth.data[:] = 1.0
         return Window(matrix=m, truth=truth, exclude=None)
 
-    return Dataset(city, len(items), validation=window(fit, val), test=window(train, test))
+    return Dataset(city, len(items), validation=window(fit, val), test=window(train, test),
+                   extra_validation=(window(fit2, val2),))
 
 
 def small_dataset(seed: int = 0):

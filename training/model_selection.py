@@ -38,21 +38,33 @@ class Dataset:
     n_targets: int
     validation: Window
     test: Window
+    extra_validation: tuple[Window, ...] = ()  # earlier windows: validation metrics pool their users
+
+    @property
+    def windows(self) -> tuple[Window, ...]:
+        return (self.validation, *self.extra_validation)
 
 
 def _score(model: recommenders.Fitted, w: Window, k: int) -> dict:
     return user_metrics.per_user(lambda rows: model.scores(rows, w.matrix), w.truth, k, exclude=w.exclude)
 
 
-def _val(model, data: Dataset, k: int) -> dict:
-    v = _score(model, data.validation, k)
-    return {f"ndcg@{k}": float(v["ndcg"].mean()), f"recall@{k}": float(v["recall"].mean())}
+def _val_fitted(models: list, data: Dataset, k: int) -> dict:
+    """Validation means over the users of every window (models[i] fitted on window i)."""
+    values = [_score(m, w, k) for m, w in zip(models, data.windows)]
+    return {f"ndcg@{k}": float(np.concatenate([v["ndcg"] for v in values]).mean()),
+            f"recall@{k}": float(np.concatenate([v["recall"] for v in values]).mean())}
+
+
+def _val(build, data: Dataset, k: int) -> dict:
+    """Fit `build(matrix)` on each validation window's history and score it on that window."""
+    return _val_fitted([build(w.matrix) for w in data.windows], data, k)
 
 
 def _tune_grid(kind: str, grid: list[dict], data: Dataset, k: int) -> tuple[dict, dict]:
     best = None
     for params in grid:
-        m = _val(recommenders.build(kind, data.validation.matrix, data.n_targets, **params), data, k)
+        m = _val(lambda M: recommenders.build(kind, M, data.n_targets, **params), data, k)
         if best is None or (m[f"ndcg@{k}"], m[f"recall@{k}"]) > (best[1][f"ndcg@{k}"], best[1][f"recall@{k}"]):
             best = (params, m)
     return best
@@ -61,7 +73,7 @@ def _tune_grid(kind: str, grid: list[dict], data: Dataset, k: int) -> tuple[dict
 def _tune_optuna(kind: str, space, data: Dataset, k: int, trials: int, seed: int,
                  trial_log: tuning.TrialLog | None) -> tuple[dict, dict]:
     def objective(params):
-        m = _val(recommenders.build(kind, data.validation.matrix, data.n_targets, seed=seed, **params), data, k)
+        m = _val(lambda M: recommenders.build(kind, M, data.n_targets, seed=seed, **params), data, k)
         return {"objective": m[f"ndcg@{k}"], **{f"validation_{a}": b for a, b in m.items()}}
 
     result = tuning.search(objective, space, trials, seed=seed, trial_log=trial_log)
@@ -82,8 +94,7 @@ def tune_peers(data: Dataset, k: int = 10, als_trials: int = 20, bpr_trials: int
     def trial_log(kind):
         return tuning.TrialLog(tracking_uri, name=f"tune-{kind}-{data.name}", enabled=log_runs)
 
-    peers = {"popularity": ("popularity", {}, _val(recommenders.popularity(data.validation.matrix, data.n_targets),
-                                                   data, k))}
+    peers = {"popularity": ("popularity", {}, _val(lambda M: recommenders.popularity(M, data.n_targets), data, k))}
     for kind, key in (("cosine", "item_knn"), ("bm25", "item_knn_bm25")):
         params, m = _tune_grid("item_knn", [{"similarity": kind, "neighbours": n} for n in KNN_NEIGHBOURS], data, k)
         peers[key] = ("item_knn", params, m)
@@ -108,13 +119,13 @@ def choose_champion(data: Dataset, peers: dict, k: int = 10, seed: int = 0) -> d
     key = (lambda m: (m[f"ndcg@{k}"], m[f"recall@{k}"]))
     candidates = {name: {"components": [(name, 1.0)], "validation": m} for name, (_, _, m) in peers.items()}
     best_single = max(peers, key=lambda n: key(peers[n][2]))
-    fitted = {n: _fit(kind, params, data.validation.matrix, data.n_targets, seed)
-              for n, (kind, params, _) in peers.items()}
+    fitted = [{n: _fit(kind, params, win.matrix, data.n_targets, seed) for n, (kind, params, _) in peers.items()}
+              for win in data.windows]
     for other in peers:
         if other == best_single:
             continue
         for w in BLEND_WEIGHTS:
-            m = _val(recommenders.blend(fitted[best_single], fitted[other], w), data, k)
+            m = _val_fitted([recommenders.blend(f[best_single], f[other], w) for f in fitted], data, k)
             candidates[f"{best_single}+{other}@{w}"] = {"components": [(best_single, w), (other, 1 - w)],
                                                         "validation": m}
     name = max(candidates, key=lambda n: key(candidates[n]["validation"]))
