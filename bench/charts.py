@@ -34,6 +34,8 @@ def main(args) -> int:
 
 def kind_of(result: dict) -> str:
     """Which benchmark printed this object."""
+    if result.get("bench") == "quality":
+        return "quality"
     if "flickr" in result or "toptw" in result:
         return "itinerary"
     if result.get("benchmark") == "als" or "seconds_per_iteration" in result:
@@ -207,4 +209,32 @@ def _events(plt, result: dict):
     return fig
 
 
-_DRAW = {"itinerary": _itinerary, "als": _als, "serve": _serve, "features": _features, "events": _events}
+def _quality(plt, result: dict):
+    """NDCG@10 and recall@10 per dataset: the champion beside each peer, 95% intervals over users."""
+    data = result["datasets"]
+    names = list(data)
+    peers = list(next(iter(data.values()))["peers"]) if data else []
+    series = ["champion"] + peers
+    fig, axes = plt.subplots(2, 1, figsize=(max(9, 2.2 * len(names)), 8))
+    width = 0.8 / len(series)
+    for ax, metric in zip(axes, ("ndcg@10", "recall@10")):
+        for i, s in enumerate(series):
+            rows = [data[n]["champion"] if s == "champion" else data[n]["peers"][s] for n in names]
+            vals = [r[metric] for r in rows]
+            err = [[v - r["ci95"][metric][0] for v, r in zip(vals, rows)],
+                   [r["ci95"][metric][1] - v for v, r in zip(vals, rows)]]
+            xs = [g + i * width - 0.4 + width / 2 for g in range(len(names))]
+            bars = ax.bar(xs, vals, width, yerr=err, capsize=2, label=s, color="black" if s == "champion" else None)
+            if s == "champion":
+                ax.bar_label(bars, labels=[data[n]["champion"]["model"].replace("@", "\n@") for n in names],
+                             fontsize=6, padding=8)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylabel(metric)
+        ax.set_title(f"{metric}: champion (chosen on validation) vs tuned peers, 95% intervals over users")
+        ax.legend(fontsize=7, ncol=4, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+_DRAW = {"itinerary": _itinerary, "als": _als, "serve": _serve, "features": _features, "events": _events,
+         "quality": _quality}

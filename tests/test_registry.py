@@ -12,23 +12,50 @@ from wenlv.errors import WenlvError
 from wenlv.settings import reset_settings
 
 PASSED = {"federated_matches_central": True, "artifacts_clean": True}
+VAL = {"validation_ndcg@10": 0.20, "validation_popularity_ndcg@10": 0.10}  # beats popularity on validation
+
+
+def _m(ndcg: float, **extra) -> dict:
+    return {"ndcg@10": ndcg, **VAL, **extra}
 
 
 # ---------------------------------------------------------------- the gate as a pure decision
 def test_gate_accepts_first_model_and_equal_or_slightly_worse():
-    assert registry.quality_gate({"ndcg@10": 0.30}, PASSED, None).passed
-    assert registry.quality_gate({"ndcg@10": 0.295}, PASSED, {"ndcg@10": 0.30}, tolerance=0.01).passed
+    assert registry.quality_gate(_m(0.30), PASSED, None).passed
+    assert registry.quality_gate(_m(0.295), PASSED, {"ndcg@10": 0.30}, tolerance=0.01).passed
 
 
 def test_gate_refuses_worse_beyond_tolerance():
-    d = registry.quality_gate({"ndcg@10": 0.25}, PASSED, {"ndcg@10": 0.30}, tolerance=0.01)
+    d = registry.quality_gate(_m(0.25), PASSED, {"ndcg@10": 0.30}, tolerance=0.01)
     assert not d.passed and "worse than the champion" in d.reasons[0]
+    assert d.quality.checks == {"beats_popularity_on_validation": True, "within_tolerance_of_champion": False}
+
+
+def test_gate_tolerance_is_a_setting(monkeypatch):
+    monkeypatch.setenv("WENLV_GATE_TOLERANCE", "0.1")
+    reset_settings()
+    try:
+        assert registry.quality_gate(_m(0.25), PASSED, {"ndcg@10": 0.30}).passed
+    finally:
+        monkeypatch.delenv("WENLV_GATE_TOLERANCE")
+        reset_settings()
+    assert not registry.quality_gate(_m(0.25), PASSED, {"ndcg@10": 0.30}).passed
+
+
+def test_gate_refuses_a_version_that_loses_to_popularity_on_validation():
+    lose = {"ndcg@10": 0.9, "validation_ndcg@10": 0.10, "validation_popularity_ndcg@10": 0.12}
+    d = registry.quality_gate(lose, PASSED, None)
+    assert not d.passed and "does not beat popularity" in d.reasons[0]
+    tie = {**lose, "validation_ndcg@10": 0.12}
+    assert not registry.quality_gate(tie, PASSED, None).passed
+    d = registry.quality_gate({"ndcg@10": 0.9}, PASSED, None)  # no validation metrics: cannot show it
+    assert not d.passed and "no validation metrics" in d.reasons[0]
 
 
 def test_gate_refuses_failed_or_missing_privacy_check():
-    d = registry.quality_gate({"ndcg@10": 0.9}, {**PASSED, "federated_matches_central": False}, {"ndcg@10": 0.3})
+    d = registry.quality_gate(_m(0.9), {**PASSED, "federated_matches_central": False}, {"ndcg@10": 0.3})
     assert not d.passed and d.reasons == ["privacy check federated_matches_central failed"]
-    d = registry.quality_gate({"ndcg@10": 0.9}, {"federated_matches_central": True}, None)
+    d = registry.quality_gate(_m(0.9), {"federated_matches_central": True}, None)
     assert not d.passed and "artifacts_clean missing" in d.reasons[0]
     assert not registry.quality_gate({}, PASSED, None).passed
 
@@ -48,9 +75,9 @@ def _bundle(tmp_path, tag: str) -> ModelBundle:
         meta={"tag": tag})
 
 
-def _version(tmp_path, uri, tag, ndcg, checks=PASSED) -> int:
+def _version(tmp_path, uri, tag, ndcg, checks=PASSED, validation=VAL) -> int:
     folder = _bundle(tmp_path, tag).save(tmp_path / tag / "bundle")
-    logged = tracking.log_run(params={"tag": tag}, metrics={"ndcg@10": ndcg}, artifacts={"bundle": folder},
+    logged = tracking.log_run(params={"tag": tag}, metrics={"ndcg@10": ndcg, **validation}, artifacts={"bundle": folder},
                               tags={f"{registry.CHECK_PREFIX}{k}": "passed" if v else "failed"
                                     for k, v in checks.items()}, tracking_uri=uri)
     return registry.register_version(logged["run_id"], uri)
@@ -77,6 +104,18 @@ def test_champion_follows_promote_and_rollback(store, tmp_path):
     assert not decision.passed and registry.champion_version(uri) == v2
     leaky = _version(tmp_path, uri, "leaky", 0.50, {**PASSED, "artifacts_clean": False})
     assert not registry.promote(leaky, uri).passed and registry.champion_version(uri) == v2
+    loser = _version(tmp_path, uri, "loses-to-popularity", 0.50,
+                     validation={"validation_ndcg@10": 0.05, "validation_popularity_ndcg@10": 0.08})
+    assert not registry.promote(loser, uri).passed and registry.champion_version(uri) == v2
+    c = tracking.client(uri)
+    tags = c.get_model_version(registry.MODEL_NAME, str(loser)).tags
+    assert tags["gate.beats_popularity_on_validation"] == "failed"
+    assert tags["gate.within_tolerance_of_champion"] == "passed"
+    assert float(tags["gate.validation_popularity_ndcg_at_10"]) == pytest.approx(0.08)
+    run_metrics = c.get_run(c.get_model_version(registry.MODEL_NAME, str(loser)).run_id).data.metrics
+    assert run_metrics["gate_beats_popularity_on_validation"] == 0.0
+    assert run_metrics["gate_margin_vs_popularity"] == pytest.approx(-0.03)
+    assert c.get_model_version(registry.MODEL_NAME, str(worse)).tags["gate.within_tolerance_of_champion"] == "failed"
 
     bundle, version = registry.load_champion_bundle(uri, tmp_path / "dl")
     assert version == v2 and bundle.meta["tag"] == "better" and bundle.factors == 4

@@ -31,6 +31,14 @@ def register(sub) -> None:
     t.add_argument("--factors", type=int, default=16, help="latent factors per user and POI")
     t.add_argument("--iterations", type=int, default=10, help="ALS iterations")
     t.add_argument("--regularization", type=float, default=1.0, help="ALS L2 regularisation")
+    t.add_argument("--alpha", type=float, default=1.0, help="confidence scale: each party's block is alpha * weighting(block)")
+    t.add_argument("--weighting", choices=("none", "log", "bm25", "tfidf"), default="none",
+                   help="confidence weighting each party applies to its own block before the fit")
+    t.add_argument("--tune", type=int, default=0, metavar="N",
+                   help="search N trials (Optuna) over factors, regularisation, alpha, weighting, iterations and the "
+                        "towers' settings through the run's own fit, on a validation window cut from the training "
+                        "window; each trial is a nested MLflow run; the best trial's settings are trained and registered")
+    t.add_argument("--tune-minutes", type=float, default=None, help="time budget of the search (stops after N trials or this)")
     t.add_argument("--seed", type=int, default=0, help="random seed of the factor initialisation and splits")
     t.add_argument("--data", type=Path, default=None, help="raw data folder, for POI names/places/hours in the bundle")
     t.add_argument("--tower-epochs", type=int, default=30, help="training epochs of the cold-start towers")
@@ -74,11 +82,15 @@ def register(sub) -> None:
     fl.add_argument("--city", required=True, help="Toro, Osak, Glas, Edin or Melb")
     fl.add_argument("--source", type=Path, default=Path("../shared/data/flickr"), help="folder holding visits/ and pois/")
     fl.add_argument("--test-fraction", type=float, default=0.2, help="latest share of each visitor's visits held out")
+    fl.add_argument("--trials", type=int, default=0,
+                    help="Optuna trials over the central ALS fit (factors, regularisation, alpha, weighting, "
+                         "iterations) on a validation window cut from the training window; 0: the fixed grid")
+    fl.add_argument("--tracking-uri", default=None, help=TRACKING_HELP + "; the search's parent and trial runs go there")
     fl.set_defaults(func=_evaluate_flickr)
 
     p = sub.add_parser("promote", help="make a version champion if it passes the quality gate")
     p.add_argument("--version", type=int, required=True, help="registered model version to promote")
-    p.add_argument("--tolerance", type=float, default=None, help="allowed NDCG@10 drop vs the champion")
+    p.add_argument("--tolerance", type=float, default=None, help="allowed NDCG@10 drop vs the champion (default: WENLV_GATE_TOLERANCE)")
     p.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
     p.set_defaults(func=_promote)
 
@@ -94,6 +106,7 @@ def _train(args) -> int:
 
     config = TrainConfig(mode=args.mode, parties=args.parties, factors=args.factors, iterations=args.iterations,
                          regularization=args.regularization, seed=args.seed, tower_epochs=args.tower_epochs,
+                         alpha=args.alpha, weighting=args.weighting, tune=args.tune, tune_minutes=args.tune_minutes,
                          tower_noise_multiplier=args.dp_noise, tower_grad_noise_multiplier=args.dp_grad_noise,
                          towers=not args.no_towers,
                          shapley=not args.no_shapley, promote=not args.no_promote)
@@ -175,8 +188,11 @@ def _evaluate(args) -> int:
 
 def _evaluate_flickr(args) -> int:
     from wenlv.training.flickr_eval import evaluate_city
+    from wenlv.training.tuning import TrialLog
 
-    print(json.dumps(evaluate_city(args.city, args.source, test_fraction=args.test_fraction), default=str))
+    trial_log = TrialLog(args.tracking_uri, name=f"tune-flickr-{args.city}") if args.trials else None
+    print(json.dumps(evaluate_city(args.city, args.source, test_fraction=args.test_fraction, trials=args.trials,
+                                   trial_log=trial_log), default=str))
     return 0
 
 

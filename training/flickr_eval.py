@@ -17,6 +17,7 @@ import pandas as pd
 from scipy.sparse import csr_matrix
 
 from wenlv.training import evaluation as ev
+from wenlv.training import recommenders, tuning
 from wenlv.errors import WenlvError
 
 
@@ -30,8 +31,18 @@ def _split(visits: pd.DataFrame, test_fraction: float):
     return pairs[arrived < split], pairs[arrived >= split], split
 
 
+def count_matrix(pairs: pd.DataFrame, users: np.ndarray, items: np.ndarray) -> csr_matrix:
+    """users × items visit counts of `pairs` (user, item); pairs outside `users`/`items` are left out."""
+    row = pd.Series(np.arange(len(users)), index=users)
+    col = pd.Series(np.arange(len(items)), index=items)
+    pairs = pairs[pairs["user"].isin(row.index) & pairs["item"].isin(col.index)]
+    counts = pairs.groupby(["user", "item"]).size().rename("n").reset_index()
+    return csr_matrix((counts["n"].to_numpy(np.float32), (row[counts["user"]].to_numpy(), col[counts["item"]].to_numpy())),
+                      shape=(len(users), len(items)), dtype=np.float32)
+
+
 def _fit_and_score(train: pd.DataFrame, test: pd.DataFrame, items: np.ndarray, factors: int, alpha: float,
-                   regularization: float, iterations: int, k: int, seed: int) -> dict:
+                   regularization: float, iterations: int, k: int, seed: int, weighting: str | None = None) -> dict:
     from implicit.cpu.als import AlternatingLeastSquares
 
     users = np.sort(train["user"].unique())
@@ -39,11 +50,11 @@ def _fit_and_score(train: pd.DataFrame, test: pd.DataFrame, items: np.ndarray, f
     if test.empty:
         raise WenlvError("no visitor appears in both the training and the test window")
     row = pd.Series(np.arange(len(users)), index=users)
-    col = pd.Series(np.arange(len(items)), index=items)
-    counts = train.groupby(["user", "item"]).size().rename("n").reset_index()
-    matrix = csr_matrix((1.0 + alpha * np.log1p(counts["n"].to_numpy(np.float32)),
-                         (row[counts["user"]].to_numpy(), col[counts["item"]].to_numpy())),
-                        shape=(len(users), len(items)), dtype=np.float32)
+    matrix = count_matrix(train, users, items)
+    if weighting is None:  # the fixed grid's confidence, 1 + alpha·log(1 + visits)
+        matrix.data = (1.0 + alpha * np.log1p(matrix.data)).astype(np.float32)
+    else:
+        matrix = recommenders.weight(matrix, weighting, alpha)
     model = AlternatingLeastSquares(factors=factors, regularization=regularization, iterations=iterations,
                                     random_state=seed, num_threads=1)
     model.fit(matrix, show_progress=False)
@@ -63,12 +74,40 @@ def _fit_and_score(train: pd.DataFrame, test: pd.DataFrame, items: np.ndarray, f
     return out
 
 
+def tune_central(train_visits: pd.DataFrame, trials: int, *, validation_fraction: float = 0.2, k: int = 10,
+                 seed: int = 0, trial_log: tuning.TrialLog | None = None,
+                 timeout_s: float | None = None) -> tuning.SearchResult:
+    """Optuna over the central ALS (training.recommenders.als) on the training window only.
+
+    train_visits: visitor_id, poi_id, arrived_at of the *training* window — the function is
+    never given the test window. Its last `validation_fraction` of time is the validation window.
+    """
+    fit_part, validation, _ = _split(train_visits, validation_fraction)
+    items = np.sort(train_visits["poi_id"].unique())
+    users = np.sort(fit_part["user"].unique())
+    matrix = count_matrix(fit_part, users, items)
+    truth = count_matrix(validation.drop_duplicates(), users, items)
+    if truth.nnz == 0:
+        raise WenlvError("no visitor appears in both the fitting part and the validation window")
+
+    def objective(params):
+        model = recommenders.als(matrix, len(items), seed=seed, **params)
+        out = tuning.validation_metrics(lambda rows: model.scores(rows, matrix), matrix, truth, k)
+        out["objective"] = out[f"validation_ndcg@{k}"]
+        return out
+
+    return tuning.search(objective, tuning.als_space, trials, timeout_s=timeout_s, seed=seed, trial_log=trial_log)
+
+
 def temporal_split_eval(visits: pd.DataFrame, test_fraction: float = 0.2, iterations: int = 15, k: int = 10,
-                        seed: int = 0, grid: dict | None = None) -> dict:
+                        seed: int = 0, grid: dict | None = None, trials: int = 0,
+                        trial_log: tuning.TrialLog | None = None) -> dict:
     """visits: visitor_id, poi_id, arrived_at. ALS vs popularity on the last `test_fraction` of time.
 
     Hyper-parameters are chosen on a validation split *inside* the training window (its
     last `test_fraction`), by NDCG@k; the test window is touched once, by the chosen model.
+    With `trials` > 0 an Optuna search (training.tuning; each trial a nested MLflow run of
+    `trial_log`) replaces the fixed grid.
     """
     missing = {"visitor_id", "poi_id", "arrived_at"} - set(visits.columns)
     if missing:
@@ -78,6 +117,14 @@ def temporal_split_eval(visits: pd.DataFrame, test_fraction: float = 0.2, iterat
     items = np.sort(visits["poi_id"].unique())
     train, test, split = _split(visits, test_fraction)
     inner = visits.loc[pd.to_datetime(visits["arrived_at"]) < split]
+    if trials:
+        search = tune_central(inner, trials, validation_fraction=test_fraction, k=k, seed=seed, trial_log=trial_log)
+        best = dict(search.best_params)
+        out = {"split_at": str(split), "train_visits": len(train), "test_visits": len(test), "pois": len(items),
+               "chosen": best, "trials": len(search.trials), "parent_run_id": search.parent_run_id,
+               f"validation_ndcg@{k}": search.best_metrics[f"validation_ndcg@{k}"]}
+        out.update(_fit_and_score(train, test, items, k=k, seed=seed, **best))
+        return out
     fit_part, validation, _ = _split(inner, test_fraction)
     grid = grid or GRID
     best, best_score = None, -1.0

@@ -15,7 +15,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,7 +24,7 @@ import pandas as pd
 
 from wenlv.features import contracts
 from wenlv.privacy import leak_scan, secure_agg
-from wenlv.training import curves, evaluation, evaluation_run, factors, registry, tracking
+from wenlv.training import curves, evaluation, evaluation_run, factors, recommenders, registry, tracking, tuning
 from wenlv.training.blocks import FeatureBlocks, Matrices, build_matrices
 from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
@@ -48,8 +48,15 @@ class TrainConfig:
     tower_epochs: int = 30
     tower_noise_multiplier: float = 0.0
     tower_grad_noise_multiplier: float = 0.0
+    tower_lr: float = 0.01
+    tower_hidden: int = 32
+    weighting: str = "none"   # confidence scaling each party applies to its own block (training.recommenders)
+    alpha: float = 1.0
+    validation_fraction: float = 0.2  # most recent share of the training pairs: the validation window
+    tune: int = 0                     # trials of the hyperparameter search (0: use the settings as given)
+    tune_minutes: float | None = None  # time budget of the search
     shapley: bool = True
-    gate_tolerance: float = registry.DEFAULT_TOLERANCE
+    gate_tolerance: float | None = None  # None: WENLV_GATE_TOLERANCE
     promote: bool = True
     progress: bool = True  # tqdm bars on stderr
 
@@ -64,12 +71,21 @@ class TrainConfig:
             raise WenlvError("--parties must include tourism (the coordinator owns the POIs)")
         if self.factors < 1 or self.iterations < 1:
             raise WenlvError("--factors and --iterations must be at least 1")
+        if self.weighting not in recommenders.WEIGHTINGS:
+            raise WenlvError(f"--weighting must be one of {recommenders.WEIGHTINGS}, got {self.weighting!r}")
+        if self.alpha <= 0:
+            raise WenlvError(f"--alpha must be positive, got {self.alpha}")
+        if self.tune < 0 or (self.tune_minutes is not None and self.tune_minutes <= 0):
+            raise WenlvError("--tune must be at least 0 and --tune-minutes positive")
+        if not 0 < self.validation_fraction < 1:
+            raise WenlvError(f"validation fraction must be between 0 and 1, got {self.validation_fraction}")
 
 
 # ---------------------------------------------------------------- steps
 def fit_and_evaluate(blocks: FeatureBlocks, matrices: Matrices, config: TrainConfig, parties=None, curve=None):
     """ALS on `parties` (default: the config's), then metrics on the temporal split; `curve` sees each iteration."""
-    model = factors.fit(matrices, parties or config.parties, mode=config.mode, factors=config.factors,
+    model = factors.fit(tuning.weighted(matrices, config.weighting, config.alpha), parties or config.parties,
+                        mode=config.mode, factors=config.factors,
                         iterations=config.iterations, regularization=config.regularization, seed=config.seed,
                         fixed_point_bits=config.fixed_point_bits, progress=config.progress, on_iteration=curve)
     metrics = evaluation.evaluate_scores(blocks, matrices, model.user_factors @ model.poi_factors.T, k=config.k)
@@ -96,7 +112,8 @@ def train_cold_start_towers(blocks, matrices, model, config: TrainConfig, out_di
     known = ~matrices.is_prospect
     targets = (matrices.blocks["tourism"][known] > 0).astype(np.float32)
     result = towers.train_towers({p: f[known].reset_index(drop=True) for p, f in frames.items()}, targets,
-                                 model.poi_factors, epochs=config.tower_epochs,
+                                 model.poi_factors, epochs=config.tower_epochs, lr=config.tower_lr,
+                                 hidden=config.tower_hidden,
                                  noise_multiplier=config.tower_noise_multiplier, seed=config.seed,
                                  grad_noise_multiplier=config.tower_grad_noise_multiplier,
                                  frac_bits=config.fixed_point_bits, progress=config.progress)
@@ -237,8 +254,19 @@ def train(features_dir: str | Path, config: TrainConfig | None = None, *, tracki
     log.info("training %s ALS on %s: %d users, %s items", config.mode, ", ".join(config.parties),
              len(matrices.tokens), {p: matrices.blocks[p].shape[1] for p in config.parties})
 
+    search = None
+    if config.tune:
+        search = tuning.tune_blocks(blocks, matrices, config, config.tune, tracking_uri=tracking_uri,
+                                    timeout_s=None if config.tune_minutes is None else 60 * config.tune_minutes)
+        config = replace(config, **search.best_params)
+        validation = {k: v for k, v in search.best_metrics.items() if k != "trial_seconds"}
+        log.info("search: best of %d trials is trial %d (objective %.4f): %s", len(search.trials),
+                 search.best_trial, validation["objective"], search.best_params)
+    else:
+        validation = tuning.evaluate_on_validation(blocks, matrices, config)
     als_curve = curves.AlsCurve(blocks, matrices, config.regularization, config.k)
     model, metrics = fit_and_evaluate(blocks, matrices, config, curve=als_curve)
+    metrics.update({f"{k}" if k.startswith("validation") else f"validation_{k}": v for k, v in validation.items()})
     fed_ok, fed_metrics = federated_check(model, config)
     metrics.update(fed_metrics)
 
@@ -288,7 +316,11 @@ def train(features_dir: str | Path, config: TrainConfig | None = None, *, tracki
         (card_dir / "model_card.md").write_text(card)
 
     tags = {f"{registry.CHECK_PREFIX}{k}": "passed" if v else "failed" for k, v in checks.items()}
-    tags.update({"wenlv.mode": config.mode, "wenlv.parties": ",".join(config.parties)})
+    tags.update({"wenlv.mode": config.mode, "wenlv.parties": ",".join(config.parties), tuning.ROLE_TAG: "model"})
+    if search is not None:
+        tags.update({tuning.PARENT_TAG: search.parent_run_id, tuning.BEST_TRIAL_TAG: search.best_run_id,
+                     "wenlv.best_trial": search.best_trial})
+        params.update({"tune_trials": len(search.trials), "tune_parent_run_id": search.parent_run_id})
     metrics["train_seconds"] = time.perf_counter() - started
     logged = tracking.log_run(params=params, metrics=metrics, tags=tags,
                               artifacts={"bundle": bundle_dir, "": card_dir},
@@ -303,6 +335,9 @@ def train(features_dir: str | Path, config: TrainConfig | None = None, *, tracki
             "checks": checks, "privacy_findings": findings, "shapley": shapley,
             "promoted": bool(decision and decision.passed),
             "gate": decision.as_dict() if decision else None,
+            "tuning": None if search is None else {"parent_run_id": search.parent_run_id, "trials": len(search.trials),
+                                                   "best_trial": search.best_trial, "best_params": search.best_params,
+                                                   "best_run_id": search.best_run_id},
             "champion_version": registry.champion_version(logged["tracking_uri"])}
 
 

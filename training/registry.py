@@ -2,8 +2,10 @@
 
 A version becomes champion only through `promote`, which runs the quality gate:
 
-* quality — the candidate's gate metric (NDCG@10 on the temporal split) is not worse than
-  the current champion's by more than `tolerance` (absolute);
+* quality (training.gate) — the candidate beats popularity on its validation window, and
+  its gate metric (NDCG@10 on the temporal split) is not worse than the current
+  champion's by more than `tolerance` (absolute; `WENLV_GATE_TOLERANCE`); both checks are
+  recorded on the version (tags `gate.*`) and its run (metrics `gate_*`);
 * privacy — every privacy check recorded on the candidate's run passed: federated ALS
   matched the centralised fit within tolerance (so a `--mode central` run, which pools
   the raw blocks, never becomes champion), and the published artifacts were scanned
@@ -30,7 +32,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from wenlv.training import digests, pyfunc_model, tracking
+from wenlv.training import digests, gate, pyfunc_model, tracking
 from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
 
@@ -39,7 +41,7 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "wenlv-recommender"
 ALIAS = "champion"
 GATE_METRIC = "ndcg@10"
-DEFAULT_TOLERANCE = 0.01
+DEFAULT_TOLERANCE = 0.01  # the default of WENLV_GATE_TOLERANCE (training.gate.default_tolerance)
 CHECK_PREFIX = "privacy_check."
 REQUIRED_CHECKS = ("federated_matches_central", "artifacts_clean")
 
@@ -50,14 +52,17 @@ class GateDecision:
     reasons: list[str] = field(default_factory=list)
     candidate: float | None = None
     champion: float | None = None
+    quality: gate.QualityChecks | None = None
 
     def as_dict(self) -> dict:
-        return {"passed": self.passed, "reasons": self.reasons, "candidate": self.candidate, "champion": self.champion}
+        return {"passed": self.passed, "reasons": self.reasons, "candidate": self.candidate, "champion": self.champion,
+                "quality_checks": None if self.quality is None else self.quality.checks}
 
 
 def quality_gate(candidate_metrics: dict, checks: dict, champion_metrics: dict | None,
-                 tolerance: float = DEFAULT_TOLERANCE, metric: str = GATE_METRIC) -> GateDecision:
+                 tolerance: float | None = None, metric: str = GATE_METRIC) -> GateDecision:
     """Pure decision: may a candidate with these metrics and privacy checks replace the champion?"""
+    tolerance = gate.default_tolerance() if tolerance is None else tolerance
     reasons = []
     for name in REQUIRED_CHECKS:
         if checks.get(name) is not True:
@@ -66,13 +71,10 @@ def quality_gate(candidate_metrics: dict, checks: dict, champion_metrics: dict |
     for name, ok in checks.items():
         if name not in REQUIRED_CHECKS and ok is not True:
             reasons.append(f"privacy check {name} failed")
-    cand = candidate_metrics.get(metric)
-    champ = None if champion_metrics is None else champion_metrics.get(metric)
-    if cand is None:
-        reasons.append(f"candidate has no {metric}")
-    elif champ is not None and cand < champ - tolerance:
-        reasons.append(f"{metric} {cand:.4f} is worse than the champion's {champ:.4f} by more than {tolerance}")
-    return GateDecision(passed=not reasons, reasons=reasons, candidate=cand, champion=champ)
+    quality = gate.quality_checks(candidate_metrics, champion_metrics, tolerance, metric)
+    reasons += quality.reasons
+    return GateDecision(passed=not reasons, reasons=reasons, candidate=candidate_metrics.get(metric),
+                        champion=None if champion_metrics is None else champion_metrics.get(metric), quality=quality)
 
 
 # ---------------------------------------------------------------- registry operations
@@ -137,7 +139,7 @@ def _set_champion(c, version: int, history: list[int]) -> None:
     c.set_registered_model_tag(MODEL_NAME, "champion_history", json.dumps(history))
 
 
-def gate_version(version: int, tracking_uri: str | None = None, tolerance: float = DEFAULT_TOLERANCE) -> GateDecision:
+def gate_version(version: int, tracking_uri: str | None = None, tolerance: float | None = None) -> GateDecision:
     c = _client(tracking_uri)
     mv = _model_version(c, version)
     candidate = tracking.run_metrics(c, mv.run_id)
@@ -148,10 +150,11 @@ def gate_version(version: int, tracking_uri: str | None = None, tolerance: float
     return quality_gate(candidate, run_checks(c, mv.run_id), champion, tolerance)
 
 
-def promote(version: int, tracking_uri: str | None = None, tolerance: float = DEFAULT_TOLERANCE) -> GateDecision:
+def promote(version: int, tracking_uri: str | None = None, tolerance: float | None = None) -> GateDecision:
     """Make `version` champion if it passes the quality gate; the decision is recorded on the version."""
     c = _client(tracking_uri)
     decision = gate_version(version, tracking_uri, tolerance)
+    gate.record(c, MODEL_NAME, int(version), _model_version(c, version).run_id, decision.quality)
     c.set_model_version_tag(MODEL_NAME, str(version), "quality_gate", "passed" if decision.passed else "refused")
     if decision.reasons:
         c.set_model_version_tag(MODEL_NAME, str(version), "quality_gate_reasons", "; ".join(decision.reasons)[:5000])

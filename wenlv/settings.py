@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(None, alias="MLFLOW_TRACKING_URI",
                                             description="MLflow store; unset: sqlite:///mlflow/mlflow.db in the "
                                                         "checkout (the demo: its workdir)")
+    gate_tolerance: float = Field(0.01, ge=0, alias="WENLV_GATE_TOLERANCE",
+                                  description="quality gate: how far (absolute NDCG@10) a new version may fall below "
+                                              "the champion and still be promoted")
     # Online store and serving
     redis_url: str | None = Field(None, alias="REDIS_URL", description="online store; unset: SQLite")
     online_sqlite: Path = Field(HOME / ".wenlv" / "online_store.sqlite", alias="WENLV_ONLINE_SQLITE",

@@ -1,0 +1,162 @@
+"""Tuned peers on one dataset, and a champion chosen on the validation window only.
+
+A `Dataset` holds two fits of the same data: *validation* (the training window minus its
+most recent part → that part) and *test* (the whole training window → the test window).
+Every peer is tuned on validation; the champion is the candidate — a tuned peer or a blend
+of the best one with another — with the best validation NDCG@k (recall@k breaks ties).
+Only then is each chosen model refitted on the whole training window and scored once on
+the test window, with per-user 95% intervals and paired differences against each peer.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from wenlv.training import recommenders, tuning, user_metrics
+
+log = logging.getLogger(__name__)
+
+BLEND_WEIGHTS = (0.3, 0.5, 0.7)
+KNN_NEIGHBOURS = (5, 10, 20, 50, 100)
+EASE_LAMBDAS = (1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
+
+
+@dataclass
+class Window:
+    matrix: sp.csr_matrix           # users × [targets | side items] fitted on
+    truth: sp.csr_matrix            # users × targets, what the model must find
+    exclude: sp.csr_matrix | None   # users × targets removed from rankings (None: every target ranked)
+
+
+@dataclass
+class Dataset:
+    name: str
+    n_targets: int
+    validation: Window
+    test: Window
+    extra_validation: tuple[Window, ...] = ()  # earlier windows: validation metrics pool their users
+
+    @property
+    def windows(self) -> tuple[Window, ...]:
+        return (self.validation, *self.extra_validation)
+
+
+def _score(model: recommenders.Fitted, w: Window, k: int) -> dict:
+    return user_metrics.per_user(lambda rows: model.scores(rows, w.matrix), w.truth, k, exclude=w.exclude)
+
+
+def _val_fitted(models: list, data: Dataset, k: int) -> dict:
+    """Validation means over the users of every window (models[i] fitted on window i)."""
+    values = [_score(m, w, k) for m, w in zip(models, data.windows)]
+    return {f"ndcg@{k}": float(np.concatenate([v["ndcg"] for v in values]).mean()),
+            f"recall@{k}": float(np.concatenate([v["recall"] for v in values]).mean())}
+
+
+def _val(build, data: Dataset, k: int) -> dict:
+    """Fit `build(matrix)` on each validation window's history and score it on that window."""
+    return _val_fitted([build(w.matrix) for w in data.windows], data, k)
+
+
+def _tune_grid(kind: str, grid: list[dict], data: Dataset, k: int) -> tuple[dict, dict]:
+    best = None
+    for params in grid:
+        m = _val(lambda M: recommenders.build(kind, M, data.n_targets, **params), data, k)
+        if best is None or (m[f"ndcg@{k}"], m[f"recall@{k}"]) > (best[1][f"ndcg@{k}"], best[1][f"recall@{k}"]):
+            best = (params, m)
+    return best
+
+
+def _tune_optuna(kind: str, space, data: Dataset, k: int, trials: int, seed: int,
+                 trial_log: tuning.TrialLog | None) -> tuple[dict, dict]:
+    def objective(params):
+        m = _val(lambda M: recommenders.build(kind, M, data.n_targets, seed=seed, **params), data, k)
+        return {"objective": m[f"ndcg@{k}"], **{f"validation_{a}": b for a, b in m.items()}}
+
+    result = tuning.search(objective, space, trials, seed=seed, trial_log=trial_log)
+    return result.best_params, {f"ndcg@{k}": result.best_metrics["validation_ndcg@" + str(k)],
+                                f"recall@{k}": result.best_metrics["validation_recall@" + str(k)]}
+
+
+def bpr_space(trial) -> dict:
+    return {"factors": trial.suggest_categorical("factors", [16, 32, 64, 128]),
+            "learning_rate": trial.suggest_float("learning_rate", 1e-3, 0.1, log=True),
+            "regularization": trial.suggest_float("regularization", 1e-4, 0.1, log=True),
+            "iterations": trial.suggest_int("iterations", 20, 200)}
+
+
+def tune_peers(data: Dataset, k: int = 10, als_trials: int = 20, bpr_trials: int = 8, seed: int = 0,
+               tracking_uri: str | None = None, log_runs: bool = False) -> dict:
+    """{peer: (kind, params, validation metrics)} — every peer tuned on the validation window."""
+    def trial_log(kind):
+        return tuning.TrialLog(tracking_uri, name=f"tune-{kind}-{data.name}", enabled=log_runs)
+
+    peers = {"popularity": ("popularity", {}, _val(lambda M: recommenders.popularity(M, data.n_targets), data, k))}
+    for kind, key in (("cosine", "item_knn"), ("bm25", "item_knn_bm25")):
+        params, m = _tune_grid("item_knn", [{"similarity": kind, "neighbours": n} for n in KNN_NEIGHBOURS], data, k)
+        peers[key] = ("item_knn", params, m)
+    params, m = _tune_grid("ease", [{"lam": lam} for lam in EASE_LAMBDAS], data, k)
+    peers["ease"] = ("ease", params, m)
+    params, m = _tune_optuna("bpr", bpr_space, data, k, bpr_trials, seed, trial_log("bpr"))
+    peers["bpr"] = ("bpr", params, m)
+    params, m = _tune_optuna("als", tuning.als_space, data, k, als_trials, seed, trial_log("als"))
+    peers["als"] = ("als", params, m)
+    for name, (_, params, m) in peers.items():
+        log.info("%s %s: validation %s %s", data.name, name, {a: round(b, 4) for a, b in m.items()}, params)
+    return peers
+
+
+def _fit(kind: str, params: dict, matrix, n_targets: int, seed: int):
+    extra = {"seed": seed} if kind in ("als", "bpr") else {}
+    return recommenders.build(kind, matrix, n_targets, **extra, **params)
+
+
+def choose_champion(data: Dataset, peers: dict, k: int = 10, seed: int = 0) -> dict:
+    """The best candidate on validation: each peer, and the best peer blended with each other one."""
+    key = (lambda m: (m[f"ndcg@{k}"], m[f"recall@{k}"]))
+    candidates = {name: {"components": [(name, 1.0)], "validation": m} for name, (_, _, m) in peers.items()}
+    best_single = max(peers, key=lambda n: key(peers[n][2]))
+    fitted = [{n: _fit(kind, params, win.matrix, data.n_targets, seed) for n, (kind, params, _) in peers.items()}
+              for win in data.windows]
+    for other in peers:
+        if other == best_single:
+            continue
+        for w in BLEND_WEIGHTS:
+            m = _val_fitted([recommenders.blend(f[best_single], f[other], w) for f in fitted], data, k)
+            candidates[f"{best_single}+{other}@{w}"] = {"components": [(best_single, w), (other, 1 - w)],
+                                                        "validation": m}
+    name = max(candidates, key=lambda n: key(candidates[n]["validation"]))
+    ranking = sorted(candidates, key=lambda n: key(candidates[n]["validation"]), reverse=True)
+    return {"model": name, "components": candidates[name]["components"], "validation": candidates[name]["validation"],
+            "best_single_on_validation": best_single,
+            "validation_ranking": [{"candidate": n, **candidates[n]["validation"]} for n in ranking[:8]]}
+
+
+def evaluate(data: Dataset, k: int = 10, als_trials: int = 20, bpr_trials: int = 8, seed: int = 0,
+             tracking_uri: str | None = None, log_runs: bool = False) -> dict:
+    """Tune the peers and pick the champion on validation, then score everything once on test."""
+    started = time.perf_counter()
+    peers = tune_peers(data, k, als_trials, bpr_trials, seed, tracking_uri, log_runs)
+    choice = choose_champion(data, peers, k, seed)
+    test = data.test
+    refit = {n: _fit(kind, params, test.matrix, data.n_targets, seed) for n, (kind, params, _) in peers.items()}
+    values = {n: _score(m, test, k) for n, m in refit.items()}
+    comps = choice["components"]
+    champion = refit[comps[0][0]] if len(comps) == 1 else recommenders.blend(refit[comps[0][0]], refit[comps[1][0]],
+                                                                             comps[0][1])
+    champ_values = values[comps[0][0]] if len(comps) == 1 else _score(champion, test, k)
+    out_peers = {n: {**user_metrics.summary(values[n], k), "params": peers[n][1], "validation": peers[n][2]}
+                 for n in peers}
+    vs = {n: user_metrics.paired_difference(champ_values, values[n], k) for n in peers}
+    champ = {**user_metrics.summary(champ_values, k), "model": choice["model"], "vs_peers": vs,
+             **{a: b for a, b in choice.items() if a != "model"}}
+    others = [n for n in peers if n not in dict(comps) or len(comps) > 1]
+    champ["beats_every_peer"] = all(champ[f"ndcg@{k}"] > out_peers[n][f"ndcg@{k}"] and
+                                    champ[f"recall@{k}"] > out_peers[n][f"recall@{k}"] for n in others)
+    champ["not_beaten_by"] = sorted(n for n in others
+                                    if out_peers[n][f"ndcg@{k}"] >= champ[f"ndcg@{k}"]
+                                    or out_peers[n][f"recall@{k}"] >= champ[f"recall@{k}"])
+    return {"champion": champ, "peers": out_peers, "seconds": round(time.perf_counter() - started, 1)}
