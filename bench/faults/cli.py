@@ -8,10 +8,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from wenlv.bench.faults import scenarios
+from wenlv.bench.faults import party, scenarios
 from wenlv.bench.faults.harness import Deployment
 
-ALL = (*scenarios.SERVICE_FAULTS, "disk_full")
+ALL = (*scenarios.SERVICE_FAULTS, "disk_full", "party_dropout", "replay")
 
 
 def register(sub) -> None:
@@ -44,6 +44,10 @@ def run(only=None, fault_s: float = 10.0, after_s: float = 20.0, rec_rate: float
             print("bench faults: disk_full …", file=sys.stderr, flush=True)
             with scenarios.small_filesystem(24) as fs, Deployment(work / "disk", ledger="sqlite", ledger_dir=fs) as dep:
                 out["faults"]["disk_full"] = scenarios.disk_full(dep, **kw)
+        for name, fault in (("party_dropout", party.party_dropout), ("replay", party.replay)):
+            if name in names:
+                print(f"bench faults: {name} …", file=sys.stderr, flush=True)
+                out["faults"][name] = fault(work / name)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     out["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
