@@ -11,7 +11,7 @@ from pathlib import Path
 from wenlv.bench.faults import party, scenarios
 from wenlv.bench.faults.harness import Deployment
 
-ALL = (*scenarios.SERVICE_FAULTS, "disk_full", "party_dropout", "replay")
+ALL = (*scenarios.SERVICE_FAULTS, "corrupt_model", "disk_full", "party_dropout", "replay")
 
 
 def register(sub) -> None:
@@ -40,6 +40,10 @@ def run(only=None, fault_s: float = 10.0, after_s: float = 20.0, rec_rate: float
                     print(f"bench faults: {name} …", file=sys.stderr, flush=True)
                     args = {k: v for k, v in kw.items() if k != "fault_s"} if name == "api_sigkill" else kw
                     out["faults"][name] = scenarios.SERVICE_FAULTS[name](dep, **args)
+        if "corrupt_model" in names:
+            print("bench faults: corrupt_model …", file=sys.stderr, flush=True)
+            with Deployment(work / "registry", follow_registry=True) as dep:
+                out["faults"]["corrupt_model"] = scenarios.corrupt_model(dep, **kw)
         if "disk_full" in names:
             print("bench faults: disk_full …", file=sys.stderr, flush=True)
             with scenarios.small_filesystem(24) as fs, Deployment(work / "disk", ledger="sqlite", ledger_dir=fs) as dep:

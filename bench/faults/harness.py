@@ -25,6 +25,7 @@ from wenlv.serving.auth import KeyStore
 from wenlv.serving.materialize import materialize
 from wenlv.serving.online_store import RedisStore
 from wenlv.serving.runtime import free_port, load_bundle_dir
+from wenlv.training import registry, tracking
 
 PREFIX = "faults:"
 TENANT = "faults"
@@ -32,7 +33,9 @@ TENANT = "faults"
 
 class Deployment:
     def __init__(self, workdir: Path, ledger: str = "postgresql", ledger_dir: Path | None = None,
-                 n_pois: int = 200, n_users: int = 2000):
+                 n_pois: int = 200, n_users: int = 2000, follow_registry: bool = False):
+        """`follow_registry`: serve the MLflow champion (a store in the workdir, version 1 registered and promoted)
+        and follow its alias every second, instead of a fixed bundle directory."""
         if ledger not in ("postgresql", "sqlite"):
             raise ValueError(f"ledger must be postgresql or sqlite, not {ledger!r}")
         self.workdir, self.ledger = Path(workdir), ledger
@@ -45,6 +48,8 @@ class Deployment:
         self.tokens: list[str] = []
         self.key = ""
         self.db_url = ""
+        self.follow_registry = follow_registry
+        self.tracking_uri = ""
 
     @property
     def base(self) -> str:
@@ -58,8 +63,14 @@ class Deployment:
         synthetic_bundle(n_pois=self.n_pois, n_users=self.n_users, factors=16, seed=5,
                          version="faults-1").save(bundle_dir)
         bundle, version = load_bundle_dir(bundle_dir)
-        materialize(bundle, version, RedisStore(self.redis.url, prefix=PREFIX), progress=False)
         self.tokens = [str(t) for t in bundle.users["token"].head(500)]
+        if self.follow_registry:
+            self.tracking_uri = tracking.store_for_dir(self.workdir / "mlflow")[0]
+            decision = registry.promote(self.register(bundle_dir), self.tracking_uri)  # the follower materialises it
+            if not decision.passed:
+                raise RuntimeError(f"the fault deployment's first version was refused by the gate: {decision.reasons}")
+        else:
+            materialize(bundle, version, RedisStore(self.redis.url, prefix=PREFIX), progress=False)
         if self.ledger == "postgresql":
             self.postgres = PrivatePostgres().start()
             self.db_url = self.postgres.url
@@ -73,6 +84,15 @@ class Deployment:
         self.start_api()
         return self
 
+    def register(self, bundle_dir: Path) -> int:
+        """Log and register a bundle as training does (privacy checks passed, digests recorded)."""
+        passed = {f"{registry.CHECK_PREFIX}{k}": "passed" for k in registry.REQUIRED_CHECKS}
+        # the gate also wants the version to beat popularity on its validation window (training logs both)
+        metrics = {"ndcg@10": 0.5, "validation_ndcg@10": 0.2, "validation_popularity_ndcg@10": 0.1}
+        logged = tracking.log_run(params={}, metrics=metrics, tags=passed, artifacts={"bundle": bundle_dir},
+                                  tracking_uri=self.tracking_uri)
+        return registry.register_version(logged["run_id"], self.tracking_uri)
+
     def env(self) -> dict:
         env = {**os.environ, "DATABASE_URL": self.db_url, "WENLV_INDEX_CACHE": str(self.workdir / "index_cache"),
                "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
@@ -80,8 +100,9 @@ class Deployment:
         return env
 
     def start_api(self, timeout_s: float = 180) -> None:
-        cmd = [sys.executable, "-m", "wenlv.cli", "serve", "--bundle", str(self.workdir / "bundle"),
-               "--redis-url", self.redis.url, "--keys", str(self.workdir / "keys.sqlite"), "--prefix", PREFIX,
+        source = (["--tracking-uri", self.tracking_uri, "--poll-s", "1"] if self.follow_registry
+                  else ["--bundle", str(self.workdir / "bundle")])
+        cmd = [sys.executable, "-m", "wenlv.cli", "serve", *source, "--redis-url", self.redis.url, "--keys", str(self.workdir / "keys.sqlite"), "--prefix", PREFIX,
                "--host", "127.0.0.1", "--port", str(self.port), "--no-user-index"]
         log = open(self.workdir / "api.log", "ab")
         self.api = subprocess.Popen(cmd, env=self.env(), stdout=log, stderr=log)

@@ -24,6 +24,7 @@ class RouteBook:
     clear: int = 0
     unclear: int = 0
     statuses: dict = field(default_factory=dict)
+    versions: dict = field(default_factory=dict)   # model_version -> answers (recommendations)
     timeline: list = field(default_factory=list)  # (monotonic time, ok?)
 
     def add(self, at: float, outcome: str, status: int | None) -> None:
@@ -42,8 +43,11 @@ class RouteBook:
         return None
 
     def summary(self) -> dict:
-        return {"sent": self.sent, "ok": self.ok, "degraded": self.degraded, "failed_clear": self.clear,
-                "failed_unclear": self.unclear, "statuses": dict(sorted(self.statuses.items()))}
+        out = {"sent": self.sent, "ok": self.ok, "degraded": self.degraded, "failed_clear": self.clear,
+               "failed_unclear": self.unclear, "statuses": dict(sorted(self.statuses.items()))}
+        if self.versions:
+            out["model_versions"] = dict(sorted(self.versions.items()))
+        return out
 
 
 def _is_api_error(response: httpx.Response) -> bool:
@@ -64,6 +68,7 @@ class SteadyLoad:
         self.events_sent: set[str] = set()
         self.acknowledged: set[str] = set()
         self.run = uuid.uuid4().hex[:8]
+        self.unhealthy_versions: set[str] = set()  # answers from these versions do not count as recovered
         self._stop, self._drain_until = threading.Event(), 0.0
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -97,7 +102,11 @@ class SteadyLoad:
                     self.recs.add(started, "unclear", None)
                 else:
                     if r.status_code == 200:
-                        self.recs.add(started, "degraded" if r.json().get("degraded") else "ok", 200)
+                        body = r.json()
+                        version = str(body.get("model_version"))
+                        self.recs.versions[version] = self.recs.versions.get(version, 0) + 1
+                        ok = not body.get("degraded") and version not in self.unhealthy_versions
+                        self.recs.add(started, "ok" if ok else "degraded", 200)
                     else:
                         self.recs.add(started, "clear" if _is_api_error(r) else "unclear", r.status_code)
                 time.sleep(max(0.0, gap - (time.monotonic() - started)))

@@ -15,12 +15,16 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlparse
 
+import numpy as np
 from sqlalchemy import text
 
 from wenlv.bench.faults.harness import TENANT, Deployment
 from wenlv.bench.faults.load import SteadyLoad
+from wenlv.bench.serving_fixtures import synthetic_bundle
 from wenlv.db.engine import make_engine
+from wenlv.training import registry, tracking
 
 
 def stored_events(db_url: str, run: str) -> tuple[set[str], int]:
@@ -36,8 +40,10 @@ def stored_events(db_url: str, run: str) -> tuple[set[str], int]:
 
 
 def under_load(dep: Deployment, inject, heal, warm_s: float = 3.0, fault_s: float = 3.0, after_s: float = 6.0,
-               rec_rate: float = 40, event_rate: float = 10) -> dict:
-    load = SteadyLoad(dep.base, dep.key, dep.tokens, rec_rate=rec_rate, event_rate=event_rate).start()
+               rec_rate: float = 40, event_rate: float = 10, unhealthy_versions=()) -> dict:
+    load = SteadyLoad(dep.base, dep.key, dep.tokens, rec_rate=rec_rate, event_rate=event_rate)
+    load.unhealthy_versions = {str(v) for v in unhealthy_versions}
+    load.start()
     time.sleep(warm_s)
     injected = time.monotonic()
     inject()
@@ -118,6 +124,37 @@ def disk_full(dep: Deployment, **kw) -> dict:
     """The ledger's filesystem fills up (the Deployment's SQLite ledger must live on a `small_filesystem`)."""
     filler = dep.ledger_dir / "filler.bin"
     return under_load(dep, lambda: fill(dep.ledger_dir), lambda: filler.unlink(missing_ok=True), **kw)
+
+
+def corrupt_model(dep: Deployment, **kw) -> dict:
+    """A new champion whose factors were damaged in the artifact store after registration: the server must keep
+    serving the version it has (never the damaged one) until a good version is promoted. `dep` follows the registry.
+    Recovery: from promoting the good version until answers come from it."""
+    if not dep.follow_registry:
+        raise ValueError("corrupt_model needs a Deployment(follow_registry=True)")
+    served_before = str(registry.champion_version(dep.tracking_uri))
+    bad_dir = dep.workdir / "bundle-bad"
+    synthetic_bundle(n_pois=dep.n_pois, n_users=dep.n_users, factors=16, seed=6, version="bad").save(bad_dir)
+    bad = dep.register(bad_dir)
+    good_dir = dep.workdir / "bundle-good"
+    synthetic_bundle(n_pois=dep.n_pois, n_users=dep.n_users, factors=16, seed=5, version="good").save(good_dir)
+
+    def inject():
+        run_id = tracking.client(dep.tracking_uri).get_model_version(registry.MODEL_NAME, str(bad)).run_id
+        stored = Path(urlparse(tracking.client(dep.tracking_uri).get_run(run_id).info.artifact_uri).path)
+        target = stored / "bundle" / "poi_factors.npy"
+        rng = np.random.default_rng(3)
+        np.save(target, rng.normal(size=np.load(target).shape).astype(np.float32))  # plausible, wrong
+        registry.promote(bad, dep.tracking_uri)
+
+    def heal():
+        registry.promote(dep.register(good_dir), dep.tracking_uri)
+
+    result = under_load(dep, inject, heal, unhealthy_versions={served_before, bad}, **{"fault_s": 4.0, **kw})
+    versions = result["routes"]["recommendations"].get("model_versions", {})
+    result["served_damaged_version"] = versions.get(str(bad), 0)
+    result["versions"] = {"before": served_before, "damaged": str(bad)}
+    return result
 
 
 SERVICE_FAULTS = {"api_sigkill": api_sigkill, "redis_restart": redis_restart, "redis_freeze": redis_freeze,

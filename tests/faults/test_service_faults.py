@@ -79,3 +79,13 @@ def test_a_full_ledger_disk_refuses_events_clearly_and_loses_none(tmp_path):
     _assert_books_balance(result, "disk_full")
     events = result["routes"]["events"]
     assert events["failed_clear"] > 0 and set(events["statuses"]) <= {"200", "503", "507"}, events
+
+
+def test_a_damaged_champion_is_never_served_and_a_good_one_takes_over(tmp_path):
+    _services_present()
+    with Deployment(tmp_path / "r", follow_registry=True, n_users=500) as dep:
+        result = scenarios.corrupt_model(dep, **{**SHORT, "fault_s": 4.0, "after_s": 8.0})
+    _assert_books_balance(result, "corrupt_model")
+    assert result["served_damaged_version"] == 0, result
+    versions = result["routes"]["recommendations"]["model_versions"]
+    assert versions.get(result["versions"]["before"], 0) > 0 and len(versions) == 2, versions  # kept, then the good one
