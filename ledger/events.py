@@ -40,7 +40,7 @@ class Event(BaseModel):
                                        description="revenue in CNY (bookings and visits)")
     occurred_at: datetime = Field(description="when it happened (ISO 8601 with a time zone)")
     recommendation_id: str | None = Field(None, max_length=64, pattern=PRINTABLE)
-    campaign_id: int | None = Field(None, ge=1)
+    campaign_id: int | None = Field(None, ge=1, le=2**31 - 1)  # an INTEGER column on every backend
 
     @field_validator("token")
     @classmethod
