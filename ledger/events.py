@@ -22,6 +22,7 @@ from sqlalchemy.dialects import sqlite
 
 from wenlv.db.schema import EVENT_KINDS, campaigns, events
 from wenlv.privacy.tokens import PSI_TOKEN_RE as TOKEN_RE
+PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters (PostgreSQL refuses NUL in text outright)
 MAX_BATCH = 1000  # library callers' limit (the simulator); the API passes WENLV_EVENTS_MAX_BATCH
 
 
@@ -34,12 +35,12 @@ class Event(BaseModel):
                           description="the sender's unique id: a retried event with the same id is stored once")
     kind: Literal[EVENT_KINDS]  # type: ignore[valid-type]
     token: str = Field(description="the visitor's pseudonymous token (lowercase hex)")
-    poi_id: str | None = Field(None, max_length=64)
+    poi_id: str | None = Field(None, max_length=64, pattern=PRINTABLE)
     amount_cny: Decimal | None = Field(None, ge=0, max_digits=14, decimal_places=2,
                                        description="revenue in CNY (bookings and visits)")
     occurred_at: datetime = Field(description="when it happened (ISO 8601 with a time zone)")
-    recommendation_id: str | None = Field(None, max_length=64)
-    campaign_id: int | None = Field(None, ge=1)
+    recommendation_id: str | None = Field(None, max_length=64, pattern=PRINTABLE)
+    campaign_id: int | None = Field(None, ge=1, le=2**31 - 1)  # an INTEGER column on every backend
 
     @field_validator("token")
     @classmethod
@@ -53,7 +54,10 @@ class Event(BaseModel):
     def _aware(cls, value: datetime) -> datetime:
         if value.tzinfo is None:
             raise ValueError("needs a time zone (e.g. 2026-05-01T10:00:00+08:00)")
-        return value.astimezone(timezone.utc)
+        try:
+            return value.astimezone(timezone.utc)
+        except OverflowError:  # e.g. 9999-12-31T23:59:59-14:00 is past the year 9999 in UTC
+            raise ValueError("is out of range once converted to UTC") from None
 
     @model_validator(mode="after")
     def _amount_where_it_applies(self) -> "Event":

@@ -109,3 +109,15 @@ def test_a_batch_above_the_limit_is_refused_whole(engine):
     with pytest.raises(BatchTooLarge, match="at most 5"):
         record_events(engine, "t1", [_event(i) for i in range(6)], max_batch=5)
     assert _count(engine) == 0
+
+
+def test_out_of_range_times_and_control_characters_are_rejected_not_a_server_error(engine):
+    # Both used to escape validation: the time as an OverflowError, the NUL as a PostgreSQL error failing the batch.
+    batch = [_event(1, occurred_at="9999-12-31T23:59:59-14:00"), _event(2, poi_id="P\x001"),
+             _event(3, recommendation_id="r\x07x"), _event(4), _event(5, campaign_id=2**40, recommendation_id=None)]
+    result = record_events(engine, "t1", batch)
+    assert result.accepted == ["e4"]
+    reasons = {eid: why for _, eid, why in result.rejected}
+    assert "occurred_at" in reasons["e1"] and "out of range" in reasons["e1"]
+    assert "poi_id" in reasons["e2"] and "recommendation_id" in reasons["e3"] and "campaign_id" in reasons["e5"]
+    assert _count(engine) == 1
