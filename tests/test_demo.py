@@ -37,7 +37,8 @@ def demo(tmp_path_factory):
 def test_summary_has_every_stage_and_the_promised_keys(demo):
     summary, _, _ = demo
     assert summary["scale"] == "tiny"
-    assert list(summary["stages"]) == ["data", "features", "train", "serving", "itinerary", "campaign"]
+    assert list(summary["stages"]) == ["data", "features", "train", "serving", "itinerary", "campaign",
+                                         "ledger"]
     assert all(seconds > 0 for seconds in summary["stages"].values())
     for key in ("people", "pois", "visits"):
         assert summary["data"][key] > 0
@@ -57,6 +58,18 @@ def test_summary_has_every_stage_and_the_promised_keys(demo):
     campaign = summary["campaign"]
     assert campaign["holdout_size"] < campaign["audience_size"] and campaign["prospect_share"] == 1.0
     assert campaign["audience_precision"] > campaign["random_precision"]
+    ledger = summary["ledger"]
+    for key in ("events", "incremental_revenue_cny", "ci95", "true_incremental_revenue_cny", "last_touch_revenue_cny",
+                "returns_by_source", "asset_value_cny"):
+        assert key in ledger, key
+    assert ledger["events"] == campaign["events_written"] > 0
+    assert ledger["true_incremental_revenue_cny"] == campaign["true_incremental_revenue_cny"]
+    low, high = ledger["ci95"]
+    assert low <= ledger["incremental_revenue_cny"] <= high
+    assert set(ledger["returns_by_source"]) == {"tourism", "carrier", "internet"}
+    assert sum(ledger["returns_by_source"].values()) == pytest.approx(ledger["incremental_revenue_cny"], abs=0.5)  # fen rounding per day
+    assert ledger["returns_split_by_version"] == str(summary["train"]["model_version"])
+    assert set(ledger["asset_value_cny"]) == {"cost", "income"} and ledger["asset_value_cny"]["cost"] > 0
 
 
 def test_the_stages_agree_with_each_other_and_with_the_files(demo):
@@ -167,3 +180,5 @@ def test_the_demo_ends_with_what_to_try_next(demo):
     assert re.search(r"curl -s -H \"Authorization: Bearer \$KEY\" 'http://127\.0\.0\.1:8000/v1/visitors/\w+/"
                      r"recommendations\?k=5'", tail)
     assert f"mlflow ui --backend-store-uri {uri}" in tail
+    assert "http://127.0.0.1:8000/dashboard" in tail and f"WENLV_DATABASE_SQLITE={workdir / 'campaigns.sqlite'}" in tail
+    assert (Path(summary["ledger"]["report"])).is_file()

@@ -22,6 +22,7 @@ STAGES = (
     ("serving", "wenlv.serving.demo_stage"),
     ("itinerary", "wenlv.itinerary.demo_stage"),
     ("campaign", "wenlv.marketing.demo_stage"),
+    ("ledger", "wenlv.ledger.demo_stage"),
 )
 
 
@@ -97,6 +98,9 @@ def next_steps(ctx: DemoContext) -> str:
     if serving.get("prefix") and serving["prefix"] != "wenlv:":  # REDIS_URL: the demo's own key prefix
         serve.append(f"--prefix {shlex.quote(serving['prefix'])}")
     serve += [f"--keys {keys}", "--port 8000"]
+    ledger_db = ctx.results.get("ledger", {}).get("_paths", {}).get("database")
+    if ledger_db:  # the campaign and ledger database the analytics routes and the dashboard read
+        serve.insert(0, f"WENLV_DATABASE_SQLITE={shlex.quote(ledger_db)}")
     token = serving.get("example_token") or "some-visitor-token"
     lines = [
         f"Next steps (the demo's files are in {workdir}):",
@@ -109,6 +113,10 @@ def next_steps(ctx: DemoContext) -> str:
         f"       curl -s -H \"Authorization: Bearer $KEY\" "
         f"'http://127.0.0.1:8000/v1/visitors/{token}/recommendations?k=5'",
     ]
+    if ledger_db:
+        lines += ["  then the analyst dashboard (revenue, holdout intervals, returns by source, asset values):",
+                  f"       wenlv apikey create --role analyst --tenant demo --keys {keys}",
+                  "       open http://127.0.0.1:8000/dashboard and enter that key"]
     if tracking_uri:
         lines += ["  4. look at the training run and the registered model in the MLflow UI:",
                   f"       mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000"]
