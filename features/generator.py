@@ -28,6 +28,7 @@ from wenlv.features.population import IdScheme, draw_people
 from wenlv.features.world import DESTINATION, build_areas, build_pois, home_cities
 from wenlv.features.contracts import AGE_BANDS, CHANNELS
 from wenlv.errors import WenlvError
+from wenlv.staging import staged_folder
 
 GENERATOR_VERSION = "1"
 
@@ -63,6 +64,29 @@ def generate(out: str | Path, scale: str = "tiny", seed: int = 7, timeline: Time
             raise WenlvError(f"people must be positive, got {people}")
         sc = replace(sc, people=people)
     out = Path(out)
+    if not _replaceable(out):  # a folder with other content: write the tables into it, each one atomically
+        return _generate(out, out, scale, sc, seed, timeline, progress)
+    with staged_folder(out) as staging:  # a failed run leaves the earlier data as it was
+        return _generate(staging, out, scale, sc, seed, timeline, progress)
+
+
+def _replaceable(out: Path) -> bool:
+    """Nothing there yet, or an earlier generator run (which a new run replaces whole)."""
+    if not out.exists():
+        return True
+    if not out.is_dir():
+        raise WenlvError(f"{out} is a file, not a data folder")
+    meta = out / "meta.json"
+    if not any(out.iterdir()):
+        return True
+    try:
+        return meta.is_file() and json.loads(meta.read_text()).get("generator") == "wenlv.features.generator"
+    except ValueError:
+        return False
+
+
+def _generate(out: Path, shown: Path, scale: str, sc, seed: int, timeline: Timeline, progress: bool) -> dict:
+    """Write every table into `out` (the staging folder or the target); the summary names `shown`."""
     started = time.perf_counter()
     root = np.random.SeedSequence(seed)
     world_seq, ids_seq, chunks_seq = root.spawn(3)
@@ -80,8 +104,32 @@ def generate(out: str | Path, scale: str = "tiny", seed: int = 7, timeline: Time
     writers = {t.qualified: io.TableWriter(out, t) for t in (C.VISITORS, C.VISITS, C.SUBSCRIBERS, C.PRESENCE,
                                                              C.ACCOUNTS, C.ENGAGEMENT, C.TRUTH_PEOPLE, C.TRUTH_FUTURE)}
     hidden = {"visits_dropped_closed": 0, "prospects": 0, "people_with_visits": 0}
-    visit_offset = 0
     bar = tqdm(total=sc.people, desc=f"datagen {scale}", unit="people", file=sys.stderr, disable=not progress)
+    try:
+        _write_chunks(writers, hidden, n_chunks, chunk_seqs, sc, pois, areas, area_maps, cities, ids, tl, cal, bar)
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    bar.close()
+    rows = {"tourism.pois": len(pois), "carrier.areas": len(areas)}
+    for name, w in writers.items():
+        w.close()
+        rows[name] = w.rows
+    meta = {"generator": "wenlv.features.generator", "generator_version": GENERATOR_VERSION, "scale": scale,
+            "seed": seed, "people": sc.people, "schema_version": C.SCHEMA_VERSION, "destination": DESTINATION, **tl.meta(),
+            "topics": list(TOPICS)}
+    _write_json(out / "meta.json", meta)
+    _write_json(out / "truth" / "meta.json", {**meta, "rows": rows, **hidden, "trip_rate": TRIP_RATE})
+    seconds = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {"scale": scale, "seed": seed, "out": str(shown), "rows": rows, "seconds": round(seconds, 2),
+            "bytes": size, **tl.meta(), "prospects": hidden["prospects"]}
+
+
+def _write_chunks(writers, hidden, n_chunks, chunk_seqs, sc, pois, areas, area_maps, cities, ids, tl, cal, bar) -> None:
+    """Draw the people chunk by chunk and append their rows to the writers."""
+    visit_offset = 0
     for c in range(n_chunks):
         rng = np.random.default_rng(chunk_seqs[c])
         start = c * sc.chunk
@@ -101,20 +149,6 @@ def generate(out: str | Path, scale: str = "tiny", seed: int = 7, timeline: Time
         for k, v in stats.items():
             hidden[k] += v
         bar.update(n)
-    bar.close()
-    rows = {"tourism.pois": len(pois), "carrier.areas": len(areas)}
-    for name, w in writers.items():
-        w.close()
-        rows[name] = w.rows
-    meta = {"generator": "wenlv.features.generator", "generator_version": GENERATOR_VERSION, "scale": scale,
-            "seed": seed, "people": sc.people, "schema_version": C.SCHEMA_VERSION, "destination": DESTINATION, **tl.meta(),
-            "topics": list(TOPICS)}
-    _write_json(out / "meta.json", meta)
-    _write_json(out / "truth" / "meta.json", {**meta, "rows": rows, **hidden, "trip_rate": TRIP_RATE})
-    seconds = time.perf_counter() - started
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return {"scale": scale, "seed": seed, "out": str(out), "rows": rows, "seconds": round(seconds, 2),
-            "bytes": size, **tl.meta(), "prospects": hidden["prospects"]}
 
 
 def _write_json(path: Path, obj: dict) -> None:

@@ -8,6 +8,8 @@ row and the column (wenlv.errors.DataValidationError) instead of flowing on.
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import Iterable
 
@@ -122,11 +124,15 @@ def write_table(data_dir: str | Path, table: Table, data) -> Path:
 
 class TableWriter:
     """Append validated chunks to one Parquet file, one row group per chunk (for data that does
-    not fit in memory at once)."""
+    not fit in memory at once).
+
+    The chunks go to a hidden file beside the table, renamed over it (atomically) by `close`:
+    a run that fails half-way leaves the earlier table as it was and no partial file."""
 
     def __init__(self, data_dir: str | Path, table: Table):
         self.table = table
         self.path = table_path(data_dir, table)
+        self.partial = self.path.with_name(f".{self.path.name}.partial-{uuid.uuid4().hex[:12]}")
         self.rows = 0
         self._writer: pq.ParquetWriter | None = None
 
@@ -134,7 +140,7 @@ class TableWriter:
         chunk = conform(data, self.table, str(self.path), row_offset=self.rows)
         if self._writer is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.path, self.table.arrow_schema(), **PARQUET_OPTIONS)
+            self._writer = pq.ParquetWriter(self.partial, self.table.arrow_schema(), **PARQUET_OPTIONS)
         if chunk.num_rows:
             self._writer.write_table(chunk, row_group_size=1 << 20)
         self.rows += chunk.num_rows
@@ -143,6 +149,13 @@ class TableWriter:
         if self._writer is None:  # nothing written: still leave an empty, typed file
             self.write(self.table.arrow_schema().empty_table())
         self._writer.close()
+        os.replace(self.partial, self.path)
+
+    def abort(self) -> None:
+        """Drop what was written; the table keeps its earlier contents."""
+        if self._writer is not None:
+            self._writer.close()
+        self.partial.unlink(missing_ok=True)
 
     def __enter__(self) -> "TableWriter":
         return self
@@ -150,8 +163,8 @@ class TableWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
-        elif self._writer is not None:
-            self._writer.close()
+        else:
+            self.abort()
 
 
 def read_table(data_dir: str | Path, table: Table, columns: Iterable[str] | None = None) -> pa.Table:

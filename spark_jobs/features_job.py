@@ -6,23 +6,29 @@ machine): one after another, except that the parties' independent PSI steps run 
 passes between them are files in `<out>/exchange/` (blinded points, token maps, the public
 split plan).
 Writes `<out>/<party>/<table>.parquet` per contracts.BLOCK_TABLES and `<out>/manifest.json`
-(docs/architecture.md).
+(docs/architecture.md). The whole output is written to a folder beside `<out>` and swapped in
+only when every step succeeded (wenlv.staging): a failed run leaves the earlier output as it was.
 """
 from __future__ import annotations
 
 import json
 import logging
-import shutil
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timezone
 from pathlib import Path
+
+from tqdm import tqdm
 
 from wenlv.features import contracts
 from wenlv.spark_jobs import psi_exchange
 from wenlv.spark_jobs.carrier_job import INTERNET_SESSION, TOURISM_SESSION, CarrierJob
 from wenlv.spark_jobs.internet_job import InternetJob
+from wenlv.spark_jobs.session import get_spark
 from wenlv.spark_jobs.tourism_job import TourismJob
 from wenlv.errors import WenlvError
+from wenlv.staging import staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -35,21 +41,24 @@ def run(data_dir: str | Path, out_dir: str | Path, spark=None, master: str | Non
     """Run every party's job; returns the manifest (also written to `<out>/manifest.json`).
 
     `stats`, if given, receives seconds per step and PSI set sizes (for the benchmark).
+    The output appears at `out_dir` only when the whole run succeeded; until then (and after a
+    failure) `out_dir` holds what it held before.
     """
-    import time
-
-    from tqdm import tqdm
-
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     for party in contracts.PARTIES:
         if not (data_dir / party).is_dir():
             raise WenlvError(f"{data_dir / party} is missing: the data folder needs one folder per party "
                              f"({', '.join(contracts.PARTIES)})")
+    _check_replaceable(out_dir)
     if spark is None:
-        from wenlv.spark_jobs.session import get_spark
-
         spark = get_spark(master)
-    _clear(out_dir)
+    with staged_folder(out_dir) as staging:
+        return _run(data_dir, staging, spark, quarantine, split_date, progress, stats)
+
+
+def _run(data_dir: Path, out_dir: Path, spark, quarantine: bool, split_date: date | None, progress: bool,
+         stats: dict | None) -> dict:
+    """Every step, writing into `out_dir` (the staging folder)."""
     tourism, carrier, internet = (TourismJob(spark, data_dir, out_dir, quarantine),
                                   CarrierJob(spark, data_dir, out_dir, quarantine),
                                   InternetJob(spark, data_dir, out_dir, quarantine))
@@ -151,18 +160,15 @@ def at_once(*calls):
     leave idle (a job's last tasks, the driver's planning between jobs), which run one after
     another would waste. Every party still reads only its own folder and the exchange files.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(len(calls), thread_name_prefix="wenlv-psi") as pool:
         futures = [pool.submit(call) for call in calls]
         return [future.result() for future in futures]
 
 
-def _clear(out_dir: Path) -> None:
-    """Start from an empty output folder (stale blocks must never mix with new ones)."""
-    if out_dir.exists():
-        if (out_dir / "manifest.json").exists() or (out_dir / "exchange").exists():
-            shutil.rmtree(out_dir)
-        elif any(out_dir.iterdir()):
-            raise WenlvError(f"{out_dir} is not empty and holds no earlier features run: refusing to overwrite it")
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _check_replaceable(out_dir: Path) -> None:
+    """Replace only an earlier features run (or nothing): the new output never mixes with stale blocks."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise WenlvError(f"{out_dir} is a file, not a features folder: refusing to overwrite it")
+    if out_dir.is_dir() and not ((out_dir / "manifest.json").exists() or (out_dir / "exchange").exists()) \
+            and any(out_dir.iterdir()):
+        raise WenlvError(f"{out_dir} is not empty and holds no earlier features run: refusing to overwrite it")

@@ -347,3 +347,41 @@ def test_demo_stage_reports_counts_and_data_dir(tmp_path):
     assert section["subscribers"] > 0 and section["accounts"] > 0
     assert (tmp_path / "data" / "tourism" / "visits.parquet").exists()
     assert section["_paths"]["data_dir"] == str(tmp_path / "data")
+
+
+def _snapshot(folder) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_chunk_keeps_the_earlier_table_and_leaves_no_partial_file(tmp_path):
+    pois = pd.DataFrame([{"poi_id": "P1", "name": "West Lake", "category": "scenic_area", "city": "Hangzhou",
+                          "lat": 30.25, "lon": 120.15, "open_time": "06:30", "close_time": "18:00",
+                          "visit_minutes": 120, "price_cny": 0.0, "tags": None}])
+    io.write_table(tmp_path, C.POIS, pois)
+    before = _snapshot(tmp_path)
+    with pytest.raises(DataValidationError, match="category"):
+        with io.TableWriter(tmp_path, C.POIS) as writer:
+            writer.write(pois.assign(poi_id="P2"))
+            writer.write(pois.assign(poi_id="P3", category="zoo"))
+    assert _snapshot(tmp_path) == before  # the old table, and no partial file beside it
+
+
+def test_a_failed_run_leaves_the_earlier_data_untouched(tmp_path, monkeypatch):
+    import wenlv.features.generator as generator
+
+    out = tmp_path / "data"
+    generate(out, scale="tiny", seed=3, progress=False)
+    before = _snapshot(out)
+
+    def disk_full(*args, **kwargs):  # fault injection: the run dies half-way through the people
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(generator, "draw_engagement", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        generate(out, scale="tiny", seed=4, progress=False)
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    monkeypatch.undo()
+    summary = generate(out, scale="tiny", seed=4, progress=False)
+    assert summary["out"] == str(out) and _snapshot(out) != before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]

@@ -293,3 +293,30 @@ def test_a_party_job_cannot_read_another_partys_table(tmp_path):
             tourism.read_raw(table)
     with pytest.raises(WenlvError, match="may not write"):
         CarrierJob(None, tmp_path, tmp_path / "out").write_block(C.TOURISM_INTERACTIONS, None)
+
+
+def _files(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_run_leaves_the_earlier_output_untouched(spark, raw, run, tmp_path):
+    """Issue 13 item 6: `wenlv features --data BAD --out EXISTING` used to empty EXISTING (124 files → 0)."""
+    from wenlv.spark_jobs import features_job
+
+    existing = tmp_path / "features"
+    shutil.copytree(run[0], existing)
+    before = _files(existing)
+    assert len(before) > 20 and "manifest.json" in before
+    bad = corrupt(raw, tmp_path, C.VISITS, 4, "channel", "pigeon")
+    with pytest.raises(DataValidationError, match="channel"):
+        features_job.run(bad, existing, spark=spark, split_date=SPLIT, progress=False)
+    assert _files(existing) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "features"], "no staging folder left behind"
+
+    # a good run replaces it whole, and leaves nothing beside it either
+    manifest = features_job.run(raw, existing, spark=spark, split_date=SPLIT, progress=False)
+    after = _files(existing)
+    assert json.loads((existing / "manifest.json").read_text()) == manifest
+    assert not any(name.startswith("quarantine/") for name in after), "the earlier run's quarantine is gone"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "features"]
