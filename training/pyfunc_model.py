@@ -40,7 +40,7 @@ from wenlv.training.vector_index import VectorIndex, build_bundle_indexes, index
 
 ARTIFACT_PATH = "model"     # the run's artifact folder holding the MLflow model
 ENTRY = Path(__file__).with_name("pyfunc_entry.py")  # the model's code (no pickle)
-BUNDLE_ARTIFACT = "bundle"  # the run's bundle, as training logged it
+BUNDLE_ARTIFACT = "bundle"  # the run's bundle, as training logged it (registry.BUNDLE_ARTIFACT)
 POI_INDEX_FILE = "pois.faiss"
 INDEX_MANIFEST = "manifest.json"
 DEFAULT_K, MAX_K = 10, 100

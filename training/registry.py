@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from wenlv.training import pyfunc_model, tracking
+from wenlv.training import tracking
 from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
 
@@ -33,6 +33,7 @@ GATE_METRIC = "ndcg@10"
 DEFAULT_TOLERANCE = 0.01
 CHECK_PREFIX = "privacy_check."
 REQUIRED_CHECKS = ("federated_matches_central", "artifacts_clean")
+BUNDLE_ARTIFACT = "bundle"  # the run's bundle folder, what serving loads (the version's source is the pyfunc model)
 
 
 @dataclass
@@ -83,6 +84,10 @@ def _ensure_model(c) -> None:
 
 def register_version(run_id: str, tracking_uri: str | None = None) -> int:
     """A new version of `wenlv-recommender`: the run's bundle as an MLflow pyfunc model (`model/`)."""
+    # lazy: pyfunc_model loads FAISS, whose OpenMP OpenBLAS, once loaded, makes implicit's ALS
+    # in the same process see 2 BLAS threads and warn; a training run registers after its fits
+    from wenlv.training import pyfunc_model
+
     c = _client(tracking_uri)
     _ensure_model(c)
     run = c.get_run(run_id)
@@ -178,7 +183,7 @@ def download_bundle(version: int, tracking_uri: str | None = None, dst: str | Pa
     c = _client(tracking_uri)
     mv = _model_version(c, version)
     dst = Path(dst or tempfile.mkdtemp(prefix=f"wenlv-bundle-v{version}-"))
-    path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=pyfunc_model.BUNDLE_ARTIFACT,
+    path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=BUNDLE_ARTIFACT,
                                                dst_path=str(dst), tracking_uri=c.tracking_uri)
     return Path(path)
 
