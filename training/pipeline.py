@@ -135,8 +135,8 @@ def poi_table(blocks: FeatureBlocks, data_dir: str | Path | None) -> tuple[pd.Da
     The feature blocks carry only POI features; names, places and hours come from the
     tourism party's own `pois` table: `<features>/tourism/pois.parquet` if the feature job
     copied it, else `<data>/tourism/pois.(parquet|csv)`. Without either, the bundle still
-    works for ranking but names are the ids, places unknown and hours 00:00–00:00 (open all
-    day, which is what serving's filters read from equal hours) (logged, marked in bundle.json).
+    works for ranking but names are the ids, places unknown and hours 00:00–00:00, which
+    serving's filters read as open all day (logged, marked in bundle.json).
     """
     features = blocks["tourism/poi_features"].sort_values("poi_id").reset_index(drop=True)
     candidates = [blocks.root / "tourism" / "pois.parquet"]

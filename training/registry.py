@@ -32,7 +32,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
-from wenlv.training import digests, gate, pyfunc_model, tracking
+from wenlv.training import digests, gate, tracking
 from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
 
@@ -44,6 +44,7 @@ GATE_METRIC = "ndcg@10"
 DEFAULT_TOLERANCE = 0.01  # the default of WENLV_GATE_TOLERANCE (training.gate.default_tolerance)
 CHECK_PREFIX = "privacy_check."
 REQUIRED_CHECKS = ("federated_matches_central", "artifacts_clean")
+BUNDLE_ARTIFACT = "bundle"  # the run's bundle folder, what serving loads (the version's source is the pyfunc model)
 
 
 @dataclass
@@ -92,6 +93,10 @@ def _ensure_model(c) -> None:
 
 def register_version(run_id: str, tracking_uri: str | None = None) -> int:
     """A new version of `wenlv-recommender`: the run's bundle as an MLflow pyfunc model (`model/`)."""
+    # lazy: pyfunc_model loads FAISS, whose OpenMP OpenBLAS, once loaded, makes implicit's ALS
+    # in the same process see 2 BLAS threads and warn; a training run registers after its fits
+    from wenlv.training import pyfunc_model
+
     c = _client(tracking_uri)
     _ensure_model(c)
     run = c.get_run(run_id)
@@ -108,7 +113,7 @@ def bundle_digest_tags(c, run_id: str) -> dict[str, str]:
     when the uploaded files do not match the manifest or there is none.
     """
     with tempfile.TemporaryDirectory(prefix="wenlv-register-") as tmp:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="bundle", dst_path=tmp,
+        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BUNDLE_ARTIFACT, dst_path=tmp,
                                                     tracking_uri=c.tracking_uri)
         manifest = digests.verify_folder(local)
     tags = digests.registration_tags(manifest)
@@ -201,7 +206,7 @@ def download_bundle(version: int, tracking_uri: str | None = None, dst: str | Pa
     temporary = dst is None
     dst = Path(dst or tempfile.mkdtemp(prefix=f"wenlv-bundle-v{version}-"))
     try:
-        path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=pyfunc_model.BUNDLE_ARTIFACT,
+        path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path=BUNDLE_ARTIFACT,
                                                    dst_path=str(dst), tracking_uri=c.tracking_uri)
     except BaseException:
         if temporary:
