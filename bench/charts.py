@@ -231,7 +231,8 @@ def _quality(plt, result: dict):
         ax.set_xticks(range(len(names)), names)
         ax.set_ylabel(metric)
         ax.set_title(f"{metric}: champion (chosen on validation) vs tuned peers, 95% intervals over users")
-        ax.legend(fontsize=7, ncol=4, loc="lower right")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.2)
+        ax.legend(fontsize=7, ncol=7, loc="upper right")
     fig.tight_layout()
     return fig
 

@@ -96,3 +96,10 @@ def test_train_tune_logs_nested_trials_and_registers_the_best(tmp_path):
 def test_search_refuses_no_trials():
     with pytest.raises(WenlvError, match="at least one trial"):
         tuning.search(lambda p: {"objective": 0.0}, lambda t: {}, 0)
+
+
+def test_tune_with_party_services_is_refused_clearly(tmp_path, capsys):
+    from wenlv.cli import main
+
+    assert main(["train", "--features", str(tmp_path), "--parties", "tourism=https://127.0.0.1:9", "--tune", "2"]) == 2
+    assert "--tune" in capsys.readouterr().err

@@ -127,6 +127,9 @@ def _train_remote(args) -> int:
     from wenlv.training.remote import RemoteParty
 
     settings = get_settings()
+    if args.tune:
+        raise WenlvError("--tune searches through the in-process federated fit; with party services "
+                         "(name=https://…) it is not supported yet: tune on the parties' folders in process first")
     if "tourism" not in args.parties:
         raise WenlvError("the tourism party (owner of the POI block) must take part")
     out = args.out or Path(args.features) / "federated"
