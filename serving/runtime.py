@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import uvicorn
+
 from wenlv.serving.app import create_app
 from wenlv.serving.auth import KeyStore
 from wenlv.serving.http_protocol import HeaderDeadlineProtocol
@@ -78,8 +80,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def uvicorn_config(app, host: str, port: int):
-    import uvicorn
-
+    # access_log=False: uvicorn's access line carries the raw path, and with it the visitor's token;
+    # serving.metrics logs each request by its route template instead (logger wenlv.serving.access).
     return uvicorn.Config(app, host=host, port=port, workers=1, loop="uvloop", http=HeaderDeadlineProtocol,
                           access_log=False, log_level="warning", lifespan="on")
 
@@ -88,8 +90,6 @@ class ServerThread:
     """uvicorn in a background thread (demo and tests): start() waits until it accepts requests."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int | None = None):
-        import uvicorn
-
         self.host, self.port = host, port or free_port(host)
         self.server = uvicorn.Server(uvicorn_config(app, self.host, self.port))
         self.server.install_signal_handlers = lambda: None  # not the main thread

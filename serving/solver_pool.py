@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import multiprocessing.connection
+import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 
@@ -28,6 +30,20 @@ def _solve(req: PlanRequest) -> tuple:
         return "infeasible", exc.code, exc.reason, exc.detail
 
 
+def _exit_with_parent() -> None:
+    """Worker initializer: leave when the server process goes, however it went (a spawned worker holds both ends
+    of its call queue, so it would otherwise wait for work forever)."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _warm() -> None:
     """Nothing: submitted once so that the workers have imported the planner before the first request."""
 
@@ -37,7 +53,8 @@ def shared_executor(workers: int) -> ProcessPoolExecutor:
     with _executors_lock:
         executor = _executors.get(workers)
         if executor is None:
-            executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_exit_with_parent)
             _executors[workers] = executor
         return executor
 
