@@ -47,6 +47,7 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) 
         finally:
             if lifecycle is not None:
                 lifecycle.stop()
+            solver.close()
             if state.rec_log is not None:
                 state.rec_log.close()
 

@@ -59,6 +59,14 @@ def shared_executor(workers: int) -> ProcessPoolExecutor:
         return executor
 
 
+def shutdown_executor(workers: int) -> None:
+    """Stop the pool of `workers` at server shutdown: plans still queued are cancelled, not solved for nobody."""
+    with _executors_lock:
+        executor = _executors.pop(workers, None)
+    if executor is not None:
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
 class SolverPool:
     """One app's admission to the solver processes: `workers` solving, `queue` waiting, the rest refused."""
 
@@ -72,6 +80,9 @@ class SolverPool:
         executor = shared_executor(self.workers)
         for future in [executor.submit(_warm) for _ in range(self.workers)]:
             future.result()
+
+    def close(self) -> None:
+        shutdown_executor(self.workers)
 
     async def solve(self, req: PlanRequest) -> dict:
         """The plan for `req` (raises InfeasibleRequest), or ApiError 503 when every slot is taken."""
