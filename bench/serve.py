@@ -284,7 +284,12 @@ def run(n_pois: int, n_users: int, factors: int, rate: int, duration: int) -> di
     finally:
         if server is not None:
             server.terminate()
-            server.wait(timeout=30)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                result["server_stop"] = "did not stop within 30 s of SIGTERM; killed"
+                server.kill()
+                server.wait(timeout=30)
         redis_server.stop()
         shutil.rmtree(work, ignore_errors=True)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]

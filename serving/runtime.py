@@ -24,6 +24,10 @@ from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)
 
+# Requests still running this long after a stop signal are cancelled (then queued itineraries are dropped):
+# waiting for every queued plan kept a stopped server alive for minutes.
+SHUTDOWN_GRACE_S = 5.0
+
 
 def bundle_version(bundle: ModelBundle, path: Path | None = None) -> str:
     """A bundle's version: its meta `version`, else a fingerprint of its metadata file."""
@@ -83,7 +87,8 @@ def uvicorn_config(app, host: str, port: int):
     # access_log=False: uvicorn's access line carries the raw path, and with it the visitor's token;
     # serving.metrics logs each request by its route template instead (logger wenlv.serving.access).
     return uvicorn.Config(app, host=host, port=port, workers=1, loop="uvloop", http=HeaderDeadlineProtocol,
-                          access_log=False, log_level="warning", lifespan="on")
+                          access_log=False, log_level="warning", lifespan="on",
+                          timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
 
 
 class ServerThread:
