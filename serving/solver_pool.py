@@ -30,9 +30,14 @@ def _solve(req: PlanRequest) -> tuple:
         return "infeasible", exc.code, exc.reason, exc.detail
 
 
+SOLVER_NICENESS = 10  # a 7-day plan over ~5k POIs costs ~4 s of CPU: recommendations must win the cores
+
+
 def _exit_with_parent() -> None:
-    """Worker initializer: leave when the server process goes, however it went (a spawned worker holds both ends
-    of its call queue, so it would otherwise wait for work forever)."""
+    """Worker initializer: run at a lower CPU priority than the server (plans are seconds of CPU; a recommendation
+    must not wait behind them), and leave when the server process goes, however it went (a spawned worker holds
+    both ends of its call queue, so it would otherwise wait for work forever)."""
+    os.nice(SOLVER_NICENESS)
     parent = multiprocessing.parent_process()
     if parent is None:
         return
