@@ -107,13 +107,14 @@ def _in_process(model, bundle) -> dict:
 def _start_server(bundle_dir: Path, redis_url: str, keys: Path, prefix: str, port: int, env: dict):
     cmd = [sys.executable, "-m", "wenlv.cli", "serve", "--bundle", str(bundle_dir), "--redis-url", redis_url,
            "--keys", str(keys), "--prefix", prefix, "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log_path = Path(keys).parent / "serve.log"  # a file, not a pipe nobody reads: a full pipe would stall the server
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log_path.open("wb"))
     import httpx
 
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError("wenlv serve exited: " + proc.stderr.read().decode()[-2000:])
+            raise RuntimeError("wenlv serve exited: " + log_path.read_text(errors="replace")[-2000:])
         try:
             if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
                 return proc
@@ -283,7 +284,12 @@ def run(n_pois: int, n_users: int, factors: int, rate: int, duration: int) -> di
     finally:
         if server is not None:
             server.terminate()
-            server.wait(timeout=30)
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                result["server_stop"] = "did not stop within 30 s of SIGTERM; killed"
+                server.kill()
+                server.wait(timeout=30)
         redis_server.stop()
         shutil.rmtree(work, ignore_errors=True)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]

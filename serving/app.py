@@ -7,7 +7,7 @@ Middleware, outermost first: metrics and the access log (`serving.metrics`), the
 """
 from __future__ import annotations
 
-import asyncio
+import threading
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -41,12 +41,13 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) 
     async def lifespan(app: FastAPI):
         if lifecycle is not None:
             lifecycle.start()
-        await asyncio.to_thread(solver.warm)
+        threading.Thread(target=solver.warm, name="solver-warm-up", daemon=True).start()  # readiness does not wait
         try:
             yield
         finally:
             if lifecycle is not None:
                 lifecycle.stop()
+            solver.close()
             if state.rec_log is not None:
                 state.rec_log.close()
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from wenlv.serving.auth import ROLES
-from wenlv.serving.online_store import DEFAULT_PREFIX
+from wenlv.errors import WenlvError
+from wenlv.serving.auth import ROLES, KeyStore
+from wenlv.serving.online_store import DEFAULT_PREFIX, open_store
 
 KEYS_HELP = "API key database (default: $WENLV_API_KEYS, else ~/.wenlv/api_keys.sqlite)"
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the checkout's mlflow/ store)"
@@ -58,6 +59,7 @@ def register(sub) -> None:
 
 
 def _serve(args) -> int:
+    # lazy: CLI start-up (uvicorn, FastAPI, FAISS and torch load only for the command that needs them)
     import uvicorn
 
     from wenlv.serving.runtime import build_app, uvicorn_config
@@ -70,9 +72,9 @@ def _serve(args) -> int:
 
 
 def _materialize(args) -> int:
+    # lazy: CLI start-up (MLflow, FAISS and the model stack load only for this command)
     from wenlv.serving.lifecycle import load_champion
     from wenlv.serving.materialize import materialize
-    from wenlv.serving.online_store import open_store
     from wenlv.serving.runtime import load_bundle_dir
 
     bundle, version = load_bundle_dir(args.bundle) if args.bundle else load_champion(args.tracking_uri)
@@ -83,8 +85,6 @@ def _materialize(args) -> int:
 
 
 def _apikey_create(args) -> int:
-    from wenlv.serving.auth import KeyStore
-
     lifetime = None if args.expires_days is None else args.expires_days * 86400
     key = KeyStore(args.keys).create(args.role, args.tenant, expires_in_s=lifetime)
     print(json.dumps({"key": key, "role": args.role, "tenant": args.tenant, "expires_days": args.expires_days,
@@ -93,16 +93,11 @@ def _apikey_create(args) -> int:
 
 
 def _apikey_list(args) -> int:
-    from wenlv.serving.auth import KeyStore
-
     print(json.dumps(KeyStore(args.keys).list()))
     return 0
 
 
 def _apikey_revoke(args) -> int:
-    from wenlv.serving.auth import KeyStore
-    from wenlv.errors import WenlvError
-
     if not KeyStore(args.keys).revoke(args.key_id):
         raise WenlvError(f"no API key with id {args.key_id!r}")
     print(json.dumps({"revoked": args.key_id}))

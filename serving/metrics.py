@@ -91,5 +91,5 @@ class MetricsMiddleware:
             if counter is None:
                 counter = self._requests[key] = self.metrics.requests.labels(name, key[1], str(status))
             counter.inc()
-            if access_log.isEnabledFor(logging.INFO):
-                access_log.info("%s %s %d %.1f ms", scope.get("method", ""), name, status, elapsed * 1000)
+            if access_log.isEnabledFor(logging.DEBUG):  # off by default: a line per request costs CPU
+                access_log.debug("%s %s %d %.1f ms", scope.get("method", ""), name, status, elapsed * 1000)

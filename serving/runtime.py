@@ -10,6 +10,8 @@ import threading
 import time
 from pathlib import Path
 
+import uvicorn
+
 from wenlv.serving.app import create_app
 from wenlv.serving.auth import KeyStore
 from wenlv.serving.http_protocol import HeaderDeadlineProtocol
@@ -21,6 +23,10 @@ from wenlv.training.bundle import ModelBundle
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)
+
+# Requests still running this long after a stop signal are cancelled (then queued itineraries are dropped):
+# waiting for every queued plan kept a stopped server alive for minutes.
+SHUTDOWN_GRACE_S = 5.0
 
 
 def bundle_version(bundle: ModelBundle, path: Path | None = None) -> str:
@@ -78,18 +84,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def uvicorn_config(app, host: str, port: int):
-    import uvicorn
-
+    # access_log=False: uvicorn's access line carries the raw path, and with it the visitor's token;
+    # serving.metrics logs each request by its route template instead (logger wenlv.serving.access).
     return uvicorn.Config(app, host=host, port=port, workers=1, loop="uvloop", http=HeaderDeadlineProtocol,
-                          access_log=False, log_level="warning", lifespan="on")
+                          access_log=False, log_level="warning", lifespan="on",
+                          timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
 
 
 class ServerThread:
     """uvicorn in a background thread (demo and tests): start() waits until it accepts requests."""
 
     def __init__(self, app, host: str = "127.0.0.1", port: int | None = None):
-        import uvicorn
-
         self.host, self.port = host, port or free_port(host)
         self.server = uvicorn.Server(uvicorn_config(app, self.host, self.port))
         self.server.install_signal_handlers = lambda: None  # not the main thread

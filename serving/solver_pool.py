@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import multiprocessing.connection
+import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 
@@ -28,6 +30,25 @@ def _solve(req: PlanRequest) -> tuple:
         return "infeasible", exc.code, exc.reason, exc.detail
 
 
+SOLVER_NICENESS = 10  # a 7-day plan over ~5k POIs costs ~4 s of CPU: recommendations must win the cores
+
+
+def _exit_with_parent() -> None:
+    """Worker initializer: run at a lower CPU priority than the server (plans are seconds of CPU; a recommendation
+    must not wait behind them), and leave when the server process goes, however it went (a spawned worker holds
+    both ends of its call queue, so it would otherwise wait for work forever)."""
+    os.nice(SOLVER_NICENESS)
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch():
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _warm() -> None:
     """Nothing: submitted once so that the workers have imported the planner before the first request."""
 
@@ -37,9 +58,18 @@ def shared_executor(workers: int) -> ProcessPoolExecutor:
     with _executors_lock:
         executor = _executors.get(workers)
         if executor is None:
-            executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+            executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                           initializer=_exit_with_parent)
             _executors[workers] = executor
         return executor
+
+
+def shutdown_executor(workers: int) -> None:
+    """Stop the pool of `workers` at server shutdown: plans still queued are cancelled, not solved for nobody."""
+    with _executors_lock:
+        executor = _executors.pop(workers, None)
+    if executor is not None:
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
 class SolverPool:
@@ -55,6 +85,9 @@ class SolverPool:
         executor = shared_executor(self.workers)
         for future in [executor.submit(_warm) for _ in range(self.workers)]:
             future.result()
+
+    def close(self) -> None:
+        shutdown_executor(self.workers)
 
     async def solve(self, req: PlanRequest) -> dict:
         """The plan for `req` (raises InfeasibleRequest), or ApiError 503 when every slot is taken."""
