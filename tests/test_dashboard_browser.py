@@ -42,7 +42,7 @@ START = date(2026, 11, 2)
 CAMPAIGNS = {"hz": "西湖冬游 West Lake winter", "sx": "鲁迅故里 Shaoxing autumn"}
 CHARTS = ("chart-revenue-campaign", "chart-revenue-model", "chart-arms", "chart-incremental",
           "chart-model-incremental", "chart-sources", "chart-assets")
-WAIT_S = 20
+WAIT_S = 30  # generous: CI shares two cores
 SPLITS = {v: {"tourism": 0.2, "carrier": 0.07, "internet": 0.03} for v in ("3", "4")}  # Shapley split per version
 
 
