@@ -14,7 +14,6 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,7 +126,7 @@ async def get_principal(request: Request, credentials: HTTPAuthorizationCredenti
     """The caller behind the bearer key, or behind a dashboard session cookie on a GET (see serving.sessions), or 401."""
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None:
-        principal = session_principal(request.app.state.keys, request.method, request.cookies)
+        principal = _session_principal(request)
         if principal is not None:
             return principal
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
@@ -138,10 +137,10 @@ async def get_principal(request: Request, credentials: HTTPAuthorizationCredenti
     return principal
 
 
-def session_principal(keys: KeyStore, method: str, cookies: Mapping[str, str]) -> Principal | None:
-    """The principal of a valid dashboard session cookie on a GET/HEAD, while its key is active (see serving.sessions);
-    revoking the key ends its sessions."""
-    key_id = sessions.session_key_id(method, cookies, keys.path)
+def _session_principal(request: Request) -> Principal | None:
+    """The principal of a valid session cookie whose key is still active (revoking a key ends its sessions)."""
+    keys = request.app.state.keys
+    key_id = sessions.session_key_id(request, keys.path)
     if key_id is None:
         return None
     for row in keys.list():

@@ -16,7 +16,6 @@ import hmac
 import json
 import secrets
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 from fastapi import Request, Response
@@ -70,12 +69,10 @@ def verify(secret: bytes, value: str, now: float | None = None) -> tuple[str, in
     return key_id, expires
 
 
-def session_key_id(method: str, cookies: Mapping[str, str], key_db: Path) -> str | None:
-    """The key id behind a request's session cookie (`cookies`: name -> value), for a safe method only; else None.
-
-    Takes plain values, not a Request, so an ASGI middleware can ask too."""
-    value = cookies.get(COOKIE)
-    if not value or method not in SAFE_METHODS:
+def session_key_id(request: Request, key_db: Path) -> str | None:
+    """The key id behind the request's session cookie, for a safe method only; else None."""
+    value = request.cookies.get(COOKIE)
+    if not value or request.method not in SAFE_METHODS:
         return None
     found = verify(secret_for(key_db), value)
     return found[0] if found else None

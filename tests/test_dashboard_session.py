@@ -165,18 +165,3 @@ def test_session_secret_comes_from_the_setting_else_a_private_file(app, monkeypa
 
     reset_settings()
     assert sessions.secret_for(keys.path) == b"from-the-setting"
-
-
-def test_session_principal_answers_plain_values_for_safe_methods_only(app):
-    """The seam a request-guard middleware can call too: method and cookies in, a Principal or None out."""
-    from wenlv.serving.auth import session_principal
-
-    application, keys, key = app
-    client = TestClient(application)
-    assert login(client, key[("analyst", "sx")]).status_code == 200
-    cookies = {sessions.COOKIE: client.cookies[sessions.COOKIE]}
-    got = session_principal(keys, "GET", cookies)
-    assert (got.role, got.tenant) == ("analyst", "sx") and session_principal(keys, "HEAD", cookies) == got
-    for method in ("POST", "PUT", "PATCH", "DELETE"):
-        assert session_principal(keys, method, cookies) is None
-    assert session_principal(keys, "GET", {}) is None
