@@ -9,7 +9,12 @@ for subscribers who consented to partner sharing.
 """
 from __future__ import annotations
 
+import pandas as pd
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
+
 from wenlv.features import contracts as C
+from wenlv.features import world  # public gazetteer: home city coordinates, the destination
 from wenlv.privacy import psi_align
 from wenlv.spark_jobs import psi_exchange, weights
 from wenlv.spark_jobs.party import Party, normalised_phone
@@ -35,8 +40,6 @@ class CarrierJob(Party):
         (`psi_exchange.hash_phones`) and blinded per session with that session's fresh secret;
         the tourism session takes every subscriber, the internet session those with
         consent_partner_share. `run(*calls)` may run the two sessions' requests at once."""
-        from pyspark.sql import functions as F
-
         hashed = psi_exchange.hash_phones(self.spark, self.read_raw(C.SUBSCRIBERS), "consent_partner_share")
         try:
             calls = (lambda: self.psi_request(TOURISM_SESSION, hashed=hashed),
@@ -51,14 +54,9 @@ class CarrierJob(Party):
 
     def align(self, tourism_matched, internet_matched) -> None:
         """Issue a user token per user; tell each partner the token for its matched session tokens."""
-        from pyspark import StorageLevel
-        from pyspark.sql import functions as F
-
         run_key = psi_align.new_run_key()
 
         def tokenise(batches):
-            import pandas as pd
-
             for pdf in batches:
                 yield pd.DataFrame({"phone": pdf["phone"], "token": psi_align.user_tokens(run_key, pdf["phone"])})
 
@@ -76,10 +74,6 @@ class CarrierJob(Party):
             message.orderBy("session_token").write.mode("overwrite").parquet(str(self.message_path(partner)))
 
     def build_blocks(self) -> dict:
-        from pyspark.sql import functions as F
-
-        from wenlv.features import world  # public gazetteer: home city coordinates, the destination
-
         plan = self.read_plan()
         split = F.to_date(F.lit(plan["split_date"]))
         subs = self._subscribers()

@@ -14,13 +14,18 @@ import json
 import logging
 import shutil
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timezone
 from pathlib import Path
+
+from tqdm import tqdm
 
 from wenlv.features import contracts
 from wenlv.spark_jobs import psi_exchange
 from wenlv.spark_jobs.carrier_job import INTERNET_SESSION, TOURISM_SESSION, CarrierJob
 from wenlv.spark_jobs.internet_job import InternetJob
+from wenlv.spark_jobs.session import get_spark
 from wenlv.spark_jobs.tourism_job import TourismJob
 from wenlv.errors import WenlvError
 
@@ -36,18 +41,12 @@ def run(data_dir: str | Path, out_dir: str | Path, spark=None, master: str | Non
 
     `stats`, if given, receives seconds per step and PSI set sizes (for the benchmark).
     """
-    import time
-
-    from tqdm import tqdm
-
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     for party in contracts.PARTIES:
         if not (data_dir / party).is_dir():
             raise WenlvError(f"{data_dir / party} is missing: the data folder needs one folder per party "
                              f"({', '.join(contracts.PARTIES)})")
     if spark is None:
-        from wenlv.spark_jobs.session import get_spark
-
         spark = get_spark(master)
     _clear(out_dir)
     tourism, carrier, internet = (TourismJob(spark, data_dir, out_dir, quarantine),
@@ -151,8 +150,6 @@ def at_once(*calls):
     leave idle (a job's last tasks, the driver's planning between jobs), which run one after
     another would waste. Every party still reads only its own folder and the exchange files.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(len(calls), thread_name_prefix="wenlv-psi") as pool:
         futures = [pool.submit(call) for call in calls]
         return [future.result() for future in futures]

@@ -1,6 +1,9 @@
 """The internet platform's job: consenting accounts into PSI, then its topic blocks."""
 from __future__ import annotations
 
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
+
 from wenlv.features import contracts as C
 from wenlv.spark_jobs import weights
 from wenlv.spark_jobs.party import Party, normalised_phone
@@ -18,13 +21,9 @@ class InternetJob(Party):
         super().__init__(spark, "internet", data_dir, out_dir, quarantine)
 
     def psi_phones(self):
-        from pyspark.sql import functions as F
-
         return self.read_raw(C.ACCOUNTS).filter(F.col("consent_ads")).select("phone")
 
     def account_tokens(self, matched):
-        from pyspark.sql import functions as F
-
         alignment = self.spark.read.parquet(str(self.message_path("internet")))
         accounts = self.read_raw(C.ACCOUNTS).filter(F.col("consent_ads")).select(
             "account_id", normalised_phone("phone").alias("phone"))
@@ -32,9 +31,6 @@ class InternetJob(Party):
                 .join(alignment, "session_token").select("account_id", "token"))
 
     def build_blocks(self, matched) -> dict:
-        from pyspark import StorageLevel
-        from pyspark.sql import functions as F
-
         plan = self.read_plan()
         tokens = self.account_tokens(matched).persist(StorageLevel.MEMORY_AND_DISK)
         engagement = (self.read_raw(C.ENGAGEMENT).filter(F.col("date") < F.to_date(F.lit(plan["split_date"])))

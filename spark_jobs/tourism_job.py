@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 from datetime import date, timedelta
 
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
+
 from wenlv.features import contracts as C
 from wenlv.spark_jobs import weights
 from wenlv.spark_jobs.party import PLAN_FILE, Party, normalised_phone
@@ -26,14 +29,10 @@ class TourismJob(Party):
         super().__init__(spark, "tourism", data_dir, out_dir, quarantine)
 
     def psi_phones(self):
-        from pyspark.sql import functions as F
-
         return self.read_raw(C.VISITORS).filter(F.col("consent_marketing")).select("phone")
 
     def publish_plan(self, split_date: date | None = None) -> dict:
         """Fix the split: default = last visit date − 27 days, so the test window is the last 28 days."""
-        from pyspark.sql import functions as F
-
         day = F.to_date(tourism_day("arrived_at"))
         span = self.read_raw(C.VISITS).agg(F.min(day).alias("first"), F.max(day).alias("last")).first()
         if span["first"] is None:
@@ -52,8 +51,6 @@ class TourismJob(Party):
 
     def visitor_tokens(self, matched):
         """DataFrame[visitor_id, token]: consenting visitors the carrier matched, canonical tokens."""
-        from pyspark.sql import functions as F
-
         alignment = self.spark.read.parquet(str(self.message_path("tourism")))
         visitors = self.read_raw(C.VISITORS).filter(F.col("consent_marketing")).select(
             "visitor_id", normalised_phone("phone").alias("phone"))
@@ -61,9 +58,6 @@ class TourismJob(Party):
                 .join(alignment, "session_token").select("visitor_id", "token"))
 
     def build_blocks(self, matched) -> dict:
-        from pyspark import StorageLevel
-        from pyspark.sql import functions as F
-
         plan = self.read_plan()
         split = F.to_date(F.lit(plan["split_date"]))
         window_end = F.to_timestamp(F.lit(plan["split_date"])) + F.expr(f"INTERVAL {DAY_ENDS_HOUR} HOURS")
@@ -104,6 +98,4 @@ class TourismJob(Party):
 
 def tourism_day(column: str):
     """The timestamp shifted back by DAY_ENDS_HOUR hours: its date is the tourism day."""
-    from pyspark.sql import functions as F
-
     return F.col(column) - F.expr(f"INTERVAL {DAY_ENDS_HOUR} HOURS")
