@@ -55,7 +55,12 @@ def register(sub) -> None:
     ps = pa_sub.add_parser("serve", help="serve this party's side of federated training over mutual TLS")
     ps.add_argument("--party", choices=contracts.PARTIES, required=True, help="which organisation this process is")
     ps.add_argument("--data", type=Path, required=True,
-                    help="this party's own feature folder (its block + the shared carrier/users token list)")
+                    help="this party's own feature folder (its block + the shared carrier/users token list); "
+                         "with --raw, the feature run over the parties writes it")
+    ps.add_argument("--raw", type=Path, default=None,
+                    help="raw data folder holding <raw>/<party>/: serve this party's side of "
+                         "`wenlv features --parties` too (its own Spark job)")
+    ps.add_argument("--master", default=None, help="with --raw: Spark master URL of this party's job (default local[*])")
     ps.add_argument("--listen", required=True, help="HOST:PORT")
     ps.add_argument("--tls", type=Path, default=None, help="certificate folder (default: WENLV_PARTY_TLS)")
     ps.add_argument("--state", type=Path, default=None,
@@ -146,9 +151,17 @@ def _party(args) -> int:
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise WenlvError(f"--listen wants HOST:PORT, got {args.listen!r}")
-    party = load_party(args.party, args.data, args.state)
-    serve(party, host, int(port), args.tls or get_settings().party_tls_dir,
-          ready=lambda: print(json.dumps({"party": args.party, "listening": args.listen}), flush=True))
+    features = None
+    if args.raw is None:
+        party = load_party(args.party, args.data, args.state)
+    else:   # its feature folder is filled by a feature run first: the ALS side loads on first use
+        from wenlv.spark_jobs.party_features import FeatureParty  # lazy: CLI start-up (pyspark, ~0.5 s)
+
+        features = FeatureParty(args.party, args.raw, args.data, master=args.master)
+        party = (args.party, lambda: load_party(args.party, args.data, args.state))
+    serve(party, host, int(port), args.tls or get_settings().party_tls_dir, features=features,
+          ready=lambda: print(json.dumps({"party": args.party, "listening": args.listen,
+                                          "features": features is not None}), flush=True))
     return 0
 
 
