@@ -4,17 +4,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-
 from wenlv.errors import WenlvError
 from wenlv.features import contracts
 from wenlv.privacy.tls import fingerprint, make_deployment
 from wenlv.settings import get_settings
 from wenlv.training import registry
 from wenlv.training.evaluation import finite
-from wenlv.training.federated_als import FederatedALS
 from wenlv.training.flickr_eval import evaluate_city
-from wenlv.training.remote import RemoteParty, load_party, parse_parties, serve
+from wenlv.training.remote import load_party, parse_parties, serve
 
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the checkout's mlflow/ store)"
 
@@ -33,8 +30,10 @@ def register(sub) -> None:
                    help="federated (masked sums; the production path) or central (pooled baseline, never champion)")
     t.add_argument("--parties", type=_parties, default=contracts.PARTIES,
                    help="comma list, must include tourism; or name=https://host:port for each party's own "
-                        "`wenlv party serve` (federated ALS over mutual TLS; the coordinator holds no block)")
-    t.add_argument("--out", type=Path, default=None, help="with remote parties: where the user and POI factors go")
+                        "`wenlv party serve` (federated ALS over mutual TLS, logged and registered; --features is "
+                        "then the tourism party's own folder)")
+    t.add_argument("--out", type=Path, default=None,
+                   help="with remote parties: work folder of the run (bundle, model card, audit log)")
     t.add_argument("--factors", type=int, default=16, help="latent factors per user and POI")
     t.add_argument("--iterations", type=int, default=10, help="ALS iterations")
     t.add_argument("--regularization", type=float, default=1.0, help="ALS L2 regularisation")
@@ -112,30 +111,20 @@ def _train(args) -> int:
 
 
 def _train_remote(args) -> int:
-    """Federated ALS driven over the party services; the coordinator keeps the user factors and
-    the tourism POI factors, every party keeps its own item factors on its own disk."""
-    from wenlv.training.factors import COMPUTE_DTYPE  # lazy: CLI start-up (~0.12 s)
+    """Federated ALS driven over the party services, logged to MLflow and registered
+    (training.remote_pipeline): the coordinator keeps the user factors and the tourism POI
+    factors, every party keeps its own item factors on its own disk."""
+    from wenlv.training.pipeline import TrainConfig  # lazy: CLI start-up (~0.13 s)
+    from wenlv.training.remote_pipeline import train_remote  # lazy: CLI start-up (the pipeline's modules)
 
     settings = get_settings()
-    if "tourism" not in args.parties:
-        raise WenlvError("the tourism party (owner of the POI block) must take part")
-    out = args.out or Path(args.features) / "federated"
-    handles = {p: RemoteParty(p, url, settings.party_tls_dir, timeout=settings.party_timeout_s,
-                              retries=settings.party_retries) for p, url in args.parties.items()}
-    try:
-        model = FederatedALS(factors=args.factors, iterations=args.iterations, regularization=args.regularization,
-                             random_state=args.seed, dtype=COMPUTE_DTYPE, collect_items=("tourism",),
-                             show_progress=False, audit_path=out / "audit.jsonl")
-        out.mkdir(parents=True, exist_ok=True)
-        model.fit_parties(handles)
-    finally:
-        for h in handles.values():
-            h.close()
-    np.save(out / "user_factors.npy", model.user_factors)
-    np.save(out / "poi_factors.npy", model.item_factors["tourism"])
-    print(json.dumps({"run_id": model.run_id_, "out": str(out), "parties": list(handles),
-                      "kept_by_parties": model.saved_, "rounds_aborted": model.rounds_aborted_,
-                      "seconds": round(model.timings_["wall_seconds"], 3)}))
+    config = TrainConfig(mode="federated", parties=tuple(args.parties), factors=args.factors,
+                         iterations=args.iterations, regularization=args.regularization, seed=args.seed,
+                         towers=False, shapley=False, promote=False)
+    out = train_remote(args.features, args.parties, settings.party_tls_dir, config, timeout=settings.party_timeout_s,
+                       retries=settings.party_retries, tracking_uri=args.tracking_uri, data_dir=args.data,
+                       work_dir=args.out)
+    print(json.dumps(_public(out), default=str))
     return 0
 
 
