@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from wenlv.features.contracts import markdown
+from wenlv.features.flickr import import_city
+from wenlv.features.generator import SCALES, generate
+from wenlv.features.signal import prospect_signal
+
 
 def register(sub) -> None:
-    from wenlv.features.generator import SCALES
-
     p = sub.add_parser("datagen", help="generate the synthetic three-party data set (tourism, carrier, internet + truth)")
     p.add_argument("--scale", choices=tuple(SCALES), default="tiny", help="how many people, POIs and visits")
     p.add_argument("--seed", type=int, default=7, help="random seed (same seed, same data)")
@@ -34,30 +37,22 @@ def register(sub) -> None:
 
 
 def _datagen(args) -> int:
-    from wenlv.features.generator import generate
-
     summary = generate(args.out, scale=args.scale, seed=args.seed, progress=not args.no_progress, people=args.people)
     print(json.dumps(summary))
     return 0
 
 
 def _signal(args) -> int:
-    from wenlv.features.signal import prospect_signal
-
     print(json.dumps(prospect_signal(args.data)))
     return 0
 
 
 def _import_flickr(args) -> int:
-    from wenlv.features.flickr import import_city
-
     print(json.dumps(import_city(args.city, args.source, args.out)))
     return 0
 
 
 def _contracts(args) -> int:
-    from wenlv.features.contracts import markdown
-
     text = markdown()
     if args.out is None:
         print(text, end="" if text.endswith("\n") else "\n")

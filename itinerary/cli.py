@@ -8,6 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from wenlv.errors import WenlvError
+from wenlv.features.contracts import POIS
+from wenlv.features.io import read_pandas
+from wenlv.itinerary import check, planner
+from wenlv.training.bundle import ModelBundle
 
 
 def register(sub) -> None:
@@ -33,11 +37,7 @@ def register(sub) -> None:
 
 
 def main(args) -> int:
-    from wenlv.itinerary import check, planner
-
     if args.bundle:
-        from wenlv.training.bundle import ModelBundle
-
         bundle = ModelBundle.load(args.bundle)
         pois = bundle.pois
         scores = np.log1p(pois["popularity"].to_numpy(float)) if "popularity" in pois else np.ones(len(pois))
@@ -47,9 +47,6 @@ def main(args) -> int:
                 raise WenlvError(f"token not in the bundle; use no --token for popularity")
             scores = bundle.poi_factors @ bundle.user_factors[rows[0]]
     else:
-        from wenlv.features.contracts import POIS
-        from wenlv.features.io import read_pandas
-
         pois = read_pandas(args.data, POIS)
         scores = np.ones(len(pois))
     mask = (pois["city"].astype(str).str.lower() == args.city.lower()).to_numpy()

@@ -1,10 +1,10 @@
 """Demo stage `features`: the Spark feature job on the generated data, into `<workdir>/features`."""
 from __future__ import annotations
 
+from wenlv.spark_jobs import features_job
+
 
 def run(ctx) -> dict:
-    from wenlv.spark_jobs import features_job
-
     data_dir = ctx.results["data"]["_paths"]["data_dir"]
     features_dir = ctx.workdir / "features"
     manifest = features_job.run(data_dir, features_dir, progress=ctx.progress)

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pyspark.sql import functions as F
+
 from wenlv.features.contracts import Table
 from wenlv.features.io import parquet_rows
 from wenlv.spark_jobs import psi_exchange, validate
@@ -79,8 +81,6 @@ class Party:
     # ---------------------------------------------------------------- blocks
     def write_block(self, table: Table, df) -> dict:
         """Write a block exactly as the contract declares it; its manifest entry."""
-        from pyspark.sql import functions as F
-
         if table.party != self.name or table.kind != "block":
             raise WenlvError(f"the {self.name} job may not write {table.qualified}")
         schema = table.spark_schema()

@@ -17,6 +17,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+import pyarrow.parquet as pq
+from pyspark import StorageLevel
+from pyspark.sql import functions as F
+from pyspark.sql.types import BinaryType, StructField, StructType
+
 from wenlv.features.io import parquet_rows
 from wenlv.privacy import psi
 from wenlv.errors import WenlvError
@@ -67,8 +73,6 @@ def read_session_id(exchange: Path, session: str) -> str:
 
 def normalised_phone(column: str = "phone"):
     """The Spark form of privacy.psi.normalise_phone, to join a party's rows to its PSI result."""
-    from pyspark.sql import functions as F
-
     return F.regexp_replace(F.col(column), r"[+ \-]", "")
 
 
@@ -117,8 +121,6 @@ def _reblind(secret: bytes):
 def _distinct(spark, phones, *flags: str):
     """Distinct normalised phones (with each flag OR-ed over a phone's rows) in crypto_partitions
     partitions: one shuffle, by the phone, which the de-duplication then needs no other for."""
-    from pyspark.sql import functions as F
-
     df = phones.select(normalised_phone("phone").alias("phone"), *flags).repartition(crypto_partitions(spark), "phone")
     return df.groupBy("phone").agg(*[F.max(f).alias(f) for f in flags]) if flags else df.distinct()
 
@@ -131,9 +133,6 @@ def hash_phones(spark, phones, *flags: str):
     which blinds it with that session's own fresh secret. Boolean flags (e.g. a consent column)
     are kept, OR-ed over a phone's rows, to choose each session's phones. Release with unpersist().
     """
-    from pyspark import StorageLevel
-    from pyspark.sql.types import BinaryType, StructField, StructType
-
     distinct = _distinct(spark, phones, *flags)
     schema = StructType(distinct.schema.fields + [StructField("hashed", BinaryType(), False)])
     hashed = distinct.mapInPandas(_hash, schema).persist(StorageLevel.MEMORY_AND_DISK)
@@ -147,8 +146,6 @@ def request(spark, exchange: Path, session: str, party: str, phones=None, *, has
     `phones`: DataFrame[phone] (any form, duplicates allowed); or `hashed`: DataFrame[phone, hashed]
     of distinct normalised phones from `hash_phones`, to be blinded only.
     """
-    from pyspark import StorageLevel
-
     if (phones is None) == (hashed is None):
         raise WenlvError("psi_exchange.request takes phones or hashed phones, one of the two")
     session_id = read_session_id(exchange, session)
@@ -191,9 +188,6 @@ def _match(answer_path: str, ours_path: str, prefix: bytes):
     32-byte points of the two sessions' sets only, and this saves the JVM joins, which cost
     more CPU than the lookups themselves."""
     def per_batch(batches):
-        import pandas as pd
-        import pyarrow.parquet as pq
-
         answer = pq.read_table(answer_path, columns=["point", "reblinded"])
         doubled_of = dict(zip(answer.column("point").to_pylist(), answer.column("reblinded").to_pylist()))
         theirs = set(pq.read_table(ours_path, columns=["reblinded"]).column("reblinded").to_pylist())
@@ -222,8 +216,6 @@ def finish(spark, exchange: Path, state: PsiState, other: str):
 
     The other must answer each of our points once: its answer has as many rows as we sent
     (from the files' footers) and holds every point we sent (checked row by row)."""
-    from pyspark import StorageLevel
-
     folder = session_dir(exchange, state.session)
     answer, ours = folder / f"{other}.response.parquet", folder / f"{state.party}.response.parquet"
     state.sent, returned = parquet_rows(folder / f"{state.party}.request.parquet"), parquet_rows(answer)

@@ -6,6 +6,12 @@ from pathlib import Path
 
 from wenlv.errors import WenlvError
 from wenlv.features import contracts
+from wenlv.privacy.tls import fingerprint, make_deployment
+from wenlv.settings import get_settings
+from wenlv.training import registry
+from wenlv.training.evaluation import finite
+from wenlv.training.flickr_eval import evaluate_city
+from wenlv.training.remote import load_party, parse_parties, serve
 
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the checkout's mlflow/ store)"
 
@@ -13,8 +19,6 @@ TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the ch
 def _parties(text: str) -> tuple[str, ...] | dict[str, str]:
     """``tourism,carrier`` (in process) or ``tourism=https://…,carrier=https://…`` (party services)."""
     if "=" in text:
-        from wenlv.training.remote import parse_parties
-
         return parse_parties(text)
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
@@ -26,8 +30,10 @@ def register(sub) -> None:
                    help="federated (masked sums; the production path) or central (pooled baseline, never champion)")
     t.add_argument("--parties", type=_parties, default=contracts.PARTIES,
                    help="comma list, must include tourism; or name=https://host:port for each party's own "
-                        "`wenlv party serve` (federated ALS over mutual TLS; the coordinator holds no block)")
-    t.add_argument("--out", type=Path, default=None, help="with remote parties: where the user and POI factors go")
+                        "`wenlv party serve` (federated ALS over mutual TLS, logged and registered; --features is "
+                        "then the tourism party's own folder)")
+    t.add_argument("--out", type=Path, default=None,
+                   help="with remote parties: work folder of the run (bundle, model card, audit log)")
     t.add_argument("--factors", type=int, default=16, help="latent factors per user and POI")
     t.add_argument("--iterations", type=int, default=10, help="ALS iterations")
     t.add_argument("--regularization", type=float, default=1.0, help="ALS L2 regularisation")
@@ -56,7 +62,12 @@ def register(sub) -> None:
     ps = pa_sub.add_parser("serve", help="serve this party's side of federated training over mutual TLS")
     ps.add_argument("--party", choices=contracts.PARTIES, required=True, help="which organisation this process is")
     ps.add_argument("--data", type=Path, required=True,
-                    help="this party's own feature folder (its block + the shared carrier/users token list)")
+                    help="this party's own feature folder (its block + the shared carrier/users token list); "
+                         "with --raw, the feature run over the parties writes it")
+    ps.add_argument("--raw", type=Path, default=None,
+                    help="raw data folder holding <raw>/<party>/: serve this party's side of "
+                         "`wenlv features --parties` too (its own Spark job)")
+    ps.add_argument("--master", default=None, help="with --raw: Spark master URL of this party's job (default local[*])")
     ps.add_argument("--listen", required=True, help="HOST:PORT")
     ps.add_argument("--tls", type=Path, default=None, help="certificate folder (default: WENLV_PARTY_TLS)")
     ps.add_argument("--state", type=Path, default=None,
@@ -102,7 +113,7 @@ def register(sub) -> None:
 def _train(args) -> int:
     if isinstance(args.parties, dict):
         return _train_remote(args)
-    from wenlv.training.pipeline import TrainConfig, train
+    from wenlv.training.pipeline import TrainConfig, train  # lazy: CLI start-up (~0.13 s)
 
     config = TrainConfig(mode=args.mode, parties=args.parties, factors=args.factors, iterations=args.iterations,
                          regularization=args.regularization, seed=args.seed, tower_epochs=args.tower_epochs,
@@ -116,47 +127,28 @@ def _train(args) -> int:
 
 
 def _train_remote(args) -> int:
-    """Federated ALS driven over the party services; the coordinator keeps the user factors and
-    the tourism POI factors, every party keeps its own item factors on its own disk."""
-    # lazy, as in every command here: the parser loads all stages, the heavy modules only run
-    import numpy as np
-
-    from wenlv.settings import get_settings
-    from wenlv.training.factors import COMPUTE_DTYPE
-    from wenlv.training.federated_als import FederatedALS
-    from wenlv.training.remote import RemoteParty
+    """Federated ALS driven over the party services, logged to MLflow and registered
+    (training.remote_pipeline): the coordinator keeps the user factors and the tourism POI
+    factors, every party keeps its own item factors on its own disk."""
+    from wenlv.training.pipeline import TrainConfig  # lazy: CLI start-up (~0.13 s)
+    from wenlv.training.remote_pipeline import train_remote  # lazy: CLI start-up (the pipeline's modules)
 
     settings = get_settings()
     if args.tune:
         raise WenlvError("--tune searches through the in-process federated fit; with party services "
                          "(name=https://…) it is not supported yet: tune on the parties' folders in process first")
-    if "tourism" not in args.parties:
-        raise WenlvError("the tourism party (owner of the POI block) must take part")
-    out = args.out or Path(args.features) / "federated"
-    handles = {p: RemoteParty(p, url, settings.party_tls_dir, timeout=settings.party_timeout_s,
-                              retries=settings.party_retries) for p, url in args.parties.items()}
-    try:
-        model = FederatedALS(factors=args.factors, iterations=args.iterations, regularization=args.regularization,
-                             random_state=args.seed, dtype=COMPUTE_DTYPE, collect_items=("tourism",),
-                             show_progress=False, audit_path=out / "audit.jsonl")
-        out.mkdir(parents=True, exist_ok=True)
-        model.fit_parties(handles)
-    finally:
-        for h in handles.values():
-            h.close()
-    np.save(out / "user_factors.npy", model.user_factors)
-    np.save(out / "poi_factors.npy", model.item_factors["tourism"])
-    print(json.dumps({"run_id": model.run_id_, "out": str(out), "parties": list(handles),
-                      "kept_by_parties": model.saved_, "rounds_aborted": model.rounds_aborted_,
-                      "seconds": round(model.timings_["wall_seconds"], 3)}))
+    config = TrainConfig(mode="federated", parties=tuple(args.parties), factors=args.factors,
+                         iterations=args.iterations, regularization=args.regularization, seed=args.seed,
+                         towers=False, shapley=False, promote=False)
+    out = train_remote(args.features, args.parties, settings.party_tls_dir, config, timeout=settings.party_timeout_s,
+                       retries=settings.party_retries, tracking_uri=args.tracking_uri, data_dir=args.data,
+                       work_dir=args.out)
+    print(json.dumps(_public(out), default=str))
     return 0
 
 
 def _party(args) -> int:
-    # lazy, as in every command here: the parser loads all stages, the heavy modules only run
     if args.party_command == "certs":
-        from wenlv.privacy.tls import fingerprint, make_deployment
-
         hosts: dict[str, list[str]] = {}
         for item in args.host or ():
             name, _, host = item.partition("=")
@@ -164,34 +156,36 @@ def _party(args) -> int:
         written = make_deployment(args.out, args.names, hosts)
         print(json.dumps({"files": written, "sha256": {k: fingerprint(v) for k, v in written.items()}}))
         return 0
-    from wenlv.settings import get_settings
-    from wenlv.training.remote import load_party, serve
-
     host, _, port = args.listen.rpartition(":")
     if not host or not port.isdigit():
         raise WenlvError(f"--listen wants HOST:PORT, got {args.listen!r}")
-    party = load_party(args.party, args.data, args.state)
-    serve(party, host, int(port), args.tls or get_settings().party_tls_dir,
-          ready=lambda: print(json.dumps({"party": args.party, "listening": args.listen}), flush=True))
+    features = None
+    if args.raw is None:
+        party = load_party(args.party, args.data, args.state)
+    else:   # its feature folder is filled by a feature run first: the ALS side loads on first use
+        from wenlv.spark_jobs.party_features import FeatureParty  # lazy: CLI start-up (pyspark, ~0.5 s)
+
+        features = FeatureParty(args.party, args.raw, args.data, master=args.master)
+        party = (args.party, lambda: load_party(args.party, args.data, args.state))
+    serve(party, host, int(port), args.tls or get_settings().party_tls_dir, features=features,
+          ready=lambda: print(json.dumps({"party": args.party, "listening": args.listen,
+                                          "features": features is not None}), flush=True))
     return 0
 
 
 def _public(out: dict) -> dict:
-    from wenlv.training.evaluation import finite
-
     return {**{k: v for k, v in out.items() if k != "metrics"}, "metrics": finite(out["metrics"])}
 
 
 def _evaluate(args) -> int:
-    from wenlv.training.pipeline import evaluate_version
+    from wenlv.training.pipeline import evaluate_version  # lazy: CLI start-up (~0.13 s)
 
     print(json.dumps(evaluate_version(args.features, args.version, args.tracking_uri, args.k, log=not args.no_log)))
     return 0
 
 
 def _evaluate_flickr(args) -> int:
-    from wenlv.training.flickr_eval import evaluate_city
-    from wenlv.training.tuning import TrialLog
+    from wenlv.training.tuning import TrialLog  # lazy: CLI start-up (optuna)
 
     trial_log = TrialLog(args.tracking_uri, name=f"tune-flickr-{args.city}") if args.trials else None
     print(json.dumps(evaluate_city(args.city, args.source, test_fraction=args.test_fraction, trials=args.trials,
@@ -200,8 +194,6 @@ def _evaluate_flickr(args) -> int:
 
 
 def _promote(args) -> int:
-    from wenlv.training import registry
-
     kwargs = {} if args.tolerance is None else {"tolerance": args.tolerance}
     decision = registry.promote(args.version, args.tracking_uri, **kwargs)
     print(json.dumps({"version": args.version, **decision.as_dict(),
@@ -210,7 +202,5 @@ def _promote(args) -> int:
 
 
 def _rollback(args) -> int:
-    from wenlv.training import registry
-
     print(json.dumps({"champion_version": registry.rollback(args.tracking_uri)}))
     return 0

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 from wenlv.settings import get_settings
+from wenlv.training import tracking
+from wenlv.training.pipeline import TrainConfig, train
 
 
 def run(ctx) -> dict:
-    from wenlv.training import tracking
-    from wenlv.training.pipeline import TrainConfig, train
-
     features_dir = ctx.results["features"]["_paths"]["features_dir"]
     data_dir = ctx.results.get("data", {}).get("_paths", {}).get("data_dir")
     tracking_uri = get_settings().mlflow_tracking_uri or tracking.store_for_dir(ctx.workdir / "mlflow")[0]

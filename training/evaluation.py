@@ -267,7 +267,8 @@ def prospect_audiences(blocks, matrices, user_scores: np.ndarray, audience_fract
     visited = np.zeros((len(matrices.tokens), len(pois)), dtype=bool)
     known = test["poi_id"].isin(col_of.index) & test["token"].isin(row_of.index)
     visited[row_of[test.loc[known, "token"]].to_numpy(), col_of[test.loc[known, "poi_id"]].to_numpy()] = True
-    activity = sum(np.asarray(matrices.blocks[p].sum(axis=1)).ravel() for p in matrices.blocks if p != "tourism")
+    parts = [np.asarray(matrices.blocks[p].sum(axis=1)).ravel() for p in matrices.blocks if p != "tourism"]
+    activity = sum(parts) if parts else np.zeros(len(matrices.tokens))  # a remote coordinator holds no partner block
     out = audience_lift(user_scores[prospects], np.asarray(activity)[prospects], visited[prospects], pois,
                         audience_fraction)
     return {f"prospect_{k}": v for k, v in out.items()}

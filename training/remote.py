@@ -5,7 +5,9 @@ mutual TLS (privacy.tls: only the pinned coordinator certificate is accepted). I
 one :class:`~training.federated_als.FederatedALSParty` built from the party's own folder
 and exposes exactly the methods of the :class:`~training.party_api.Party` protocol at
 ``POST /v1/call/<method>``; bodies are the streamed, pickle-free format of
-privacy.transport.
+privacy.transport. Started with ``--raw``, it also serves the party's side of the feature
+run (spark_jobs.party_features) at ``POST /v1/features/<step>``, with the same channel and
+replay checks; its ALS side then loads from the folder that run fills, on first use.
 
 The coordinator side (:class:`RemoteParty`) implements the same protocol with httpx over
 mutual TLS (only that party's pinned certificate, its name checked against the SAN). Each
@@ -272,11 +274,38 @@ class _Sequencer:
             self.last[session] = seq
 
 
-def party_app(party: FederatedALSParty) -> FastAPI:
-    """The party's service: the Party protocol's methods, one at a time (the driver's order)."""
-    app = FastAPI(title=f"wenlv party {party.name}", docs_url=None, redoc_url=None, openapi_url=None)
+class _AlsSide:
+    """The party's ALS side, built from its feature folder when first called (the folder may be
+    filled by a feature run of this same service first) and rebuilt after each feature run."""
+
+    def __init__(self, party):
+        self.name = party.name if isinstance(party, FederatedALSParty) else party[0]
+        self._party = party if isinstance(party, FederatedALSParty) else None
+        self._loader = None if isinstance(party, FederatedALSParty) else party[1]
+
+    def get(self) -> FederatedALSParty:
+        if self._party is None:
+            self._party = self._loader()
+        return self._party
+
+    def reset(self) -> None:
+        if self._loader is not None:
+            self._party = None
+
+
+def party_app(party, features=None) -> FastAPI:
+    """The party's service: the Party protocol's methods, one at a time (the driver's order).
+
+    `party`: its FederatedALSParty, or (name, loader) to build it from its folder on first use.
+    `features`: its side of the feature run (a spark_jobs.party_features.FeatureParty, passed in
+    so that this module loads no Spark), reachable at ``/v1/features/<method>`` for the names in
+    its METHODS; None for a service that only trains.
+    """
+    als = _AlsSide(party)
+    app = FastAPI(title=f"wenlv party {als.name}", docs_url=None, redoc_url=None, openapi_url=None)
     seq = _Sequencer()
     lock = threading.Lock()  # one protocol call at a time: the party object is a state machine
+    feature_lock = threading.Lock()  # one feature step at a time (a step runs its own Spark jobs at once)
     cache = ArrayCache()       # large arrays received lately (the user factors of the item step)
     uploads = Uploads()        # arrays arriving on their own stream (duplex CG stages)
 
@@ -306,7 +335,40 @@ def party_app(party: FederatedALSParty) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "party": party.name}
+        return {"status": "ok", "party": als.name, "features": features is not None}
+
+    @app.post("/v1/features/{method}")
+    async def feature_call(method: str, request: Request):
+        if features is None or method not in features.METHODS:
+            return error(404, ProtocolError(f"method {method!r} is not a feature step of this service"))
+        try:
+            seq.check(request.headers.get("x-wenlv-session", ""), int(request.headers.get("x-wenlv-seq", "0")))
+            decoder = Decoder()
+            async for chunk in request.stream():
+                decoder.feed(chunk)
+            args = decoder.result()
+            if not isinstance(args, tuple):
+                raise ProtocolError("arguments must be a tuple")
+        except (ProtocolError, ValueError) as exc:
+            return error(409 if "replayed" in str(exc) else 400, exc)
+
+        def run():
+            with feature_lock:
+                value = getattr(features, method)(*args)
+            if method == "finish":   # new blocks: the next training run loads them
+                with lock:
+                    als.reset()
+            return value
+
+        try:
+            value = await run_in_threadpool(run)
+        except (WenlvError, TypeError) as exc:
+            log.warning("party %s: feature step %s refused: %s", als.name, method, exc)
+            return error(409 if isinstance(exc, ProtocolError) else 400, exc)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the coordinator, named
+            log.exception("party %s: feature step %s failed", als.name, method)
+            return error(500, exc)
+        return StreamingResponse(encode_chunks(value), media_type="application/x-wenlv")
 
     @app.post("/v1/call/{method}")
     async def call(method: str, request: Request):
@@ -324,11 +386,12 @@ def party_app(party: FederatedALSParty) -> FastAPI:
             return error(409 if "replayed" in str(exc) else 400, exc)
 
         if method in ("residual", "product") and any(isinstance(a, StreamedArray) for a in args):
-            return StreamingResponse(_duplex_frames(party, method, args, lock), media_type="application/x-wenlv-frames")
+            return StreamingResponse(_duplex_frames(als.get(), method, args, lock),
+                                     media_type="application/x-wenlv-frames")
 
         def run():
             with lock:
-                return getattr(party, method)(*args)
+                return getattr(als.get(), method)(*args)
 
         started = time.perf_counter()
         try:
@@ -336,7 +399,7 @@ def party_app(party: FederatedALSParty) -> FastAPI:
         except ProtocolError as exc:
             return error(409, exc)
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the coordinator, named
-            log.exception("party %s: %s failed", party.name, method)
+            log.exception("party %s: %s failed", als.name, method)
             return error(500, exc)
         # the party's own seconds on the call: the coordinator subtracts them to get network time
         return StreamingResponse(encode_chunks(value), media_type="application/x-wenlv",
@@ -407,11 +470,14 @@ def load_party(party: str, data: str | Path, state: str | Path | None = None, al
     return FederatedALSParty(party, block.matrix, alpha=alpha, state_dir=state or data / ".wenlv-party")
 
 
-def serve(party: FederatedALSParty, host: str, port: int, tls_dir: str | Path, ready=None) -> None:
-    """Run the party's service until stopped (SIGINT/SIGTERM); mutual TLS, pinned coordinator."""
-    context = tls.server_context(tls_dir, party.name)
-    config = uvicorn.Config(party_app(party), host=host, port=port, log_level="warning", access_log=False,
-                            ssl_certfile=str(Path(tls_dir) / f"{party.name}.pem"),
+def serve(party, host: str, port: int, tls_dir: str | Path, ready=None,
+          features=None) -> None:
+    """Run the party's service until stopped (SIGINT/SIGTERM); mutual TLS, pinned coordinator.
+    `party` and `features` as in :func:`party_app`."""
+    name = _AlsSide(party).name
+    context = tls.server_context(tls_dir, name)
+    config = uvicorn.Config(party_app(party, features), host=host, port=port, log_level="warning", access_log=False,
+                            ssl_certfile=str(Path(tls_dir) / f"{name}.pem"),
                             ssl_context_factory=lambda cfg, default: context, timeout_keep_alive=600)
     server = uvicorn.Server(config)
     if ready is not None:

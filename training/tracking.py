@@ -58,7 +58,7 @@ def _artifact_root(tracking_uri: str) -> str | None:
 
 
 def client(tracking_uri: str | None = None):
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # lazy: mlflow imports in seconds; resolving the URI (serving, CLI) needs none
 
     uri = resolve_tracking_uri(tracking_uri)
     if uri.startswith("sqlite:///"):
@@ -93,7 +93,7 @@ def log_run(*, params: dict, metrics: dict, tags: dict, artifacts: dict, manifes
     artifacts: {artifact path in the run: local folder or file}. steps: curves, {metric: [(step, value)]}
     (MLflow's metric history). Returns run id and artifact URI.
     """
-    import mlflow
+    import mlflow  # lazy: mlflow imports in seconds; resolving the URI (serving, CLI) needs none
     from mlflow.entities import DatasetInput, InputTag, Metric, Param
 
     c = client(tracking_uri)
