@@ -20,6 +20,7 @@ import pandas as pd
 
 from wenlv.errors import WenlvError
 from wenlv.marketing.campaigns import MIN_SEED
+from wenlv.marketing.refusals import AudienceRefused
 from wenlv.marketing.select import flat_index
 from wenlv.training.bundle import ModelBundle
 
@@ -93,8 +94,8 @@ def lookalike_query(candidates: Candidates, seed_tokens: list[str]) -> Query:
     """Centroid of the seed members found in the model; refuses a seed below MIN_SEED found members."""
     seeds = np.flatnonzero(pd.Series(candidates.tokens).isin(set(seed_tokens)).to_numpy())
     if len(seeds) < MIN_SEED:
-        raise WenlvError(f"lookalike seed: only {len(seeds)} of {len(seed_tokens)} seed tokens are known to the model; "
-                         f"at least {MIN_SEED} are needed")
+        raise AudienceRefused(f"lookalike seed: only {len(seeds)} of {len(seed_tokens)} seed tokens are known to the "
+                              f"model; at least {MIN_SEED} are needed", reason="seed_size")
     exclude = np.zeros(len(candidates.tokens), dtype=bool)
     exclude[seeds] = True
     centroid = candidates.vectors[seeds].mean(axis=0)

@@ -213,6 +213,8 @@ def test_region_filter_applies_and_needs_a_home_city(engine):
     chosen = {m["token"] for m in audience.members(engine, campaign["id"])}
     assert chosen == set(candidates.tokens[candidates.home_city == "Shanghai"])
     candidates.home_city = None
-    with pytest.raises(ValueError, match="no home city"):
+    with pytest.raises(AudienceRefused, match="cannot be honoured: these candidates carry no home city") as refused:
         audience.compute(engine, store.get(engine, "t1", campaign["id"]), candidates,
                          targets.Query(np.ones(4, dtype=np.float32)), min_size=1)
+    assert refused.value.reason == "region"
+    assert {m["token"] for m in audience.members(engine, campaign["id"])} == chosen  # the earlier audience is kept
