@@ -25,9 +25,10 @@ from wenlv.marketing.targets import Candidates, Query
 
 log = logging.getLogger(__name__)
 
-REGION_UNKNOWN = ("these candidates carry no home city — the model bundle's users (affinity and lookalike targets) "
-                  "have none, because the carrier's user_features block does not include it; only destination "
-                  "campaigns (the carrier's own as-of features) can be limited to a region")
+REGION_UNKNOWN = ("these candidates carry no home city — affinity and lookalike targets take it from the carrier's "
+                  "user_features block, and the blocks given have no home_city column (the carrier.user_features "
+                  "contract leaves it out); destination campaigns (the carrier's own as-of features) can be "
+                  "limited to a region")
 
 
 def compute(engine: Engine, campaign: dict, candidates: Candidates, query: Query, *, min_size: int | None = None,

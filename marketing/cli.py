@@ -24,7 +24,7 @@ def register(sub) -> None:
     c.add_argument("--category", default=None, help="target category")
     c.add_argument("--seed-file", type=Path, default=None, help="lookalike seed: one token per line (>= 100)")
     c.add_argument("--channel", choices=("sms", "ads"), required=True, help='delivery: sms by the carrier, ads by the internet platform (decides the consent flag and the partner)')
-    c.add_argument("--region", default=None, help="home city (destination target only)")
+    c.add_argument("--region", default=None, help="home city; destination targets always, affinity and lookalike only when the feature blocks carry a home city (else the audience is refused, never computed without the region)")
     c.add_argument("--uplift-from", type=int, default=None,
                    help="destination: rank by predicted uplift learnt from this earlier campaign's arms")
     c.add_argument("--size", type=int, required=True, help="audience size (treatment + holdout)")

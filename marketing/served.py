@@ -91,11 +91,12 @@ def bundle_candidates(campaign: dict, bundle: ModelBundle | None, version: str |
                           f"from the feature blocks the model was trained on: WENLV_CAMPAIGN_FEATURES {where}")
     tokens = bundle.users["token"].astype(str).to_numpy()
     consent = targets.consent_from_blocks(features_dir, tokens)
+    city = targets.home_city_from_blocks(features_dir, tokens) if campaign["region"] is not None else None
     info = {"model_version": version, "consent_from": str(features_dir)}
     if campaign["target_kind"] == "lookalike":
-        candidates = targets.from_bundle(bundle, consent, version, unit=True)
+        candidates = targets.from_bundle(bundle, consent, version, unit=True, home_city=city)
         return candidates, targets.lookalike_query(candidates, campaign["target"]["seed_tokens"]), info
-    candidates = targets.from_bundle(bundle, consent, version)
+    candidates = targets.from_bundle(bundle, consent, version, home_city=city)
     target = campaign["target"]
     return candidates, targets.affinity_query(bundle, target.get("poi_ids"), target.get("category")), info
 

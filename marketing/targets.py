@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from wenlv.errors import WenlvError
 from wenlv.marketing.campaigns import MIN_SEED
@@ -65,13 +66,29 @@ def consent_from_blocks(features_dir: str | Path, tokens) -> dict[str, np.ndarra
     return {"sms": tokens.isin(sharing).to_numpy(), "ads": tokens.isin(internet).to_numpy()}
 
 
+def home_city_from_blocks(features_dir: str | Path, tokens) -> np.ndarray | None:
+    """Home city per token from the carrier's user_features block, or None when the block carries none.
+
+    The carrier's feature job computes the home city, but the `carrier.user_features` contract
+    does not include it (the towers would one-hot every string column), so blocks written by
+    the current jobs give None and a region is refused for bundle audiences rather than ignored.
+    People the block does not hold get no city and so never match a region.
+    """
+    path = Path(features_dir) / "carrier" / "user_features.parquet"
+    if "home_city" not in pq.read_schema(path).names:
+        return None
+    frame = pd.read_parquet(path, columns=["token", "home_city"])
+    city = pd.Series(frame.home_city.to_numpy(object), index=frame.token.astype(str))
+    return pd.Series(tokens).map(city).fillna("").to_numpy(object)
+
+
 def from_bundle(bundle: ModelBundle, consent: dict[str, np.ndarray], version: str | None = None,
-                unit: bool = False) -> Candidates:
+                unit: bool = False, home_city: np.ndarray | None = None) -> Candidates:
     vectors = np.ascontiguousarray(bundle.user_factors, dtype=np.float32)
     if unit:
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
     return Candidates(bundle.users["token"].astype(str).to_numpy(), vectors,
-                      bundle.users["is_prospect"].to_numpy(bool), consent, None,
+                      bundle.users["is_prospect"].to_numpy(bool), consent, home_city,
                       version or str(bundle.meta.get("model_version", "bundle")))
 
 

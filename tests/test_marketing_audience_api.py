@@ -34,16 +34,22 @@ def served_inputs(tmp_path_factory):
     (root / "features" / "carrier").mkdir(parents=True)
     pd.DataFrame({"token": users[sharing]}).to_parquet(root / "features" / "carrier" / "user_features.parquet")
     pd.DataFrame({"token": users, "in_internet": internet}).to_parquet(root / "features" / "carrier" / "users.parquet")
+    cities = rng.choice(np.array(["Hangzhou", "Shanghai", "Suzhou"], dtype=object), len(users))
+    (root / "features_city" / "carrier").mkdir(parents=True)  # blocks whose carrier features carry a home city
+    pd.DataFrame({"token": users[sharing], "home_city": cities[sharing]}).to_parquet(
+        root / "features_city" / "carrier" / "user_features.parquet")
+    pd.DataFrame({"token": users, "in_internet": internet}).to_parquet(
+        root / "features_city" / "carrier" / "users.parquet")
     people = tokens(800, "dest")
     destination = targets.from_propensity(people, rng.normal(size=800), rng.random(800) < 0.6,
                                           rng.choice(np.array(["Hangzhou", "Shanghai"], dtype=object), 800), "propensity@x")
     served.save_scores(root / "scores.parquet", destination, {"scored_as_of": "2026-11-30"})
-    return bundle, root, sharing, destination
+    return bundle, root, sharing, destination, cities
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def app(request, tmp_path, monkeypatch, served_inputs):
-    bundle, root, _, _ = served_inputs
+    bundle, root, _, _, _ = served_inputs
     monkeypatch.setenv("WENLV_CAMPAIGN_FEATURES", str(root / "features"))
     monkeypatch.setenv("WENLV_CAMPAIGN_SCORES", str(root / "scores.parquet"))
     monkeypatch.setenv("WENLV_EXPORT_SECRET", "s")
@@ -76,7 +82,7 @@ def create(client, key, role="marketer", tenant="hz", **over) -> dict:
 
 def test_affinity_audience_from_the_served_model_is_the_top_n_among_the_consented(app, served_inputs):
     client, key, engine, _ = app
-    bundle, _, sharing, _ = served_inputs
+    bundle, _, sharing, _, _ = served_inputs
     pois = bundle.pois.poi_id.astype(str).tolist()[:3]
     campaign = create(client, key, target_kind="pois", poi_ids=pois)
     answer = client.post(f"/v1/campaigns/{campaign['id']}/audience", headers=auth(key[("marketer", "hz")]))
@@ -114,7 +120,7 @@ def audience_members_update(campaign_id, token, arm):
 
 def test_lookalike_and_destination_audiences(app, served_inputs):
     client, key, engine, _ = app
-    bundle, _, _, destination = served_inputs
+    bundle, _, _, destination, _ = served_inputs
     seed = list(bundle.users.token[:110])
     look = create(client, key, target_kind="lookalike", seed_tokens=seed, audience_size=100)
     body = client.post(f"/v1/campaigns/{look['id']}/audience", headers=auth(key[("marketer", "hz")])).json()
@@ -137,7 +143,7 @@ def test_lookalike_and_destination_audiences(app, served_inputs):
 
 def test_refusals_name_their_rule_and_leave_nothing_behind(app, served_inputs):
     client, key, engine, _ = app
-    bundle, _, sharing, _ = served_inputs
+    bundle, _, sharing, _, _ = served_inputs
     m = auth(key[("marketer", "hz")])
     pois = bundle.pois.poi_id.astype(str).tolist()[:2]
     campaign = create(client, key, target_kind="pois", poi_ids=pois)
@@ -162,7 +168,7 @@ def test_refusals_name_their_rule_and_leave_nothing_behind(app, served_inputs):
 
 def test_missing_server_inputs_are_named(app, monkeypatch, served_inputs):
     client, key, engine, state = app
-    bundle, _, _, _ = served_inputs
+    bundle, _, _, _, _ = served_inputs
     from wenlv.settings import reset_settings
 
     m = auth(key[("marketer", "hz")])
@@ -198,3 +204,34 @@ def test_only_marketers_and_admins_of_the_tenant_compute(app, role):
         response = client.post(path, headers=auth(key[(other, "sx")]))
         assert response.status_code == 404 and response.json()["message"] == f"campaign {campaign['id']} not found"
     assert client.post("/v1/campaigns/999999/audience", headers=auth(key[("marketer", "sx")])).json()["error"] == "not_found"
+
+
+def test_a_region_filters_bundle_audiences_when_the_blocks_carry_a_home_city_else_is_refused(app, monkeypatch,
+                                                                                               served_inputs):
+    client, key, engine, _ = app
+    bundle, root, sharing, _, cities = served_inputs
+    from wenlv.settings import reset_settings
+
+    m = auth(key[("marketer", "hz")])
+    pois = bundle.pois.poi_id.astype(str).tolist()[:2]
+    campaign = create(client, key, target_kind="pois", poi_ids=pois, region="suzhou", audience_size=60)
+    refused = client.post(f"/v1/campaigns/{campaign['id']}/audience", headers=m)  # blocks without a home city
+    assert refused.status_code == 422 and refused.json()["error"] == "region"
+    assert "region 'suzhou' cannot be honoured" in refused.json()["message"]
+    assert audience.members(engine, campaign["id"]) == []
+    monkeypatch.setenv("WENLV_CAMPAIGN_FEATURES", str(root / "features_city"))
+    reset_settings()
+    store.set_min_audience_size(engine, "hz", 10)  # about 110 consenting people live in Suzhou
+    answer = client.post(f"/v1/campaigns/{campaign['id']}/audience", headers=m)
+    assert answer.status_code == 200, answer.text
+    eligible = sharing & (cities == "Suzhou")
+    assert answer.json()["in_region"] == int(eligible.sum())
+    scores = np.where(eligible, bundle.user_factors @ bundle.poi_factors[:2].mean(axis=0), -np.inf)
+    expected = list(bundle.users.token.to_numpy()[np.argsort(-scores, kind="stable")[:60]])
+    assert [m["token"] for m in audience.members(engine, campaign["id"])] == expected
+    seed = list(bundle.users.token[:110])
+    look = create(client, key, target_kind="lookalike", seed_tokens=seed, audience_size=50, region="Suzhou")
+    answer = client.post(f"/v1/campaigns/{look['id']}/audience", headers=m)
+    assert answer.status_code == 200, answer.text
+    city = dict(zip(bundle.users.token, cities))
+    assert {city[t["token"]] for t in audience.members(engine, look["id"])} == {"Suzhou"}
