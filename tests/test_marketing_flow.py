@@ -51,6 +51,10 @@ def test_destination_campaign_end_to_end(data, tmp_path):
             written = pd.DataFrame(c.execute(select(events)).mappings().all())
         assert len(written) == result["events_written"] > 0
         arms = {m["token"]: m["arm"] for m in audience.members(engine, campaign["id"])}
+        receipts = written[written.kind == "impression"]  # delivery receipts: every treated person, this campaign
+        assert sorted(receipts.token) == sorted(t for t, a in arms.items() if a == "treatment") == sorted(
+            m["token"] for m in audience.members(engine, campaign["id"], "treatment"))
+        assert (receipts.campaign_id == campaign["id"]).all() and result["delivered"] == len(receipts)
         bookings = written[written.kind == "booking"]
         treated = bookings.token.map(arms) == "treatment"
         assert (bookings.campaign_id[treated] == campaign["id"]).all()
