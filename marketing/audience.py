@@ -55,7 +55,7 @@ def compute(engine: Engine, campaign: dict, candidates: Candidates, query: Query
         caps.lock_tenant(c, tenant, cid)
         capped = caps.capped_tokens(c, tenant, at, campaign["cap_contacts"], campaign["cap_days"], except_campaign=cid)
         if capped:
-            mask &= ~pd.Index(candidates.tokens).isin(capped)
+            mask &= ~pd.Index(candidates.tokens, dtype=object).isin(list(capped))  # object: hashed, not looped
         eligible = int(mask.sum())
         if method == "faiss":
             rows, scores = faiss_top_k(candidates.index, query.vector, campaign["audience_size"], mask)

@@ -59,11 +59,11 @@ class Query:
 def consent_from_blocks(features_dir: str | Path, tokens) -> dict[str, np.ndarray]:
     """sms: the carrier released the user's features (partner-sharing consent); ads: matched with a consenting account."""
     features_dir = Path(features_dir)
-    sharing = set(pd.read_parquet(features_dir / "carrier" / "user_features.parquet", columns=["token"]).token)
-    users = pd.read_parquet(features_dir / "carrier" / "users.parquet", columns=["token", "in_internet"])
-    internet = set(users.token[users.in_internet])
-    tokens = pd.Series(tokens)
-    return {"sms": tokens.isin(sharing).to_numpy(), "ads": tokens.isin(internet).to_numpy()}
+    sharing = pq.read_table(features_dir / "carrier" / "user_features.parquet", columns=["token"]).column(0)
+    users = pq.read_table(features_dir / "carrier" / "users.parquet", columns=["token", "in_internet"]).to_pandas()
+    internet = users.token.to_numpy(object)[users.in_internet.to_numpy(bool)]
+    tokens = pd.Index(np.asarray(tokens, dtype=object), dtype=object)  # object hashing: pandas' arrow-string isin is a Python loop
+    return {"sms": tokens.isin(sharing.to_numpy(zero_copy_only=False)), "ads": tokens.isin(internet)}
 
 
 def home_city_from_blocks(features_dir: str | Path, tokens) -> np.ndarray | None:
