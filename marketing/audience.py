@@ -16,18 +16,19 @@ import pandas as pd
 from sqlalchemy import Engine, delete, func, insert, select
 
 from wenlv.db.schema import audience_members
-from wenlv.errors import WenlvError
 from wenlv.marketing import caps, holdout
 from wenlv.marketing import campaigns as store
 from wenlv.marketing.campaigns import PARTNER_OF_CHANNEL
+from wenlv.marketing.refusals import AudienceRefused
 from wenlv.marketing.select import faiss_top_k, numpy_top_k
 from wenlv.marketing.targets import Candidates, Query
 
 log = logging.getLogger(__name__)
 
-
-class AudienceRefused(WenlvError):
-    """The audience may not be built or exported; the message says why."""
+REGION_UNKNOWN = ("these candidates carry no home city — affinity and lookalike targets take it from the carrier's "
+                  "user_features block, and the blocks given have no home_city column (the carrier.user_features "
+                  "contract leaves it out); destination campaigns (the carrier's own as-of features) can be "
+                  "limited to a region")
 
 
 def compute(engine: Engine, campaign: dict, candidates: Candidates, query: Query, *, min_size: int | None = None,
@@ -41,7 +42,10 @@ def compute(engine: Engine, campaign: dict, candidates: Candidates, query: Query
     partner = PARTNER_OF_CHANNEL[campaign["channel"]]
     if consented.sum() < min_size:
         raise AudienceRefused(f"consent coverage: only {int(consented.sum())} of {n} candidates consented to "
-                              f"{campaign['channel']} delivery by the {partner}; the minimum audience is {min_size}")
+                              f"{campaign['channel']} delivery by the {partner}; the minimum audience is {min_size}",
+                              reason="consent_coverage")
+    if campaign["region"] is not None and candidates.home_city is None:
+        raise AudienceRefused(f"region {campaign['region']!r} cannot be honoured: {REGION_UNKNOWN}", reason="region")
     mask = consented & caps.region_mask(candidates.home_city, campaign["region"], n)
     if query.exclude is not None:
         mask &= ~query.exclude
@@ -51,7 +55,7 @@ def compute(engine: Engine, campaign: dict, candidates: Candidates, query: Query
         caps.lock_tenant(c, tenant, cid)
         capped = caps.capped_tokens(c, tenant, at, campaign["cap_contacts"], campaign["cap_days"], except_campaign=cid)
         if capped:
-            mask &= ~pd.Index(candidates.tokens).isin(capped)
+            mask &= ~pd.Index(candidates.tokens, dtype=object).isin(list(capped))  # object: hashed, not looped
         eligible = int(mask.sum())
         if method == "faiss":
             rows, scores = faiss_top_k(candidates.index, query.vector, campaign["audience_size"], mask)
@@ -70,7 +74,7 @@ def compute(engine: Engine, campaign: dict, candidates: Candidates, query: Query
             why = (f"{in_region} consented in the region, {len(capped)} at their frequency cap, "
                    f"{len(rows)} scored high enough")
             raise AudienceRefused(f"audience too small: {len(treated)} treated people, the minimum is {min_size} "
-                                  f"({why})")
+                                  f"({why})", reason="min_size")
         c.execute(delete(audience_members).where(audience_members.c.campaign_id == cid))
         prospect = candidates.is_prospect[rows]
         c.execute(insert(audience_members), [

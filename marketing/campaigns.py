@@ -37,7 +37,8 @@ class CampaignSpec(BaseModel):
     uplift_from: int | None = Field(None, ge=1, description="destination only: rank by predicted uplift, learnt from "
                                                             "this earlier campaign's treatment and holdout")
     channel: Literal[CHANNELS] = Field(description="sms: delivered by the carrier; ads: by the internet platform")  # type: ignore[valid-type]
-    region: str | None = Field(None, max_length=64, description="home city; unset: everywhere")
+    region: str | None = Field(None, max_length=64, description="home city; unset: everywhere. Affinity and "
+                                "lookalike audiences need a home city in the feature blocks, else they are refused")
     audience_size: int = Field(gt=0, le=10_000_000, description="at most this many people (treatment + holdout)")
     min_score: float | None = Field(None, description="leave out people scored below this")
     holdout_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="random share kept uncontacted")

@@ -1,4 +1,4 @@
-"""`wenlv campaign create|list|audience|export|min-size|simulate` (results as JSON on stdout, progress on stderr)."""
+"""`wenlv campaign create|list|audience|scores|export|min-size|simulate` (results as JSON on stdout, progress on stderr)."""
 from __future__ import annotations
 
 import json
@@ -24,7 +24,7 @@ def register(sub) -> None:
     c.add_argument("--category", default=None, help="target category")
     c.add_argument("--seed-file", type=Path, default=None, help="lookalike seed: one token per line (>= 100)")
     c.add_argument("--channel", choices=("sms", "ads"), required=True, help='delivery: sms by the carrier, ads by the internet platform (decides the consent flag and the partner)')
-    c.add_argument("--region", default=None, help="home city (destination target only)")
+    c.add_argument("--region", default=None, help="home city; destination targets always, affinity and lookalike only when the feature blocks carry a home city (else the audience is refused, never computed without the region)")
     c.add_argument("--uplift-from", type=int, default=None,
                    help="destination: rank by predicted uplift learnt from this earlier campaign's arms")
     c.add_argument("--size", type=int, required=True, help="audience size (treatment + holdout)")
@@ -49,6 +49,13 @@ def register(sub) -> None:
     a.add_argument("--seed", type=int, default=0, help='seed of the model fit (the holdout has its own, stored with the campaign)')
     a.add_argument("--method", choices=("faiss", "numpy"), default="faiss", help='top-N selection: FAISS inner-product search or a plain NumPy scan (same audience)')
     a.set_defaults(func=_audience)
+
+    sc = csub.add_parser("scores", help="train the destination propensity and write its scores for the API "
+                                         "(WENLV_CAMPAIGN_SCORES)")
+    sc.add_argument("--data", type=Path, required=True, help="raw data folder (the parties' folders)")
+    sc.add_argument("--out", type=Path, required=True, help="the scores file to write (Parquet, replaced atomically)")
+    sc.add_argument("--seed", type=int, default=0, help="seed of the model fit")
+    sc.set_defaults(func=_scores)
 
     e = csub.add_parser("export", help="the treatment group as the delivering partner's pseudonyms")
     e.add_argument("--tenant", required=True, help="the campaign's tenant")
@@ -122,6 +129,16 @@ def _audience(args) -> int:
                                                    features_dir=args.features, seed=args.seed, progress=True,
                                                    engine=engine)
     _print(audience.compute(engine, campaign, candidates, query, method=args.method) | {"scoring": info})
+    return 0
+
+
+def _scores(args) -> int:
+    # lazy: PyTorch loads only for the command that trains
+    from wenlv.marketing import served, sources
+
+    candidates, _, info = sources.destination(args.data, seed=args.seed, progress=True)
+    path = served.save_scores(args.out, candidates, info)
+    _print({"scores": str(path), "people": len(candidates.tokens), "model_version": candidates.model_version})
     return 0
 
 

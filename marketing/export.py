@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from wenlv.marketing import audience, holdout
 from wenlv.marketing import campaigns as store
-from wenlv.marketing.audience import AudienceRefused
+from wenlv.marketing.refusals import AudienceRefused
 from wenlv.marketing.campaigns import PARTNER_OF_CHANNEL
 from wenlv.marketing.secret_file import setting_or_private_file
 from wenlv.settings import get_settings
@@ -53,7 +53,8 @@ def export_rows(engine: Engine, tenant: str, campaign_id: int, secret: bytes | N
         raise LookupError(f"campaign {campaign_id} not found")
     if campaign["status"] != "ready":
         raise AudienceRefused(f"campaign {campaign_id} has no audience yet (status {campaign['status']}); "
-                              f"compute it first: wenlv campaign audience --id {campaign_id}")
+                              f"compute it first: POST /v1/campaigns/{campaign_id}/audience or wenlv campaign audience "
+                              f"--id {campaign_id}", reason="no_audience")
     treated = audience.members(engine, campaign_id, holdout.TREATMENT)
     minimum = store.min_audience_size(engine, tenant)
     if len(treated) < minimum:

@@ -4,7 +4,8 @@ Everyone in the audience visits "naturally" exactly when the synthetic truth say
 visit in the test window, spending what their test-window visits cost. A treated person
 who would not have come converts with probability `truth/people.campaign_response` (the
 true uplift), spending an amount drawn from the natural visitors' spends. Holdout people
-get no effect. Bookings (with CNY amounts) and visits go to the ledger through
+get no effect. Every treated person is delivered: one `impression` event with the campaign id
+at the contact time (the delivery receipt the frequency caps count, see `caps`). Bookings (with CNY amounts) and visits go to the ledger through
 `ledger.events.record_events`, dated inside the campaign; treated people's bookings carry
 the campaign id, the holdout's none (never contacted). The extra conversions are the true
 incremental revenue, which the attribution estimator should recover.
@@ -22,7 +23,7 @@ from wenlv.errors import WenlvError
 from wenlv.features import contracts as C
 from wenlv.features import io
 from wenlv.ledger.events import MAX_BATCH, record_events
-from wenlv.marketing import alignment, audience, holdout
+from wenlv.marketing import alignment, audience, caps, holdout
 from wenlv.marketing import campaigns as store
 from wenlv.marketing import party_features as pf
 
@@ -63,7 +64,10 @@ def simulate_delivery(engine: Engine, campaign_id: int, data_dir, seed: int, key
     comes = members.natural.to_numpy() | extra
     span = (campaign["ends_on"] - campaign["starts_on"]).days + 1
     offsets = rng.integers(0, span, len(members))
-    events = []
+    contacted = caps.contact_time(campaign["starts_on"]).isoformat()
+    events = [{"event_id": f"sim-{campaign_id}-{seed}-{i}-d", "kind": caps.DELIVERY_KIND, "token": members.token.iat[i],
+               "occurred_at": contacted, "campaign_id": campaign_id}
+              for i in np.flatnonzero(treated)]  # the carrier's delivery receipts: what the frequency caps count
     for i in np.flatnonzero(comes):
         day = campaign["starts_on"] + timedelta(days=int(offsets[i]))
         at = datetime.combine(day, time(10, 0), tzinfo=LOCAL).isoformat()
@@ -82,6 +86,7 @@ def simulate_delivery(engine: Engine, campaign_id: int, data_dir, seed: int, key
     spend = members.spend.round(2).to_numpy()
     summary = {
         "campaign_id": campaign_id, "events_written": written, "treated": int(treated.sum()),
+        "delivered": int(treated.sum()),
         "holdout": int((~treated).sum()),
         "true_incremental_visits": int(extra.sum()),
         "true_incremental_revenue_cny": round(float(spend[extra].sum()), 2),

@@ -66,13 +66,14 @@ def from_bundle(campaign: dict, bundle_dir, features_dir,
                          "for the channel consent")
     tokens = bundle.users["token"].astype(str).to_numpy()
     consent = targets.consent_from_blocks(features_dir, tokens)
+    city = targets.home_city_from_blocks(features_dir, tokens) if campaign["region"] is not None else None
     kind, target = campaign["target_kind"], campaign["target"]
     version = str(version) if version is not None else None
     info = {"model_version": version or str(bundle_dir)}
     if kind == "lookalike":
-        candidates = targets.from_bundle(bundle, consent, version, unit=True)
+        candidates = targets.from_bundle(bundle, consent, version, unit=True, home_city=city)
         return candidates, targets.lookalike_query(candidates, target["seed_tokens"]), info
-    candidates = targets.from_bundle(bundle, consent, version)
+    candidates = targets.from_bundle(bundle, consent, version, home_city=city)
     return candidates, targets.affinity_query(bundle, target.get("poi_ids"), target.get("category")), info
 
 

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from wenlv.errors import WenlvError
 from wenlv.marketing.campaigns import MIN_SEED
+from wenlv.marketing.refusals import AudienceRefused
 from wenlv.marketing.select import flat_index
 from wenlv.training.bundle import ModelBundle
 
@@ -57,20 +59,36 @@ class Query:
 def consent_from_blocks(features_dir: str | Path, tokens) -> dict[str, np.ndarray]:
     """sms: the carrier released the user's features (partner-sharing consent); ads: matched with a consenting account."""
     features_dir = Path(features_dir)
-    sharing = set(pd.read_parquet(features_dir / "carrier" / "user_features.parquet", columns=["token"]).token)
-    users = pd.read_parquet(features_dir / "carrier" / "users.parquet", columns=["token", "in_internet"])
-    internet = set(users.token[users.in_internet])
-    tokens = pd.Series(tokens)
-    return {"sms": tokens.isin(sharing).to_numpy(), "ads": tokens.isin(internet).to_numpy()}
+    sharing = pq.read_table(features_dir / "carrier" / "user_features.parquet", columns=["token"]).column(0)
+    users = pq.read_table(features_dir / "carrier" / "users.parquet", columns=["token", "in_internet"]).to_pandas()
+    internet = users.token.to_numpy(object)[users.in_internet.to_numpy(bool)]
+    tokens = pd.Index(np.asarray(tokens, dtype=object), dtype=object)  # object hashing: pandas' arrow-string isin is a Python loop
+    return {"sms": tokens.isin(sharing.to_numpy(zero_copy_only=False)), "ads": tokens.isin(internet)}
+
+
+def home_city_from_blocks(features_dir: str | Path, tokens) -> np.ndarray | None:
+    """Home city per token from the carrier's user_features block, or None when the block carries none.
+
+    The carrier's feature job computes the home city, but the `carrier.user_features` contract
+    does not include it (the towers would one-hot every string column), so blocks written by
+    the current jobs give None and a region is refused for bundle audiences rather than ignored.
+    People the block does not hold get no city and so never match a region.
+    """
+    path = Path(features_dir) / "carrier" / "user_features.parquet"
+    if "home_city" not in pq.read_schema(path).names:
+        return None
+    frame = pd.read_parquet(path, columns=["token", "home_city"])
+    city = pd.Series(frame.home_city.to_numpy(object), index=frame.token.astype(str))
+    return pd.Series(tokens).map(city).fillna("").to_numpy(object)
 
 
 def from_bundle(bundle: ModelBundle, consent: dict[str, np.ndarray], version: str | None = None,
-                unit: bool = False) -> Candidates:
+                unit: bool = False, home_city: np.ndarray | None = None) -> Candidates:
     vectors = np.ascontiguousarray(bundle.user_factors, dtype=np.float32)
     if unit:
         vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-9)
     return Candidates(bundle.users["token"].astype(str).to_numpy(), vectors,
-                      bundle.users["is_prospect"].to_numpy(bool), consent, None,
+                      bundle.users["is_prospect"].to_numpy(bool), consent, home_city,
                       version or str(bundle.meta.get("model_version", "bundle")))
 
 
@@ -93,8 +111,8 @@ def lookalike_query(candidates: Candidates, seed_tokens: list[str]) -> Query:
     """Centroid of the seed members found in the model; refuses a seed below MIN_SEED found members."""
     seeds = np.flatnonzero(pd.Series(candidates.tokens).isin(set(seed_tokens)).to_numpy())
     if len(seeds) < MIN_SEED:
-        raise WenlvError(f"lookalike seed: only {len(seeds)} of {len(seed_tokens)} seed tokens are known to the model; "
-                         f"at least {MIN_SEED} are needed")
+        raise AudienceRefused(f"lookalike seed: only {len(seeds)} of {len(seed_tokens)} seed tokens are known to the "
+                              f"model; at least {MIN_SEED} are needed", reason="seed_size")
     exclude = np.zeros(len(candidates.tokens), dtype=bool)
     exclude[seeds] = True
     centroid = candidates.vectors[seeds].mean(axis=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import defaultdict
-from datetime import date, timedelta
+from datetime import date, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -14,9 +14,10 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from wenlv.db.schema import audience_members, contacts
+from wenlv.db.schema import audience_members, contacts, events
 from wenlv.errors import WenlvError
-from wenlv.marketing import audience, holdout, targets
+from wenlv.ledger.events import record_events
+from wenlv.marketing import audience, caps, holdout, targets
 from wenlv.marketing import campaigns as store
 from wenlv.marketing.audience import AudienceRefused
 from wenlv.marketing.campaigns import CampaignSpec
@@ -59,17 +60,10 @@ campaign_plans = st.lists(st.fixed_dictionaries({
     "holdout_fraction": st.sampled_from([0.0, 0.1, 0.5])}), min_size=2, max_size=6)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(plans=campaign_plans, seed=st.integers(0, 2**16))
-def test_concurrent_campaigns_never_break_consent_or_frequency_caps(engine, plans, seed):
-    tenant = f"t{uuid.uuid4().hex[:8]}"  # a fresh tenant per example: caps are per tenant
-    candidates = make_candidates(60, seed)
-    made = [store.create(engine, tenant, spec(channel=p["channel"], audience_size=p["audience_size"],
-                                              cap_contacts=p["cap_contacts"], cap_days=p["cap_days"],
-                                              holdout_fraction=p["holdout_fraction"],
-                                              starts_on=START + timedelta(days=p["offset"]),
-                                              ends_on=START + timedelta(days=p["offset"] + 3))) for p in plans]
-    query = targets.Query(np.ones(4, dtype=np.float32))
+report_plans = st.lists(st.tuples(st.booleans(), st.sampled_from([0.0, 0.3, 0.7, 1.0])), min_size=6, max_size=6)
+
+
+def _run_concurrently(engine, made, candidates, query):
     errors = []
 
     def run(campaign):
@@ -86,21 +80,75 @@ def test_concurrent_campaigns_never_break_consent_or_frequency_caps(engine, plan
     for t in threads:
         t.join()
     assert not errors, errors
+
+
+def report_delivery(engine, tenant, campaign_id, delivered_tokens, at):
+    """The partner's delivery receipts: one impression event with the campaign id per delivered person."""
+    at = at.replace(tzinfo=timezone.utc) if at.tzinfo is None else at  # SQLite gives naive UTC back
+    events = [{"event_id": f"d-{campaign_id}-{t}", "kind": "impression", "token": t, "campaign_id": campaign_id,
+               "occurred_at": at.isoformat()} for t in delivered_tokens]
+    if events:
+        result = record_events(engine, tenant, events)
+        assert not result.rejected, result.rejected
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plans=campaign_plans, later=campaign_plans, reports=report_plans, seed=st.integers(0, 2**16))
+def test_concurrent_campaigns_never_break_consent_or_frequency_caps(engine, plans, later, reports, seed):
+    """Two rounds of concurrent campaigns; between them some first-round campaigns report delivery of a random
+    share of their treated people. Counting delivered contacts for reported campaigns and planned ones for the
+    others, no cap is ever exceeded, nobody is contacted without consent, and no holdout member is contacted."""
+    tenant = f"t{uuid.uuid4().hex[:8]}"  # a fresh tenant per example: caps are per tenant
+    candidates = make_candidates(60, seed)
+    rng = np.random.default_rng(seed)
+
+    def make(round_plans):
+        return [store.create(engine, tenant, spec(channel=p["channel"], audience_size=p["audience_size"],
+                                                  cap_contacts=p["cap_contacts"], cap_days=p["cap_days"],
+                                                  holdout_fraction=p["holdout_fraction"],
+                                                  starts_on=START + timedelta(days=p["offset"]),
+                                                  ends_on=START + timedelta(days=p["offset"] + 3)))
+                for p in round_plans]
+
+    query = targets.Query(np.ones(4, dtype=np.float32))
+    first = make(plans)
+    _run_concurrently(engine, first, candidates, query)
     with engine.connect() as c:
-        rows = c.execute(select(contacts).where(contacts.c.tenant == tenant).order_by(contacts.c.id)).mappings().all()
+        planned = c.execute(select(contacts.c.campaign_id, contacts.c.token, contacts.c.contacted_at)
+                            .where(contacts.c.tenant == tenant)).all()
+    reported = set()
+    for campaign, (reports_delivery, share) in zip(first, reports):
+        mine = [(t, at) for cid, t, at in planned if cid == campaign["id"]]
+        if reports_delivery and mine:
+            delivered = [t for t, _ in mine if rng.random() < share]
+            report_delivery(engine, tenant, campaign["id"], delivered, mine[0][1])
+            reported.add(campaign["id"]) if delivered else None
+    second = make(later)
+    _run_concurrently(engine, second, candidates, query)
+    made = first + second
+    with engine.connect() as c:
+        rows = caps.counted_contacts(c, tenant)
+        every = c.execute(select(contacts).where(contacts.c.tenant == tenant)).mappings().all()
         members = c.execute(select(audience_members)).mappings().all()
+        delivered = set(c.execute(select(events.c.campaign_id, events.c.token)
+                                  .where(events.c.tenant == tenant, events.c.kind == "impression")).all())
     by_campaign = {m["id"]: m for m in made}
     consent = {ch: set(candidates.tokens[candidates.consent[ch]]) for ch in ("sms", "ads")}
     holdouts = {(m["campaign_id"], m["token"]) for m in members if m["arm"] == "holdout"}
     assert rows, "no campaign contacted anyone: the property was not exercised"
+    # the rule itself: a reported campaign counts its delivered people only, the others all they planned
+    expected = {(r["campaign_id"], r["token"]) for r in every
+                if r["campaign_id"] not in reported or (r["campaign_id"], r["token"]) in delivered}
+    assert {(r["campaign_id"], r["token"]) for r in rows} == expected
     last_id = defaultdict(int)
-    for r in rows:
+    for r in every:
         last_id[r["campaign_id"]] = max(last_id[r["campaign_id"]], r["id"])
     by_token = defaultdict(list)
-    for r in rows:
+    for r in every:
         campaign = by_campaign[r["campaign_id"]]
         assert r["token"] in consent[campaign["channel"]], "contacted without consent for the channel"
         assert (r["campaign_id"], r["token"]) not in holdouts, "a holdout member was contacted"
+    for r in rows:
         by_token[r["token"]].append(r)
     for token_rows in by_token.values():
         for r in token_rows:
@@ -109,6 +157,27 @@ def test_concurrent_campaigns_never_break_consent_or_frequency_caps(engine, plan
             seen_by_then = [o for o in token_rows if o["id"] <= last_id[r["campaign_id"]]
                             and abs(_utc(o["contacted_at"]) - _utc(r["contacted_at"])) < window]
             assert len(seen_by_then) <= campaign["cap_contacts"], "frequency cap exceeded"
+
+
+def test_caps_count_delivered_contacts_once_a_campaign_reports_delivery(engine):
+    """Planned contacts count until the campaign reports delivery; then only the people reported delivered."""
+    candidates = make_candidates(50, 1, consent_share=1.0)
+    query = targets.Query(np.ones(4, dtype=np.float32))
+    capped = dict(audience_size=10, cap_contacts=1, cap_days=7, holdout_fraction=0.0)
+    first = store.create(engine, "t1", spec(**capped))
+    audience.compute(engine, first, candidates, query, min_size=1)
+    top10 = [m["token"] for m in audience.members(engine, first["id"])]
+    planned_only = store.create(engine, "t1", spec(**capped, starts_on=START + timedelta(days=2)))
+    assert audience.compute(engine, planned_only, candidates, query, min_size=1)["capped"] == 10  # no report yet
+    assert not {m["token"] for m in audience.members(engine, planned_only["id"])} & set(top10)
+    report_delivery(engine, "t1", first["id"], top10[:4], caps.contact_time(START))
+    after = store.create(engine, "t1", spec(**capped, starts_on=START + timedelta(days=3)))
+    audience.compute(engine, after, candidates, query, min_size=1)
+    chosen = {m["token"] for m in audience.members(engine, after["id"])}
+    assert not chosen & set(top10[:4])            # delivered: still at their cap
+    assert set(top10[4:]) <= chosen               # planned but never delivered: their slot is free again
+    # planned_only's own contacts (no report for it) still count: its people stay out
+    assert not chosen & {m["token"] for m in audience.members(engine, planned_only["id"])}
 
 
 def _utc(value):
@@ -213,6 +282,8 @@ def test_region_filter_applies_and_needs_a_home_city(engine):
     chosen = {m["token"] for m in audience.members(engine, campaign["id"])}
     assert chosen == set(candidates.tokens[candidates.home_city == "Shanghai"])
     candidates.home_city = None
-    with pytest.raises(ValueError, match="no home city"):
+    with pytest.raises(AudienceRefused, match="cannot be honoured: these candidates carry no home city") as refused:
         audience.compute(engine, store.get(engine, "t1", campaign["id"]), candidates,
                          targets.Query(np.ones(4, dtype=np.float32)), min_size=1)
+    assert refused.value.reason == "region"
+    assert {m["token"] for m in audience.members(engine, campaign["id"])} == chosen  # the earlier audience is kept

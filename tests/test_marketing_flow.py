@@ -2,6 +2,7 @@
 simulated delivery into the ledger (SQLite), judged against the synthetic truth."""
 from __future__ import annotations
 
+import json
 from datetime import date
 
 import pandas as pd
@@ -13,7 +14,8 @@ from wenlv.errors import WenlvError
 from wenlv.features import contracts as C
 from wenlv.features import io
 from wenlv.features.generator import generate
-from wenlv.marketing import audience, export, sources
+from wenlv.cli import main
+from wenlv.marketing import audience, export, served, sources
 from wenlv.marketing import campaigns as store
 from wenlv.marketing.campaigns import CampaignSpec
 from wenlv.marketing.simulate import simulate_delivery
@@ -51,6 +53,10 @@ def test_destination_campaign_end_to_end(data, tmp_path):
             written = pd.DataFrame(c.execute(select(events)).mappings().all())
         assert len(written) == result["events_written"] > 0
         arms = {m["token"]: m["arm"] for m in audience.members(engine, campaign["id"])}
+        receipts = written[written.kind == "impression"]  # delivery receipts: every treated person, this campaign
+        assert sorted(receipts.token) == sorted(t for t, a in arms.items() if a == "treatment") == sorted(
+            m["token"] for m in audience.members(engine, campaign["id"], "treatment"))
+        assert (receipts.campaign_id == campaign["id"]).all() and result["delivered"] == len(receipts)
         bookings = written[written.kind == "booking"]
         treated = bookings.token.map(arms) == "treatment"
         assert (bookings.campaign_id[treated] == campaign["id"]).all()
@@ -92,3 +98,22 @@ def test_uplift_ranking_learns_from_an_earlier_campaigns_arms(data, tmp_path):
         assert len(scores) == 100 and scores == sorted(scores, reverse=True)
         with pytest.raises(WenlvError, match="uplift_from: campaign 999 not found for tenant hz"):
             sources.for_campaign({**ranked, "target": {"uplift_from": 999}}, data_dir=data, engine=engine, key=KEY)
+
+
+def test_campaign_scores_cli_writes_what_the_api_serves(data, tmp_path, monkeypatch, capsys):
+    """`wenlv campaign scores` trains the propensity and writes the file WENLV_CAMPAIGN_SCORES points at."""
+    monkeypatch.setenv("WENLV_CARRIER_TOKEN_KEY", KEY.decode())
+    from wenlv.settings import reset_settings
+
+    reset_settings()
+    out = tmp_path / "scores.parquet"
+    assert main(["campaign", "--db", f"sqlite:///{tmp_path / 'c.sqlite'}", "scores", "--data", str(data),
+                 "--out", str(out)]) in (0, None)
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    candidates, meta = served.load_scores(out)
+    direct, _, _ = sources.destination(data, key=KEY)
+    assert printed["people"] == len(candidates.tokens) == len(direct.tokens) > 0
+    assert list(candidates.tokens) == list(direct.tokens)                       # the same people, same token key
+    assert (candidates.home_city == direct.home_city).all() and meta["model_version"] == direct.model_version
+    assert not list(tmp_path.glob(".scores.parquet.*"))                          # no staging file left behind
+    reset_settings()

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
     export_secret: SecretStr | None = Field(None, alias="WENLV_EXPORT_SECRET",
                                             description="secret of the per-partner, per-campaign export pseudonyms; "
                                                         "unset: a random secret kept beside the SQLite database")
+    campaign_features: Path | None = Field(None, alias="WENLV_CAMPAIGN_FEATURES",
+                                           description="feature blocks the served model was trained on: the channel "
+                                                       "consent of affinity and lookalike audiences computed by the API")
+    campaign_scores: Path | None = Field(None, alias="WENLV_CAMPAIGN_SCORES",
+                                         description="destination propensity scores for audiences computed by the API "
+                                                     "(written by `wenlv campaign scores`); unset: such requests get 409")
     carrier_token_key: SecretStr | None = Field(None, alias="WENLV_CARRIER_TOKEN_KEY",
                                                 description="the carrier's key for the user tokens it issues in PSI "
                                                             "alignment (it resolves them at delivery); unset: a 0600 "

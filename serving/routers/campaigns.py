@@ -1,26 +1,30 @@
-"""Campaigns for marketers: create, list, read, and export the treatment group's partner pseudonyms.
+"""Campaigns for marketers: create, list, read, compute the audience, export the treatment group's pseudonyms.
 
 Role marketer (admin too), and only the caller's own tenant: another tenant's campaign
-answers 404, exactly like a missing one. The audience itself is computed offline
-(`wenlv campaign audience`), where the data and the models live.
+answers 404, exactly like a missing one. The audience is computed here from what the server
+holds (`marketing.served`: the served champion's user factors, the configured propensity
+scores); routes are plain functions, so FastAPI runs them — database work included — in its
+thread pool, off the event loop.
 """
 from __future__ import annotations
 
 from datetime import date, datetime
 from typing import Literal
 
-from fastapi import APIRouter, Body, Depends, Path, Query
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
-from wenlv.marketing import audience, export
+from wenlv.errors import WenlvError
+from wenlv.marketing import audience, export, served
 from wenlv.marketing import campaigns as store
-from wenlv.marketing.audience import AudienceRefused
+from wenlv.marketing.refusals import AudienceRefused
 from wenlv.marketing.campaigns import CampaignSpec
 from wenlv.serving.auth import ApiError, Principal, require_role
 from wenlv.serving.database import get_db
 from wenlv.serving.schemas import ERROR_RESPONSES
+from wenlv.settings import get_settings
 
 router = APIRouter(prefix="/v1", tags=["campaigns"])
 marketer = require_role("marketer")
@@ -49,6 +53,31 @@ class Campaign(BaseModel):
     arms: dict[str, int] | None = Field(None, description="audience members per arm (treatment, holdout)")
 
 
+class AudienceResult(BaseModel):
+    campaign_id: int
+    status: str = Field(description="ready: the audience is stored and can be exported")
+    arms: dict[str, int] = Field(description="members per arm (treatment, holdout); the holdout is never contacted")
+    audience_size: int
+    prospect_share: float = Field(description="share of the audience with no tourism history")
+    candidates: int = Field(description="people the target could score")
+    consented: int = Field(description="candidates with consent for the channel")
+    consent_coverage: float = Field(description="consented / candidates")
+    in_region: int = Field(description="consented candidates in the region (all of them without one), seeds excluded")
+    capped: int = Field(description="people at the tenant's frequency cap around the campaign's start")
+    eligible: int = Field(description="candidates left after consent, region and caps")
+    model_version: str | None
+    target: dict = Field(description="target POIs found, or the lookalike seed given and found in the model")
+    scoring: dict = Field(description="where the scores came from (model version, scores file)")
+
+
+REFUSED = {422: {"description": "refused: `error` names the rule (min_size, consent_coverage, seed_size, region); "
+                                "a refused recomputation leaves the earlier audience in place"},
+           409: {"description": "an input the server needs is missing (propensity scores, consent blocks), named"},
+           503: {"description": "affinity and lookalike targets: no model version is loaded yet"}}
+SUMMARY_KEYS = {"campaign_id", "audience_size", "prospect_share", "candidates", "consented", "consent_coverage",
+                "in_region", "capped", "eligible", "model_version", "scoring", "treatment_size", "holdout_size"}
+
+
 def _own(engine: Engine, principal: Principal, campaign_id: int) -> dict:
     found = store.get(engine, principal.tenant, campaign_id)
     if found is None:
@@ -74,6 +103,35 @@ def get_campaign(campaign_id: int = Path(..., ge=1, le=2**31 - 1), principal: Pr
                  engine: Engine = Depends(get_db)) -> Campaign:
     found = _own(engine, principal, campaign_id)
     return Campaign(**store.public(found), arms=audience.arm_counts(engine, campaign_id))
+
+
+@router.post("/campaigns/{campaign_id}/audience", response_model=AudienceResult,
+             summary="compute (or recompute) the campaign's audience",
+             description="Scores the candidates (affinity and lookalike: the served model's user factors; destination: "
+                         "the configured propensity scores), keeps consenting people in the region below their "
+                         "frequency cap, takes the top N, draws the holdout (members keep their arm across "
+                         "recomputations) and plans the treatment group's contacts.",
+             responses={**ERROR_RESPONSES, **NOT_FOUND, **REFUSED})
+def compute_audience(request: Request, campaign_id: int = Path(..., ge=1, le=2**31 - 1),
+                     principal: Principal = Depends(marketer), engine: Engine = Depends(get_db)) -> AudienceResult:
+    campaign = _own(engine, principal, campaign_id)
+    model = request.app.state.serving.model  # read once: one model version for the whole computation
+    if campaign["target_kind"] != "destination" and model is None:
+        raise ApiError(503, "not_ready", "no model version is loaded yet")
+    settings = get_settings()
+    try:
+        summary = served.compute(engine, campaign, bundle=model.bundle if model is not None else None,
+                                 version=model.version if model is not None else None,
+                                 features_dir=settings.campaign_features, scores_path=settings.campaign_scores)
+    except served.Unavailable as exc:
+        raise ApiError(409, "not_available", str(exc))
+    except AudienceRefused as exc:
+        raise ApiError(422, exc.reason, str(exc))
+    except WenlvError as exc:  # the target itself: POIs not in the model, an unknown category
+        raise ApiError(422, "bad_target", str(exc))
+    return AudienceResult(**{k: v for k, v in summary.items() if k in SUMMARY_KEYS - {"treatment_size", "holdout_size"}},
+                          status="ready", arms={"treatment": summary["treatment_size"], "holdout": summary["holdout_size"]},
+                          target={k: v for k, v in summary.items() if k not in SUMMARY_KEYS})
 
 
 @router.get("/campaigns/{campaign_id}/audience", summary="the treatment group as the delivering partner's pseudonyms",
