@@ -15,6 +15,7 @@ from wenlv.marketing import campaigns as store
 from wenlv.marketing.campaigns import CampaignSpec
 from wenlv.marketing.simulate import simulate_delivery
 from wenlv.training import registry, tracking
+from tests.support.versions import register_toy_version
 
 KEY = b"test-carrier-token-key"
 
@@ -33,10 +34,8 @@ def test_ledger_stage_reports_the_campaign_against_the_truth(tmp_path):
     delivered = simulate_delivery(engine, campaign["id"], data, seed=1, key=KEY)
     engine.dispose()
     uri = tracking.store_for_dir(tmp_path / "mlflow")[0]
-    logged = tracking.log_run(params={"k": 10}, metrics={"ndcg@10": 0.30, "shapley_carrier": 0.06,
-                                                        "shapley_internet": 0.04, "shapley_total_lift": 0.10},
-                              tags={}, artifacts={}, tracking_uri=uri)
-    version = registry.register_version(logged["run_id"], uri)
+    version = register_toy_version(tmp_path, uri, {"ndcg@10": 0.30, "shapley_carrier": 0.06,
+                                                        "shapley_internet": 0.04, "shapley_total_lift": 0.10})
     ctx = DemoContext(workdir=tmp_path, progress=False)
     ctx.results["campaign"] = {"campaign_id": campaign["id"], **delivered}
     ctx.results["train"] = {"model_version": version, "_paths": {"tracking_uri": uri}}

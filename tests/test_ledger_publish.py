@@ -12,6 +12,7 @@ from wenlv.ledger import assets, publish
 from wenlv.ledger.cli import EXAMPLE_CSV
 from wenlv.training import registry, tracking
 from tests.support.campaign_db import sqlite_engine
+from tests.support.versions import register_toy_version
 
 
 def _row(tenant, source, amount, version):
@@ -21,8 +22,7 @@ def _row(tenant, source, amount, version):
 
 def test_publish_logs_on_version_runs_and_asset_runs(tmp_path):
     uri = tracking.store_for_dir(tmp_path / "mlflow")[0]
-    logged = tracking.log_run(params={"k": 10}, metrics={"ndcg@10": 0.3}, tags={}, artifacts={}, tracking_uri=uri)
-    version = str(registry.register_version(logged["run_id"], uri))
+    version = str(register_toy_version(tmp_path, uri, {"ndcg@10": 0.3}))
     with sqlite_engine(tmp_path / "p.sqlite") as engine:
         assets.load_csv(engine, "hz", EXAMPLE_CSV)
         with engine.begin() as c:
@@ -32,7 +32,8 @@ def test_publish_logs_on_version_runs_and_asset_runs(tmp_path):
                                                    _row("hz", "tourism", "50.00", "propensity@2026-05-01")])
         out = publish.publish(engine, uri, as_of=date(2026, 7, 1))
         assert out["skipped_versions"] == ["propensity@2026-05-01"]
-        metrics = tracking.client(uri).get_run(logged["run_id"]).data.metrics
+        run_id = tracking.client(uri).get_model_version(registry.MODEL_NAME, version).run_id
+        metrics = tracking.client(uri).get_run(run_id).data.metrics
         assert metrics["attributed_returns_cny"] == 1000.0
         assert (metrics["attributed_returns_tourism_cny"], metrics["attributed_returns_carrier_cny"],
                 metrics["attributed_returns_internet_cny"]) == (600.0, 300.0, 100.0)

@@ -14,6 +14,7 @@ from wenlv.ledger.events import record_events
 from wenlv.training import registry, tracking
 from tests.support.campaign_db import sqlite_engine
 from tests.test_ledger_attribution import T, _ev, _seed_campaign
+from tests.support.versions import register_toy_version
 
 
 def test_split_by_hand():
@@ -43,10 +44,8 @@ def test_shares_sum_to_the_whole_exactly():
 
 def test_weights_from_a_registered_version(tmp_path):
     uri = tracking.store_for_dir(tmp_path / "mlflow")[0]
-    logged = tracking.log_run(params={"k": 10}, metrics={"ndcg@10": 0.30, "shapley_carrier": 0.06,
-                                                        "shapley_internet": 0.04, "shapley_total_lift": 0.10},
-                              tags={}, artifacts={}, tracking_uri=uri)
-    version = registry.register_version(logged["run_id"], uri)
+    version = register_toy_version(tmp_path, uri, {"ndcg@10": 0.30, "shapley_carrier": 0.06,
+                                                        "shapley_internet": 0.04, "shapley_total_lift": 0.10})
     weights = returns.version_weights(str(version), uri)
     assert weights == pytest.approx({"tourism": 0.20, "carrier": 0.06, "internet": 0.04})
     assert returns.version_weights("999", uri) is None and returns.version_weights("propensity@2026-05-01", uri) is None

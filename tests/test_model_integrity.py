@@ -26,6 +26,7 @@ from wenlv.serving.state import ServingState
 from wenlv.training import digests, registry, tracking
 from wenlv.training.bundle import FACTOR_BOUND, ModelBundle
 
+VALIDATION = {"validation_ndcg@10": 0.2, "validation_popularity_ndcg@10": 0.1}  # the gate: beats popularity
 PASSED = {f"{registry.CHECK_PREFIX}{k}": "passed" for k in registry.REQUIRED_CHECKS}
 
 
@@ -51,7 +52,7 @@ def _register(tmp_path, bundle) -> tuple[str, int, str]:
     """Log and register the bundle as training does; returns (tracking uri, version, run id)."""
     uri = tracking.store_for_dir(tmp_path / "mlflow")[0]
     folder = bundle.save(tmp_path / f"bundle-{bundle.meta['version']}")
-    logged = tracking.log_run(params={}, metrics={"ndcg@10": 0.5}, tags=PASSED, artifacts={"bundle": folder},
+    logged = tracking.log_run(params={}, metrics={"ndcg@10": 0.5, **VALIDATION}, tags=PASSED, artifacts={"bundle": folder},
                               tracking_uri=uri)
     return uri, registry.register_version(logged["run_id"], uri), logged["run_id"]
 
@@ -84,8 +85,16 @@ def _follower_serving_v1(tmp_path):
 
 
 def _readyz(state) -> dict:
-    with TestClient(create_app(state, KeyStore(tempfile.mktemp(suffix=".sqlite")))) as client:
-        return client.get("/readyz").json()
+    """/readyz as an admin sees it (the refusal's details); anyone else is told only that a version was refused."""
+    keys = KeyStore(tempfile.mktemp(suffix=".sqlite"))
+    admin = keys.create("admin", "ops")
+    with TestClient(create_app(state, keys)) as client:
+        anonymous = client.get("/readyz").json()
+        seen = client.get("/readyz", headers={"Authorization": f"Bearer {admin}"}).json()
+    if seen.get("load_error"):
+        assert anonymous["load_error"] and anonymous["load_error"] != seen["load_error"]
+        assert ".npy" not in anonymous["load_error"] and ".pt" not in anonymous["load_error"]
+    return seen
 
 
 # ---------------------------------------------------------------- registry versions
@@ -121,7 +130,9 @@ def test_plausible_random_poi_factors_are_refused_and_the_registry_is_not_writte
     # nothing written back: the stored indexes are byte-identical, the version's tags unchanged
     assert _snapshot(_artifact_dir(uri, run2) / "indexes") == indexes_before
     c = tracking.client(uri)
-    assert c.get_model_version(registry.MODEL_NAME, str(n2)).tags == {**tags_before, "quality_gate": "passed"}
+    promoted = {k: v for k, v in c.get_model_version(registry.MODEL_NAME, str(n2)).tags.items()
+                if not k.startswith("gate.")}  # what `promote` (training's side) records about its gate
+    assert promoted == {**tags_before, "quality_gate": "passed"}
 
 
 def test_a_rewritten_manifest_does_not_pass_for_the_registered_one(tmp_path):

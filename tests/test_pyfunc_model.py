@@ -31,6 +31,7 @@ from tests.support.toy_blocks import write_toy_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 URI_NAME = f"models:/{registry.MODEL_NAME}@{registry.ALIAS}"
+VALIDATION = {"validation_ndcg@10": 0.2, "validation_popularity_ndcg@10": 0.1}  # the gate: beats popularity
 PASSED = {f"{registry.CHECK_PREFIX}{c}": "passed" for c in registry.REQUIRED_CHECKS}
 
 
@@ -59,7 +60,7 @@ def champion(tmp_path_factory):
     uri = tracking.store_for_dir(root / "mlflow")[0]
     bundle = toy_bundle()
     folder = bundle.save(root / "bundle")
-    logged = tracking.log_run(params={"toy": 1}, metrics={"ndcg@10": 0.3}, tags=PASSED, artifacts={"bundle": folder},
+    logged = tracking.log_run(params={"toy": 1}, metrics={"ndcg@10": 0.3, **VALIDATION}, tags=PASSED, artifacts={"bundle": folder},
                               tracking_uri=uri)
     version = registry.register_version(logged["run_id"], uri)
     assert registry.promote(version, uri).passed
