@@ -126,8 +126,10 @@ def test_train_on_real_pipeline_blocks_leaks_no_phone(spark, tmp_path):
     uri = tracking.store_for_dir(tmp_path / "mlflow")[0]
     out = train(features, TrainConfig(factors=8, iterations=5, tower_epochs=5), tracking_uri=uri, data_dir=data,
                 work_dir=tmp_path / "work")
-    assert out["checks"] == {"federated_matches_central": True, "artifacts_clean": True} and out["promoted"]
-    bundle, _ = registry.load_champion_bundle(uri, tmp_path / "dl")
+    assert out["checks"] == {"federated_matches_central": True, "artifacts_clean": True}
+    # at 800 people the version may lose to popularity on validation, and the gate rightly keeps it from champion:
+    # what this test needs is the registered version's files, whether promoted or not
+    bundle = registry.load_version_bundle(out["model_version"], uri)
     assert bundle.meta["poi_metadata"] == "ok" and bundle.pois["name"].notna().all()
     phones = set(pd.read_parquet(data / "carrier" / "subscribers.parquet")["phone"].astype(str))
     assert len(phones) > 100
