@@ -13,11 +13,14 @@ import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from wenlv.ledger.served import NOT_A_TOKEN, QUEUE_FULL, SHUTDOWN
+from wenlv.serving.auth import ROLES
 from wenlv.serving.guard import send_json
 
 access_log = logging.getLogger("wenlv.serving.access")
 log = logging.getLogger(__name__)
 UNMATCHED = "unmatched"
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
 class Metrics:
@@ -33,7 +36,40 @@ class Metrics:
         self.served_lists_dropped = Counter("wenlv_served_lists_dropped_total", "served lists not kept in the ledger",
                                             ["reason"], registry=self.registry)
         self.store_up = Gauge("wenlv_online_store_available", "1 when the online store answers", registry=self.registry)
+        self.model_load_failures = Counter("wenlv_model_load_failures_total", "champion versions refused at load",
+                                           ["reason"], registry=self.registry)
+        self.store_circuit = Gauge("wenlv_online_store_circuit_state",
+                                   "online store circuit breaker: 0 closed, 1 half-open (next call is a trial), 2 open",
+                                   registry=self.registry)
+        self.solver_seconds = Histogram("wenlv_itinerary_solve_seconds", "itinerary solve time in the solver pool",
+                                        registry=self.registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+        self.rate_limited = Counter("wenlv_rate_limited_total", "requests refused 429 by a rate limit", ["role"],
+                                    registry=self.registry)
+        for reason in (QUEUE_FULL, NOT_A_TOKEN, SHUTDOWN):  # every series exists from the start: rate() needs a 0
+            self.served_lists_dropped.labels(reason)
+        for role in ROLES:
+            self.rate_limited.labels(role)
         self._recommendation_children: dict = {}
+        self._counted = {"swaps": 0}  # what of the serving state's counts the counters already hold
+
+    def refresh(self, state) -> None:
+        """Bring the state-derived series up to date (called by the /metrics route, so a scrape always shows the
+        version serving now, the swaps and refusals of the champion follower and the store's circuit)."""
+        model = state.model
+        self.model_info.clear()
+        if model is not None:
+            self.model_info.labels(model.version).set(1)
+        swaps = state.swaps
+        if swaps > self._counted["swaps"]:
+            self.swaps.inc(swaps - self._counted["swaps"])
+            self._counted["swaps"] = swaps
+        for reason, n in list(state.load_failures.items()):
+            seen = self._counted.get(("load", reason), 0)
+            if n > seen:
+                self.model_load_failures.labels(reason).inc(n - seen)
+                self._counted[("load", reason)] = n
+        if state.store is not None:
+            self.store_circuit.set(CIRCUIT_STATES[state.store.circuit_state])
 
     def recommendation_counter(self, strategy: str, degraded: bool):
         """The counter child for one (strategy, degraded), resolved once."""
