@@ -5,6 +5,8 @@ Logs and metrics name a request by its route *template* (`/v1/visitors/{token}/r
 never its path: a path carries the visitor's token. The same middleware is the last resort
 for an unhandled exception: it logs the exception's type and the template (exception text may
 quote request data) and answers a JSON 500, so nothing further up logs a traceback.
+Every request gets an id (the caller's X-Request-ID when it is a short safe string, else a new one), echoed in the
+answer's X-Request-ID and carried by every log line written for the request (`serving.logs`).
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from wenlv.ledger.served import NOT_A_TOKEN, QUEUE_FULL, SHUTDOWN
 from wenlv.serving.auth import ROLES
 from wenlv.serving.guard import send_json
+from wenlv.serving.logs import ACCESS_LOGGER, REQUEST_ID_HEADER, accepted_request_id, request_id, traceback_without_data
 
-access_log = logging.getLogger("wenlv.serving.access")
+access_log = logging.getLogger(ACCESS_LOGGER)
 log = logging.getLogger(__name__)
 UNMATCHED = "unmatched"
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
@@ -101,20 +104,27 @@ class MetricsMiddleware:
         started = time.perf_counter()
         status = 500
         response_started = False
+        rid = accepted_request_id(_header(scope, b"x-request-id"))
+        rid_header = (REQUEST_ID_HEADER.encode(), rid.encode())
+        rid_token = request_id.set(rid)
 
         async def send_wrapper(message):
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status, response_started = message["status"], True
+                message = {**message, "headers": [*message.get("headers", ()), rid_header]}
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:  # noqa: BLE001 - the last resort: log without request data, answer 500
-            log.error("unhandled %s on %s %s", type(exc).__name__, scope.get("method", ""), route_template(scope))
+            log.error("unhandled %s on %s %s (request %s)\n%s", type(exc).__name__, scope.get("method", ""),
+                      route_template(scope), rid, traceback_without_data(exc))
             status = 500
             if not response_started:
-                await send_json(send, 500, {"error": "internal_error", "message": "internal error; it has been logged"})
+                await send_json(send, 500, {"error": "internal_error",
+                                            "message": f"internal error; it has been logged as request {rid}"},
+                                [rid_header])
         finally:
             name = route_template(scope)
             elapsed = time.perf_counter() - started
@@ -128,4 +138,12 @@ class MetricsMiddleware:
                 counter = self._requests[key] = self.metrics.requests.labels(name, key[1], str(status))
             counter.inc()
             if access_log.isEnabledFor(logging.INFO):
-                access_log.info("%s %s %d %.1f ms", scope.get("method", ""), name, status, elapsed * 1000)
+                access_log.info("%s %s %d %.1f ms %s", scope.get("method", ""), name, status, elapsed * 1000, rid)
+            request_id.reset(rid_token)
+
+
+def _header(scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None

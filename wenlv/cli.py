@@ -23,6 +23,8 @@ import sys  # noqa: E402
 
 from wenlv import config_cli  # noqa: E402
 from wenlv.errors import WenlvError  # noqa: E402
+from wenlv.serving.logs import configure_logging  # noqa: E402
+from wenlv.settings import get_settings, reset_settings  # noqa: E402
 
 # Stage CLIs are imported by name so `wenlv --help` stays one place to add a stage; each
 # imports its own (heavy) libraries only inside the command that needs them.
@@ -97,11 +99,13 @@ def _mannered(command: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        settings = get_settings()
+    except WenlvError as exc:  # a bad environment variable: say which, before anything runs
+        print(f"wenlv: error: {exc}", file=sys.stderr)
+        return 2
+    reset_settings()  # a command may still set variables before its own first read (the demo's MLflow store)
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO, settings.log_format, settings.access_log)
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
