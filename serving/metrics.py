@@ -48,12 +48,20 @@ class Metrics:
                                         registry=self.registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
         self.rate_limited = Counter("wenlv_rate_limited_total", "requests refused 429 by a rate limit", ["role"],
                                     registry=self.registry)
+        self.events = Counter("wenlv_events_total", "events posted, by outcome: accepted (stored now), duplicate "
+                              "(a retry, already stored) or rejected (bad field)", ["outcome"], registry=self.registry)
+        self._event_children = {outcome: self.events.labels(outcome) for outcome in ("accepted", "duplicate", "rejected")}
         for reason in (QUEUE_FULL, NOT_A_TOKEN, SHUTDOWN):  # every series exists from the start: rate() needs a 0
             self.served_lists_dropped.labels(reason)
         for role in ROLES:
             self.rate_limited.labels(role)
         self._recommendation_children: dict = {}
         self._counted = {"swaps": 0}  # what of the serving state's counts the counters already hold
+
+    def count_events(self, accepted: int, duplicates: int, rejected: int) -> None:
+        for outcome, n in (("accepted", accepted), ("duplicate", duplicates), ("rejected", rejected)):
+            if n:
+                self._event_children[outcome].inc(n)
 
     def refresh(self, state) -> None:
         """Bring the state-derived series up to date (called by the /metrics route, so a scrape always shows the

@@ -9,7 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from wenlv.bench.serving_fixtures import synthetic_bundle
+from wenlv.bench.serving_fixtures import synthetic_bundle, token_for
+from wenlv.db import engine as db_engine
 from wenlv.serving.app import create_app
 from wenlv.serving.auth import ROLES, KeyStore
 from wenlv.serving.database import served_lists_writer
@@ -138,3 +139,23 @@ def test_every_role_has_a_rate_limit_series_from_the_start(tmp_path, bundles):
     with TestClient(app) as client:
         samples = scrape(client)
     assert {role: value(samples, "wenlv_rate_limited_total", role=role) for role in ROLES} == {r: 0 for r in ROLES}
+
+
+def test_events_posted_are_counted_by_outcome(tmp_path, bundles):
+    engine = db_engine.make_engine(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
+    db_engine.migrate(engine)
+    app, keys = _app(tmp_path, bundles, db=engine)
+    key = keys.create("visitor-app", "hz")
+
+    def event(i, **over):
+        return {"event_id": f"e{i}", "kind": "click", "token": token_for(i), "poi_id": "P1",
+                "occurred_at": "2026-05-01T10:00:00+08:00", "recommendation_id": "r" * 32, **over}
+
+    with TestClient(app) as client:
+        for batch in ([event(1), event(2), event(3, kind="purchase")], [event(2), event(4)]):
+            r = client.post("/v1/events", json={"events": batch}, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 200, r.text
+        samples = scrape(client)
+    engine.dispose()
+    assert {o: value(samples, "wenlv_events_total", outcome=o) for o in ("accepted", "duplicate", "rejected")} == \
+        {"accepted": 3, "duplicate": 1, "rejected": 1}
