@@ -23,6 +23,7 @@ from wenlv.serving.logs import ACCESS_LOGGER, REQUEST_ID_HEADER, accepted_reques
 access_log = logging.getLogger(ACCESS_LOGGER)
 log = logging.getLogger(__name__)
 UNMATCHED = "unmatched"
+LOAD_FAILURE_REASONS = ("integrity", "load", "build")  # see lifecycle.ChampionFollower._failed
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
 
@@ -55,6 +56,8 @@ class Metrics:
             self.served_lists_dropped.labels(reason)
         for role in ROLES:
             self.rate_limited.labels(role)
+        for reason in LOAD_FAILURE_REASONS:
+            self.model_load_failures.labels(reason)
         self._recommendation_children: dict = {}
         self._counted = {"swaps": 0}  # what of the serving state's counts the counters already hold
 

@@ -3,7 +3,10 @@ serving and its swaps, versions refused at load, served lists dropped, itinerary
 circuit, and rate-limit refusals (every role's series present from the start)."""
 from __future__ import annotations
 
+import json
+import re
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -159,3 +162,18 @@ def test_events_posted_are_counted_by_outcome(tmp_path, bundles):
     engine.dispose()
     assert {o: value(samples, "wenlv_events_total", outcome=o) for o in ("accepted", "duplicate", "rejected")} == \
         {"accepted": 3, "duplicate": 1, "rejected": 1}
+
+
+def test_the_dashboard_and_the_operations_doc_name_only_metrics_the_server_exports(tmp_path, bundles):
+    """A renamed metric must not leave an empty panel or a dead alert behind."""
+    app, _ = _app(tmp_path, bundles)
+    with TestClient(app) as client:
+        exported = set(re.findall(r"^# HELP (wenlv_[a-z_]+) ", client.get("/metrics").text, re.M))
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    dashboard = json.loads((docs / "grafana" / "wenlv.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {m for e in exprs for m in re.findall(r"wenlv_[a-z_]+", e)}
+    used |= set(re.findall(r"wenlv_[a-z_]+", (docs / "operations.md").read_text()))
+    used = {re.sub(r"_(bucket|sum|count)$", "", m) for m in used}
+    assert len(dashboard["panels"]) >= 10 and used
+    assert used <= exported, f"not on /metrics: {sorted(used - exported)}"
