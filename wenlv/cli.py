@@ -32,7 +32,7 @@ STAGE_CLIS = ("wenlv.db.cli", "wenlv.privacy.cli", "wenlv.features.cli", "wenlv.
               "wenlv.training.cli", "wenlv.serving.cli", "wenlv.itinerary.cli", "wenlv.marketing.cli",
               "wenlv.ledger.cli")
 BENCHES = ("wenlv.bench.features", "wenlv.bench.als", "wenlv.bench.serve", "wenlv.bench.itinerary", "wenlv.bench.audience",
-           "wenlv.bench.wan", "wenlv.bench.privacy", "wenlv.bench.events", "wenlv.bench.faults.cli", "wenlv.bench.quality",
+           "wenlv.bench.wan", "wenlv.bench.privacy", "wenlv.bench.events", "wenlv.bench.faults.cli", "wenlv.bench.soak", "wenlv.bench.quality",
            "wenlv.bench.charts")
 # Loggers that talk at INFO on a healthy run: per-request chatter, and faiss.loader, which
 # logs each CPU-specific build it probes and cannot import (ModuleNotFoundError lines).
