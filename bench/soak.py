@@ -85,7 +85,7 @@ class Soak:
         self.dep, self.rates, self.sample_s, self.timeout_s = dep, rates, sample_s, timeout_s
         self.keys = {"app": dep.key, "analyst": analyst_key}
         self.stats = {name: RouteStats() for name in ROUTES}
-        self.memory: dict[str, list[tuple[float, float]]] = {"server": [], "redis": []}
+        self.memory: dict[str, list[tuple[float, float]]] = {"server": [], "server_main": [], "redis": []}
         self._stop = threading.Event()
         bundle, _ = load_bundle_dir(dep.workdir / "bundle")
         city = bundle.pois.city.value_counts().index[0]
@@ -138,9 +138,11 @@ class Soak:
         t0 = time.monotonic()
         while True:
             pid = self.dep.api.pid
-            kb = _rss_kb(pid) + sum(_rss_kb(c) for c in _children(pid))
+            main_kb = _rss_kb(pid)
+            kb = main_kb + sum(_rss_kb(c) for c in _children(pid))
             now = time.monotonic() - t0
-            self.memory["server"].append((now, kb / 1024))
+            self.memory["server"].append((now, kb / 1024))  # with its solver processes
+            self.memory["server_main"].append((now, main_kb / 1024))
             try:
                 self.memory["redis"].append((now, r.info("memory")["used_memory_rss"] / 2**20))
             except redis.RedisError:

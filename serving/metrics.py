@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from wenlv.ledger.served import NOT_A_TOKEN, QUEUE_FULL, SHUTDOWN
 from wenlv.serving.auth import ROLES
@@ -30,6 +30,7 @@ CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU seconds, open fds: leaks show here
         self.requests = Counter("wenlv_http_requests_total", "HTTP requests", ["route", "method", "status"], registry=self.registry)
         self.latency = Histogram("wenlv_http_request_seconds", "HTTP request latency", ["route"], registry=self.registry,
                                  buckets=(0.001, 0.002, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 1.0))

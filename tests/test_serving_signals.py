@@ -168,12 +168,12 @@ def test_the_dashboard_and_the_operations_doc_name_only_metrics_the_server_expor
     """A renamed metric must not leave an empty panel or a dead alert behind."""
     app, _ = _app(tmp_path, bundles)
     with TestClient(app) as client:
-        exported = set(re.findall(r"^# HELP (wenlv_[a-z_]+) ", client.get("/metrics").text, re.M))
+        exported = set(re.findall(r"^# HELP ((?:wenlv|process)_[a-z_]+) ", client.get("/metrics").text, re.M))
     docs = Path(__file__).resolve().parents[1] / "docs"
     dashboard = json.loads((docs / "grafana" / "wenlv.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
-    used = {m for e in exprs for m in re.findall(r"wenlv_[a-z_]+", e)}
-    used |= set(re.findall(r"wenlv_[a-z_]+", (docs / "operations.md").read_text()))
+    used = {m for e in exprs for m in re.findall(r"\b(?:wenlv|process)_[a-z_]+", e)}
+    used |= set(re.findall(r"\b(?:wenlv|process)_[a-z_]+", (docs / "operations.md").read_text()))
     used = {re.sub(r"_(bucket|sum|count)$", "", m) for m in used}
     assert len(dashboard["panels"]) >= 10 and used
     assert used <= exported, f"not on /metrics: {sorted(used - exported)}"
