@@ -79,16 +79,23 @@ class TextFormatter(logging.Formatter):
         return text
 
 
-def configure_logging(level: int, fmt: str = "text", access_log: bool = True, stream=None) -> logging.Handler:
-    """The root logger's one handler, in `fmt` ("text" or "json"); the access log muted unless `access_log`."""
+def configure_logging(level: int, fmt: str = "text", access_log: bool = True, stream=None,
+                      force: bool = True) -> logging.Handler | None:
+    """The root logger's handler, in `fmt` ("text" or "json"); the access log muted unless `access_log`.
+    Without `force`, like `logging.basicConfig`: nothing is changed when someone else (a test runner, an embedding
+    application) already put handlers on the root logger. A handler of an earlier call is replaced."""
     if fmt not in ("text", "json"):
         raise ValueError(f"log format must be 'text' or 'json', not {fmt!r}")
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, "wenlv_handler", False)]
+    if not force and len(ours) < len(root.handlers):
+        return None
+    for old in root.handlers[:] if force else ours:
+        root.removeHandler(old)
     handler = logging.StreamHandler(stream or sys.stderr)
+    handler.wenlv_handler = True
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(RequestIdFilter())
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
     logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO if access_log else logging.WARNING)

@@ -138,3 +138,16 @@ def test_a_bad_log_format_is_refused_naming_the_variable(monkeypatch, capsys):
         monkeypatch.delenv("WENLV_LOG_FORMAT")
         reset_settings()
     assert "WENLV_LOG_FORMAT" in capsys.readouterr().err
+
+
+def test_the_cli_leaves_handlers_someone_else_installed_alone(logs):
+    root = logging.getLogger()
+    foreign = logging.StreamHandler(io.StringIO())
+    root.addHandler(foreign)
+    assert configure_logging(logging.INFO, "json", force=False) is None and foreign in root.handlers
+    for h in [h for h in root.handlers if h is not foreign]:
+        root.removeHandler(h)
+    root.removeHandler(foreign)
+    first = configure_logging(logging.INFO, "text", force=False)
+    second = configure_logging(logging.INFO, "json", force=False)
+    assert first is not None and second is not None and root.handlers == [second], "an earlier call's handler replaced"

@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wenlv: error: {exc}", file=sys.stderr)
         return 2
     reset_settings()  # a command may still set variables before its own first read (the demo's MLflow store)
-    configure_logging(logging.DEBUG if args.verbose else logging.INFO, settings.log_format, settings.access_log)
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO, settings.log_format, settings.access_log,
+                      force=False)
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
