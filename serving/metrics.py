@@ -11,6 +11,7 @@ answer's X-Request-ID and carried by every log line written for the request (`se
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
@@ -61,6 +62,7 @@ class Metrics:
             self.model_load_failures.labels(reason)
         self._recommendation_children: dict = {}
         self._counted = {"swaps": 0}  # what of the serving state's counts the counters already hold
+        self._refreshing = threading.Lock()  # two scrapes at once (the route runs in the thread pool) count once
 
     def count_events(self, accepted: int, duplicates: int, rejected: int) -> None:
         for outcome, n in (("accepted", accepted), ("duplicate", duplicates), ("rejected", rejected)):
@@ -70,10 +72,18 @@ class Metrics:
     def refresh(self, state) -> None:
         """Bring the state-derived series up to date (called by the /metrics route, so a scrape always shows the
         version serving now, the swaps and refusals of the champion follower and the store's circuit)."""
-        model = state.model
-        self.model_info.clear()
-        if model is not None:
-            self.model_info.labels(model.version).set(1)
+        with self._refreshing:
+            self._refresh(state)
+
+    def _refresh(self, state) -> None:
+        version = state.model.version if state.model is not None else None
+        shown = self._counted.get("version")
+        if version != shown:  # never cleared in between: a scrape running now sees the old or the new version
+            if version is not None:
+                self.model_info.labels(version).set(1)
+            for old in {x.labels["version"] for x in self.model_info.collect()[0].samples} - {version}:
+                self.model_info.remove(old)  # the app factory's start-up version included
+            self._counted["version"] = version
         swaps = state.swaps
         if swaps > self._counted["swaps"]:
             self.swaps.inc(swaps - self._counted["swaps"])
