@@ -94,9 +94,10 @@ class ChampionFollower:
         self._thread: threading.Thread | None = None
         self.last_error: str | None = None
 
-    def _failed(self, version: str, exc: Exception, current) -> bool:
+    def _failed(self, version: str, exc: Exception, current, stage: str) -> bool:
         self.last_error = f"{type(exc).__name__}: {exc}"
         self.state.load_error = f"model version {version} was not loaded: {self.last_error}"
+        self.state.count_load_failure("integrity" if isinstance(exc, digests.BundleIntegrityError) else stage)
         log.error("champion v%s could not be loaded; still serving %s: %s", version,
                   current.version if current else None, self.last_error)
         return False
@@ -115,12 +116,12 @@ class ChampionFollower:
         try:
             bundle, loaded_version = self.loader()
         except Exception as exc:  # noqa: BLE001 - keep serving the old version
-            return self._failed(version, exc, current)
+            return self._failed(version, exc, current, "load")
         try:
             model = self.build(bundle, loaded_version)
         except Exception as exc:  # noqa: BLE001 - a refused or broken version never goes live
             _release(bundle)
-            return self._failed(loaded_version, exc, current)
+            return self._failed(loaded_version, exc, current, "build")
         if self.materialize_on_swap and self.state.store is not None:
             self._materialize(bundle, loaded_version)
         previous = self.state.swap(model)

@@ -299,6 +299,13 @@ class ResilientStore:
     def available(self) -> bool:
         return time.monotonic() >= self._open_until
 
+    @property
+    def circuit_state(self) -> str:
+        """"open" (calls fail fast), "half_open" (the last call failed and the next one is a trial) or "closed"."""
+        if time.monotonic() < self._open_until:
+            return "open"
+        return "closed" if self._backoff == self.first_backoff_s else "half_open"
+
     def call(self, method: str, *args, **kwargs):
         if time.monotonic() < self._open_until:
             raise StoreUnavailable(f"online store {self.store.backend} is down; retrying in {self._open_until - time.monotonic():.1f} s")

@@ -26,10 +26,15 @@ class ServingState:
         self._swap_lock = threading.Lock()
         self.swaps = 0
         self.load_error: str | None = None  # why the last version the lifecycle tried is not served (readyz)
+        self.load_failures: dict[str, int] = {}  # reason -> versions refused at load (wenlv_model_load_failures_total)
 
     @property
     def model(self) -> ServingModel | None:
         return self._model
+
+    def count_load_failure(self, reason: str) -> None:
+        with self._swap_lock:
+            self.load_failures[reason] = self.load_failures.get(reason, 0) + 1
 
     def swap(self, model: ServingModel) -> ServingModel | None:
         """Make `model` current; returns the previous one. The model must be fully built."""

@@ -23,6 +23,8 @@ import sys  # noqa: E402
 
 from wenlv import config_cli  # noqa: E402
 from wenlv.errors import WenlvError  # noqa: E402
+from wenlv.serving.logs import configure_logging  # noqa: E402
+from wenlv.settings import get_settings, reset_settings  # noqa: E402
 
 # Stage CLIs are imported by name so `wenlv --help` stays one place to add a stage; each
 # imports its own (heavy) libraries only inside the command that needs them.
@@ -30,7 +32,7 @@ STAGE_CLIS = ("wenlv.db.cli", "wenlv.privacy.cli", "wenlv.features.cli", "wenlv.
               "wenlv.training.cli", "wenlv.serving.cli", "wenlv.itinerary.cli", "wenlv.marketing.cli",
               "wenlv.ledger.cli")
 BENCHES = ("wenlv.bench.features", "wenlv.bench.als", "wenlv.bench.serve", "wenlv.bench.itinerary", "wenlv.bench.audience",
-           "wenlv.bench.wan", "wenlv.bench.privacy", "wenlv.bench.events", "wenlv.bench.faults.cli", "wenlv.bench.quality",
+           "wenlv.bench.wan", "wenlv.bench.privacy", "wenlv.bench.events", "wenlv.bench.faults.cli", "wenlv.bench.soak", "wenlv.bench.quality",
            "wenlv.bench.charts")
 # Loggers that talk at INFO on a healthy run: per-request chatter, and faiss.loader, which
 # logs each CPU-specific build it probes and cannot import (ModuleNotFoundError lines).
@@ -97,11 +99,14 @@ def _mannered(command: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        settings = get_settings()
+    except WenlvError as exc:  # a bad environment variable: say which, before anything runs
+        print(f"wenlv: error: {exc}", file=sys.stderr)
+        return 2
+    reset_settings()  # a command may still set variables before its own first read (the demo's MLflow store)
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO, settings.log_format, settings.access_log,
+                      force=False)
     for noisy in QUIET_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:

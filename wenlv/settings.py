@@ -71,6 +71,13 @@ class Settings(BaseSettings):
     store_timeout_s: float = Field(0.1, gt=0, le=5, alias="WENLV_STORE_TIMEOUT",
                                    description="seconds one online-store call on a request's path may take before "
                                                "the request goes on without it (and the circuit breaker opens)")
+    log_format: Literal["text", "json"] = Field("text", alias="WENLV_LOG_FORMAT",
+                                                description="log lines as text, or one JSON object per line (time, "
+                                                            "level, logger, message, request_id)")
+    access_log: bool = Field(False, alias="WENLV_ACCESS_LOG",
+                             description="log one line per HTTP request (method, route template, status, ms, "
+                                         "request id; never the path, which carries tokens); off by default: a "
+                                         "line per request costs server CPU")
     max_body_bytes: int = Field(1_048_576, ge=1, alias="WENLV_MAX_BODY_BYTES",
                                 description="largest request body the API reads (bigger: 413 before reading it)")
     body_timeout_s: float = Field(10.0, gt=0, alias="WENLV_BODY_TIMEOUT",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends
+from fastapi import APIRouter, Body, Depends, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
@@ -48,7 +48,7 @@ class EventsAck(BaseModel):
                          "Resend a batch whose answer you did not get: event_id makes the retry harmless.",
              responses={**ERROR_RESPONSES, 413: {"description": "more events than WENLV_EVENTS_MAX_BATCH"},
                         503: {"description": "the ledger database is unavailable; nothing was acknowledged"}})
-def post_events(batch: EventBatch = Body(...), principal: Principal = Depends(poster),
+def post_events(request: Request, batch: EventBatch = Body(...), principal: Principal = Depends(poster),
                 engine: Engine = Depends(get_db)):
     try:
         result = record_events(engine, principal.tenant, batch.events, max_batch=get_settings().events_max_batch)
@@ -57,4 +57,5 @@ def post_events(batch: EventBatch = Body(...), principal: Principal = Depends(po
     except OperationalError:
         raise ApiError(503, "ledger_unavailable", "the ledger database is unavailable; resend the batch shortly",
                        {"Retry-After": "1"})
+    request.app.state.metrics.count_events(len(result.accepted), len(result.duplicates), len(result.rejected))
     return JSONResponse(result.as_dict())  # the response model documents it; re-validating it costs time per batch

@@ -46,4 +46,6 @@ def readyz(request: Request):
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 def metrics(request: Request) -> Response:
-    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    registry = request.app.state.metrics
+    registry.refresh(request.app.state.serving)
+    return Response(generate_latest(registry.registry), media_type=CONTENT_TYPE_LATEST)

@@ -187,6 +187,7 @@ async def create_itinerary(
         result = await request.app.state.solver.solve(req)  # in a worker process: the event loop stays free
     except InfeasibleRequest as exc:
         return _infeasible(exc)
+    request.app.state.metrics.solver_seconds.observe(result["solver"]["seconds"])
     for d in result["days"]:
         d["date"] = body.start_date + dt.timedelta(days=d["day"] - 1)
     rec_id = uuid.uuid4().hex
