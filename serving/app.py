@@ -15,9 +15,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from wenlv.serving.auth import ApiError, KeyStore
+from wenlv.serving.auth import ROLES, ApiError, KeyStore
 from wenlv.serving.guard import RequestGuard
 from wenlv.serving.metrics import Metrics, MetricsMiddleware
+from wenlv.serving.ratelimit import RateLimiter
 from wenlv.serving.routers import analytics, campaigns, dashboard, events, health, itineraries, recommendations
 from wenlv.serving.schemas import TOKEN_MESSAGE
 from wenlv.serving.solver_pool import SolverPool
@@ -56,8 +57,10 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) 
     if state.model is not None:
         metrics.model_info.labels(state.model.version).set(1)
     app.state.solver = solver
+    limiter = RateLimiter(settings.rate_limit_key, settings.rate_limit_tenant, settings.rate_limit_burst_s, ROLES,
+                          on_refused=lambda role: metrics.rate_limited.labels(role).inc())
     app.add_middleware(RequestGuard, keys=keys, max_body_bytes=settings.max_body_bytes,
-                       body_timeout_s=settings.body_timeout_s)
+                       body_timeout_s=settings.body_timeout_s, limiter=limiter if limiter.limited_roles else None)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: refusals are counted too
     _install_error_handlers(app)
 
