@@ -90,7 +90,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
                 413: "payload_too_large"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
     # Anything else is answered 500 (and logged without request data) by MetricsMiddleware.

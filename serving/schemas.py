@@ -24,6 +24,7 @@ class ErrorResponse(BaseModel):
 
 
 ERROR_RESPONSES = {
+    400: {"model": ErrorResponse, "description": "the body is not parseable JSON"},
     401: {"model": ErrorResponse, "description": "missing or unknown API key"},
     403: {"model": ErrorResponse, "description": "the key's role may not call this route"},
     422: {"model": ErrorResponse, "description": "invalid request parameters"},

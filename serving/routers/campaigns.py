@@ -6,12 +6,12 @@ answers 404, exactly like a missing one. The audience itself is computed offline
 """
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import Engine
 
 from wenlv.marketing import audience, export
@@ -47,6 +47,12 @@ class Campaign(BaseModel):
     model_version: str | None
     created_at: datetime
     arms: dict[str, int] | None = Field(None, description="audience members per arm (treatment, holdout)")
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        """Stored in UTC, but SQLite gives it back without a zone: state it, as the schema's date-time requires."""
+        return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 def _own(engine: Engine, principal: Principal, campaign_id: int) -> dict:
