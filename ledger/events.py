@@ -41,6 +41,13 @@ class Event(BaseModel):
     recommendation_id: str | None = Field(None, max_length=64)
     campaign_id: int | None = Field(None, ge=1)
 
+    @field_validator("poi_id", "recommendation_id")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:  # PostgreSQL text cannot hold it: one event's error, not the batch's
+            raise ValueError("must not contain a NUL character")
+        return value
+
     @field_validator("token")
     @classmethod
     def _token(cls, value: str) -> str:

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from wenlv.serving.auth import ROLES, ApiError, KeyStore
@@ -87,6 +88,12 @@ def _install_error_handlers(app: FastAPI) -> None:
                    for e in exc.errors()]
         where = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:5])
         return _error(422, "invalid_request", f"invalid request: {where}", details)
+
+    @app.exception_handler(DataError)
+    async def unstorable(_request: Request, exc: DataError):
+        # e.g. a NUL character, which PostgreSQL text cannot hold; the transaction was rolled back, nothing stored
+        return _error(422, "invalid_request", "invalid request: a value the database cannot store "
+                                              "(e.g. a NUL character in a text field); nothing was stored")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException):
