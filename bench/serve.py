@@ -29,7 +29,8 @@ import numpy as np
 
 GOALS = {"p99_ms_at_300rps": 15.0, "recall_at_10": 0.95, "server_cpu_ms_per_recommendation": 0.9}
 MIXED_ITINERARY_CLIENTS = 16
-NO_RATE_LIMITS = {"WENLV_RATE_LIMIT_KEY": "", "WENLV_RATE_LIMIT_TENANT": ""}  # the server's capacity, not the limits
+# The server's capacity, not the rate limits: off unless set in the environment (e.g. a huge rate, to time the check).
+NO_RATE_LIMITS = {name: os.environ.get(name, "") for name in ("WENLV_RATE_LIMIT_KEY", "WENLV_RATE_LIMIT_TENANT")}
 CACHE = Path(os.environ.get("WENLV_BENCH_CACHE", Path.home() / ".cache" / "wenlv" / "bench-serve"))
 
 
