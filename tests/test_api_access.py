@@ -42,7 +42,11 @@ def read_matrix(path: Path = MATRIX_DOC) -> dict[tuple[str, str], dict[str, str]
     rows = {}
     header = None
     for line in path.read_text().splitlines():
-        if not line.startswith("|") or set(line) <= set("|- "):
+        if not line.startswith("|"):
+            if rows:  # the matrix is the document's first table; later tables are something else
+                break
+            continue
+        if set(line) <= set("|- "):
             continue
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if header is None:
