@@ -29,6 +29,8 @@ import numpy as np
 
 GOALS = {"p99_ms_at_300rps": 15.0, "recall_at_10": 0.95, "server_cpu_ms_per_recommendation": 0.9}
 MIXED_ITINERARY_CLIENTS = 16
+# The server's capacity, not the rate limits: off unless set in the environment (e.g. a huge rate, to time the check).
+NO_RATE_LIMITS = {name: os.environ.get(name, "") for name in ("WENLV_RATE_LIMIT_KEY", "WENLV_RATE_LIMIT_TENANT")}
 CACHE = Path(os.environ.get("WENLV_BENCH_CACHE", Path.home() / ".cache" / "wenlv" / "bench-serve"))
 
 
@@ -238,7 +240,8 @@ def run(n_pois: int, n_users: int, factors: int, rate: int, duration: int) -> di
     bundle_dir = _bundle_dir(n_pois, n_users, factors)
     bundle, version = load_bundle_dir(bundle_dir)
     index_cache = CACHE / "indexes"
-    env = {**os.environ, "WENLV_INDEX_CACHE": str(index_cache), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "WENLV_INDEX_CACHE": str(index_cache), "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
+           **NO_RATE_LIMITS}
     work = Path(tempfile.mkdtemp(prefix="wenlv-bench-serve-"))
     redis_server = PrivateRedis().start()
     server = None

@@ -42,6 +42,13 @@ class Event(BaseModel):
     recommendation_id: str | None = Field(None, max_length=64, pattern=PRINTABLE)
     campaign_id: int | None = Field(None, ge=1, le=2**31 - 1)  # an INTEGER column on every backend
 
+    @field_validator("poi_id", "recommendation_id")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:  # PostgreSQL text cannot hold it: one event's error, not the batch's
+            raise ValueError("must not contain a NUL character")
+        return value
+
     @field_validator("token")
     @classmethod
     def _token(cls, value: str) -> str:

@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from wenlv.serving.auth import ApiError, KeyStore
+from wenlv.serving.auth import ROLES, ApiError, KeyStore
 from wenlv.serving.guard import RequestGuard
 from wenlv.serving.metrics import Metrics, MetricsMiddleware
+from wenlv.serving.ratelimit import RateLimiter
 from wenlv.serving.routers import analytics, campaigns, dashboard, events, health, itineraries, recommendations
 from wenlv.serving.schemas import TOKEN_MESSAGE
 from wenlv.serving.solver_pool import SolverPool
@@ -57,8 +59,10 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) 
     if state.model is not None:
         metrics.model_info.labels(state.model.version).set(1)
     app.state.solver = solver
+    limiter = RateLimiter(settings.rate_limit_key, settings.rate_limit_tenant, settings.rate_limit_burst_s, ROLES,
+                          on_refused=lambda role: metrics.rate_limited.labels(role).inc())
     app.add_middleware(RequestGuard, keys=keys, max_body_bytes=settings.max_body_bytes,
-                       body_timeout_s=settings.body_timeout_s)
+                       body_timeout_s=settings.body_timeout_s, limiter=limiter if limiter.limited_roles else None)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: refusals are counted too
     _install_error_handlers(app)
 
@@ -86,9 +90,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         where = "; ".join(f"{'.'.join(d['loc'])}: {d['msg']}" for d in details[:5])
         return _error(422, "invalid_request", f"invalid request: {where}", details)
 
+    @app.exception_handler(DataError)
+    async def unstorable(_request: Request, exc: DataError):
+        # e.g. a NUL character, which PostgreSQL text cannot hold; the transaction was rolled back, nothing stored
+        return _error(422, "invalid_request", "invalid request: a value the database cannot store "
+                                              "(e.g. a NUL character in a text field); nothing was stored")
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException):
-        code = {404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
+        code = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 408: "request_timeout",
                 413: "payload_too_large"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None))
     # Anything else is answered 500 (and logged without request data) by MetricsMiddleware.

@@ -101,6 +101,27 @@ class KeyStore:
         self._reload()
         return key
 
+    def rotate(self, key_id: str, grace_s: float) -> tuple[str, float]:
+        """A new key for the role and tenant of `key_id` (and no longer-lived than it); the old key keeps working for
+        `grace_s` seconds, then is refused like an expired one. Returns (new key, when the old one stops, Unix s)."""
+        if not grace_s >= 0:
+            raise WenlvError(f"the grace period must be 0 or more seconds, got {grace_s!r}")
+        with self._connect() as db:
+            row = db.execute("SELECT role, tenant, expires_at FROM api_keys WHERE key_id = ? AND revoked = 0",
+                             (key_id,)).fetchone()
+        if row is None:
+            raise WenlvError(f"no active API key with id {key_id!r} (see `wenlv apikey list`)")
+        role, tenant, expires_at = row
+        now = time.time()
+        if expires_at is not None and expires_at <= now:
+            raise WenlvError(f"API key {key_id!r} has already expired; create a new one instead")
+        key = self.create(role, tenant, expires_in_s=None if expires_at is None else expires_at - now)
+        old_until = now + grace_s if expires_at is None else min(expires_at, now + grace_s)
+        with self._connect() as db:
+            db.execute("UPDATE api_keys SET expires_at = ? WHERE key_id = ?", (old_until, key_id))
+        self._reload()
+        return key, old_until
+
     def revoke(self, key_id: str) -> bool:
         with self._connect() as db:
             changed = db.execute("UPDATE api_keys SET revoked = 1 WHERE key_id = ?", (key_id,)).rowcount

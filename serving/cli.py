@@ -1,4 +1,4 @@
-"""`wenlv serve`, `wenlv materialize`, `wenlv apikey create|list|revoke`."""
+"""`wenlv serve`, `wenlv materialize`, `wenlv apikey create|list|rotate|revoke`."""
 from __future__ import annotations
 
 import json
@@ -52,6 +52,12 @@ def register(sub) -> None:
     ls = ksub.add_parser("list", help="list keys (ids, roles, tenants; never the keys)")
     ls.add_argument("--keys", type=Path, default=None, help=KEYS_HELP)
     ls.set_defaults(func=_apikey_list)
+    rot = ksub.add_parser("rotate", help="a new key for the same role and tenant; the old one works for a grace period")
+    rot.add_argument("key_id", help="the id of the key to replace (from `wenlv apikey list`)")
+    rot.add_argument("--grace-minutes", type=float, default=60.0,
+                     help="minutes the old key keeps working, so clients can switch (0: refused within a second)")
+    rot.add_argument("--keys", type=Path, default=None, help=KEYS_HELP)
+    rot.set_defaults(func=_apikey_rotate)
     r = ksub.add_parser("revoke", help="revoke a key by its id (a running server refuses it within a second)")
     r.add_argument("key_id", help="the key's id (from `wenlv apikey list`)")
     r.add_argument("--keys", type=Path, default=None, help=KEYS_HELP)
@@ -94,6 +100,15 @@ def _apikey_create(args) -> int:
 
 def _apikey_list(args) -> int:
     print(json.dumps(KeyStore(args.keys).list()))
+    return 0
+
+
+def _apikey_rotate(args) -> int:
+    from wenlv.serving.auth import KeyStore
+
+    key, old_until = KeyStore(args.keys).rotate(args.key_id, args.grace_minutes * 60)
+    print(json.dumps({"key": key, "replaces": args.key_id, "old_key_valid_until": round(old_until, 3),
+                      "note": "shown once; only its hash is stored"}))
     return 0
 
 

@@ -8,7 +8,8 @@ Runs before any route reads a byte of the body:
   when a key is sent (so `/readyz` can tell an admin);
 - a body announced bigger than `WENLV_MAX_BODY_BYTES` is refused 413 unread; a chunked body
   is counted as it arrives and cut off with 413 at the limit;
-- a body that is not complete within `WENLV_BODY_TIMEOUT` seconds gets 408.
+- a body that is not complete within `WENLV_BODY_TIMEOUT` seconds gets 408;
+- a key over its rate limit, or its tenant's (`serving.ratelimit`), gets 429 with `Retry-After`.
 Refusals with a body still on the wire carry `Connection: close`, so the server drops the
 connection instead of draining what is left.
 """
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from wenlv.serving.auth import PRINCIPAL, KeyStore, session_principal
+from wenlv.serving.ratelimit import RateLimiter
 from wenlv.serving.sessions import COOKIE
 
 PROTECTED_PREFIX = "/v1/"
@@ -70,8 +72,9 @@ async def send_json(send, status: int, body: dict, headers: list[tuple[bytes, by
 class RequestGuard:
     """Authenticate, limit and time the body, before the app sees the request."""
 
-    def __init__(self, app, keys: KeyStore, max_body_bytes: int, body_timeout_s: float):
-        self.app, self.keys = app, keys
+    def __init__(self, app, keys: KeyStore, max_body_bytes: int, body_timeout_s: float,
+                 limiter: RateLimiter | None = None):
+        self.app, self.keys, self.limiter = app, keys, limiter
         self.max_body_bytes, self.body_timeout_s = max_body_bytes, body_timeout_s
 
     async def __call__(self, scope, receive, send):
@@ -84,16 +87,29 @@ class RequestGuard:
             principal = session_principal(self.keys, scope["method"], Request(scope).cookies)  # the dashboard's GETs
         scope[PRINCIPAL] = principal
         has_body = _has_body(headers)
-        if principal is None and scope["path"].startswith(PROTECTED_PREFIX):
-            message = "missing bearer API key (Authorization: Bearer <key>)" if key is None else "unknown or revoked API key"
-            return await send_json(send, 401, {"error": "unauthorized", "message": message},
-                                   [CHALLENGE, CLOSE] if has_body else [CHALLENGE])
+        if scope["path"].startswith(PROTECTED_PREFIX):
+            if principal is None:
+                message = ("missing bearer API key (Authorization: Bearer <key>)" if key is None
+                           else "unknown or revoked API key")
+                return await send_json(send, 401, {"error": "unauthorized", "message": message},
+                                       [CHALLENGE, CLOSE] if has_body else [CHALLENGE])
+            if self.limiter is not None:
+                retry_after = self.limiter.check(principal)
+                if retry_after is not None:
+                    return await self._rate_limited(send, principal.role, retry_after, has_body)
         if not has_body:
             return await self.app(scope, receive, send)
         length = _content_length(headers)
         if length is not None and length > self.max_body_bytes:
             return await send_json(send, 413, {"error": "payload_too_large", "message": self._too_large(length)}, [CLOSE])
         return await self.app(scope, self._limited(receive), send)
+
+    @staticmethod
+    async def _rate_limited(send, role: str, retry_after: int, has_body: bool) -> None:
+        message = (f"too many requests for this {role} key or its tenant; retry after {retry_after} s "
+                   "(limits: WENLV_RATE_LIMIT_KEY, WENLV_RATE_LIMIT_TENANT, WENLV_RATE_LIMIT_BURST)")
+        headers = [(b"retry-after", str(retry_after).encode())]
+        await send_json(send, 429, {"error": "rate_limited", "message": message}, [*headers, CLOSE] if has_body else headers)
 
     def _too_large(self, size: int | None) -> str:
         told = f"{size} bytes" if size is not None else "more bytes"

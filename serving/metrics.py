@@ -41,6 +41,8 @@ class Metrics:
         self.swaps = Counter("wenlv_model_swaps_total", "model versions swapped in", registry=self.registry)
         self.served_lists_dropped = Counter("wenlv_served_lists_dropped_total", "served lists not kept in the ledger",
                                             ["reason"], registry=self.registry)
+        self.rate_limited = Counter("wenlv_rate_limited_total", "requests refused 429 by a rate limit (per key or "
+                                    "per tenant), by the key's role", ["role"], registry=self.registry)
         self.store_up = Gauge("wenlv_online_store_available", "1 when the online store answers", registry=self.registry)
         self.model_load_failures = Counter("wenlv_model_load_failures_total", "champion versions refused at load",
                                            ["reason"], registry=self.registry)

@@ -24,9 +24,13 @@ class ErrorResponse(BaseModel):
 
 
 ERROR_RESPONSES = {
+    400: {"model": ErrorResponse, "description": "the body is not parseable JSON"},
     401: {"model": ErrorResponse, "description": "missing or unknown API key"},
     403: {"model": ErrorResponse, "description": "the key's role may not call this route"},
     422: {"model": ErrorResponse, "description": "invalid request parameters"},
+    429: {"model": ErrorResponse, "description": "over the key's or the tenant's rate limit: retry after the "
+                                                 "`Retry-After` header's seconds",
+          "headers": {"Retry-After": {"description": "whole seconds to wait", "schema": {"type": "integer"}}}},
 }
 
 

@@ -106,3 +106,38 @@ def test_a_revoked_or_expired_key_is_refused_by_a_running_server_within_a_second
             time.sleep(0.02)
         assert time.monotonic() - created_at > lifetime_s - 0.5  # it did work until it expired
         assert status(key) == 401 and status(short_lived) == 401
+
+
+def test_a_rotated_key_and_its_successor_both_work_during_the_grace_period_then_only_the_new_one(tmp_path, capsys):
+    """`wenlv apikey rotate ID --grace-minutes M` against a running server: two valid keys, then the old one refused
+    within a second of the grace period's end."""
+    bundle = synthetic_bundle(n_pois=20, n_users=15, factors=4, seed=3, version="12")
+    keys_db = tmp_path / "keys.sqlite"
+    store = ResilientStore(SQLiteStore(tmp_path / "online.sqlite"))
+    app = create_app(ServingState(store, ServingModel(bundle, "12", store, index_cache=None)), KeyStore(keys_db))
+    assert main(["apikey", "create", "--role", "marketer", "--tenant", "hz", "--keys", str(keys_db)]) == 0
+    old = json.loads(capsys.readouterr().out)["key"]
+    old_id = KeyStore(keys_db).list()[0]["key_id"]
+    grace_s = 2.0
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=5) as client:
+        def status(k):
+            return client.get("/v1/campaigns", headers={"Authorization": f"Bearer {k}"}).status_code
+
+        assert status(old) != 401
+        assert main(["apikey", "rotate", old_id, "--grace-minutes", str(grace_s / 60), "--keys", str(keys_db)]) == 0
+        rotated = json.loads(capsys.readouterr().out)
+        new, until = rotated["key"], rotated["old_key_valid_until"]
+        assert rotated["replaces"] == old_id and new != old and abs(until - (time.time() + grace_s)) < 1
+        listed = {k["key_id"]: k for k in KeyStore(keys_db).list()}
+        (new_row,) = [k for k in listed.values() if k["key_id"] != old_id]
+        assert (new_row["role"], new_row["tenant"], new_row["expires_at"]) == ("marketer", "hz", None)
+        while time.time() < until - 0.3:  # both keys work throughout the grace period
+            assert status(old) != 401 and status(new) != 401
+            time.sleep(0.1)
+        while status(old) != 401:
+            assert time.time() - until < 1.0, "the old key still works 1 s after its grace period"
+            time.sleep(0.02)
+        assert status(new) != 401 and status(old) == 401
+    assert main(["apikey", "rotate", old_id, "--keys", str(keys_db)]) == 2  # expired: nothing to rotate
+    assert "already expired" in capsys.readouterr().err
+    assert main(["apikey", "rotate", "nosuchkey", "--keys", str(keys_db)]) == 2

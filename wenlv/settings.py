@@ -85,6 +85,17 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(10.0, gt=0, alias="WENLV_HEADER_TIMEOUT",
                                     description="seconds a client may take to send a request's headers (then the "
                                                 "connection is closed)")
+    rate_limit_key: str = Field(
+        "visitor-app=200", alias="WENLV_RATE_LIMIT_KEY",
+        description="requests per second one API key may make, by role: role=rate[,role=rate] (e.g. "
+                    "visitor-app=200,marketer=20); a role not listed is not limited per key; empty: no per-key limits")
+    rate_limit_tenant: str = Field(
+        "visitor-app=1000", alias="WENLV_RATE_LIMIT_TENANT",
+        description="requests per second all of a tenant's keys of one role may make together: role=rate[,role=rate]; "
+                    "empty: no per-tenant limits")
+    rate_limit_burst_s: float = Field(2.0, gt=0, le=3600, alias="WENLV_RATE_LIMIT_BURST",
+                                      description="burst allowance in seconds of the rate: a bucket holds rate x this "
+                                                  "many requests (at least 1); over it: 429 with Retry-After")
     # Campaign and ledger database
     database_url: str | None = Field(None, alias="DATABASE_URL",
                                      description="campaign and ledger database (postgresql://...); unset: SQLite file")

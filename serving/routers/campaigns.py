@@ -8,12 +8,12 @@ thread pool, off the event loop.
 """
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timezone
 from typing import Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import Engine
 
 from wenlv.errors import WenlvError
@@ -51,6 +51,12 @@ class Campaign(BaseModel):
     model_version: str | None
     created_at: datetime
     arms: dict[str, int] | None = Field(None, description="audience members per arm (treatment, holdout)")
+
+    @field_validator("created_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        """Stored in UTC, but SQLite gives it back without a zone: state it, as the schema's date-time requires."""
+        return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 class AudienceResult(BaseModel):

@@ -36,11 +36,14 @@ class RecommendationQuery(BaseModel):
     personalized: bool = Field(True, description="false: a non-personalised list on the visitor's request")
     category: Category | None = Field(None, description="only POIs of this category")
     city: str | None = Field(None, max_length=64, description="only POIs in this city")
-    near: str | None = Field(None, description="`lat,lon` in degrees: only POIs within radius_km of it",
-                             examples=["30.25,120.17"])
-    radius_km: float | None = Field(None, gt=0, le=500, description="radius around `near` (default 5 km)")
+    near: str | None = Field(None, examples=["30.25,120.17"], json_schema_extra={"pattern": _NEAR.pattern},  # the route's own message
+                             description="`lat,lon` in degrees (lat in [-90, 90], lon in [-180, 180], else 422): "
+                                         "only POIs within radius_km of it")
+    radius_km: float | None = Field(None, gt=0, le=500, description="radius around `near` (default 5 km); "
+                                                                    "only with `near` (else 422)")
     open_now: bool = Field(False, description="only POIs open now (Asia/Shanghai), or at `at`")
-    at: str | None = Field(None, pattern=_HHMM, description="local time HH:MM for open_now (default: now)")
+    at: str | None = Field(None, pattern=_HHMM, description="local time HH:MM for open_now (default: now); "
+                                                            "only with open_now=true (else 422)")
 
     def filters(self) -> Filters:
         """The POI filters, or ApiError 422 naming what does not fit together."""
