@@ -51,8 +51,6 @@ class Metrics:
                                    registry=self.registry)
         self.solver_seconds = Histogram("wenlv_itinerary_solve_seconds", "itinerary solve time in the solver pool",
                                         registry=self.registry, buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
-        self.rate_limited = Counter("wenlv_rate_limited_total", "requests refused 429 by a rate limit", ["role"],
-                                    registry=self.registry)
         self.events = Counter("wenlv_events_total", "events posted, by outcome: accepted (stored now), duplicate "
                               "(a retry, already stored) or rejected (bad field)", ["outcome"], registry=self.registry)
         self._event_children = {outcome: self.events.labels(outcome) for outcome in ("accepted", "duplicate", "rejected")}
