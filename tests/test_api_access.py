@@ -110,6 +110,7 @@ def body_for(method: str, route: str, key: str | None, ids: dict):
                                                                   "amount_cny": "10.00", "incurred_on": "2026-03-01"}]},
         ("POST", "/dashboard/login"): {"key": key or "wlv_000000000000_not-a-key"},
         ("POST", "/dashboard/logout"): None,
+        ("POST", "/v1/campaigns/{campaign_id}/audience"): None,  # computed from what the server already holds
     }
     assert (method, route) in bodies, f"no request body for {method} {route}: add one to body_for"
     return bodies[(method, route)]
