@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from wenlv.features import contracts
-from wenlv.privacy import secure_agg, tls
-from wenlv.training import evaluation, privacy_scan, registry, tracking
+from wenlv.privacy import leak_scan, secure_agg, tls
+from wenlv.training import evaluation, registry, tracking
 from wenlv.training.als_data import load_party_block, load_users
 from wenlv.training.blocks import FeatureBlocks, Matrices
 from wenlv.training.factors import COMPUTE_DTYPE
@@ -147,7 +147,7 @@ def train_remote(features_dir: str | Path, parties: dict[str, str], tls_dir: str
         {"parties": {p: {"url": parties[p], "cert_sha256": pins[p]} for p in parties},
          "wire_bytes": {p: {"sent": stats.sent.get(p, 0), "received": stats.received.get(p, 0)} for p in parties},
          "federated_vs_central": "not checked by a remote coordinator (it holds no other block)"}, indent=2))
-    scans = [privacy_scan.scan_folder(d) for d in (bundle_dir, card_dir)]  # it never held another party's block
+    scans = [leak_scan.scan_folder(d) for d in (bundle_dir, card_dir)]  # it never held another party's block
     findings = [f for s in scans for f in s.findings]
     checks["artifacts_clean"] = not findings
     if findings:
