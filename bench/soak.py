@@ -24,9 +24,9 @@ import httpx
 import numpy as np
 import redis
 
-from wenlv.bench.faults.harness import TENANT, Deployment
-from wenlv.serving.auth import KeyStore
-from wenlv.serving.runtime import load_bundle_dir
+
+# lazy (below, in the functions that run the soak): the harness and serving load FAISS, whose OpenMP OpenBLAS would
+# make implicit's ALS in the same process (e.g. `wenlv demo`, which builds every command's parser) warn about threads
 
 ROUTES = ("recommendations", "itineraries", "events", "analytics")
 
@@ -87,6 +87,8 @@ class Soak:
         self.stats = {name: RouteStats() for name in ROUTES}
         self.memory: dict[str, list[tuple[float, float]]] = {"server": [], "server_main": [], "redis": []}
         self._stop = threading.Event()
+        from wenlv.serving.runtime import load_bundle_dir  # lazy: see the note at the imports
+
         bundle, _ = load_bundle_dir(dep.workdir / "bundle")
         city = bundle.pois.city.value_counts().index[0]
         here = bundle.pois[bundle.pois.city == city].iloc[0]
@@ -190,6 +192,9 @@ class Soak:
 
 def run(minutes: float, rates: dict[str, float], ledger: str = "postgresql", sample_s: float = 5.0,
         n_users: int = 2000) -> dict:
+    from wenlv.bench.faults.harness import TENANT, Deployment  # lazy: see the note at the imports
+    from wenlv.serving.auth import KeyStore
+
     work = Path(tempfile.mkdtemp(prefix="wenlv-bench-soak-"))
     load_before = [round(x, 2) for x in os.getloadavg()]
     try:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import os
 import subprocess
 import sys
 
@@ -55,3 +56,13 @@ def test_verbose_after_the_subcommand_turns_on_debug_logging():
         done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == level, argv
+
+
+def test_building_the_parser_loads_no_faiss():
+    """Every command's parser is built at start-up (`wenlv demo` too): FAISS's OpenMP OpenBLAS loaded there would make
+    implicit's ALS, later in the same process, run with 2 BLAS threads and warn (the demo's alarming-line check)."""
+    code = "import sys; from wenlv.cli import build_parser; build_parser(); print('faiss' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "False"
