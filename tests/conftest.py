@@ -20,6 +20,10 @@ os.environ.setdefault("WENLV_DATABASE_SQLITE", str(Path(tempfile.mkdtemp(prefix=
 # Tests that check a visitor's personal list must get it: the recommendation holdout (5% by default)
 # is off unless a test turns it on (tests/test_ledger_served.py does).
 os.environ.setdefault("WENLV_RECOMMENDATION_HOLDOUT", "0")
+# Rate limits (on by default for visitor-app keys in the product) are off in tests that loop on a route as fast as they
+# can; tests/test_rate_limits.py sets them. An empty value means "no limit" (serving/ratelimit.py).
+os.environ.setdefault("WENLV_RATE_LIMIT_KEY", "")
+os.environ.setdefault("WENLV_RATE_LIMIT_TENANT", "")
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("WENLV_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -12,6 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import mlflow.tracking._model_registry.utils as registry_utils
+import mlflow.tracking._tracking_service.utils as tracking_utils
 import numpy as np
 import pandas as pd
 import pytest
@@ -64,12 +66,19 @@ def champion(tmp_path_factory):
                               tracking_uri=uri)
     version = registry.register_version(logged["run_id"], uri)
     assert registry.promote(version, uri).passed
-    before = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # MLflow keeps these in module globals and exports them to the environment; restoring through the public
+    # setters would pin the registry to a resolved URI for every later test, so the raw values are put back
+    saved = (registry_utils._registry_uri, tracking_utils._tracking_uri,
+             {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")})
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     yield {"uri": uri, "version": version, "run_id": logged["run_id"], "bundle": bundle, "root": root}
-    mlflow.set_tracking_uri(before[0])
-    mlflow.set_registry_uri(before[1])
+    registry_utils._registry_uri, tracking_utils._tracking_uri = saved[0], saved[1]
+    for name, value in saved[2].items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def test_the_champion_loads_as_a_pyfunc_and_ranks_like_serving(champion):

@@ -223,7 +223,7 @@ def _register(tmp_path, bundles):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment("serving-index-test")
-    client = MlflowClient(uri)
+    client = MlflowClient(uri, registry_uri=uri)  # never a registry another test left in MLflow's globals
     client.create_registered_model(MODEL_NAME)
     versions = []
     for b in bundles:
