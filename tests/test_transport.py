@@ -1,20 +1,18 @@
 """Party services over mutual TLS give exactly the in-process model; strangers and replays are refused."""
 from __future__ import annotations
 
-import socket
-import threading
 import time
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
 
 from wenlv.privacy import tls, transport
 from wenlv.privacy.secure_agg import Identity, KeyAnnouncement, MaskedMessage, MaskingParty, PartyUnavailable, ProtocolError
 from wenlv.privacy.transport import Decoder, body_size, decode, encode, encode_chunks
 from wenlv.training.federated_als import FederatedALS, FederatedALSParty, init_factors
-from wenlv.training.remote import RemoteParty, WireStats, party_app
+from wenlv.bench.faults.party import PartyService as Service  # a party's mTLS service in a thread
+from wenlv.training.remote import RemoteParty, WireStats
 
 PARTIES = ("tourism", "carrier", "internet")
 
@@ -55,36 +53,6 @@ def certs(tmp_path_factory):
     stranger = tmp_path_factory.mktemp("stranger")   # same names, another CA
     tls.make_deployment(stranger, PARTIES)
     return folder, stranger
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service:
-    """A party service on loopback in a thread (the namespace test runs them as processes)."""
-
-    def __init__(self, party, tls_dir):
-        self.port = _free_port()
-        ctx = tls.server_context(tls_dir, party.name)
-        config = uvicorn.Config(party_app(party), host="127.0.0.1", port=self.port, log_level="warning",
-                                ssl_certfile=str(tls_dir / f"{party.name}.pem"),
-                                ssl_context_factory=lambda cfg, default: ctx)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        for _ in range(200):
-            if self.server.started:
-                break
-            time.sleep(0.05)
-        assert self.server.started
-        self.url = f"https://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture
