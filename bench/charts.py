@@ -203,9 +203,11 @@ def _events(plt, result: dict):
     _bars(axes[0], targets, {"POST /v1/events (HTTP, acknowledged)": [result[t]["events_per_s"] for t in targets],
                              "peer: pgbench / one in-process thread": peers},
           "events per second", "Ledger events in batches of 100 vs the database's own rate")
+    offered = result[targets[0]].get("fixed_rate", {}).get("offered_events_per_s") if targets else None
+    at = f" at {offered:,} events/s offered" if offered else ""
     _bars(axes[1], targets, {"p50": [result[t]["p50_ms"] for t in targets],
                              "p99": [result[t]["p99_ms"] for t in targets]},
-          "acknowledgement latency, ms", "Answered once committed (durable)")
+          "acknowledgement latency, ms", f"Answered once committed (durable){at}")
     return fig
 
 
