@@ -27,7 +27,7 @@ from datetime import date, datetime, time, timedelta, timezone
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, and_, select
+from sqlalchemy import Date, Engine, and_, case, cast, func, or_, select
 
 from wenlv.db.schema import audience_members, campaigns, contacts, events, served_lists
 from wenlv.ledger.estimators import Effect, incremental
@@ -162,9 +162,9 @@ class SurfaceResult:
                 "daily": {d.isoformat(): v for d, v in self.daily.items()}}
 
 
-def _served(engine: Engine, tenant: str, model_version: str | None = None) -> pd.DataFrame:
+def _served(engine: Engine, tenant: str, model_version: str | None = None, *only) -> pd.DataFrame:
     query = (select(served_lists.c.recommendation_id, served_lists.c.token, served_lists.c.model_version,
-                    served_lists.c.arm, served_lists.c.served_at).where(served_lists.c.tenant == tenant))
+                    served_lists.c.arm, served_lists.c.served_at).where(served_lists.c.tenant == tenant, *only))
     if model_version is not None:
         query = query.where(served_lists.c.model_version == model_version)
     with engine.connect() as c:
@@ -174,12 +174,13 @@ def _served(engine: Engine, tenant: str, model_version: str | None = None) -> pd
     return frame
 
 
-def _outcome_events(engine: Engine, tenant: str, start: datetime, end: datetime) -> pd.DataFrame:
+def _outcome_events(engine: Engine, tenant: str, start: datetime, end: datetime, *only) -> pd.DataFrame:
+    """The tenant's events in [start, end) meeting the conditions `only`, filtered in the database."""
     with engine.connect() as c:
         rows = c.execute(select(events.c.event_id, events.c.token, events.c.kind, events.c.amount_cny,
                                 events.c.occurred_at, events.c.campaign_id, events.c.recommendation_id)
                          .where(events.c.tenant == tenant, events.c.occurred_at >= start,
-                                events.c.occurred_at < end)).all() if start < end else []
+                                events.c.occurred_at < end, *only)).all() if start < end else []
     frame = pd.DataFrame(rows, columns=["event_id", "token", "kind", "amount", "occurred_at", "campaign_id",
                                         "recommendation_id"])
     frame["amount"] = _money(frame.amount)
@@ -194,8 +195,7 @@ def surface_effects(engine: Engine, tenant: str, options: Options, model_version
         return []
     window = pd.Timedelta(days=options.window_days)
     start, end = options.clip(served.served_at.min().to_pydatetime(), (served.served_at.max() + window).to_pydatetime())
-    found = _outcome_events(engine, tenant, start, end)
-    found = found[found.kind.isin(OUTCOME_KINDS)]
+    found = _outcome_events(engine, tenant, start, end, events.c.kind.in_(OUTCOME_KINDS))
     out = []
     for version, lists in served.groupby("model_version", sort=True):
         # A person's arm is that of their first list (the holdout is persistent per visitor).
@@ -217,11 +217,17 @@ def _stable(text: str) -> int:
 
 
 # --------------------------------------------------------------------------- last touch (associative)
+def paid_and_tagged() -> tuple:
+    """SQL conditions of the events last touch can credit: an amount, and a campaign or list that exposed it."""
+    return events.c.amount_cny > 0, or_(events.c.campaign_id.is_not(None), events.c.recommendation_id.is_not(None))
+
+
 def last_touch(engine: Engine, tenant: str, options: Options) -> dict:
     """{"campaigns": {campaign_id: CNY}, "model_versions": {version: CNY}} — associative, not causal."""
     far = (_day_start(date(1970, 1, 1)), _day_start(date(9999, 1, 1)))
-    found = _outcome_events(engine, tenant, *options.clip(*far))
-    found = found[(found.amount > 0) & (found.campaign_id.notna() | found.recommendation_id.notna())]
+    start, end = options.clip(*far)
+    paid = paid_and_tagged()
+    found = _outcome_events(engine, tenant, start, end, *paid)
     empty = {"campaigns": {}, "model_versions": {}}
     if found.empty:
         return empty
@@ -236,8 +242,10 @@ def last_touch(engine: Engine, tenant: str, options: Options) -> dict:
                                      "campaign_id": tagged.campaign_id, "model_version": None}))
     recs = found[found.recommendation_id.notna()]
     if len(recs):
-        served = _served(engine, tenant)
-        served = served[served.arm == "treatment"]  # a holdout list was not the model's
+        served = _served(engine, tenant, None, served_lists.c.arm == "treatment",  # a holdout list was not the model's
+                         served_lists.c.recommendation_id.in_(select(events.c.recommendation_id).where(
+                             events.c.tenant == tenant, events.c.occurred_at >= start, events.c.occurred_at < end,
+                             *paid)))
         joined = recs.merge(served[["recommendation_id", "served_at", "model_version"]], on="recommendation_id")
         touches.append(pd.DataFrame({"event_id": joined.event_id, "amount": joined.amount,
                                      "occurred_at": joined.occurred_at, "touch_at": joined.served_at,
@@ -276,29 +284,40 @@ def _campaign_touch_times(engine: Engine, tenant: str, tagged: pd.DataFrame) -> 
 
 
 # --------------------------------------------------------------------------- observed revenue by day
+def utc_day(column, dialect: str):
+    """The UTC calendar day of a timestamp column, in SQL (SQLite stores naive UTC text)."""
+    return cast(func.timezone("UTC", column), Date) if dialect == "postgresql" else func.date(column)
+
+
 def daily_revenue(engine: Engine, tenant: str, options: Options, campaign_id: int | None = None,
                   model_version: str | None = None) -> list[dict]:
-    """Observed revenue, bookings and visits per UTC day, by the campaign and model version that exposed them."""
-    far = (_day_start(date(1970, 1, 1)), _day_start(date(9999, 1, 1)))
-    found = _outcome_events(engine, tenant, *options.clip(*far))
-    served = _served(engine, tenant)[["recommendation_id", "model_version"]]
-    found = found[found.kind.isin(OUTCOME_KINDS)].merge(served, on="recommendation_id", how="left")
-    if campaign_id is not None:
-        found = found[found.campaign_id == campaign_id]
-    if model_version is not None:
-        found = found[found.model_version == model_version]
-    if found.empty:
+    """Observed revenue, bookings and visits per UTC day, by the campaign and model version that exposed them.
+
+    Rolled up in the database (one GROUP BY): an analytics request reads one row per day,
+    campaign and version, not every event of the tenant."""
+    day = utc_day(events.c.occurred_at, engine.dialect.name).label("day")
+    version = served_lists.c.model_version
+    start, end = options.clip(_day_start(date(1970, 1, 1)), _day_start(date(9999, 1, 1)))
+    if start >= end:
         return []
-    found["day"] = found.occurred_at.dt.date
-    found["booking"] = (found.kind == "booking").astype(int)
-    found["visit"] = (found.kind == "visit").astype(int)
-    found["campaign_key"] = found.campaign_id.fillna(-1).astype(int)
-    found["version_key"] = found.model_version.fillna("")
-    grouped = found.groupby(["day", "campaign_key", "version_key"], sort=True).agg(
-        revenue=("amount", "sum"), bookings=("booking", "sum"), visits=("visit", "sum")).reset_index()
-    return [{"day": r.day.isoformat(), "campaign_id": None if r.campaign_key < 0 else int(r.campaign_key),
-             "model_version": r.version_key or None, "revenue_cny": round(float(r.revenue), 2),
-             "bookings": int(r.bookings), "visits": int(r.visits)} for r in grouped.itertuples()]
+    query = (select(day, events.c.campaign_id, version, func.sum(events.c.amount_cny),
+                    func.sum(case((events.c.kind == "booking", 1), else_=0)),
+                    func.sum(case((events.c.kind == "visit", 1), else_=0)))
+             .select_from(events.outerjoin(served_lists, and_(served_lists.c.recommendation_id == events.c.recommendation_id,
+                                                              served_lists.c.tenant == tenant)))
+             .where(events.c.tenant == tenant, events.c.kind.in_(OUTCOME_KINDS),
+                    events.c.occurred_at >= start, events.c.occurred_at < end)
+             .group_by(day, events.c.campaign_id, version))
+    if campaign_id is not None:
+        query = query.where(events.c.campaign_id == campaign_id)
+    if model_version is not None:
+        query = query.where(version == model_version)
+    with engine.connect() as c:
+        rows = c.execute(query).all()
+    rows.sort(key=lambda r: (str(r[0]), -1 if r[1] is None else r[1], r[2] or ""))
+    return [{"day": str(d), "campaign_id": camp, "model_version": ver or None,
+             "revenue_cny": round(float(revenue or 0), 2), "bookings": int(bookings), "visits": int(visits)}
+            for d, camp, ver, revenue, bookings, visits in rows]
 
 
 def rounded_ci(ci) -> list[float] | None:
