@@ -1,7 +1,9 @@
 """`wenlv bench quality`: the tuned champion against strong peers, Flickr cities and `small`.
 
 Peers, all tuned on the validation window of the same run (training.model_selection):
-popularity, item-kNN (implicit's Cosine and BM25 recommenders), EASE (closed form, λ on
+popularity, personal popularity (the user's own visits over popularity; only where
+revisits are ranked, i.e. the Flickr cities — at `small` seen POIs are excluded, where it
+would be popularity), item-kNN (implicit's Cosine and BM25 recommenders), EASE (closed form, λ on
 validation), BPR (implicit, Optuna), ALS (implicit, Optuna over factors, regularisation,
 alpha, weighting, iterations). The champion is chosen on validation only — a peer or a
 blend of the best peer with another — and every model is then refitted on the whole
@@ -43,7 +45,7 @@ VALIDATION_USERS_SMALL = 8000  # tourists sampled for validation at `small` (its
 
 
 def register(bench_sub) -> None:
-    p = bench_sub.add_parser("quality", help="tuned champion vs popularity, item-kNN, EASE, BPR, ALS (NDCG/recall@10)")
+    p = bench_sub.add_parser("quality", help="tuned champion vs popularity, personal popularity, item-kNN, EASE, BPR, ALS (NDCG/recall@10)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object (default: indented)")
     p.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list of {', '.join(DATASETS)}")
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Flickr folder holding visits/ and pois/")
