@@ -45,7 +45,8 @@ VALIDATION_USERS_SMALL = 8000  # tourists sampled for validation at `small` (its
 
 
 def register(bench_sub) -> None:
-    p = bench_sub.add_parser("quality", help="tuned champion vs popularity, personal popularity, item-kNN, EASE, BPR, ALS (NDCG/recall@10)")
+    p = bench_sub.add_parser("quality", help="tuned champion vs popularity, personal popularity, item-kNN, EASE, "
+                                             "BPR, ALS (NDCG/recall@10)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object (default: indented)")
     p.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list of {', '.join(DATASETS)}")
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Flickr folder holding visits/ and pois/")

@@ -144,7 +144,8 @@ def blend(first: Fitted, second: Fitted, w: float) -> Fitted:
                   {"first": first.name, "second": second.name, "w": w})
 
 
-BUILDERS = {"popularity": popularity, "personal_popularity": personal_popularity, "item_knn": item_knn, "ease": ease, "bpr": bpr, "als": als}
+BUILDERS = {"popularity": popularity, "personal_popularity": personal_popularity, "item_knn": item_knn, "ease": ease,
+            "bpr": bpr, "als": als}
 
 
 def build(kind: str, matrix: sp.csr_matrix, n_targets: int, **params) -> Fitted:
