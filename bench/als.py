@@ -41,6 +41,7 @@ SCALES = {
 }
 MEAN_NNZ = {"tourism": 4.0, "carrier": 10.0, "internet": 6.0}
 SHARE_WITH = {"tourism": 0.6, "carrier": 0.95, "internet": 0.75}
+TEST_DRAWS = 2  # fresh POI draws per tourist in the test window (those already visited are dropped)
 
 
 def synthesize(users: int, pois: int, areas: int, topics: int, themes: int = 12, seed: int = 0):
@@ -49,15 +50,15 @@ def synthesize(users: int, pois: int, areas: int, topics: int, themes: int = 12,
     Each user has a Dirichlet taste over themes; each item belongs to a theme and has a
     Zipf-like popularity inside it. A block's interactions draw a theme from the user's
     taste, then an item; repeated draws add up and confidence = 1 + 2·log1p(count). The
-    test split is a fresh set of POI draws (≈2 per tourism user) not seen in training.
+    test split is a fresh set of POI draws (TEST_DRAWS per tourism user, same POI themes)
+    not seen in training.
     Returns ({party: csr}, test csr over POIs).
     """
     rng = np.random.default_rng(seed)
     taste = rng.dirichlet(np.full(themes, 0.3), size=users)
     cum = np.cumsum(taste, axis=1)
 
-    def draw(n_items: int, user_ids: np.ndarray) -> np.ndarray:
-        item_theme = rng.integers(0, themes, n_items)
+    def draw(item_theme: np.ndarray, user_ids: np.ndarray) -> np.ndarray:
         order = np.argsort(item_theme, kind="stable")
         starts = np.searchsorted(item_theme[order], np.arange(themes))
         sizes = np.bincount(item_theme, minlength=themes)
@@ -68,24 +69,25 @@ def synthesize(users: int, pois: int, areas: int, topics: int, themes: int = 12,
         pos = np.floor(sizes[theme] * rng.random(len(user_ids)) ** 2.5).astype(np.int64)
         return order[starts[theme] + pos]
 
-    def block(party: str, n_items: int, extra=None):
+    def block(party: str, n_items: int):
         members = rng.random(users) < SHARE_WITH[party]
         counts = np.where(members, rng.poisson(MEAN_NNZ[party], users) + 1, 0)
         user_ids = np.repeat(np.arange(users), counts)
-        items = draw(n_items, user_ids)
+        item_theme = rng.integers(0, themes, n_items)
+        items = draw(item_theme, user_ids)
         m = sp.csr_matrix((np.ones(len(items), np.float32), (user_ids, items)), shape=(users, n_items))
         m.sum_duplicates()
         m.data = (1.0 + 2.0 * np.log1p(m.data)).astype(np.float32)
-        return m, members
+        return m, members, item_theme
 
-    rng_items = {}
     blocks = {}
-    blocks["tourism"], visitors = block("tourism", pois)
-    rng_items["tourism"] = pois
-    blocks["carrier"], _ = block("carrier", areas)
-    blocks["internet"], _ = block("internet", topics)
-    test_users = np.repeat(np.flatnonzero(visitors), 2)
-    test_items = draw(pois, test_users)
+    blocks["tourism"], visitors, poi_theme = block("tourism", pois)
+    blocks["carrier"], _, _ = block("carrier", areas)
+    blocks["internet"], _, _ = block("internet", topics)
+    # the same POI themes as the training visits: a tourist's new visits follow the tastes
+    # the training visits show (a fresh theme draw here made the window taste-blind)
+    test_users = np.repeat(np.flatnonzero(visitors), TEST_DRAWS)
+    test_items = draw(poi_theme, test_users)
     test = sp.csr_matrix((np.ones(len(test_items), np.float32), (test_users, test_items)), shape=(users, pois))
     test.sum_duplicates()
     test = test - test.multiply(blocks["tourism"] > 0)

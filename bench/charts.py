@@ -215,13 +215,14 @@ def _quality(plt, result: dict):
     """NDCG@10 and recall@10 per dataset: the champion beside each peer, 95% intervals over users."""
     data = result["datasets"]
     names = list(data)
-    peers = list(next(iter(data.values()))["peers"]) if data else []
+    peers = list(dict.fromkeys(p for d in data.values() for p in d["peers"]))  # a peer may be absent from a dataset
     series = ["champion"] + peers
     fig, axes = plt.subplots(2, 1, figsize=(max(9, 2.2 * len(names)), 8))
     width = 0.8 / len(series)
     for ax, metric in zip(axes, ("ndcg@10", "recall@10")):
         for i, s in enumerate(series):
-            rows = [data[n]["champion"] if s == "champion" else data[n]["peers"][s] for n in names]
+            absent = {"ci95": {metric: [0.0, 0.0]}, metric: 0.0}  # no bar where the peer was not run
+            rows = [data[n]["champion"] if s == "champion" else data[n]["peers"].get(s, absent) for n in names]
             vals = [r[metric] for r in rows]
             err = [[v - r["ci95"][metric][0] for v, r in zip(vals, rows)],
                    [r["ci95"][metric][1] - v for v, r in zip(vals, rows)]]

@@ -1,7 +1,9 @@
 """`wenlv bench quality`: the tuned champion against strong peers, Flickr cities and `small`.
 
 Peers, all tuned on the validation window of the same run (training.model_selection):
-popularity, item-kNN (implicit's Cosine and BM25 recommenders), EASE (closed form, λ on
+popularity, personal popularity (the user's own visits over popularity; only where
+revisits are ranked, i.e. the Flickr cities — at `small` seen POIs are excluded, where it
+would be popularity), item-kNN (implicit's Cosine and BM25 recommenders), EASE (closed form, λ on
 validation), BPR (implicit, Optuna), ALS (implicit, Optuna over factors, regularisation,
 alpha, weighting, iterations). The champion is chosen on validation only — a peer or a
 blend of the best peer with another — and every model is then refitted on the whole
@@ -13,10 +15,11 @@ Data:
   order; the last 20% of time is the test window, the last 20% of the rest the validation
   window; every POI is ranked (a revisit counts), users must appear before the window.
 * `small`: the synthetic three-block data of `bench als` (50k users; POIs | carrier areas |
-  internet topics; every model sees all blocks and ranks POIs). Its test visits are POIs
-  new to the user; the validation window holds out one training POI of each of ~6,000
-  users sampled among those with two or more (no time axis in that generator), and seen
-  POIs are excluded from rankings.
+  internet topics; every model sees all blocks and ranks POIs). Its test visits are two
+  fresh draws per tourist minus the POIs already visited; the validation window is cut
+  the same way from the training visits of 8,000 sampled tourists (two visits drawn by
+  count, kept as truth where they are new: `hold_out_visits`; no time axis in that
+  generator), and seen POIs are excluded from rankings.
 """
 from __future__ import annotations
 
@@ -38,11 +41,12 @@ log = logging.getLogger(__name__)
 CITIES = ("Toro", "Osak", "Glas", "Edin", "Melb")
 DATASETS = CITIES + ("small",)
 DEFAULT_SOURCE = Path("../shared/data/flickr")
-VALIDATION_USERS_SMALL = 6000  # validation users sampled at `small` (its test window keeps every user)
+VALIDATION_USERS_SMALL = 8000  # tourists sampled for validation at `small` (its test window keeps every user)
 
 
 def register(bench_sub) -> None:
-    p = bench_sub.add_parser("quality", help="tuned champion vs popularity, item-kNN, EASE, BPR, ALS (NDCG/recall@10)")
+    p = bench_sub.add_parser("quality", help="tuned champion vs popularity, personal popularity, item-kNN, EASE, "
+                                             "BPR, ALS (NDCG/recall@10)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object (default: indented)")
     p.add_argument("--datasets", default=",".join(DATASETS), help=f"comma list of {', '.join(DATASETS)}")
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="Flickr folder holding visits/ and pois/")
@@ -92,27 +96,67 @@ def flickr_dataset(city: str, source: Path, fraction: float = 0.2):
                    extra_validation=(window(fit2, val2),))
 
 
+def visit_counts(confidence: sp.csr_matrix) -> sp.csr_matrix:
+    """Visit counts back from the synthetic generator's confidences (c = 1 + 2·log1p(count))."""
+    counts = sp.csr_matrix(confidence, dtype=np.float64, copy=True)
+    counts.data = np.rint(np.expm1((counts.data - 1.0) / 2.0))
+    return counts
+
+
+def confidence(counts: sp.csr_matrix, dtype=np.float32) -> sp.csr_matrix:
+    """The generator's confidence of visit counts (inverse of visit_counts)."""
+    m = sp.csr_matrix(counts, dtype=np.float64, copy=True)
+    m.data = 1.0 + 2.0 * np.log1p(m.data)
+    return m.astype(dtype)
+
+
+def hold_out_visits(counts: sp.csr_matrix, users: np.ndarray, draws: int, rng) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    """Hold out visits of `users` the way the synthetic test window arises → (kept counts, truth).
+
+    The generator's test window is `draws` fresh visits per tourist from the distribution
+    its training visits come from, minus the POIs the tourist already visited. A tourist's
+    training visits are exchangeable draws of that distribution, so `draws` of them picked
+    at random (a POI visited three times is three times as likely as one visited once),
+    kept as truth only where none of the tourist's other visits reaches that POI, is the
+    same window for a tourist with that many fewer visits: new POIs only, skewed to popular
+    POIs as the test is. Every user keeps at least one visit (as every test user has one).
+    """
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    heldout = sp.lil_matrix(counts.shape, dtype=np.float64)
+    truth = sp.lil_matrix(counts.shape, dtype=np.float64)
+    for u in users:
+        lo, hi = counts.indptr[u], counts.indptr[u + 1]
+        visits = np.repeat(counts.indices[lo:hi], counts.data[lo:hi].astype(np.int64))
+        take = min(draws, len(visits) - 1)
+        if take <= 0:
+            continue
+        picked = np.zeros(len(visits), dtype=bool)
+        picked[rng.choice(len(visits), size=take, replace=False)] = True
+        items, n = np.unique(visits[picked], return_counts=True)
+        heldout[u, items] = n
+        new = np.setdiff1d(items, visits[~picked])
+        truth[u, new] = 1.0
+    kept = counts - sp.csr_matrix(heldout)
+    kept.eliminate_zeros()
+    return sp.csr_matrix(kept), sp.csr_matrix(truth)
+
+
 def small_dataset(seed: int = 0):
-    from wenlv.bench.als import SCALES, synthesize
+    """`bench als`'s `small` data; validation held out from training as its test window arises."""
+    from wenlv.bench.als import SCALES, TEST_DRAWS, synthesize
     from wenlv.training.model_selection import Dataset, Window
 
     blocks, test = synthesize(**SCALES["small"], seed=seed)
     tourism = blocks["tourism"].tocsr()
     rng = np.random.default_rng(seed + 1)
-    rows, cols = [], []
-    for u in np.flatnonzero(np.diff(tourism.indptr) >= 2):
-        items = tourism.indices[tourism.indptr[u]:tourism.indptr[u + 1]]
-        rows.append(u)
-        cols.append(items[rng.integers(len(items))])
-    keep = rng.random(len(rows)) < VALIDATION_USERS_SMALL / max(len(rows), 1)  # a sample: the search stays quick
-    rows, cols = np.asarray(rows)[keep], np.asarray(cols)[keep]
-    held = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=tourism.shape)
-    fit_tourism = tourism - tourism.multiply(held > 0)
-    fit_tourism.eliminate_zeros()
+    tourists = np.flatnonzero(np.diff(tourism.indptr) > 0)
+    users = np.sort(rng.choice(tourists, size=min(VALIDATION_USERS_SMALL, len(tourists)), replace=False))
+    kept, held = hold_out_visits(visit_counts(tourism), users, TEST_DRAWS, rng)
+    fit_tourism = confidence(kept, tourism.dtype)
     full = sp.hstack([tourism, blocks["carrier"], blocks["internet"]], format="csr")
     fit = sp.hstack([fit_tourism, blocks["carrier"], blocks["internet"]], format="csr")
     return Dataset("small", tourism.shape[1],
-                   validation=Window(matrix=fit, truth=held, exclude=sp.csr_matrix(fit_tourism)),
+                   validation=Window(matrix=fit, truth=held, exclude=fit_tourism),
                    test=Window(matrix=full, truth=test, exclude=tourism))
 
 

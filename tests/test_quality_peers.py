@@ -60,6 +60,17 @@ def test_ease_is_the_closed_form():
     assert fitted.scores(np.arange(3), X) == pytest.approx(X[:3].toarray() @ B)
 
 
+def test_personal_popularity_ranks_own_visits_then_popular_pois():
+    X = sp.csr_matrix(np.array([[0, 2, 0, 0], [1, 0, 0, 0], [1, 0, 1, 0], [1, 0, 0, 0]], dtype=float))
+    s = recommenders.personal_popularity(X, 4, weight=10.0).scores(np.arange(4), X)
+    assert list(np.argsort(-s[0], kind="stable")[:2]) == [1, 0]  # its own POI, then the most visited
+    assert s[1].argmax() == 0 and s[1, 2] > s[1, 3]  # POI 2 has a visitor, POI 3 none
+    zero = recommenders.personal_popularity(X, 4, weight=0.0).scores(np.arange(4), X)
+    assert np.all(zero == zero[0])  # weight 0 is popularity: one list for everyone
+    with pytest.raises(WenlvError, match="weight must be"):
+        recommenders.personal_popularity(X, 4, weight=-1.0)
+
+
 def _themed(seed, users=150, items=20, themes=4):
     """Users like one theme; visits fall in it."""
     rng = np.random.default_rng(seed)
@@ -84,7 +95,8 @@ def test_champion_is_chosen_on_validation_only(tmp_path):
     data2 = Dataset("toy", 20, validation=data.validation, test=Window(full, sp.csr_matrix(planted), None))
     assert choose_champion(data2, tune_peers(data2, als_trials=2, bpr_trials=1))["model"] == chosen["model"]
     result = evaluate(data, als_trials=2, bpr_trials=1)
-    assert set(result["peers"]) == {"popularity", "item_knn", "item_knn_bm25", "ease", "bpr", "als"}
+    assert set(result["peers"]) == {"popularity", "personal_popularity", "item_knn", "item_knn_bm25", "ease", "bpr",
+                                    "als"}
     champ = result["champion"]
     assert champ["model"] == chosen["model"] and champ["users"] > 0
     assert champ["ndcg@10"] > result["peers"]["popularity"]["ndcg@10"]  # themes beat popularity here
@@ -92,7 +104,9 @@ def test_champion_is_chosen_on_validation_only(tmp_path):
     from wenlv.bench import charts
     from wenlv.bench.quality import run
 
-    png = charts.draw({"bench": "quality", "datasets": {"toy": result}}, tmp_path / "q.png")
+    no_revisits = {**result, "peers": {n: v for n, v in result["peers"].items() if n != "personal_popularity"}}
+    png = charts.draw({"bench": "quality", "datasets": {"toy": result, "seen-excluded": no_revisits}},
+                      tmp_path / "q.png")
     assert png.stat().st_size > 1000
     with pytest.raises(WenlvError, match="unknown"):
         run(("Atlantis",))

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 BLEND_WEIGHTS = (0.3, 0.5, 0.7)
 KNN_NEIGHBOURS = (5, 10, 20, 50, 100)
 EASE_LAMBDAS = (1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
+OWN_VISIT_WEIGHTS = (0.3, 1.0, 3.0, 10.0)  # personal popularity: the user's own visits against z(popularity)
 
 
 @dataclass
@@ -95,6 +96,9 @@ def tune_peers(data: Dataset, k: int = 10, als_trials: int = 20, bpr_trials: int
         return tuning.TrialLog(tracking_uri, name=f"tune-{kind}-{data.name}", enabled=log_runs)
 
     peers = {"popularity": ("popularity", {}, _val(lambda M: recommenders.popularity(M, data.n_targets), data, k))}
+    if all(w.exclude is None for w in data.windows):  # revisits are ranked, so own visits can score
+        params, m = _tune_grid("personal_popularity", [{"weight": a} for a in OWN_VISIT_WEIGHTS], data, k)
+        peers["personal_popularity"] = ("personal_popularity", params, m)
     for kind, key in (("cosine", "item_knn"), ("bm25", "item_knn_bm25")):
         params, m = _tune_grid("item_knn", [{"similarity": kind, "neighbours": n} for n in KNN_NEIGHBOURS], data, k)
         peers[key] = ("item_knn", params, m)
