@@ -19,6 +19,9 @@ import numpy as np
 
 from wenlv.privacy.secure_agg import KeyAnnouncement, MaskedMessage
 
+# the parties with a bottom tower (side features of their own); tourism holds the labels
+TOWER_PARTIES = ("carrier", "internet")
+
 
 @runtime_checkable
 class Party(Protocol):

@@ -40,14 +40,13 @@ from torch import nn
 from tqdm import tqdm
 
 from wenlv.privacy import secure_agg
-from wenlv.training.party_api import TowerParty
+from wenlv.training.party_api import TOWER_PARTIES, TowerParty
 from wenlv.training.tower_model import FeatureSpec, PartyTower
 from wenlv.training.tower_party import TowerSide, tower_from_export
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)
 
-TOWER_PARTIES = ("carrier", "internet")
 
 
 class SummedUserTower(nn.Module):
