@@ -179,6 +179,8 @@ def train_remote(features_dir: str | Path, parties: dict[str, str], tls_dir: str
     (card_dir / "deployment.json").write_text(json.dumps(
         {"parties": {p: {"url": parties[p], "cert_sha256": pins[p]} for p in parties},
          "wire_bytes": {p: {"sent": stats.sent.get(p, 0), "received": stats.received.get(p, 0)} for p in parties},
+         "tower_wire_bytes": {p: {"sent": tower_stats.sent[p], "received": tower_stats.received.get(p, 0)}
+                              for p in tower_stats.sent},
          "federated_vs_central": "not checked by a remote coordinator (it holds no other block)"}, indent=2))
     scans = [leak_scan.scan_folder(d) for d in (bundle_dir, card_dir)]  # it never held another party's block
     findings = [f for s in scans for f in s.findings]

@@ -8,7 +8,9 @@ coordinator (tourism) learns only their *sum*. The coordinator scores that sum a
 the POI factors from ALS, computes the loss (multinomial log-likelihood of the user's
 training-window POIs), and sends back one gradient, ∂loss/∂sum — identical for every
 party, since ∂sum/∂embedding_p is the identity. Each party back-propagates it through its
-own tower.
+own tower. The coordinator's loop (:func:`fit_tower_parties`) calls each party through
+training.party_api.TowerParty: training.tower_party.TowerSide in process, or
+training.remote_towers.RemoteTowerParty over a party's service (docs/deployment.md).
 
 Optional DP (`noise_multiplier` > 0): each party clips every example's embedding to L2
 norm `clip_norm` and adds Gaussian noise N(0, (σ·clip_norm)²) before masking — the
