@@ -8,14 +8,7 @@ nothing but the manifest. Then the same services train: their ALS side loads the
 from __future__ import annotations
 
 import json
-import os
-import select
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,50 +25,10 @@ from wenlv.spark_jobs import features_job
 from wenlv.spark_jobs.party_features import RemoteFeatureParty
 from wenlv.training.als_data import load_party_block, load_users
 from wenlv.training.remote import RemoteParty
+from tests.support.party_services import PartyProcess, PartyProcesses
 
-ROOT = Path(__file__).resolve().parents[1]
 PARTIES = C.PARTIES
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # four Spark applications in one test
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service:
-    """`wenlv party serve --raw` for one party on loopback; waits until it listens."""
-
-    def __init__(self, party: str, raw: Path, data: Path, certs: Path, log: Path, timeout: float = 180.0):
-        self.port = _free_port()
-        self.url = f"https://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1", "WENLV_SHUFFLE_PARTITIONS": "2"}
-        with open(log, "ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "wenlv.cli", "party", "serve", "--party", party, "--raw", str(raw),
-                 "--data", str(data), "--listen", f"127.0.0.1:{self.port}", "--tls", str(certs),
-                 "--master", "local[1]"], stdout=subprocess.PIPE, stderr=err, env=env, cwd=data.parent)
-        deadline, line = time.monotonic() + timeout, b""
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if select.select([self.proc.stdout], [], [], 1.0)[0]:
-                line = self.proc.stdout.readline()
-                if b"listening" in line:
-                    break
-        if b"listening" not in line:
-            self.stop()
-            raise RuntimeError(f"party {party} did not start: {log.read_text(errors='replace')[-3000:]}")
-        assert json.loads(line)["features"] is True
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-        self.proc.stdout.close()
 
 
 def _without_tokens(path: Path) -> pd.DataFrame:
@@ -100,12 +53,13 @@ def test_features_over_party_services_equal_in_process(tmp_path, spark):
     for p in PARTIES:   # each organisation holds only its own raw folder
         homes[p] = tmp_path / "orgs" / p
         shutil.copytree(raw / p, homes[p] / "raw" / p)
-    services: dict[str, Service] = {}
-    try:
+    with PartyProcesses() as services:
         for p in PARTIES:
-            services[p] = Service(p, homes[p] / "raw", homes[p] / "features", certs, tmp_path / f"{p}.log")
+            services[p] = PartyProcess(p, homes[p] / "features", certs, tmp_path / f"{p}.log", raw=homes[p] / "raw",
+                                       cwd=homes[p])
+            assert services[p].ready["features"] is True
         coordinator_out = tmp_path / "coordinator"
-        parties_arg = ",".join(f"{p}={services[p].url}" for p in PARTIES)
+        parties_arg = services.urls()
         assert wenlv_main(["features", "--parties", parties_arg, "--out", str(coordinator_out), "--tls", str(certs),
                            "--no-progress"]) == 0
         remote = json.loads((coordinator_out / "manifest.json").read_text())
@@ -155,6 +109,3 @@ def test_features_over_party_services_equal_in_process(tmp_path, spark):
         handle = RemoteParty("carrier", services["carrier"].url, certs, timeout=120)
         assert handle.describe()["n_users"] == local["psi"]["users"]
         handle.close()
-    finally:
-        for s in services.values():
-            s.stop()

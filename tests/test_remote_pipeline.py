@@ -4,37 +4,32 @@ it derives the same prospects as the carrier and the same test-window metrics as
 from __future__ import annotations
 
 import json
-import os
-import select
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from wenlv.cli import main as wenlv_main
 from wenlv.features.contracts import PARTIES
 from wenlv.privacy import tls
 from wenlv.settings import reset_settings
-from wenlv.training import evaluation, registry, tracking
+from wenlv.training import evaluation, registry, towers, tracking
 from wenlv.training.als_data import load_party_block, load_users
 from wenlv.training.blocks import FeatureBlocks, build_matrices
 from wenlv.training.bundle import ModelBundle
 from wenlv.training.factors import COMPUTE_DTYPE
 from wenlv.training.federated_als import FederatedALS, init_factors
-from wenlv.training.pipeline import TrainConfig
+from wenlv.training.pipeline import TrainConfig, fit_cold_start_towers
+from wenlv.training.remote import WireStats
 from wenlv.training.remote_pipeline import tourism_view
+from wenlv.training.remote_towers import RemoteTowerParty
+from wenlv.training.tower_party import TowerSide
 from wenlv.errors import WenlvError
+from tests.support.party_services import PartyProcess, PartyProcesses
 from tests.support.toy_blocks import write_toy_blocks
-
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _tourism_folder(full, dest):
     shutil.copytree(full / "tourism", dest / "tourism")
@@ -77,41 +72,6 @@ def build_matrices_of(folder):
     return blocks, build_matrices(blocks)
 
 
-class _Service:
-    """`wenlv party serve` (training only) for one party on loopback."""
-
-    def __init__(self, party, data, certs, log, timeout=180.0):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"https://127.0.0.1:{self.port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
-        with open(log, "ab") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "wenlv.cli", "party", "serve", "--party", party,
-                                          "--data", str(data), "--listen", f"127.0.0.1:{self.port}", "--tls",
-                                          str(certs), "--state", str(log.parent / f"{party}-state")],
-                                         stdout=subprocess.PIPE, stderr=err, env=env)
-        deadline, line = time.monotonic() + timeout, b""
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if select.select([self.proc.stdout], [], [], 1.0)[0]:
-                line = self.proc.stdout.readline()
-                if b"listening" in line:
-                    break
-        if b"listening" not in line:
-            self.stop()
-            raise RuntimeError(f"party {party} did not start: {log.read_text(errors='replace')[-2000:]}")
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-        self.proc.stdout.close()
-
-
 @pytest.mark.slow
 def test_train_over_party_services_is_logged_and_registered(tmp_path, monkeypatch, capsys):
     """`wenlv train --parties name=URL…`: the fit over three party processes is logged to MLflow and
@@ -121,22 +81,19 @@ def test_train_over_party_services_is_logged_and_registered(tmp_path, monkeypatc
     own = _tourism_folder(full, tmp_path / "own")
     certs = tmp_path / "certs"
     tls.make_deployment(certs, PARTIES)
-    services = {}
-    try:
+    with PartyProcesses() as services:
         for p in PARTIES:
-            services[p] = _Service(p, full, certs, tmp_path / f"{p}.log")
+            services[p] = PartyProcess(p, full, certs, tmp_path / f"{p}.log", state=tmp_path / f"{p}-state")
         monkeypatch.setenv("WENLV_PARTY_TLS", str(certs))
         reset_settings()
         tracking_uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
-        parties_arg = ",".join(f"{p}={services[p].url}" for p in PARTIES)
         capsys.readouterr()
-        assert wenlv_main(["train", "--features", str(own), "--parties", parties_arg, "--factors", "4",
-                           "--iterations", "2", "--seed", "3", "--tracking-uri", tracking_uri,
-                           "--out", str(tmp_path / "run")]) == 0
+        assert wenlv_main(["train", "--features", str(own), "--parties", services.urls(), "--factors", "4",
+                           "--iterations", "2", "--seed", "3", "--tower-epochs", str(TOWER_EPOCHS),
+                           "--tracking-uri", tracking_uri, "--out", str(tmp_path / "run")]) == 0
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    finally:
-        for s in services.values():
-            s.stop()
+        poi_factors = ModelBundle.load(out["bundle_dir"]).poi_factors
+        direct = _towers_over_services(services, certs, own, poi_factors)
     assert out["model_version"] == 1 and out["promoted"] is False and out["checks"]["artifacts_clean"]
     run = tracking.client(tracking_uri).get_run(out["run_id"])
     for p in PARTIES:
@@ -154,3 +111,74 @@ def test_train_over_party_services_is_logged_and_registered(tmp_path, monkeypatc
                               fixed_point_bits=TrainConfig().fixed_point_bits, show_progress=False).fit(mats, init=init)
     np.testing.assert_allclose(bundle.user_factors, in_process.user_factors, rtol=0, atol=1e-6)
     np.testing.assert_allclose(bundle.poi_factors, in_process.item_factors["tourism"], rtol=0, atol=1e-6)
+
+    # the split towers: trained over the carrier's and the internet platform's services, in the
+    # version's bundle as in process, bit for bit the in-process towers on the same data and seed
+    assert bundle.towers_dir is not None and (bundle.towers_dir / "user_tower.pt").is_file()
+    spec = json.loads((bundle.towers_dir / "spec.json").read_text())
+    assert sorted(spec["parties"]) == ["carrier", "internet"]
+    blocks, matrices = build_matrices_of(full)
+    local = fit_cold_start_towers({p: TowerSide(p, f) for p, f in towers.side_frames(blocks, tokens).items()},
+                                  blocks, matrices, bundle.poi_factors,
+                                  TrainConfig(seed=3, tower_epochs=TOWER_EPOCHS, progress=False), tmp_path / "local")[0]
+    for p in ("carrier", "internet"):
+        remote_state = torch.load(bundle.towers_dir / f"{p}_tower.pt")
+        for key, value in local.towers[p].state_dict().items():
+            assert torch.equal(remote_state[key], value), (p, key)
+        kept = run.data.params[f"party_{p}_kept_tower_at"]
+        assert kept.startswith(str(tmp_path / f"{p}-state")) and Path(kept).is_file()   # on its own disk
+        assert run.data.metrics[f"tower_wire_bytes_received_{p}"] > 0
+    assert "party_tourism_kept_tower_at" not in run.data.params      # the coordinator has no bottom tower
+    assert run.data.metrics["tower_prospect_ndcg_at_10"] == pytest.approx(
+        evaluation.evaluate_scores(blocks, matrices, local.embeddings @ bundle.poi_factors.T,
+                                   prefix="tower_")["tower_prospect_ndcg@10"])
+
+    # the same with DP noise on both directions and small batches: the parties' own noise
+    # generators give the in-process numbers too; bytes per message as docs/deployment.md states
+    result, stats, (rows, targets) = direct
+    frames = towers.side_frames(blocks, tokens)
+    local = towers.fit_tower_parties({p: TowerSide(p, frames[p]) for p in ("carrier", "internet")}, rows, targets,
+                                     poi_factors, **DIRECT)
+    assert result.losses == local.losses
+    for p in ("carrier", "internet"):
+        for key, value in local.towers[p].state_dict().items():
+            assert torch.equal(result.towers[p].state_dict()[key], value), (p, key)
+    _assert_tower_bytes(stats, int((targets.sum(axis=1) > 0).sum()), poi_factors.shape[1])
+
+
+TOWER_EPOCHS = 3
+DIRECT = {"epochs": 2, "batch_size": 16, "seed": 5, "noise_multiplier": 0.5, "grad_noise_multiplier": 0.5}
+HEADER = 1024  # bytes of JSON skeleton per body, at most (run id, stage, dtype, shape, signature, digest)
+
+
+def _towers_over_services(services, certs, own, poi_factors):
+    """fit_tower_parties with RemoteTowerParty handles on the running services, counting bytes."""
+    _, matrices = tourism_view(own)
+    rows = np.flatnonzero(~matrices.is_prospect)
+    targets = (matrices.blocks["tourism"][rows] > 0).astype(np.float32).toarray()
+    stats = WireStats()
+    handles = {p: RemoteTowerParty(p, services[p].url, certs, timeout=120, stats=stats) for p in ("carrier", "internet")}
+    try:
+        result = towers.fit_tower_parties(handles, rows, targets, poi_factors, **DIRECT)
+    finally:
+        for h in handles.values():
+            h.close()
+    return result, stats, (rows, targets)
+
+
+def _assert_tower_bytes(stats, m: int, width: int) -> None:
+    """Per message, bytes = payload (the formula) + a bounded header: a batch of b users costs
+    8·b down (its row positions) and 8·b·width up (the masked embeddings, 64-bit ring); the
+    gradient 4·b·width down (float32)."""
+    parties, epochs = 2, DIRECT["epochs"]
+    forward, backward = stats.by_stage["towers.forward"], stats.by_stage["towers.backward"]
+    calls = parties * epochs * -(-m // DIRECT["batch_size"])
+    assert forward["calls"] == backward["calls"] == calls
+    users = parties * epochs * m            # Σ batch sizes over every call
+    assert 8 * users * width < forward["received"] < 8 * users * width + calls * HEADER
+    assert 8 * users < forward["sent"] < 8 * users + calls * HEADER
+    assert 4 * users * width < backward["sent"] < 4 * users * width + calls * HEADER
+    assert backward["received"] < calls * HEADER
+    per_call = {k: {"sent": v["sent"] / v["calls"], "received": v["received"] / v["calls"]}
+                for k, v in stats.by_stage.items()}
+    print(json.dumps({"batch": DIRECT["batch_size"], "width": width, "per_call": per_call}))

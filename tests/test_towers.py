@@ -7,6 +7,7 @@ import torch
 
 from wenlv.privacy import secure_agg
 from wenlv.training import evaluation, factors, towers
+from wenlv.training.tower_party import TowerSide
 from wenlv.training.blocks import FeatureBlocks, build_matrices
 from tests.support.toy_blocks import write_toy_blocks
 
@@ -19,17 +20,15 @@ def toy(tmp_path_factory):
     return blocks, matrices, model
 
 
-class SpyChannel(towers.MaskedSum):
-    """The real masked sum, recording what each party put in (clear) and what the coordinator saw."""
+class SpySide(TowerSide):
+    """The real party side, recording each embedding batch it masked (in clear)."""
 
-    def __init__(self, parties):
-        super().__init__(parties)
-        self.aggregator.record_view = True
-        self.clear = []
+    clear: list = []
 
-    def __call__(self, contributions):
-        self.clear.append({p: np.array(v) for p, v in contributions.items()})
-        return super().__call__(contributions)
+    def forward(self, run_id, round_no, stage, batch):
+        msg = super().forward(run_id, round_no, stage, batch)
+        self.clear.append((stage, self.name, self._released.detach().numpy().copy()))
+        return msg
 
 
 def _train(toy, **kwargs):
@@ -54,21 +53,27 @@ def test_towers_learn_and_prospects_beat_random(toy):
 
 
 def test_coordinator_sees_only_masked_sums(toy):
-    channel = SpyChannel(towers.TOWER_PARTIES)
-    result, _ = _train(toy, epochs=1, batch_size=64, channel=channel)
-    view = channel.aggregator.view
-    assert len(view) == 2 * len(channel.clear) > 0
-    for i, clear in enumerate(channel.clear):
-        msgs = {m.sender: m for m in view[2 * i:2 * i + 2]}
-        encoded = {p: secure_agg.encode_fixed(v).ravel() for p, v in clear.items()}
+    blocks, matrices, model = toy
+    frames = towers.side_frames(blocks, matrices.tokens)
+    known = np.flatnonzero(~matrices.is_prospect)
+    SpySide.clear = []
+    sides = {p: SpySide(p, frames[p]) for p in towers.TOWER_PARTIES}
+    result = towers.fit_tower_parties(sides, known, (matrices.blocks["tourism"][known] > 0).astype(np.float32),
+                                      model.poi_factors, epochs=1, batch_size=64, record_view=True)
+    view = [m for m in result.transcript if m.stage.startswith("embeddings-")]
+    clear = {(stage, name): e for stage, name, e in SpySide.clear}
+    assert len(view) == len(clear) == 2 * len({s for s, _ in clear}) > 0
+    for stage in sorted({s for s, _ in clear}):
+        msgs = {m.sender: m for m in view if m.stage == stage}
+        encoded = {p: secure_agg.encode_fixed(clear[stage, p]).ravel() for p in msgs}
         for p, msg in msgs.items():
             # a masked message looks nothing like the party's fixed-point embedding
             assert np.mean(msg.payload == encoded[p]) < 0.01
             # nor like the other party's, nor like the sum
             assert np.mean(msg.payload == sum(encoded.values())) < 0.01
         total = sum(m.payload for m in msgs.values())  # masks cancel only in the sum
-        assert np.allclose(secure_agg.decode_fixed(total).reshape(clear["carrier"].shape),
-                           clear["carrier"] + clear["internet"], atol=1e-6)
+        assert np.allclose(secure_agg.decode_fixed(total).reshape(clear[stage, "carrier"].shape),
+                           clear[stage, "carrier"] + clear[stage, "internet"], atol=1e-6)
     assert result.losses
 
 

@@ -48,6 +48,16 @@ def load_users(features: str | Path) -> np.ndarray:
     return np.sort(users["token"].to_numpy(str))
 
 
+def load_user_features(features: str | Path, party: str) -> pd.DataFrame:
+    """One party's side features (``<party>/user_features``: token + the contract's columns), from its
+    own folder only (the bottom tower's input, training.remote_towers)."""
+    try:
+        table = contracts.table(f"{party}.user_features")
+    except KeyError:
+        raise WenlvError(f"party {party!r} has no side features for a bottom tower") from None
+    return _read(Path(features), table, list(table.columns))
+
+
 def party_matrix(frame: pd.DataFrame, party: str, tokens: np.ndarray, poi_ids=None) -> PartyBlock:
     """One party's users × items confidence matrix from its interaction rows, checked.
 

@@ -11,6 +11,7 @@ from wenlv.settings import get_settings
 from wenlv.training import registry
 from wenlv.training.evaluation import finite
 from wenlv.training.flickr_eval import evaluate_city
+from wenlv.training.party_api import TOWER_PARTIES
 from wenlv.training.remote import load_party, parse_parties, serve
 
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else the checkout's mlflow/ store)"
@@ -139,7 +140,9 @@ def _train_remote(args) -> int:
                          "(name=https://…) it is not supported yet: tune on the parties' folders in process first")
     config = TrainConfig(mode="federated", parties=tuple(args.parties), factors=args.factors,
                          iterations=args.iterations, regularization=args.regularization, seed=args.seed,
-                         towers=False, shapley=False, promote=False)
+                         tower_epochs=args.tower_epochs, tower_noise_multiplier=args.dp_noise,
+                         tower_grad_noise_multiplier=args.dp_grad_noise, towers=not args.no_towers,
+                         shapley=False, promote=False)
     out = train_remote(args.features, args.parties, settings.party_tls_dir, config, timeout=settings.party_timeout_s,
                        retries=settings.party_retries, tracking_uri=args.tracking_uri, data_dir=args.data,
                        work_dir=args.out)
@@ -167,10 +170,23 @@ def _party(args) -> int:
 
         features = FeatureParty(args.party, args.raw, args.data, master=args.master)
         party = (args.party, lambda: load_party(args.party, args.data, args.state))
-    serve(party, host, int(port), args.tls or get_settings().party_tls_dir, features=features,
+    towers = None
+    if args.party in TOWER_PARTIES:   # its bottom tower: built from its folder on first use
+        towers = (args.party, lambda: _tower_side(args.party, args.data, args.state))
+    serve(party, host, int(port), args.tls or get_settings().party_tls_dir, features=features, towers=towers,
           ready=lambda: print(json.dumps({"party": args.party, "listening": args.listen,
                                           "features": features is not None}), flush=True))
     return 0
+
+
+def _tower_side(party: str, data, state):
+    """The party's bottom-tower side (training.remote_towers), loaded when first called."""
+    import torch  # lazy: torch only in a service whose towers are trained (~1 s, ~300 MB)
+
+    from wenlv.training.remote_towers import load_tower_party  # lazy: torch, as above
+
+    torch.set_num_threads(1)  # tiny matrices, as in process (and the same float order)
+    return load_tower_party(party, data, state)
 
 
 def _public(out: dict) -> dict:

@@ -19,6 +19,9 @@ import numpy as np
 
 from wenlv.privacy.secure_agg import KeyAnnouncement, MaskedMessage
 
+# the parties with a bottom tower (side features of their own); tourism holds the labels
+TOWER_PARTIES = ("carrier", "internet")
+
 
 @runtime_checkable
 class Party(Protocol):
@@ -64,3 +67,46 @@ class Party(Protocol):
 
     def save(self, run_id: str) -> str:
         """Keep its item factors on its own disk; the path (on its side) where they went."""
+
+
+@runtime_checkable
+class TowerParty(Protocol):
+    """One organisation's side of the split towers (training.towers; DESIGN §3): its bottom tower
+    on its own side features. In process: training.tower_party.TowerSide; over the network:
+    training.remote_towers.RemoteTowerParty. What crosses it: public facts, signed key
+    announcements, masked embeddings, the coordinator's one gradient per batch (the same for
+    every party), the batch's row positions, and at the end the trained tower for serving."""
+
+    name: str
+    remote: bool
+
+    def describe(self) -> dict:
+        """Public facts: name, users on its axis, its identity (signing) key."""
+
+    def setup(self, parties: list, identities: dict, rows: np.ndarray, width: int, hidden: int, lr: float,
+              seed: int, noise_multiplier: float, clip_norm: float, frac_bits: int) -> dict:
+        """Join a run: peers' keys, the training rows (positions on the user axis), the tower's shape."""
+
+    def announce(self, run_id: str, round_no: int) -> KeyAnnouncement:
+        """A fresh signed ephemeral key for the run's round."""
+
+    def receive_keys(self, run_id: str, round_no: int, announcements: list) -> None:
+        """The others' signed keys: derive the round's pair keys."""
+
+    def forward(self, run_id: str, round_no: int, stage: str, batch: np.ndarray) -> MaskedMessage:
+        """Masked embeddings of a batch (positions among the training rows)."""
+
+    def backward(self, grad: np.ndarray) -> None:
+        """∂loss/∂(summed embeddings) of the last batch: one optimiser step."""
+
+    def embed(self, run_id: str, round_no: int, stage: str, rows: np.ndarray) -> MaskedMessage:
+        """Masked noiseless embeddings of users on the axis (evaluation)."""
+
+    def end_round(self, run_id: str, round_no: int) -> None:
+        """Forget the round's keys."""
+
+    def export(self) -> dict:
+        """The trained tower: feature transform and weights (for the served user tower)."""
+
+    def save(self, run_id: str) -> str:
+        """Keep its tower on its own disk; the path (on its side)."""

@@ -103,22 +103,34 @@ def federated_check(model: factors.FactorModel, config: TrainConfig) -> tuple[bo
 
 
 def train_cold_start_towers(blocks, matrices, model, config: TrainConfig, out_dir: Path):
-    from wenlv.training import towers
+    """The towers in process: one TowerSide per party over its own user_features block."""
+    from wenlv.training import towers  # lazy: torch loads only when towers are trained
+    from wenlv.training.tower_party import TowerSide  # lazy: torch, as above
 
     parties = tuple(p for p in towers.TOWER_PARTIES if p in config.parties)
     if not parties:
         return None, {}
     frames = towers.side_frames(blocks, matrices.tokens, parties)
-    known = ~matrices.is_prospect
+    return fit_cold_start_towers({p: TowerSide(p, frames[p]) for p in parties}, blocks, matrices,
+                                 model.poi_factors, config, out_dir)
+
+
+def fit_cold_start_towers(parties: dict, blocks, matrices, poi_factors, config: TrainConfig, out_dir: Path):
+    """Train the towers through `parties` (training.party_api.TowerParty, in process or remote) on the
+    known users' training-window POIs, export them to `out_dir`, and score prospects with the masked
+    sum of their embeddings. Returns (TowerResult, metrics)."""
+    from wenlv.training import towers  # lazy: torch loads only when towers are trained
+
+    known = np.flatnonzero(~matrices.is_prospect)
     targets = (matrices.blocks["tourism"][known] > 0).astype(np.float32)
-    result = towers.train_towers({p: f[known].reset_index(drop=True) for p, f in frames.items()}, targets,
-                                 model.poi_factors, epochs=config.tower_epochs, lr=config.tower_lr,
-                                 hidden=config.tower_hidden,
-                                 noise_multiplier=config.tower_noise_multiplier, seed=config.seed,
-                                 grad_noise_multiplier=config.tower_grad_noise_multiplier,
-                                 frac_bits=config.fixed_point_bits, progress=config.progress)
+    result = towers.fit_tower_parties(parties, known, targets, poi_factors, epochs=config.tower_epochs,
+                                      lr=config.tower_lr, hidden=config.tower_hidden,
+                                      noise_multiplier=config.tower_noise_multiplier, seed=config.seed,
+                                      grad_noise_multiplier=config.tower_grad_noise_multiplier,
+                                      frac_bits=config.fixed_point_bits, progress=config.progress,
+                                      eval_rows=np.arange(len(matrices.tokens)))
     towers.export_towers(result, out_dir)
-    scores = result.embed(frames) @ model.poi_factors.T
+    scores = result.embeddings @ poi_factors.T
     metrics = evaluation.evaluate_scores(blocks, matrices, scores, k=config.k, prefix="tower_")
     keep = {k: v for k, v in metrics.items() if "prospect" in k and "popularity" not in k}
     keep["tower_loss_first_epoch"], keep["tower_loss_last_epoch"] = result.losses[0], result.losses[-1]

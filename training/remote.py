@@ -37,6 +37,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from wenlv.privacy import tls, transport
+from wenlv.privacy.party_channel import PartyChannel, WireStats
 from wenlv.privacy.secure_agg import PartyUnavailable, ProtocolError
 from wenlv.privacy.transport import (ERRORS, FRAME_DATA, FRAME_END, FRAME_ERROR, PIECE, ArrayCache,
                                      Decoder, FrameReader, RemotePartyError, StreamedArray, UploadRef, Uploads,
@@ -50,35 +51,9 @@ log = logging.getLogger(__name__)
 # the Party protocol's methods: nothing else is callable
 METHODS = ("describe", "setup", "announce", "receive_keys", "support", "gram", "residual", "product", "end_round",
            "item_step", "item_factors", "save")
-
-
-class WireStats:
-    """Bytes on the wire per party and per (method, stage kind), as the coordinator counts them."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.sent: dict[str, int] = {}
-        self.received: dict[str, int] = {}
-        self.by_stage: dict[str, dict] = {}
-        self.seconds: dict[str, float] = {}
-        self.compute: dict[str, float] = {}
-
-    def add(self, party: str, key: str, sent: int, received: int, seconds: float, compute: float = 0.0) -> None:
-        with self.lock:
-            self.compute[party] = self.compute.get(party, 0.0) + compute
-            self.sent[party] = self.sent.get(party, 0) + sent
-            self.received[party] = self.received.get(party, 0) + received
-            s = self.by_stage.setdefault(key, {"calls": 0, "sent": 0, "received": 0})
-            s["calls"] += 1
-            s["sent"] += sent
-            s["received"] += received
-            self.seconds[party] = self.seconds.get(party, 0.0) + seconds
-
-    def add_upload(self, party: str, key: str, sent: int) -> None:
-        """Bytes of a stage's upload stream (the same call, counted once in `calls`)."""
-        with self.lock:
-            self.sent[party] = self.sent.get(party, 0) + sent
-            self.by_stage.setdefault(key, {"calls": 0, "sent": 0, "received": 0})["sent"] += sent
+# the TowerParty protocol's methods (training.party_api)
+TOWER_METHODS = ("describe", "setup", "announce", "receive_keys", "forward", "backward", "embed", "end_round",
+                 "export", "save")
 
 
 def _stage_key(method: str, args: tuple) -> str:
@@ -94,70 +69,27 @@ class RemoteParty:
     def __init__(self, name: str, url: str, tls_dir: str | Path, timeout: float = 300.0, retries: int = 4,
                  backoff: float = 0.25, stats: WireStats | None = None, duplex: bool = True,
                  references: bool = True):
-        self.name, self.url, self.duplex, self.references = name, url.rstrip("/"), bool(duplex), bool(references)
-        self.timeout, self.retries, self.backoff = float(timeout), int(retries), float(backoff)
-        self.stats = stats
-        self._known = ArrayCache()  # what the party holds in its ArrayCache (digests only)
-        self._session = secrets.token_hex(16)
-        self._seq = 0
-        self._client = httpx.Client(verify=tls.client_context(tls_dir, name),
-                                    timeout=httpx.Timeout(self.timeout, connect=10.0, pool=10.0))
+        self.name, self.duplex = name, bool(duplex)
+        self.channel = PartyChannel(name, url, tls_dir, "call", timeout=timeout, retries=retries, backoff=backoff,
+                                    stats=stats, references=references)
+        self.url, self.timeout, self.stats = self.channel.url, self.channel.timeout, stats
+        self._known = self.channel.known if references else ArrayCache()  # digests the party holds
+
+    @property
+    def _seq(self) -> int:
+        """The channel's sequence number (a test or fault bench rewinds it to replay a call)."""
+        return self.channel._seq
+
+    @_seq.setter
+    def _seq(self, value: int) -> None:
+        self.channel._seq = value
 
     def close(self) -> None:
-        self._client.close()
+        self.channel.close()
 
     def _call(self, method: str, *args, framed: bool = False):
-        """POST the arguments, stream the answer back; retry only a connection never made."""
-        self._seq += 1
-        headers = {"X-Wenlv-Session": self._session, "X-Wenlv-Seq": str(self._seq)}
-        started = time.perf_counter()
-        by_reference = self.references
-        for attempt in range(self.retries + 1):
-            sent, digests = [0], []
-
-            def body():
-                known = self._known if by_reference else None
-                for piece in encode_chunks(tuple(args), known, digests):
-                    sent[0] += len(piece)
-                    yield piece
-
-            try:
-                with self._client.stream("POST", f"{self.url}/v1/call/{method}", content=body(), headers=headers,
-                                         extensions={"sni_hostname": self.name}) as resp:
-                    if resp.status_code != 200:
-                        resp.read()
-                        self._raise(method, resp)
-                    compute = float(resp.headers.get("x-wenlv-compute-seconds", 0.0))
-                    decoder = FrameReader() if framed else Decoder()
-                    for chunk in resp.iter_raw():
-                        decoder.feed(chunk)
-                    value = self._unframe(method, decoder) if framed else decoder.result()
-                for d in digests:   # mirror the party's cache: it now holds what it received in full
-                    if d not in self._known:
-                        self._known.put(d, None)
-                if self.stats is not None:
-                    self.stats.add(self.name, _stage_key(method, args), sent[0], decoder.received,
-                                   time.perf_counter() - started, compute)
-                return value
-            except httpx.ConnectError as exc:   # nothing reached the party: safe to try again
-                if "CERTIFICATE" in str(exc).upper() or "SSL" in str(exc).upper():
-                    raise ProtocolError(f"party {self.name!r} at {self.url}: TLS refused ({exc})") from None
-                if attempt == self.retries:
-                    raise PartyUnavailable(f"party {self.name!r} at {self.url} unreachable after "
-                                           f"{self.retries + 1} attempts ({method}): {exc}") from None
-                time.sleep(min(self.backoff * 2 ** attempt, 5.0))
-            except (httpx.TransportError, ProtocolError) as exc:  # mid-call: the round aborts
-                if isinstance(exc, ProtocolError) and "unknown array reference" in str(exc) and by_reference:
-                    self._known.clear()    # the party lost its cache (restarted): send the arrays themselves
-                    by_reference = False
-                    self._seq += 1
-                    headers["X-Wenlv-Seq"] = str(self._seq)
-                    continue
-                if isinstance(exc, ProtocolError):
-                    raise
-                raise PartyUnavailable(f"party {self.name!r} failed during {method}: {type(exc).__name__}: "
-                                       f"{exc}") from None
-        raise AssertionError("unreachable")
+        return self.channel.call(method, *args, stats_key=_stage_key(method, args),
+                                 framed=(lambda reader: self._unframe(method, reader)) if framed else None)
 
     def _unframe(self, method: str, reader: FrameReader):
         """The masked message of a duplex stage: its streamed payload and its closing header."""
@@ -197,7 +129,7 @@ class RemoteParty:
                 yield bytes(view[start:start + PIECE])
 
         try:
-            resp = self._client.post(f"{self.url}/v1/upload/{token}", content=body(),
+            resp = self.channel.client.post(f"{self.url}/v1/upload/{token}", content=body(),
                                      headers={"X-Wenlv-Dtype": V.dtype.str,
                                               "X-Wenlv-Shape": ",".join(map(str, V.shape))},
                                      extensions={"sni_hostname": self.name})
@@ -207,14 +139,6 @@ class RemoteParty:
                 self.stats.add_upload(self.name, stage, len(view))
         except httpx.HTTPError as exc:
             failed.append(f"{type(exc).__name__}: {exc}")
-
-    def _raise(self, method: str, resp: httpx.Response):
-        try:
-            answer = resp.json()
-        except ValueError:
-            answer = {"error": resp.text[:300], "type": ""}
-        cls = ERRORS.get(answer.get("type"), RemotePartyError)
-        raise cls(f"party {self.name!r}, {method}: {answer.get('error')} (HTTP {resp.status_code})")
 
     # the Party protocol ---------------------------------------------------------------
     def describe(self) -> dict:
@@ -274,43 +198,128 @@ class _Sequencer:
             self.last[session] = seq
 
 
-class _AlsSide:
-    """The party's ALS side, built from its feature folder when first called (the folder may be
-    filled by a feature run of this same service first) and rebuilt after each feature run."""
+class _Side:
+    """One side of the service (its ALS party, its towers), built from the party's folder when first
+    called (the folder may be filled by a feature run of this same service first) and rebuilt
+    after each feature run. `side`: the object itself, or (name, loader)."""
 
-    def __init__(self, party):
-        self.name = party.name if isinstance(party, FederatedALSParty) else party[0]
-        self._party = party if isinstance(party, FederatedALSParty) else None
-        self._loader = None if isinstance(party, FederatedALSParty) else party[1]
+    def __init__(self, side):
+        loaded = not isinstance(side, tuple)
+        self.name = side.name if loaded else side[0]
+        self._side = side if loaded else None
+        self._loader = None if loaded else side[1]
 
-    def get(self) -> FederatedALSParty:
-        if self._party is None:
-            self._party = self._loader()
-        return self._party
+    def get(self):
+        if self._side is None:
+            self._side = self._loader()
+        return self._side
 
     def reset(self) -> None:
         if self._loader is not None:
-            self._party = None
+            self._side = None
 
 
-def party_app(party, features=None) -> FastAPI:
+class _Area:
+    """One family of routes, ``POST /v1/<area>/<method>``: the methods a side answers, one call
+    at a time (`lock`: the side is a state machine), and which failures are the caller's fault
+    (refused: 409 for a protocol violation, else 400; anything else is 500)."""
+
+    def __init__(self, get, methods, lock: threading.Lock, refused: tuple, unknown: str, after=None,
+                 streaming=None, cache: ArrayCache | None = None, uploads: Uploads | None = None):
+        self.get, self.methods, self.lock, self.refused, self.unknown = get, methods, lock, refused, unknown
+        self.after, self.streaming, self.cache, self.uploads = after, streaming, cache, uploads
+
+
+def _error(status: int, exc: Exception) -> JSONResponse:
+    return JSONResponse({"error": str(exc), "type": type(exc).__name__}, status_code=status)
+
+
+def _add_area(app: FastAPI, name: str, area: _Area, seq: _Sequencer, party: str) -> None:
+    @app.post(f"/v1/{name}/{{method}}")
+    async def call(method: str, request: Request):
+        if method not in area.methods():
+            return _error(404, ProtocolError(area.unknown.format(method=method)))
+        try:
+            seq.check(request.headers.get("x-wenlv-session", ""), int(request.headers.get("x-wenlv-seq", "0")))
+            decoder = Decoder(area.cache, area.uploads)
+            async for chunk in request.stream():
+                decoder.feed(chunk)
+            args = decoder.result()
+            if not isinstance(args, tuple):
+                raise ProtocolError("arguments must be a tuple")
+        except (ProtocolError, ValueError) as exc:
+            return _error(409 if "replayed" in str(exc) else 400, exc)
+        if area.streaming is not None:
+            streamed = area.streaming(method, args)
+            if streamed is not None:
+                return streamed
+
+        def run():
+            with area.lock:
+                value = getattr(area.get(), method)(*args)
+            if area.after is not None:
+                area.after(method)
+            return value
+
+        started = time.perf_counter()
+        try:
+            value = await run_in_threadpool(run)
+        except area.refused as exc:
+            log.warning("party %s: %s %s refused: %s", party, name, method, exc)
+            return _error(409 if isinstance(exc, ProtocolError) else 400, exc)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the coordinator, named
+            log.exception("party %s: %s %s failed", party, name, method)
+            return _error(500, exc)
+        # the party's own seconds on the call: the coordinator subtracts them to get network time
+        return StreamingResponse(encode_chunks(value), media_type="application/x-wenlv",
+                                 headers={"X-Wenlv-Compute-Seconds": f"{time.perf_counter() - started:.6f}"})
+
+
+def party_app(party, features=None, towers=None) -> FastAPI:
     """The party's service: the Party protocol's methods, one at a time (the driver's order).
 
     `party`: its FederatedALSParty, or (name, loader) to build it from its folder on first use.
     `features`: its side of the feature run (a spark_jobs.party_features.FeatureParty, passed in
     so that this module loads no Spark), reachable at ``/v1/features/<method>`` for the names in
     its METHODS; None for a service that only trains.
+    `towers`: its side of the split towers (training.tower_party.TowerSide, or (name, loader) to
+    build it on first use — passed in so that this module loads no torch), at
+    ``/v1/towers/<method>`` for TOWER_METHODS; None for a party without a bottom tower.
     """
-    als = _AlsSide(party)
+    als = _Side(party)
     app = FastAPI(title=f"wenlv party {als.name}", docs_url=None, redoc_url=None, openapi_url=None)
     seq = _Sequencer()
     lock = threading.Lock()  # one protocol call at a time: the party object is a state machine
-    feature_lock = threading.Lock()  # one feature step at a time (a step runs its own Spark jobs at once)
+    tower_lock = threading.Lock()
     cache = ArrayCache()       # large arrays received lately (the user factors of the item step)
     uploads = Uploads()        # arrays arriving on their own stream (duplex CG stages)
+    tower_side = None if towers is None else _Side(towers)
 
-    def error(status: int, exc: Exception) -> JSONResponse:
-        return JSONResponse({"error": str(exc), "type": type(exc).__name__}, status_code=status)
+    def duplex(method: str, args: tuple):
+        if method in ("residual", "product") and any(isinstance(a, StreamedArray) for a in args):
+            return StreamingResponse(_duplex_frames(als.get(), method, args, lock),
+                                     media_type="application/x-wenlv-frames")
+        return None
+
+    def after_feature_step(method: str) -> None:
+        if method == "finish":   # new blocks: the next training run loads them
+            with lock:
+                als.reset()
+            if tower_side is not None:
+                with tower_lock:
+                    tower_side.reset()
+
+    _add_area(app, "call", _Area(als.get, lambda: METHODS, lock, (ProtocolError,),
+                                 "method {method!r} is not part of the Party protocol", streaming=duplex,
+                                 cache=cache, uploads=uploads), seq, als.name)
+    # one feature step at a time (a step runs its own Spark jobs at once)
+    _add_area(app, "features", _Area(lambda: features, lambda: features.METHODS if features else (),
+                                     threading.Lock(), (WenlvError, TypeError),
+                                     "method {method!r} is not a feature step of this service",
+                                     after=after_feature_step), seq, als.name)
+    _add_area(app, "towers", _Area(tower_side.get if tower_side else None,
+                                   lambda: TOWER_METHODS if tower_side else (), tower_lock, (WenlvError, TypeError),
+                                   "method {method!r} is not a tower step of this service"), seq, als.name)
 
     @app.post("/v1/upload/{token}")
     async def upload(token: str, request: Request):
@@ -318,92 +327,24 @@ def party_app(party, features=None) -> FastAPI:
             shape = tuple(int(d) for d in request.headers.get("x-wenlv-shape", "").split(","))
             target = uploads.get(token, request.headers.get("x-wenlv-dtype", ""), shape)
         except (ProtocolError, ValueError, TypeError) as exc:
-            return error(409 if "replayed" in str(exc) else 400, exc)
+            return _error(409 if "replayed" in str(exc) else 400, exc)
         try:
             async for chunk in request.stream():
                 target.feed(chunk)
         except ProtocolError as exc:
             target.fail(str(exc))
-            return error(400, exc)
+            return _error(400, exc)
         except Exception as exc:  # noqa: BLE001 - a broken stream: the waiting stage must hear of it
             target.fail(f"{type(exc).__name__}: {exc}")
             raise
         if not target.complete():
             target.fail("upload shorter than declared")
-            return error(400, ProtocolError("upload shorter than declared"))
+            return _error(400, ProtocolError("upload shorter than declared"))
         return Response(status_code=204)
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "party": als.name, "features": features is not None}
-
-    @app.post("/v1/features/{method}")
-    async def feature_call(method: str, request: Request):
-        if features is None or method not in features.METHODS:
-            return error(404, ProtocolError(f"method {method!r} is not a feature step of this service"))
-        try:
-            seq.check(request.headers.get("x-wenlv-session", ""), int(request.headers.get("x-wenlv-seq", "0")))
-            decoder = Decoder()
-            async for chunk in request.stream():
-                decoder.feed(chunk)
-            args = decoder.result()
-            if not isinstance(args, tuple):
-                raise ProtocolError("arguments must be a tuple")
-        except (ProtocolError, ValueError) as exc:
-            return error(409 if "replayed" in str(exc) else 400, exc)
-
-        def run():
-            with feature_lock:
-                value = getattr(features, method)(*args)
-            if method == "finish":   # new blocks: the next training run loads them
-                with lock:
-                    als.reset()
-            return value
-
-        try:
-            value = await run_in_threadpool(run)
-        except (WenlvError, TypeError) as exc:
-            log.warning("party %s: feature step %s refused: %s", als.name, method, exc)
-            return error(409 if isinstance(exc, ProtocolError) else 400, exc)
-        except Exception as exc:  # noqa: BLE001 - every failure goes back to the coordinator, named
-            log.exception("party %s: feature step %s failed", als.name, method)
-            return error(500, exc)
-        return StreamingResponse(encode_chunks(value), media_type="application/x-wenlv")
-
-    @app.post("/v1/call/{method}")
-    async def call(method: str, request: Request):
-        if method not in METHODS:
-            return error(404, ProtocolError(f"method {method!r} is not part of the Party protocol"))
-        try:
-            seq.check(request.headers.get("x-wenlv-session", ""), int(request.headers.get("x-wenlv-seq", "0")))
-            decoder = Decoder(cache, uploads)
-            async for chunk in request.stream():
-                decoder.feed(chunk)
-            args = decoder.result()
-            if not isinstance(args, tuple):
-                raise ProtocolError("arguments must be a tuple")
-        except (ProtocolError, ValueError) as exc:
-            return error(409 if "replayed" in str(exc) else 400, exc)
-
-        if method in ("residual", "product") and any(isinstance(a, StreamedArray) for a in args):
-            return StreamingResponse(_duplex_frames(als.get(), method, args, lock),
-                                     media_type="application/x-wenlv-frames")
-
-        def run():
-            with lock:
-                return getattr(als.get(), method)(*args)
-
-        started = time.perf_counter()
-        try:
-            value = await run_in_threadpool(run)
-        except ProtocolError as exc:
-            return error(409, exc)
-        except Exception as exc:  # noqa: BLE001 - every failure goes back to the coordinator, named
-            log.exception("party %s: %s failed", als.name, method)
-            return error(500, exc)
-        # the party's own seconds on the call: the coordinator subtracts them to get network time
-        return StreamingResponse(encode_chunks(value), media_type="application/x-wenlv",
-                                 headers={"X-Wenlv-Compute-Seconds": f"{time.perf_counter() - started:.6f}"})
+        return {"status": "ok", "party": als.name, "features": features is not None, "towers": towers is not None}
 
     return app
 
@@ -471,12 +412,12 @@ def load_party(party: str, data: str | Path, state: str | Path | None = None, al
 
 
 def serve(party, host: str, port: int, tls_dir: str | Path, ready=None,
-          features=None) -> None:
+          features=None, towers=None) -> None:
     """Run the party's service until stopped (SIGINT/SIGTERM); mutual TLS, pinned coordinator.
-    `party` and `features` as in :func:`party_app`."""
-    name = _AlsSide(party).name
+    `party`, `features` and `towers` as in :func:`party_app`."""
+    name = _Side(party).name
     context = tls.server_context(tls_dir, name)
-    config = uvicorn.Config(party_app(party, features), host=host, port=port, log_level="warning", access_log=False,
+    config = uvicorn.Config(party_app(party, features, towers), host=host, port=port, log_level="warning", access_log=False,
                             ssl_certfile=str(Path(tls_dir) / f"{name}.pem"),
                             ssl_context_factory=lambda cfg, default: context, timeout_keep_alive=600)
     server = uvicorn.Server(config)

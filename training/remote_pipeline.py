@@ -5,7 +5,11 @@ The coordinator is the tourism organisation: besides the masked sums it reads on
 feature folder (the tourism blocks, the carrier's user token list and the run's manifest,
 as `wenlv features --parties` leaves them), never another party's block. From the fit it
 keeps the user factors and the POI factors; the carrier's and the internet platform's item
-factors stay on their own disks (the run records where, on their side).
+factors stay on their own disks (the run records where, on their side). The split towers then
+train over the same services (training.remote_towers): each of those two parties trains its
+bottom tower on its own side features and keeps it on its own disk; the coordinator sees masked
+sums of embeddings, and at the end receives the trained towers for the served user tower
+(`towers/` in the bundle, as an in-process version).
 
 The registered version records how it was trained, not data: each party's endpoint and the
 SHA-256 fingerprint of the certificate the coordinator pinned for it, the bytes that
@@ -37,8 +41,10 @@ from wenlv.training.als_data import load_party_block, load_users
 from wenlv.training.blocks import FeatureBlocks, Matrices
 from wenlv.training.factors import COMPUTE_DTYPE
 from wenlv.training.federated_als import FederatedALS
-from wenlv.training.pipeline import TrainConfig, build_bundle, model_card, poi_table
+from wenlv.training.party_api import TOWER_PARTIES
+from wenlv.training.pipeline import TrainConfig, build_bundle, fit_cold_start_towers, model_card, poi_table
 from wenlv.training.remote import RemoteParty, WireStats
+from wenlv.training.remote_towers import RemoteTowerParty
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)
@@ -82,6 +88,25 @@ class _Fit:
         self.item_factors = {"tourism": poi_factors}
 
 
+def _remote_towers(parties: dict[str, str], tls_dir, blocks, matrices, fit: _Fit, config: TrainConfig, out_dir: Path,
+                   timeout: float, retries: int):
+    """The split towers over the carrier's and the internet platform's services (training.towers'
+    driver with RemoteTowerParty handles); (result, metrics, wire stats), or (None, {}, stats) when
+    the run has no towers."""
+    stats = WireStats()
+    names = [p for p in TOWER_PARTIES if p in parties]
+    if not config.towers or not names:
+        return None, {}, stats
+    handles = {p: RemoteTowerParty(p, parties[p], tls_dir, timeout=timeout, retries=retries, stats=stats)
+               for p in names}
+    try:
+        result, metrics = fit_cold_start_towers(handles, blocks, matrices, fit.poi_factors, config, out_dir)
+    finally:
+        for h in handles.values():
+            h.close()
+    return result, metrics, stats
+
+
 def train_remote(features_dir: str | Path, parties: dict[str, str], tls_dir: str | Path, config: TrainConfig, *,
                  timeout: float = 300.0, retries: int = 4, tracking_uri: str | None = None,
                  data_dir: str | Path | None = None, work_dir: str | Path | None = None) -> dict:
@@ -111,15 +136,21 @@ def train_remote(features_dir: str | Path, parties: dict[str, str], tls_dir: str
     fit = _Fit(np.asarray(model.user_factors, np.float32), np.asarray(model.item_factors["tourism"], np.float32),
                {"factors": config.factors, "iterations": config.iterations, "regularization": config.regularization,
                 "fixed_point_bits": config.fixed_point_bits, "cg_steps": model.cg_steps})
+    tower_result, tower_metrics, tower_stats = _remote_towers(parties, tls_dir, blocks, matrices, fit, config,
+                                                              work / "towers", timeout, retries)
     metrics = evaluation.evaluate_scores(blocks, matrices, fit.user_factors @ fit.poi_factors.T, k=config.k)
     # "popularity targeting" ranks prospects by their activity in the partners' blocks, which a
     # remote coordinator does not hold: that baseline is not measured here
     metrics = {k: v for k, v in metrics.items() if k not in ("prospect_popularity_precision",
                                                              "prospect_lift_vs_popularity")}
     metrics.update({"rounds_aborted": model.rounds_aborted_, "fit_seconds": model.timings_["wall_seconds"]})
+    metrics.update(tower_metrics)
     for p in parties:
         metrics[f"wire_bytes_sent_{p}"] = stats.sent.get(p, 0)
         metrics[f"wire_bytes_received_{p}"] = stats.received.get(p, 0)
+    for p in tower_stats.sent:
+        metrics[f"tower_wire_bytes_sent_{p}"] = tower_stats.sent[p]
+        metrics[f"tower_wire_bytes_received_{p}"] = tower_stats.received.get(p, 0)
 
     pins = {p: tls.fingerprint(Path(tls_dir) / f"{p}.pem") for p in parties}
     params = {**{k: v for k, v in vars(config).items() if k != "progress"},
@@ -130,7 +161,9 @@ def train_remote(features_dir: str | Path, parties: dict[str, str], tls_dir: str
               "coordinator_cert_sha256": tls.fingerprint(Path(tls_dir) / f"{tls.COORDINATOR}.pem"),
               **{f"party_{p}_url": url for p, url in parties.items()},
               **{f"party_{p}_cert_sha256": pins[p] for p in parties},
-              **{f"party_{p}_kept_factors_at": model.saved_.get(p, "") for p in parties if p != "tourism"}}
+              **{f"party_{p}_kept_factors_at": model.saved_.get(p, "") for p in parties if p != "tourism"},
+              **(tower_result.params if tower_result else {}),
+              **({f"party_{p}_kept_tower_at": path for p, path in tower_result.saved.items()} if tower_result else {})}
 
     pois, poi_source = poi_table(blocks, data_dir)
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -138,7 +171,7 @@ def train_remote(features_dir: str | Path, parties: dict[str, str], tls_dir: str
             "k": config.k, "metrics": evaluation.finite(metrics), "shapley": None,
             "poi_metadata": "ok" if poi_source != "missing" else "missing",
             "split_date": blocks.manifest.get("split_date"), "test_window": blocks.manifest.get("test_window")}
-    build_bundle(blocks, matrices, fit, pois, meta, None).save(bundle_dir)
+    build_bundle(blocks, matrices, fit, pois, meta, work / "towers" if tower_result else None).save(bundle_dir)
 
     checks = {"artifacts_clean": True}
     card_dir.mkdir(parents=True, exist_ok=True)
@@ -146,6 +179,8 @@ def train_remote(features_dir: str | Path, parties: dict[str, str], tls_dir: str
     (card_dir / "deployment.json").write_text(json.dumps(
         {"parties": {p: {"url": parties[p], "cert_sha256": pins[p]} for p in parties},
          "wire_bytes": {p: {"sent": stats.sent.get(p, 0), "received": stats.received.get(p, 0)} for p in parties},
+         "tower_wire_bytes": {p: {"sent": tower_stats.sent[p], "received": tower_stats.received.get(p, 0)}
+                              for p in tower_stats.sent},
          "federated_vs_central": "not checked by a remote coordinator (it holds no other block)"}, indent=2))
     scans = [leak_scan.scan_folder(d) for d in (bundle_dir, card_dir)]  # it never held another party's block
     findings = [f for s in scans for f in s.findings]
@@ -165,4 +200,5 @@ def train_remote(features_dir: str | Path, parties: dict[str, str], tls_dir: str
             "artifact_uri": logged["artifact_uri"], "bundle_dir": str(bundle_dir), "metrics": metrics,
             "checks": checks, "privacy_findings": findings, "parties": params["parties"],
             "pins": pins, "kept_by_parties": model.saved_, "rounds_aborted": model.rounds_aborted_,
+            "towers_kept_by_parties": tower_result.saved if tower_result else {},
             "promoted": False, "champion_version": registry.champion_version(logged["tracking_uri"])}

@@ -8,7 +8,9 @@ coordinator (tourism) learns only their *sum*. The coordinator scores that sum a
 the POI factors from ALS, computes the loss (multinomial log-likelihood of the user's
 training-window POIs), and sends back one gradient, ∂loss/∂sum — identical for every
 party, since ∂sum/∂embedding_p is the identity. Each party back-propagates it through its
-own tower.
+own tower. The coordinator's loop (:func:`fit_tower_parties`) calls each party through
+training.party_api.TowerParty: training.tower_party.TowerSide in process, or
+training.remote_towers.RemoteTowerParty over a party's service (docs/deployment.md).
 
 Optional DP (`noise_multiplier` > 0): each party clips every example's embedding to L2
 norm `clip_norm` and adds Gaussian noise N(0, (σ·clip_norm)²) before masking — the
@@ -28,6 +30,7 @@ import json
 import logging
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,74 +41,14 @@ from opacus.accountants import RDPAccountant
 from torch import nn
 from tqdm import tqdm
 
-from wenlv.features import contracts
 from wenlv.privacy import secure_agg
+from wenlv.training.party_api import TOWER_PARTIES, TowerParty
+from wenlv.training.tower_model import FeatureSpec, PartyTower
+from wenlv.training.tower_party import TowerSide, tower_from_export
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)
 
-TOWER_PARTIES = ("carrier", "internet")
-# numeric columns that are heavy-tailed counts or distances: log1p before standardising
-LOG_COLUMNS = {"home_distance_km", "trip_days", "active_days", "total_events"}
-
-
-# ---------------------------------------------------------------- side features
-@dataclass
-class FeatureSpec:
-    """How one party turns its user_features block into a float matrix (fit on training data)."""
-
-    party: str
-    names: list[str]                 # raw feature names; "col=value" is a one-hot
-    log1p: list[bool]
-    mean: list[float]
-    std: list[float]
-
-    @classmethod
-    def fit(cls, party: str, frame: pd.DataFrame) -> "FeatureSpec":
-        table = contracts.table(f"{party}.user_features")
-        names, logs = [], []
-        for f in table.fields:
-            if f.name == "token":
-                continue
-            if f.type == "string":
-                values = f.choices or tuple(sorted(frame[f.name].dropna().unique()))
-                names += [f"{f.name}={v}" for v in values]
-                logs += [False] * len(values)
-            else:
-                names.append(f.name)
-                logs.append(f.name in LOG_COLUMNS)
-        spec = cls(party, names, logs, [0.0] * len(names), [1.0] * len(names))
-        raw = spec.raw_matrix(frame)
-        x = np.where(spec.log1p, np.log1p(np.maximum(raw, 0.0)), raw)
-        spec.mean = x.mean(axis=0).tolist() if len(x) else spec.mean
-        spec.std = np.where(x.std(axis=0) > 1e-6, x.std(axis=0), 1.0).tolist() if len(x) else spec.std
-        return spec
-
-    def raw_matrix(self, frame: pd.DataFrame) -> np.ndarray:
-        """Raw values in spec order (one-hots 0/1, missing → 0), as serving would pass them."""
-        cols = []
-        for name in self.names:
-            if "=" in name:
-                col, value = name.split("=", 1)
-                cols.append((frame[col].astype("string") == value).fillna(False).to_numpy(np.float32))
-            else:
-                cols.append(pd.to_numeric(frame[name], errors="coerce").fillna(0.0).to_numpy(np.float32))
-        return np.stack(cols, axis=1) if cols else np.zeros((len(frame), 0), np.float32)
-
-
-class PartyTower(nn.Module):
-    """A party's bottom tower: baked transforms, then a small MLP to the embedding width."""
-
-    def __init__(self, spec: FeatureSpec, width: int, hidden: int = 32):
-        super().__init__()
-        self.register_buffer("log_mask", torch.tensor(spec.log1p, dtype=torch.bool))
-        self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32))
-        self.net = nn.Sequential(nn.Linear(len(spec.names), hidden), nn.ReLU(), nn.Linear(hidden, width))
-
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        x = torch.where(self.log_mask, torch.log1p(torch.clamp(raw, min=0.0)), raw)
-        return self.net((x - self.mean) / self.std)
 
 
 class SummedUserTower(nn.Module):
@@ -176,6 +119,9 @@ class TowerResult:
     params: dict = field(default_factory=dict)
     epsilon: float | None = None              # DP ε of the parties' features at `delta` (None without noise)
     epsilon_labels: float | None = None       # DP ε of the coordinator's labels (None without gradient noise)
+    embeddings: np.ndarray | None = None      # masked-sum embeddings of `eval_rows` (None if not asked for)
+    saved: dict = field(default_factory=dict)  # party -> where it kept its tower (on its side)
+    transcript: list = field(default_factory=list)  # masked messages seen (with record_view)
 
     def embed(self, frames: dict[str, pd.DataFrame]) -> np.ndarray:
         """Summed embedding in clear (for evaluation and serving, not in the protocol)."""
@@ -186,103 +132,153 @@ class TowerResult:
 
 def side_frames(blocks, tokens, parties=TOWER_PARTIES) -> dict[str, pd.DataFrame]:
     """Each party's user_features rows aligned to `tokens` (absent users: all-missing rows)."""
-    out = {}
-    for p in parties:
-        frame = blocks[f"{p}/user_features"]
-        if frame["token"].duplicated().any():
-            raise WenlvError(f"{p}/user_features: duplicate tokens")
-        out[p] = frame.set_index("token").reindex(pd.Index(tokens, name="token")).reset_index()
-    return out
+    return {p: align_features(blocks[f"{p}/user_features"], tokens, p) for p in parties}
 
 
-def train_towers(frames: dict[str, pd.DataFrame], targets, poi_factors: np.ndarray, *, epochs: int = 30,
-                 batch_size: int = 128, lr: float = 0.01, hidden: int = 32, noise_multiplier: float = 0.0,
-                 clip_norm: float = 1.0, delta: float | None = None, seed: int = 0, grad_noise_multiplier: float = 0.0,
-                 frac_bits: int = secure_agg.DEFAULT_FRAC_BITS, channel: MaskedSum | None = None,
-                 progress: bool = False) -> TowerResult:
+def align_features(frame: pd.DataFrame, tokens, party: str) -> pd.DataFrame:
+    """One party's user_features rows on the user axis `tokens` (absent users: all-missing rows)."""
+    if frame["token"].duplicated().any():
+        raise WenlvError(f"{party}/user_features: duplicate tokens")
+    return frame.set_index("token").reindex(pd.Index(tokens, name="token")).reset_index()
+
+
+def train_towers(frames: dict[str, pd.DataFrame], targets, poi_factors: np.ndarray, **kwargs) -> TowerResult:
+    """Fit in process: one :class:`~training.tower_party.TowerSide` per party over `frames`
+    (rows aligned across parties, every row a training user); see :func:`fit_tower_parties`."""
+    n = len(next(iter(frames.values())))
+    if any(len(f) != n for f in frames.values()):
+        raise WenlvError("tower training: the parties' feature rows are not aligned")
+    sides = {p: TowerSide(p, frames[p]) for p in sorted(frames)}
+    return fit_tower_parties(sides, np.arange(n), targets, poi_factors, **kwargs)
+
+
+def fit_tower_parties(parties: dict[str, TowerParty], rows, targets, poi_factors: np.ndarray, *, epochs: int = 30,
+                      batch_size: int = 128, lr: float = 0.01, hidden: int = 32, noise_multiplier: float = 0.0,
+                      clip_norm: float = 1.0, delta: float | None = None, seed: int = 0,
+                      grad_noise_multiplier: float = 0.0, frac_bits: int = secure_agg.DEFAULT_FRAC_BITS,
+                      eval_rows=None, run_id: str | None = None, audit=None, record_view: bool = False,
+                      progress: bool = False) -> TowerResult:
     """Fit the bottom towers so that the masked sum of embeddings ranks each user's POIs.
 
-    frames:  party -> user_features rows of the training users (same row order in every party).
-    targets: [n_users, n_pois] 0/1 (scipy sparse or dense) training-window visits.
+    parties: TowerParty handles (in process or training.remote_towers.RemoteTowerParty).
+    rows:    positions on the parties' user axis of the training users; targets[i] is row i's
+             [n_pois] 0/1 (scipy sparse or dense) training-window visits. Users without any
+             are left out.
+    eval_rows: positions whose (noiseless, masked-sum) embeddings to return in `.embeddings`.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: more threads only contend (and the machine is shared)
     try:
-        return _train_towers(frames, targets, poi_factors, epochs=epochs, batch_size=batch_size, lr=lr,
-                             hidden=hidden, noise_multiplier=noise_multiplier, clip_norm=clip_norm, delta=delta,
-                             seed=seed, frac_bits=frac_bits, channel=channel, progress=progress,
-                             grad_noise_multiplier=grad_noise_multiplier)
+        return _fit(parties, np.asarray(rows, dtype=np.int64), targets, poi_factors, epochs=epochs,
+                    batch_size=batch_size, lr=lr, hidden=hidden, noise_multiplier=noise_multiplier,
+                    clip_norm=clip_norm, delta=delta, seed=seed, frac_bits=frac_bits, progress=progress,
+                    grad_noise_multiplier=grad_noise_multiplier, eval_rows=eval_rows,
+                    run_id=run_id or f"towers-{uuid.uuid4().hex[:12]}", audit=audit, record_view=record_view)
     finally:
         torch.set_num_threads(threads)
 
 
-def _train_towers(frames, targets, poi_factors, *, epochs, batch_size, lr, hidden, noise_multiplier, clip_norm,
-                  delta, seed, frac_bits, channel, progress, grad_noise_multiplier) -> TowerResult:
-    torch.manual_seed(seed)
+def _each(parties: dict, call) -> dict:
+    """``call(party)`` for every party: remote ones at once (each in its own process), in-process in turn."""
+    if not any(getattr(h, "remote", False) for h in parties.values()):
+        return {p: call(h) for p, h in parties.items()}
+    with ThreadPoolExecutor(max_workers=len(parties)) as pool:
+        futures = {p: pool.submit(call, h) for p, h in parties.items()}
+        return {p: f.result() for p, f in futures.items()}
+
+
+def _fit(parties, rows, targets, poi_factors, *, epochs, batch_size, lr, hidden, noise_multiplier, clip_norm,
+         delta, seed, frac_bits, progress, grad_noise_multiplier, eval_rows, run_id, audit, record_view
+         ) -> TowerResult:
     rng = np.random.default_rng(seed)
-    parties = tuple(sorted(frames))
-    n = len(next(iter(frames.values())))
-    if any(len(f) != n for f in frames.values()):
-        raise WenlvError("tower training: the parties' feature rows are not aligned")
+    parties = {p: parties[p] for p in sorted(parties)}
+    names = list(parties)
     y = np.asarray(targets.todense() if hasattr(targets, "todense") else targets, dtype=np.float32)
-    if y.shape != (n, poi_factors.shape[0]):
-        raise WenlvError(f"tower training: targets {y.shape} do not match {n} users × {poi_factors.shape[0]} POIs")
+    if y.shape != (len(rows), poi_factors.shape[0]):
+        raise WenlvError(f"tower training: targets {y.shape} do not match {len(rows)} users × "
+                         f"{poi_factors.shape[0]} POIs")
     keep = y.sum(axis=1) > 0
     if keep.sum() < 2:
         raise WenlvError("tower training needs at least two users with training-window visits")
+    info = _each(parties, lambda h: h.describe())
+    if len({i["n_users"] for i in info.values()}) != 1:
+        raise WenlvError(f"tower parties are not aligned on users: { {p: i['n_users'] for p, i in info.items()} }")
     width = int(poi_factors.shape[1])
-    specs = {p: FeatureSpec.fit(p, frames[p]) for p in parties}
-    towers = {p: PartyTower(specs[p], width, hidden) for p in parties}
-    x = {p: torch.from_numpy(specs[p].raw_matrix(frames[p])[keep]) for p in parties}
+    identities = {p: info[p]["identity"] for p in names}
+    _each(parties, lambda h: h.setup(names, identities, rows[keep], width, hidden, lr, seed, noise_multiplier,
+                                     clip_norm, frac_bits))
+    agg = secure_agg.Aggregator(run_id, tuple(names), identities, frac_bits, audit=audit)
+    agg.record_view = record_view
+    round_no, stage_no = 1, 0
+
+    def masked_sum(stage: str, call) -> np.ndarray:   # the coordinator sees this only
+        agg.open_stage(stage)
+        for msg in _each(parties, call).values():
+            agg.submit(msg)
+        return agg.close_stage().astype(np.float32)
+
     y_t = torch.from_numpy(y[keep] / y[keep].sum(axis=1, keepdims=True))
     v = torch.from_numpy(np.ascontiguousarray(poi_factors, dtype=np.float32))
-    opts = {p: torch.optim.Adam(towers[p].parameters(), lr=lr) for p in parties}
-    channel = channel or MaskedSum(parties, frac_bits=frac_bits)
     m = len(y_t)
     batch_size = min(batch_size, m)
-    steps, losses = 0, []
+    steps, losses, embeddings = 0, [], None
     noise_gen = torch.Generator().manual_seed(seed + 1)
-    for _ in tqdm(range(epochs), desc="towers", disable=not progress):
-        order = rng.permutation(m)
-        total = 0.0
-        for start in range(0, m, batch_size):
-            idx = torch.from_numpy(order[start:start + batch_size])
-            released = {}
-            for p in parties:                              # party side
-                e = towers[p](x[p][idx])
-                if noise_multiplier > 0:
-                    norms = e.norm(dim=1, keepdim=True).clamp(min=1e-12)
-                    e = e * torch.clamp(clip_norm / norms, max=1.0)
-                    e = e + torch.randn(e.shape, generator=noise_gen) * (noise_multiplier * clip_norm)
-                released[p] = e
-            summed = channel({p: e.detach().numpy() for p, e in released.items()})  # coordinator sees this only
-            s = torch.from_numpy(summed).requires_grad_(True)
-            loss = -(y_t[idx] * torch.log_softmax(s @ v.T, dim=1)).sum(dim=1).mean()
-            loss.backward()
-            grad = s.grad.detach()                         # one gradient, sent to every party
-            if grad_noise_multiplier > 0:                  # row i depends on example i's label only
-                per_example = grad * len(idx)              # undo the batch mean
-                norms = per_example.norm(dim=1, keepdim=True).clamp(min=1e-12)
-                per_example = per_example * torch.clamp(clip_norm / norms, max=1.0)
-                per_example = per_example + torch.randn(grad.shape, generator=noise_gen) * (grad_noise_multiplier
-                                                                                            * clip_norm)
-                grad = per_example / len(idx)
-            for p in parties:
-                opts[p].zero_grad()
-                released[p].backward(grad)
-                opts[p].step()
-            total += loss.detach().item() * len(idx)
-            steps += 1
-        losses.append(total / m)
-    channel.close()
+    agg.open_round(round_no)
+    try:
+        for ann in _each(parties, lambda h: h.announce(run_id, round_no)).values():
+            agg.receive_key(ann)
+        keys = agg.keys()
+        _each(parties, lambda h: h.receive_keys(run_id, round_no, keys))
+        for _ in tqdm(range(epochs), desc="towers", disable=not progress):
+            order = rng.permutation(m)
+            total = 0.0
+            for start in range(0, m, batch_size):
+                batch = order[start:start + batch_size]
+                stage_no += 1
+                summed = masked_sum(f"embeddings-{stage_no}",
+                                    lambda h: h.forward(run_id, round_no, f"embeddings-{stage_no}", batch))
+                s = torch.from_numpy(summed).requires_grad_(True)
+                idx = torch.from_numpy(batch)
+                loss = -(y_t[idx] * torch.log_softmax(s @ v.T, dim=1)).sum(dim=1).mean()
+                loss.backward()
+                grad = s.grad.detach()                         # one gradient, sent to every party
+                if grad_noise_multiplier > 0:                  # row i depends on example i's label only
+                    per_example = grad * len(idx)              # undo the batch mean
+                    norms = per_example.norm(dim=1, keepdim=True).clamp(min=1e-12)
+                    per_example = per_example * torch.clamp(clip_norm / norms, max=1.0)
+                    per_example = per_example + torch.randn(grad.shape, generator=noise_gen) * (
+                        grad_noise_multiplier * clip_norm)
+                    grad = per_example / len(idx)
+                grad_np = grad.numpy()
+                _each(parties, lambda h: h.backward(grad_np))
+                total += loss.detach().item() * len(idx)
+                steps += 1
+            losses.append(total / m)
+        if eval_rows is not None:
+            eval_rows = np.asarray(eval_rows, dtype=np.int64)
+            embeddings = masked_sum("embed", lambda h: h.embed(run_id, round_no, "embed", eval_rows))
+        agg.close_round()
+    except secure_agg.DropoutError as exc:   # a party went away: nothing more of this run is released
+        agg.abort_round()
+        raise secure_agg.SecureAggError(f"tower training aborted: {exc}") from exc
+    finally:
+        for h in parties.values():
+            try:
+                h.end_round(run_id, round_no)
+            except secure_agg.DropoutError:
+                log.warning("a tower party did not hear the end of round %d", round_no)
+    exported = _each(parties, lambda h: h.export())
+    built = {p: tower_from_export(p, exported[p], width) for p in names}
+    saved = _each(parties, lambda h: h.save(run_id))
     delta = delta if delta is not None else 1.0 / max(m, 2)
     epsilon = _epsilon(noise_multiplier, batch_size / m, steps, delta)
     epsilon_labels = _epsilon(grad_noise_multiplier, batch_size / m, steps, delta)
     params = {"tower_epochs": epochs, "tower_batch_size": batch_size, "tower_lr": lr, "tower_hidden": hidden,
               "tower_noise_multiplier": noise_multiplier, "tower_grad_noise_multiplier": grad_noise_multiplier,
               "tower_clip_norm": clip_norm, "tower_delta": delta,
-              "fixed_point_frac_bits": frac_bits, "tower_parties": ",".join(parties)}
-    return TowerResult(towers, specs, width, losses, params, epsilon, epsilon_labels)
+              "fixed_point_frac_bits": frac_bits, "tower_parties": ",".join(names)}
+    return TowerResult({p: built[p][1] for p in names}, {p: built[p][0] for p in names}, width, losses, params,
+                       epsilon, epsilon_labels, embeddings, saved, agg.view)
 
 
 def _epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float | None:
