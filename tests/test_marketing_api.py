@@ -11,7 +11,8 @@ import pytest
 
 from wenlv.marketing import audience, export, targets
 from wenlv.marketing import campaigns as store
-from tests.support.campaign_api import DATABASES, auth, campaign_app
+from tests.support.campaign_api import auth, campaign_app
+from tests.support.campaign_db import DATABASES
 from tests.test_marketing_audience import make_candidates
 
 PHONE_LIKE = re.compile(r"^\+?(?:86)?1\d{10}$")

@@ -13,7 +13,8 @@ from wenlv.marketing import audience, served, targets
 from wenlv.marketing import campaigns as store
 from wenlv.serving.model import ServingModel
 from wenlv.serving.state import ServingState
-from tests.support.campaign_api import DATABASES, TENANTS, auth, campaign_app
+from tests.support.campaign_api import TENANTS, auth, campaign_app
+from tests.support.campaign_db import DATABASES
 from tests.test_marketing_audience import tokens
 
 BASE = {"name": "autumn", "channel": "sms", "audience_size": 120, "holdout_fraction": 0.2,
