@@ -270,35 +270,29 @@ def _apply(inst: Instance, sol: Solution, move) -> bool:
 
 
 def tighten(inst: Instance, route: Route) -> Route:
-    """2-opt and relocate moves that make the day end earlier (more room for insertions)."""
+    """2-opt and relocate moves that make the day end earlier (more room for insertions): the first
+    such move (2-opt before relocate), again from the new route, until none is left."""
     best = route
-    improved = True
-    while improved:
-        improved = False
-        nodes = best.nodes
-        m = len(nodes)
-        for i in range(m - 1):
-            for k in range(i + 1, m):
-                cand = nodes[:i] + nodes[i:k + 1][::-1] + nodes[k + 1:]
-                if end_time(inst, cand) < best.end_arrival - 1e-6:
-                    best, improved = schedule(inst, cand), True
-                    break
-            if improved:
+    while True:
+        for cand in _neighbours(best.nodes):
+            if end_time(inst, cand) < best.end_arrival - 1e-6:
+                best = schedule(inst, cand)
                 break
-        if improved:
-            continue
-        for i in range(m):
-            rest = nodes[:i] + nodes[i + 1:]
-            for k in range(m):
-                if k == i:
-                    continue
-                cand = rest[:k] + [nodes[i]] + rest[k:]
-                if end_time(inst, cand) < best.end_arrival - 1e-6:
-                    best, improved = schedule(inst, cand), True
-                    break
-            if improved:
-                break
-    return best
+        else:
+            return best
+
+
+def _neighbours(nodes: list[int]):
+    """Every 2-opt reversal of `nodes`, then every relocation of one node, in a fixed order."""
+    m = len(nodes)
+    for i in range(m - 1):
+        for k in range(i + 1, m):
+            yield nodes[:i] + nodes[i:k + 1][::-1] + nodes[k + 1:]
+    for i in range(m):
+        rest = nodes[:i] + nodes[i + 1:]
+        for k in range(m):
+            if k != i:
+                yield rest[:k] + [nodes[i]] + rest[k:]
 
 
 def swap_improve(inst: Instance, sol: Solution, protected: set[int]) -> bool:

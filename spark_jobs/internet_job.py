@@ -6,7 +6,7 @@ from pyspark.sql import functions as F
 
 from wenlv.features import contracts as C
 from wenlv.spark_jobs import weights
-from wenlv.spark_jobs.party import Party, normalised_phone
+from wenlv.spark_jobs.party import Party
 
 # The platform's topics about going out and travelling (its own taxonomy; the share of a
 # user's events on them is `travel_share`). Everything else counts as everyday browsing.
@@ -20,15 +20,15 @@ class InternetJob(Party):
     def __init__(self, spark, data_dir, out_dir, quarantine=False):
         super().__init__(spark, "internet", data_dir, out_dir, quarantine)
 
+    def consenting_accounts(self):
+        return self.read_raw(C.ACCOUNTS).filter(F.col("consent_ads"))
+
     def psi_phones(self):
-        return self.read_raw(C.ACCOUNTS).filter(F.col("consent_ads")).select("phone")
+        return self.consenting_accounts().select("phone")
 
     def account_tokens(self, matched):
-        alignment = self.spark.read.parquet(str(self.message_path("internet")))
-        accounts = self.read_raw(C.ACCOUNTS).filter(F.col("consent_ads")).select(
-            "account_id", normalised_phone("phone").alias("phone"))
-        return (accounts.join(matched.withColumnRenamed("token", "session_token"), "phone")
-                .join(alignment, "session_token").select("account_id", "token"))
+        """DataFrame[account_id, token]: consenting accounts the carrier matched, canonical tokens."""
+        return self.aligned_tokens(self.consenting_accounts(), "account_id", matched)
 
     def build_blocks(self, matched) -> dict:
         plan = self.read_plan()

@@ -78,6 +78,15 @@ class Party:
     def message_path(self, name: str) -> Path:
         return self.exchange / "align" / f"{name}.parquet"
 
+    def aligned_tokens(self, consenting, id_column: str, matched):
+        """DataFrame[id_column, token]: the rows of `consenting` (this party's rows that went into PSI)
+        whose phone PSI matched (`matched`: phone → session token), with the user token the carrier's
+        alignment message gives that session token (the canonical token of every block)."""
+        alignment = self.spark.read.parquet(str(self.message_path(self.name)))
+        rows = consenting.select(id_column, psi_exchange.normalised_phone("phone").alias("phone"))
+        return (rows.join(matched.withColumnRenamed("token", "session_token"), "phone")
+                .join(alignment, "session_token").select(id_column, "token"))
+
     # ---------------------------------------------------------------- blocks
     def write_block(self, table: Table, df) -> dict:
         """Write a block exactly as the contract declares it; its manifest entry."""

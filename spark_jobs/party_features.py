@@ -3,9 +3,11 @@
 A :class:`FeatureParty` is one organisation's side of the feature run, inside its own
 `wenlv party serve` process: its own Spark session, its own raw folder (``<raw>/<party>/``),
 its own feature folder (``<out>/``, where its blocks, its PSI messages and the manifest go).
-:func:`run_parties` is the coordinator: it calls the parties' steps in the order of
-spark_jobs.features_job (validate → plan → PSI request/respond/finish → align → blocks →
-manifest) and carries each message from the party that made it to the one it is for.
+:func:`run_parties` is the coordinator and the one declaration of the run's steps (validate →
+plan → PSI request/respond/finish → align → blocks → manifest): it calls the parties' steps
+and carries each message from the party that made it to the one it is for. The in-process
+run (spark_jobs.features_job) is the same coordinator over three local FeatureParty objects
+that share one Spark session and one folder (``shared_folder``).
 
 What crosses (the same messages as the in-process run's exchange folder, as arrays, never
 identifiers): the public split plan and PSI session ids; blinded points (32 bytes each) and
@@ -22,6 +24,7 @@ import logging
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -34,7 +37,6 @@ from wenlv.features import contracts
 from wenlv.privacy import psi
 from wenlv.spark_jobs import psi_exchange
 from wenlv.spark_jobs.carrier_job import INTERNET_SESSION, TOURISM_SESSION, CarrierJob
-from wenlv.spark_jobs.features_job import STEPS, at_once
 from wenlv.spark_jobs.internet_job import InternetJob
 from wenlv.spark_jobs.party import PLAN_FILE
 from wenlv.spark_jobs.session import get_spark
@@ -43,6 +45,7 @@ from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)
 
+STEPS = ("validate", "plan", "psi request", "psi respond", "psi finish", "align", "blocks", "manifest")  # run_parties'
 JOBS = {"tourism": TourismJob, "carrier": CarrierJob, "internet": InternetJob}
 SESSION_OF = {"tourism": TOURISM_SESSION, "internet": INTERNET_SESSION}  # the spokes' one session each
 OTHER = {TOURISM_SESSION: "tourism", INTERNET_SESSION: "internet"}  # the carrier's partner per session
@@ -87,10 +90,15 @@ class FeatureParty:
 
     METHODS = FEATURE_METHODS
 
-    def __init__(self, party: str, raw_dir: str | Path, out_dir: str | Path, master: str | None = None, spark=None):
+    def __init__(self, party: str, raw_dir: str | Path, out_dir: str | Path, master: str | None = None, spark=None,
+                 shared_folder: bool = False):
+        """`shared_folder`: the three parties write into one folder (the in-process run, whose folder is a
+        fresh staging one): a message another party sends is already where this party reads it, so
+        receiving writes nothing, and `begin` removes nothing (another party's output is not stale there)."""
         if party not in JOBS:
             raise WenlvError(f"unknown party {party!r}; known: {', '.join(JOBS)}")
         self.name, self.raw_dir, self.out_dir = party, Path(raw_dir), Path(out_dir)
+        self.shared_folder = shared_folder
         self.master, self.spark, self.job, self.matched = master, spark, None, {}
         if not (self.raw_dir / party).is_dir():
             raise WenlvError(f"{self.raw_dir / party} is missing: the {party} service reads <raw>/{party}/")
@@ -99,17 +107,21 @@ class FeatureParty:
     def begin(self, quarantine: bool = False) -> dict:
         """A fresh run: this party's earlier outputs of a feature run go, nothing else of the folder."""
         self._release()
+        if not self.shared_folder:
+            self._remove_earlier_run()
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.spark is None:
+            self.spark = get_spark(self.master, app_name=f"wenlv-{self.name}")
+        self.job = JOBS[self.name](self.spark, self.raw_dir, self.out_dir, quarantine)
+        return {"party": self.name}
+
+    def _remove_earlier_run(self) -> None:
         for folder in (self.out_dir / self.name, self.out_dir / "exchange", self.out_dir / "quarantine" / self.name):
             if folder.exists():
                 shutil.rmtree(folder)
         if self.name != "carrier" and (self.out_dir / contracts.USERS.party).exists():
             shutil.rmtree(self.out_dir / contracts.USERS.party)   # the user axis the carrier sent last time
         (self.out_dir / "manifest.json").unlink(missing_ok=True)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        if self.spark is None:
-            self.spark = get_spark(self.master, app_name=f"wenlv-{self.name}")
-        self.job = JOBS[self.name](self.spark, self.raw_dir, self.out_dir, quarantine)
-        return {"party": self.name}
 
     def _need_job(self):
         if self.job is None:
@@ -128,6 +140,8 @@ class FeatureParty:
         if set(plan) != {"split_date", "train_window", "test_window"}:
             raise WenlvError(f"a split plan has keys split_date, train_window, test_window; got {sorted(plan)}")
         exchange = self._need_job().exchange
+        if self.shared_folder:
+            return
         exchange.mkdir(parents=True, exist_ok=True)
         (exchange / PLAN_FILE).write_text(json.dumps(plan))
 
@@ -142,8 +156,9 @@ class FeatureParty:
         if session != SESSION_OF.get(self.name) or opened.get("session") != session:
             raise WenlvError(f"the {self.name} party takes no part in PSI session {session!r}")
         folder = psi_exchange.session_dir(self._need_job().exchange, session)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "session.json").write_text(json.dumps(opened))
+        if not self.shared_folder:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "session.json").write_text(json.dumps(opened))
         psi_exchange.read_session_id(self.job.exchange, session)  # the protocol must be ours
 
     # -------------------------------------------------------------- PSI
@@ -163,8 +178,9 @@ class FeatureParty:
         """Step 2: the other's request re-blinded with our secret, as {point, reblinded}."""
         job = self._partner_check(session, other)
         folder = psi_exchange.session_dir(job.exchange, session)
-        pq.write_table(pa.table({"point": _binary_column(_rows(points, psi.POINT_BYTES, "PSI request"))}),
-                       folder / f"{other}.request.parquet")
+        if not self.shared_folder:
+            pq.write_table(pa.table({"point": _binary_column(_rows(points, psi.POINT_BYTES, "PSI request"))}),
+                           folder / f"{other}.request.parquet")
         job.psi_respond(session, other)
         answer = pq.read_table(folder / f"{self.name}.response.parquet", columns=["point", "reblinded"])
         return {"point": _fixed(answer.column("point").to_pylist(), psi.POINT_BYTES),
@@ -174,9 +190,10 @@ class FeatureParty:
         """Step 3: our matched phones (kept here, persisted); the set sizes."""
         job = self._partner_check(session, other)
         folder = psi_exchange.session_dir(job.exchange, session)
-        pq.write_table(pa.table({"point": _binary_column(_rows(point, psi.POINT_BYTES, "PSI answer")),
-                                 "reblinded": _binary_column(_rows(reblinded, psi.POINT_BYTES, "PSI answer"))}),
-                       folder / f"{other}.response.parquet")
+        if not self.shared_folder:
+            pq.write_table(pa.table({"point": _binary_column(_rows(point, psi.POINT_BYTES, "PSI answer")),
+                                     "reblinded": _binary_column(_rows(reblinded, psi.POINT_BYTES, "PSI answer"))}),
+                           folder / f"{other}.response.parquet")
         self.matched[session] = job.psi_finish(session, other)
         state = job.psi[session]
         psi_exchange.release(state)
@@ -206,6 +223,8 @@ class FeatureParty:
 
     def receive_alignment(self, session_tokens, tokens) -> None:
         job = self._need_job()
+        if self.shared_folder:
+            return
         frame = pa.table({"session_token": _hex_rows(session_tokens, SESSION_TOKEN_BYTES, "alignment"),
                           "token": _hex_rows(tokens, TOKEN_BYTES, "alignment")})
         if frame.num_rows and len(set(frame.column("session_token").to_pylist())) != frame.num_rows:
@@ -217,6 +236,8 @@ class FeatureParty:
         """The carrier hears which user tokens have tourism history before the split."""
         self._only("carrier", "receive_history")
         path = self._need_job().message_path("tourism_history")
+        if self.shared_folder:
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table({"token": _hex_rows(tokens, TOKEN_BYTES, "tourism history")}), path)
 
@@ -240,6 +261,8 @@ class FeatureParty:
         """The shared user axis (the carrier's token list, no other column) for training."""
         if self.name == "carrier":
             raise WenlvError("the carrier holds the user list itself")
+        if self.shared_folder:
+            return   # the carrier's own users block is there (with more columns than the list)
         folder = self.out_dir / contracts.USERS.party
         folder.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table({"token": _hex_rows(tokens, TOKEN_BYTES, "user list")}),
@@ -247,7 +270,8 @@ class FeatureParty:
 
     def finish(self, manifest: dict) -> None:
         """The run's manifest beside this party's blocks; the run's Spark state released."""
-        (self.out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        if not self.shared_folder:
+            (self.out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
         self._release()
 
     # -------------------------------------------------------------- helpers
@@ -268,25 +292,26 @@ class FeatureParty:
 
 
 def run_parties(parties: dict, out_dir: str | Path, quarantine: bool = False, split_date: date | None = None,
-                progress: bool = True, stats: dict | None = None) -> dict:
+                progress: bool = True, stats: dict | None = None, desc: str = "features (parties)") -> dict:
     """The coordinator of a feature run over party handles ({name: FeatureParty or a remote one}).
 
-    Writes `<out>/manifest.json` (the coordinator holds no block) and returns the manifest,
-    the same keys as spark_jobs.features_job.run.
+    Writes `<out>/manifest.json` (over remote parties the coordinator holds no block) and returns
+    the manifest. `stats`, if given, receives seconds per step (STEPS) and PSI set sizes (for the
+    benchmark); `desc` names the run in the progress bar and the log.
     """
     missing = [p for p in contracts.PARTIES if p not in parties]
     if missing:
         raise WenlvError(f"a feature run needs all three parties; missing: {', '.join(missing)}")
     out_dir = Path(out_dir)
     t, c, i = parties["tourism"], parties["carrier"], parties["internet"]
-    bar = tqdm(total=len(STEPS), desc="features (parties)", unit="step", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=len(STEPS), desc=desc, unit="step", file=sys.stderr, disable=not progress)
     stats = {} if stats is None else stats
     seconds = stats.setdefault("seconds", {})
 
     def step(name, work):
         started = time.perf_counter()
         bar.set_postfix_str(name)
-        log.info("features over the parties: %s", name)
+        log.info("%s: %s", desc, name)
         result = work()
         seconds[name] = round(time.perf_counter() - started, 3)
         bar.update()
@@ -366,6 +391,19 @@ def run_parties(parties: dict, out_dir: str | Path, quarantine: bool = False, sp
     manifest = step("manifest", manifest_step)
     bar.close()
     return manifest
+
+
+def at_once(*calls):
+    """Run independent steps of different parties (or sessions) at the same time, as they would
+    run on the parties' own machines; their results in order, the first failure raised.
+
+    In the in-process run they share one Spark application: each party's jobs fill the cores another
+    party's leave idle (a job's last tasks, the driver's planning between jobs), which run one after
+    another would waste. Every party still reads only its own folder and the exchange files.
+    """
+    with ThreadPoolExecutor(len(calls), thread_name_prefix="wenlv-psi") as pool:
+        futures = [pool.submit(call) for call in calls]
+        return [future.result() for future in futures]
 
 
 class RemoteFeatureParty:

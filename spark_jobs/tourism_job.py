@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 
 from wenlv.features import contracts as C
 from wenlv.spark_jobs import weights
-from wenlv.spark_jobs.party import PLAN_FILE, Party, normalised_phone
+from wenlv.spark_jobs.party import PLAN_FILE, Party
 from wenlv.errors import WenlvError
 
 TEST_DAYS = 28  # default test window: the last 28 days of visits (the generator's Timeline does the same)
@@ -28,8 +28,11 @@ class TourismJob(Party):
     def __init__(self, spark, data_dir, out_dir, quarantine=False):
         super().__init__(spark, "tourism", data_dir, out_dir, quarantine)
 
+    def consenting_visitors(self):
+        return self.read_raw(C.VISITORS).filter(F.col("consent_marketing"))
+
     def psi_phones(self):
-        return self.read_raw(C.VISITORS).filter(F.col("consent_marketing")).select("phone")
+        return self.consenting_visitors().select("phone")
 
     def publish_plan(self, split_date: date | None = None) -> dict:
         """Fix the split: default = last visit date − 27 days, so the test window is the last 28 days."""
@@ -51,11 +54,7 @@ class TourismJob(Party):
 
     def visitor_tokens(self, matched):
         """DataFrame[visitor_id, token]: consenting visitors the carrier matched, canonical tokens."""
-        alignment = self.spark.read.parquet(str(self.message_path("tourism")))
-        visitors = self.read_raw(C.VISITORS).filter(F.col("consent_marketing")).select(
-            "visitor_id", normalised_phone("phone").alias("phone"))
-        return (visitors.join(matched.withColumnRenamed("token", "session_token"), "phone")
-                .join(alignment, "session_token").select("visitor_id", "token"))
+        return self.aligned_tokens(self.consenting_visitors(), "visitor_id", matched)
 
     def build_blocks(self, matched) -> dict:
         plan = self.read_plan()

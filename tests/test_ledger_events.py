@@ -2,15 +2,14 @@
 from __future__ import annotations
 
 import threading
-import uuid
 from datetime import date, datetime, timezone
 
 import pytest
-from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy import func, insert, select
 
-from wenlv.db import engine as db_engine
 from wenlv.db.schema import campaigns, events
 from wenlv.ledger.events import BatchTooLarge, record_events
+from tests.support.campaign_db import DATABASES, database_engine
 
 TOKEN = "ab" * 32
 
@@ -22,26 +21,10 @@ def _event(i, **over):
     return e
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=DATABASES)
 def engine(request, tmp_path):
-    if request.param == "sqlite":
-        engine = db_engine.make_engine(f"sqlite:///{tmp_path / 'ledger.sqlite'}")
-        db_engine.migrate(engine)
+    with database_engine(request, tmp_path / "ledger.sqlite", prefix="wenlv_ev") as engine:
         yield engine
-        engine.dispose()
-        return
-    url = request.getfixturevalue("postgres_url")
-    schema = f"wenlv_ev_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(db_engine.normalise_url(url))
-    with admin.begin() as c:
-        c.execute(text(f"CREATE SCHEMA {schema}"))
-    engine = db_engine.make_engine(url, connect_args={"options": f"-csearch_path={schema}"})
-    db_engine.migrate(engine)
-    yield engine
-    engine.dispose()
-    with admin.begin() as c:
-        c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 def _count(engine) -> int:

@@ -8,14 +8,11 @@ import re
 
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 
 from wenlv.marketing import audience, export, targets
 from wenlv.marketing import campaigns as store
-from wenlv.serving.app import create_app
-from wenlv.serving.auth import KeyStore
-from wenlv.serving.state import ServingState
-from tests.support.campaign_db import postgres_engine, sqlite_engine
+from tests.support.campaign_api import auth, campaign_app
+from tests.support.campaign_db import DATABASES
 from tests.test_marketing_audience import make_candidates
 
 PHONE_LIKE = re.compile(r"^\+?(?:86)?1\d{10}$")
@@ -25,25 +22,10 @@ BODY = {"name": "west lake winter", "target_kind": "destination", "channel": "sm
 SECRET = b"test-export-secret"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=DATABASES)
 def app(request, tmp_path, monkeypatch):
-    monkeypatch.setenv("WENLV_EXPORT_SECRET", SECRET.decode())
-    from wenlv.settings import reset_settings
-
-    reset_settings()
-    ctx = (sqlite_engine(tmp_path / "api.sqlite") if request.param == "sqlite"
-           else postgres_engine(request.getfixturevalue("postgres_url")))
-    with ctx as engine:
-        keys = KeyStore(tmp_path / "keys.sqlite", pepper=b"p")
-        key = {(role, tenant): keys.create(role, tenant) for role in ("visitor-app", "marketer", "analyst", "admin")
-               for tenant in ("hz", "sx")}
-        client = TestClient(create_app(ServingState(), keys, db=engine))
-        yield client, key, engine
-    reset_settings()
-
-
-def auth(key: str) -> dict:
-    return {"Authorization": f"Bearer {key}"}
+    with campaign_app(request, tmp_path, monkeypatch, {"WENLV_EXPORT_SECRET": SECRET.decode()}) as made:
+        yield made
 
 
 def ready_campaign(client, key, engine, tenant="hz", min_size=50):

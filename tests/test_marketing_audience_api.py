@@ -5,18 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from fastapi.testclient import TestClient
 from sqlalchemy import update
 
 from wenlv.bench.serving_fixtures import synthetic_bundle
 from wenlv.db.schema import audience_members
 from wenlv.marketing import audience, served, targets
 from wenlv.marketing import campaigns as store
-from wenlv.serving.app import create_app
-from wenlv.serving.auth import KeyStore
 from wenlv.serving.model import ServingModel
 from wenlv.serving.state import ServingState
-from tests.support.campaign_db import postgres_engine, sqlite_engine
+from tests.support.campaign_api import TENANTS, auth, campaign_app
+from tests.support.campaign_db import DATABASES
 from tests.test_marketing_audience import tokens
 
 BASE = {"name": "autumn", "channel": "sms", "audience_size": 120, "holdout_fraction": 0.2,
@@ -47,31 +45,16 @@ def served_inputs(tmp_path_factory):
     return bundle, root, sharing, destination, cities
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+@pytest.fixture(params=DATABASES)
 def app(request, tmp_path, monkeypatch, served_inputs):
     bundle, root, _, _, _ = served_inputs
-    monkeypatch.setenv("WENLV_CAMPAIGN_FEATURES", str(root / "features"))
-    monkeypatch.setenv("WENLV_CAMPAIGN_SCORES", str(root / "scores.parquet"))
-    monkeypatch.setenv("WENLV_EXPORT_SECRET", "s")
-    from wenlv.settings import reset_settings
-
-    reset_settings()
-    ctx = (sqlite_engine(tmp_path / "api.sqlite") if request.param == "sqlite"
-           else postgres_engine(request.getfixturevalue("postgres_url")))
-    with ctx as engine:
-        keys = KeyStore(tmp_path / "keys.sqlite", pepper=b"p")
-        key = {(role, tenant): keys.create(role, tenant) for role in ("visitor-app", "marketer", "analyst", "admin")
-               for tenant in ("hz", "sx")}
-        state = ServingState(model=ServingModel(bundle, "4", None, index_cache=None))
-        client = TestClient(create_app(state, keys, db=engine))
-        for tenant in ("hz", "sx"):
+    env = {"WENLV_CAMPAIGN_FEATURES": str(root / "features"), "WENLV_CAMPAIGN_SCORES": str(root / "scores.parquet"),
+           "WENLV_EXPORT_SECRET": "s"}
+    state = ServingState(model=ServingModel(bundle, "4", None, index_cache=None))
+    with campaign_app(request, tmp_path, monkeypatch, env, state) as (client, key, engine):
+        for tenant in TENANTS:
             store.set_min_audience_size(engine, tenant, 50)
         yield client, key, engine, state
-    reset_settings()
-
-
-def auth(key: str) -> dict:
-    return {"Authorization": f"Bearer {key}"}
 
 
 def create(client, key, role="marketer", tenant="hz", **over) -> dict:

@@ -212,7 +212,7 @@ def test_a_session_of_another_protocol_version_is_refused(tmp_path):
 def test_at_once_keeps_order_and_raises_the_first_failure():
     import threading
 
-    from wenlv.spark_jobs.features_job import at_once
+    from wenlv.spark_jobs.party_features import at_once
 
     barrier = threading.Barrier(3, timeout=10)  # passes only if all three run at the same time
     assert at_once(*[(lambda i=i: (barrier.wait(), i)[1]) for i in range(3)]) == [0, 1, 2]

@@ -11,6 +11,19 @@ from wenlv.bench.flickr.learners import ENSEMBLE, GRID, POIRANK, FitCache, ensem
 from wenlv.bench.flickr.metrics import f1
 
 
+def _fold_f1(data: CityData, items: list, folds: int, fit) -> float:
+    """Mean F1 over `folds` folds of `items` [(trajectory id, _example output)]: `fit(training
+    groups)` gives a scorer of a held-out query's feature rows."""
+    f1s = []
+    for f in range(folds):
+        score = fit([x[:2] for i, (_, x) in enumerate(items) if i % folds != f])
+        for i, (t, x) in enumerate(items):
+            if i % folds == f:
+                tr = data.trajs[t]
+                f1s.append(f1(tr, [tr[0]] + _top(data, t, x[2], score(x[0])) + [tr[-1]]))
+    return float(np.mean(f1s))
+
+
 def choose_model(data: CityData, featurize: Featurizer, short_ids: list[int], tune_ids: list[int],
                  folds: int = 5) -> tuple[tuple[str, float], dict]:
     """Pick the model choice with the best 5-fold F1 on the tuning queries only.
@@ -24,14 +37,8 @@ def choose_model(data: CityData, featurize: Featurizer, short_ids: list[int], tu
         return GRID[0], {}
     scores = {}
     for choice in GRID:
-        f1s = []
-        for f in range(folds):
-            model = fit_model(choice, [x[:2] for i, (_, x) in enumerate(items) if i % folds != f])
-            for i, (t, x) in enumerate(items):
-                if i % folds == f:
-                    tr = data.trajs[t]
-                    f1s.append(f1(tr, [tr[0]] + _top(data, t, x[2], model.decision_function(x[0])) + [tr[-1]]))
-        scores[f"{choice[0]}:{choice[1]:g}"] = float(np.mean(f1s))
+        scores[f"{choice[0]}:{choice[1]:g}"] = _fold_f1(
+            data, items, folds, lambda train, c=choice: fit_model(c, train).decision_function)
     best = max(GRID, key=lambda c: scores[f"{c[0]}:{c[1]:g}"])
     return best, scores
 
@@ -61,16 +68,7 @@ def pick_scorer(data: CityData, items: list, folds: int = 5) -> tuple[str, dict]
     each scorer is fitted once per fold."""
     if len(items) < 2 * folds:
         return "ours", {}
-    scores = {}
-    for name in CV_SCORERS:
-        f1s = []
-        for f in range(folds):
-            score = cv_scorer(name, [x[:2] for i, (_, x) in enumerate(items) if i % folds != f])
-            for i, (t, x) in enumerate(items):
-                if i % folds == f:
-                    tr = data.trajs[t]
-                    f1s.append(f1(tr, [tr[0]] + _top(data, t, x[2], score(x[0])) + [tr[-1]]))
-        scores[name] = float(np.mean(f1s))
+    scores = {name: _fold_f1(data, items, folds, lambda train, n=name: cv_scorer(n, train)) for name in CV_SCORERS}
     return max(scores, key=scores.get), scores  # a tie keeps the earlier ("ours" first)
 
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 import uuid
 from contextlib import contextmanager
 
+import pytest
 from sqlalchemy import create_engine, text
 
 from wenlv.db import engine as db_engine
+
+DATABASES = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]  # a fixture's params: every test on both
 
 
 @contextmanager
@@ -34,3 +37,10 @@ def postgres_engine(url: str, prefix: str = "wenlv_mkt"):
         with admin.begin() as c:
             c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+def database_engine(request, sqlite_path, prefix: str = "wenlv_mkt"):
+    """The engine of the database `request.param` names (one of DATABASES), as a context manager."""
+    if request.param == "sqlite":
+        return sqlite_engine(sqlite_path)
+    return postgres_engine(request.getfixturevalue("postgres_url"), prefix)
