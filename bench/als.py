@@ -44,6 +44,20 @@ SHARE_WITH = {"tourism": 0.6, "carrier": 0.95, "internet": 0.75}
 TEST_DRAWS = 2  # fresh POI draws per tourist in the test window (those already visited are dropped)
 
 
+def visit_counts(conf: sp.csr_matrix) -> sp.csr_matrix:
+    """Visit counts back from the generator's confidences (inverse of `confidence`)."""
+    counts = sp.csr_matrix(conf, dtype=np.float64, copy=True)
+    counts.data = np.rint(np.expm1((counts.data - 1.0) / 2.0))
+    return counts
+
+
+def confidence(counts: sp.csr_matrix, dtype=np.float32) -> sp.csr_matrix:
+    """The generator's confidence of visit counts: 1 + 2·log1p(count)."""
+    m = sp.csr_matrix(counts, dtype=np.float64, copy=True)
+    m.data = 1.0 + 2.0 * np.log1p(m.data)
+    return m.astype(dtype)
+
+
 def synthesize(users: int, pois: int, areas: int, topics: int, themes: int = 12, seed: int = 0):
     """Three aligned implicit blocks drawn from one latent population, and held-out POI visits.
 
@@ -77,8 +91,7 @@ def synthesize(users: int, pois: int, areas: int, topics: int, themes: int = 12,
         items = draw(item_theme, user_ids)
         m = sp.csr_matrix((np.ones(len(items), np.float32), (user_ids, items)), shape=(users, n_items))
         m.sum_duplicates()
-        m.data = (1.0 + 2.0 * np.log1p(m.data)).astype(np.float32)
-        return m, members, item_theme
+        return confidence(m), members, item_theme
 
     blocks = {}
     blocks["tourism"], visitors, poi_theme = block("tourism", pois)

@@ -96,20 +96,6 @@ def flickr_dataset(city: str, source: Path, fraction: float = 0.2):
                    extra_validation=(window(fit2, val2),))
 
 
-def visit_counts(confidence: sp.csr_matrix) -> sp.csr_matrix:
-    """Visit counts back from the synthetic generator's confidences (c = 1 + 2·log1p(count))."""
-    counts = sp.csr_matrix(confidence, dtype=np.float64, copy=True)
-    counts.data = np.rint(np.expm1((counts.data - 1.0) / 2.0))
-    return counts
-
-
-def confidence(counts: sp.csr_matrix, dtype=np.float32) -> sp.csr_matrix:
-    """The generator's confidence of visit counts (inverse of visit_counts)."""
-    m = sp.csr_matrix(counts, dtype=np.float64, copy=True)
-    m.data = 1.0 + 2.0 * np.log1p(m.data)
-    return m.astype(dtype)
-
-
 def hold_out_visits(counts: sp.csr_matrix, users: np.ndarray, draws: int, rng) -> tuple[sp.csr_matrix, sp.csr_matrix]:
     """Hold out visits of `users` the way the synthetic test window arises → (kept counts, truth).
 
@@ -143,7 +129,7 @@ def hold_out_visits(counts: sp.csr_matrix, users: np.ndarray, draws: int, rng) -
 
 def small_dataset(seed: int = 0):
     """`bench als`'s `small` data; validation held out from training as its test window arises."""
-    from wenlv.bench.als import SCALES, TEST_DRAWS, synthesize
+    from wenlv.bench.als import SCALES, TEST_DRAWS, confidence, synthesize, visit_counts
     from wenlv.training.model_selection import Dataset, Window
 
     blocks, test = synthesize(**SCALES["small"], seed=seed)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from wenlv.bench.als import synthesize
-from wenlv.bench.quality import confidence, hold_out_visits, visit_counts
+from wenlv.bench.als import confidence, synthesize, visit_counts
+from wenlv.bench.quality import hold_out_visits
 from wenlv.training import recommenders, user_metrics
 
 
