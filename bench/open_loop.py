@@ -21,15 +21,16 @@ import uvloop  # uvicorn[standard]'s loop (the server's too): less timing jitter
 KINDS = ("impression", "click", "booking", "visit")
 
 
-def event_batch(nonce: str, n: int, batch: int) -> bytes:
-    """Request n's body: `batch` events with ids unique to (nonce, n, position), the same shape as wrk's script."""
+def event_batch(nonce: str, n: int, batch: int, lists: int = 1000) -> bytes:
+    """Request n's body: `batch` events with ids unique to (nonce, n, position), the same shape as wrk's script
+    (recommendation ids cycle through `lists` served lists)."""
     parts = []
     for j in range(1, batch + 1):
         kind = KINDS[j % 4]
         amount = ',"amount_cny":"88.50"' if kind in ("booking", "visit") else ""
         parts.append(f'{{"event_id":"{nonce}-{n}-{j}","kind":"{kind}","token":"{0:08x}{(n * batch + j) % 100000:024x}",'
                      f'"poi_id":"P{j}"{amount},"occurred_at":"2026-05-01T10:00:00+08:00",'
-                     f'"recommendation_id":"{n:032x}"}}')
+                     f'"recommendation_id":"{n % lists:032x}"}}')
     return ('{"events":[' + ",".join(parts) + "]}").encode()
 
 
@@ -75,8 +76,8 @@ async def _run(host: str, port: int, key: str, bodies: list[bytes], rate: float,
             "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n")
     requests = [head.format(len(body)).encode() + body for body in bodies]  # built before the clock starts
     latency, service, lag = [], [], []
-    counts = {"acknowledged": 0, "acknowledged_duplicates": 0, "batches_with_rejections": 0, "non_200": 0,
-              "socket_errors": 0}
+    counts = {"acknowledged": 0, "acknowledged_duplicates": 0, "batches_with_rejections": 0, "flagged": 0,
+              "non_200": 0, "socket_errors": 0}
     pool = _Connections(host, port, connections)
 
     async def send(request: bytes, due: float) -> None:
@@ -101,6 +102,7 @@ async def _run(host: str, port: int, key: str, bodies: list[bytes], rate: float,
         counts["acknowledged"] += answer["accepted"]
         counts["acknowledged_duplicates"] += answer["duplicates"]
         counts["batches_with_rejections"] += bool(answer["rejected"])
+        counts["flagged"] += len(answer.get("flagged", ()))
         latency.append(done - due)
         service.append(done - sent)
 
@@ -124,9 +126,9 @@ async def _run(host: str, port: int, key: str, bodies: list[bytes], rate: float,
 
 
 def fixed_rate(base: str, key: str, nonce: str, batch: int, rate: float, duration: float, connections: int = 32,
-               timeout_s: float = 10.0) -> dict:
+               timeout_s: float = 10.0, lists: int = 1000) -> dict:
     """POST `rate` batches a second for `duration` seconds; latencies from each request's due time."""
-    bodies = [event_batch(nonce, n, batch) for n in range(int(rate * duration))]
+    bodies = [event_batch(nonce, n, batch, lists) for n in range(int(rate * duration))]
     url = httpx.URL(base)
     started = time.perf_counter()
     result = uvloop.run(_run(url.host, url.port or 80, key, bodies, rate, connections, timeout_s))
