@@ -5,8 +5,9 @@ so a slow server is offered less load and its queueing never shows in the latenc
 (coordinated omission). Here request i is due at start + i / rate and is sent then on a free
 connection (a new one if all are busy, up to `connections`); its latency is measured from
 when it was *due*, so time spent waiting behind a slow answer counts, as wrk2 does. At the
-rates this measures (~100 requests/s) one asyncio loop is far from its own limit; `send_lag`
-(sent minus due) in the result shows it did not fall behind.
+rates this measures (~100 requests/s) one asyncio loop is far from its own limit. `send_lag`
+(sent minus due) is the wait for a free connection plus the generator's own delay: a few ms
+while the server keeps up, growing when all `connections` are busy (the server fell behind).
 """
 from __future__ import annotations
 
@@ -48,7 +49,11 @@ class _Connections:
     async def take(self):
         if self.idle.empty() and self.opened < self.limit:
             self.opened += 1
-            return await asyncio.open_connection(self.host, self.port)
+            try:
+                return await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                self.opened -= 1
+                raise
         return await self.idle.get()
 
     def give_back(self, connection) -> None:
@@ -66,7 +71,9 @@ async def _post(connection, request: bytes) -> tuple[int, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
-    length = next(int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:"))
+    length = next((int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:")), None)
+    if length is None:
+        raise ValueError(f"an answer without Content-Length: {lines[0]}")
     return status, await reader.readexactly(length)
 
 
@@ -87,7 +94,7 @@ async def _run(host: str, port: int, key: str, bodies: list[bytes], rate: float,
             sent = time.perf_counter()
             lag.append(sent - due)
             status, body = await asyncio.wait_for(_post(connection, request), timeout_s)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, StopIteration):
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
             counts["socket_errors"] += 1
             if connection is not None:
                 connection[1].close()
