@@ -200,14 +200,14 @@ def _events(plt, result: dict):
     targets = [t for t in ("postgresql", "sqlite") if t in result]
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     peers = [result[t].get("pgbench_rows_per_s") or result[t].get("direct_rows_per_s") or 0 for t in targets]
-    _bars(axes[0], targets, {"POST /v1/events (HTTP, acknowledged)": [result[t]["events_per_s"] for t in targets],
+    _bars(axes[0], targets, {"POST /v1/events at saturation (HTTP, acknowledged)": [result[t]["events_per_s"] for t in targets],
                              "peer: pgbench / one in-process thread": peers},
-          "events per second", "Ledger events in batches of 100 vs the database's own rate")
+          "events per second", "Events in batches of 100 vs the database")
     offered = result[targets[0]].get("fixed_rate", {}).get("offered_events_per_s") if targets else None
-    at = f" at {offered:,} events/s offered" if offered else ""
+    at = f"\nat {offered:,} events/s offered" if offered else ""
     _bars(axes[1], targets, {"p50": [result[t]["p50_ms"] for t in targets],
                              "p99": [result[t]["p99_ms"] for t in targets]},
-          "acknowledgement latency, ms", f"Answered once committed (durable){at}")
+          "acknowledgement latency, ms", f"Answered once durable{at}")
     return fig
 
 

@@ -42,6 +42,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from wenlv.bench.open_loop import fixed_rate
 
+SERVED_LISTS = 1000  # events name one of these recommendation ids, seeded as served lists (known, not flagged)
 GOALS = {"postgresql_events_per_s": 10_000, "p99_ms": 50.0, "batch": 100,
          "p99_ms_phase": "fixed_rate (10,000 events/s offered, open loop)"}
 PG_URL = "postgresql://postgres@127.0.0.1:5432/test"
@@ -115,6 +116,7 @@ local counter = 0
 local nonce = "%(nonce)s"
 local batch = %(batch)d
 local kinds = {"impression", "click", "booking", "visit"}
+local LISTS = %(lists)d
 
 function setup(thread)
   thread:set("tid", #threads)
@@ -122,7 +124,7 @@ function setup(thread)
 end
 
 function init(args)
-  acked, dups, rejected, bad_status = 0, 0, 0, 0
+  acked, dups, rejected, flagged, bad_status = 0, 0, 0, 0, 0
   wrk.headers["Content-Type"] = "application/json"  -- beside -H Authorization (a headers table would replace both)
 end
 
@@ -136,7 +138,7 @@ function request()
     parts[j] = string.format(
       '{"event_id":"%%s-%%d-%%d-%%d","kind":"%%s","token":"%%08x%%024x","poi_id":"P%%d"%%s,' ..
       '"occurred_at":"2026-05-01T10:00:00+08:00","recommendation_id":"%%032x"}',
-      nonce, tid, counter, j, kind, tid, (counter * batch + j) %% 100000, j, amount, counter)
+      nonce, tid, counter, j, kind, tid, (counter * batch + j) %% 100000, j, amount, counter %% LISTS)
   end
   return wrk.format("POST", "/v1/events", nil, '{"events":[' .. table.concat(parts, ",") .. ']}')
 end
@@ -146,22 +148,24 @@ function response(status, headers, body)
     acked = acked + tonumber(body:match('"accepted":(%%d+)'))
     dups = dups + tonumber(body:match('"duplicates":(%%d+)'))
     if not body:find('"rejected":%%[%%]') then rejected = rejected + 1 end
+    if not body:find('"flagged":%%[%%]') then flagged = flagged + 1 end
   else
     bad_status = bad_status + 1
   end
 end
 
 function done(summary, latency, requests)
-  local a, d, r, b = 0, 0, 0, 0
+  local a, d, r, f, b = 0, 0, 0, 0, 0
   for _, t in ipairs(threads) do
     a = a + t:get("acked"); d = d + t:get("dups"); r = r + t:get("rejected"); b = b + t:get("bad_status")
+    f = f + t:get("flagged")
   end
   local e = summary.errors
   io.write(string.format('WRKJSON {"requests": %%d, "duration_s": %%.3f, "p50_ms": %%.3f, "p90_ms": %%.3f, ' ..
     '"p99_ms": %%.3f, "max_ms": %%.3f, "acknowledged": %%d, "acknowledged_duplicates": %%d, ' ..
-    '"batches_with_rejections": %%d, "non_200": %%d, "socket_errors": %%d}\n',
+    '"batches_with_rejections": %%d, "batches_with_flags": %%d, "non_200": %%d, "socket_errors": %%d}\n',
     summary.requests, summary.duration / 1e6, latency:percentile(50) / 1000, latency:percentile(90) / 1000,
-    latency:percentile(99) / 1000, latency.max / 1000, a, d, r, b, e.connect + e.read + e.write + e.timeout))
+    latency:percentile(99) / 1000, latency.max / 1000, a, d, r, f, b, e.connect + e.read + e.write + e.timeout))
 end
 """
 
@@ -169,7 +173,7 @@ end
 def wrk_run(base: str, key: str, nonce: str, batch: int, duration: int, connections: int) -> dict:
     """One wrk run; its counts of acknowledged events come from the answers themselves."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_LUA % {"nonce": nonce, "batch": batch})
+        f.write(WRK_LUA % {"nonce": nonce, "batch": batch, "lists": SERVED_LISTS})
         script = f.name
     try:
         out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "10s", "-s", script,
@@ -208,7 +212,8 @@ PGBENCH_SQL = """INSERT INTO events_pgbench (tenant, event_id, kind, token, poi_
 SELECT 'bench', md5(random()::text || clock_timestamp()::text || g), 'booking', md5(g::text), 'P' || g, 88.50,
   '2026-05-01T02:00:00Z', md5((g + 1)::text), NULL, now()
 FROM generate_series(1, %d) g
-ON CONFLICT DO NOTHING RETURNING event_id;
+ON CONFLICT DO NOTHING RETURNING event_id, recommendation_id IS NULL OR EXISTS (SELECT 1 FROM served_lists s
+  WHERE s.recommendation_id = events_pgbench.recommendation_id AND s.tenant = events_pgbench.tenant);
 """
 
 
@@ -245,7 +250,7 @@ def direct_rows_per_s(engine, batch: int, duration: float) -> float:
     while time.perf_counter() - started < duration:
         rows = [{"event_id": f"direct-{nonce}-{n + j}", "kind": "booking", "token": f"{(n + j) % 100000:032x}",
                  "poi_id": "P1", "amount_cny": "88.50", "occurred_at": "2026-05-01T10:00:00+08:00",
-                 "recommendation_id": f"{n:032x}"} for j in range(batch)]
+                 "recommendation_id": f"d{n % SERVED_LISTS:031x}"} for j in range(batch)]
         record_events(engine, "direct-peer", rows, max_batch=batch)
         n += batch
     return round(n / (time.perf_counter() - started), 1)
@@ -257,6 +262,18 @@ def _psycopg(url: str) -> str:
     from wenlv.db.engine import normalise_url
 
     return normalise_url(url)
+
+
+def seed_served_lists(engine) -> None:
+    """The lists the load's events name (`SERVED_LISTS` per tenant), as the serving process would have recorded them."""
+    from wenlv.db.schema import served_lists
+
+    at = datetime(2026, 5, 1, tzinfo=timezone.utc)
+    rows = [{"recommendation_id": f"{prefix}{i:0{32 - len(prefix)}x}", "tenant": tenant, "token": f"{i:032x}",
+             "model_version": "bench", "arm": "treatment", "poi_ids": ["P1"], "served_at": at}
+            for tenant, prefix in ((TENANT, ""), ("direct-peer", "d")) for i in range(SERVED_LISTS)]
+    with engine.begin() as c:
+        c.execute(served_lists.insert(), rows)
 
 
 def phase_counts(engine, nonce: str, phase: dict) -> dict:
@@ -293,6 +310,7 @@ def measure(kind: str, url: str, work: Path, *, batch: int, duration: int, worke
 
     engine = make_engine(url)
     migrate(engine)
+    seed_served_lists(engine)
     keys_path = work / f"keys-{kind}.sqlite"
     key = KeyStore(keys_path).create("visitor-app", TENANT)
     env = {**os.environ, "WENLV_API_KEYS": str(keys_path), "OPENBLAS_NUM_THREADS": "1",
@@ -309,7 +327,7 @@ def measure(kind: str, url: str, work: Path, *, batch: int, duration: int, worke
     try:
         phases = {"warm": wrk_run(base, key, nonces["warm"], batch, 2, connections)}  # every worker's pool filled
         phases["fixed_rate"] = _cpu_measured(server, lambda: fixed_rate(
-            base, key, nonces["fixed"], batch, rate / batch, duration))
+            base, key, nonces["fixed"], batch, rate / batch, duration, lists=SERVED_LISTS))
         phases["saturation"] = _cpu_measured(server, lambda: wrk_run(
             base, key, nonces["saturation"], batch, duration, connections))
     finally:

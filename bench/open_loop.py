@@ -5,8 +5,9 @@ so a slow server is offered less load and its queueing never shows in the latenc
 (coordinated omission). Here request i is due at start + i / rate and is sent then on a free
 connection (a new one if all are busy, up to `connections`); its latency is measured from
 when it was *due*, so time spent waiting behind a slow answer counts, as wrk2 does. At the
-rates this measures (~100 requests/s) one asyncio loop is far from its own limit; `send_lag`
-(sent minus due) in the result shows it did not fall behind.
+rates this measures (~100 requests/s) one asyncio loop is far from its own limit. `send_lag`
+(sent minus due) is the wait for a free connection plus the generator's own delay: a few ms
+while the server keeps up, growing when all `connections` are busy (the server fell behind).
 """
 from __future__ import annotations
 
@@ -21,15 +22,16 @@ import uvloop  # uvicorn[standard]'s loop (the server's too): less timing jitter
 KINDS = ("impression", "click", "booking", "visit")
 
 
-def event_batch(nonce: str, n: int, batch: int) -> bytes:
-    """Request n's body: `batch` events with ids unique to (nonce, n, position), the same shape as wrk's script."""
+def event_batch(nonce: str, n: int, batch: int, lists: int = 1000) -> bytes:
+    """Request n's body: `batch` events with ids unique to (nonce, n, position), the same shape as wrk's script
+    (recommendation ids cycle through `lists` served lists)."""
     parts = []
     for j in range(1, batch + 1):
         kind = KINDS[j % 4]
         amount = ',"amount_cny":"88.50"' if kind in ("booking", "visit") else ""
         parts.append(f'{{"event_id":"{nonce}-{n}-{j}","kind":"{kind}","token":"{0:08x}{(n * batch + j) % 100000:024x}",'
                      f'"poi_id":"P{j}"{amount},"occurred_at":"2026-05-01T10:00:00+08:00",'
-                     f'"recommendation_id":"{n:032x}"}}')
+                     f'"recommendation_id":"{n % lists:032x}"}}')
     return ('{"events":[' + ",".join(parts) + "]}").encode()
 
 
@@ -47,7 +49,11 @@ class _Connections:
     async def take(self):
         if self.idle.empty() and self.opened < self.limit:
             self.opened += 1
-            return await asyncio.open_connection(self.host, self.port)
+            try:
+                return await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                self.opened -= 1
+                raise
         return await self.idle.get()
 
     def give_back(self, connection) -> None:
@@ -65,7 +71,9 @@ async def _post(connection, request: bytes) -> tuple[int, bytes]:
     head = await reader.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split(" ", 2)[1])
-    length = next(int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:"))
+    length = next((int(line.split(":", 1)[1]) for line in lines[1:] if line.lower().startswith("content-length:")), None)
+    if length is None:
+        raise ValueError(f"an answer without Content-Length: {lines[0]}")
     return status, await reader.readexactly(length)
 
 
@@ -75,8 +83,8 @@ async def _run(host: str, port: int, key: str, bodies: list[bytes], rate: float,
             "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n")
     requests = [head.format(len(body)).encode() + body for body in bodies]  # built before the clock starts
     latency, service, lag = [], [], []
-    counts = {"acknowledged": 0, "acknowledged_duplicates": 0, "batches_with_rejections": 0, "non_200": 0,
-              "socket_errors": 0}
+    counts = {"acknowledged": 0, "acknowledged_duplicates": 0, "batches_with_rejections": 0, "flagged": 0,
+              "non_200": 0, "socket_errors": 0}
     pool = _Connections(host, port, connections)
 
     async def send(request: bytes, due: float) -> None:
@@ -86,7 +94,7 @@ async def _run(host: str, port: int, key: str, bodies: list[bytes], rate: float,
             sent = time.perf_counter()
             lag.append(sent - due)
             status, body = await asyncio.wait_for(_post(connection, request), timeout_s)
-        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError, StopIteration):
+        except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
             counts["socket_errors"] += 1
             if connection is not None:
                 connection[1].close()
@@ -101,6 +109,7 @@ async def _run(host: str, port: int, key: str, bodies: list[bytes], rate: float,
         counts["acknowledged"] += answer["accepted"]
         counts["acknowledged_duplicates"] += answer["duplicates"]
         counts["batches_with_rejections"] += bool(answer["rejected"])
+        counts["flagged"] += len(answer.get("flagged", ()))
         latency.append(done - due)
         service.append(done - sent)
 
@@ -124,9 +133,9 @@ async def _run(host: str, port: int, key: str, bodies: list[bytes], rate: float,
 
 
 def fixed_rate(base: str, key: str, nonce: str, batch: int, rate: float, duration: float, connections: int = 32,
-               timeout_s: float = 10.0) -> dict:
+               timeout_s: float = 10.0, lists: int = 1000) -> dict:
     """POST `rate` batches a second for `duration` seconds; latencies from each request's due time."""
-    bodies = [event_batch(nonce, n, batch) for n in range(int(rate * duration))]
+    bodies = [event_batch(nonce, n, batch, lists) for n in range(int(rate * duration))]
     url = httpx.URL(base)
     started = time.perf_counter()
     result = uvloop.run(_run(url.host, url.port or 80, key, bodies, rate, connections, timeout_s))

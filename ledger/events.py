@@ -6,6 +6,14 @@ transaction, RETURNING the ids actually inserted, so a retried or interleaved ba
 each `event_id` once and the caller learns which were duplicates. The function returns
 only after the commit (SQLite runs with synchronous=FULL, see wenlv.db.engine), so an
 acknowledgement means durable.
+
+A `recommendation_id` the tenant's served lists do not hold is stored and flagged, not
+rejected: a booking is a fact the books must hold whether or not its exposure can be proven
+(rejecting it would understate revenue), the list may not be recorded yet (the serving
+process writes served lists asynchronously) or may have been dropped under pressure, and
+attribution joins at query time, so the event is credited to a model only once, and if, its
+list is in the ledger. The flag tells the sender which events are, for now, unattributed;
+another tenant's list id is flagged exactly like an unknown one.
 """
 from __future__ import annotations
 
@@ -20,10 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.dialects import sqlite
 
-from wenlv.db.schema import EVENT_KINDS, campaigns, events
+from wenlv.db.schema import EVENT_KINDS, campaigns, events, served_lists
 from wenlv.privacy.tokens import PSI_TOKEN_RE as TOKEN_RE
 PRINTABLE = r"^[^\x00-\x1f\x7f]*$"  # no control characters (PostgreSQL refuses NUL in text outright)
 MAX_BATCH = 1000  # library callers' limit (the simulator); the API passes WENLV_EVENTS_MAX_BATCH
+UNKNOWN_LIST = ("recommendation_id: no list served to this tenant under this id; stored, credited to a model "
+                "only once the list is in the ledger")
 
 
 class Event(BaseModel):
@@ -80,10 +90,12 @@ class BatchResult:
     accepted: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
     rejected: list[tuple[int, str | None, str]] = field(default_factory=list)  # (index, event_id, reason)
+    flagged: list[tuple[int, str, str]] = field(default_factory=list)  # stored now, but (index, event_id, why)
 
     def as_dict(self) -> dict:
         return {"accepted": len(self.accepted), "duplicates": len(self.duplicates),
-                "rejected": [{"index": i, "event_id": eid, "reason": why} for i, eid, why in self.rejected]}
+                "rejected": [{"index": i, "event_id": eid, "reason": why} for i, eid, why in self.rejected],
+                "flagged": [{"index": i, "event_id": eid, "reason": why} for i, eid, why in self.flagged]}
 
 
 def validate(raw_events: list[dict]) -> tuple[list[Event], list[str], list[tuple[int, str | None, str]]]:
@@ -131,9 +143,13 @@ def record_events(engine: Engine, tenant: str, raw_events: list[dict], now: date
     received = now or datetime.now(timezone.utc)
     with _transaction(engine) as connection:
         good = _own_campaigns_only(connection, tenant, good, result, raw_events)
-        inserted = _insert(connection, tenant, good, received) if good else set()
+        inserted = _insert(connection, tenant, good, received) if good else {}
+    unlisted = [e.event_id for e in good if inserted.get(e.event_id) is False]
     for e in good:
         (result.accepted if e.event_id in inserted else result.duplicates).append(e.event_id)
+    if unlisted:
+        at = _positions(raw_events)
+        result.flagged = [(at.get(event_id, -1), event_id, UNKNOWN_LIST) for event_id in unlisted]
     result.rejected.sort(key=lambda r: r[0])
     return result
 
@@ -146,7 +162,10 @@ _PG_INSERT = (f"INSERT INTO {events.name} (tenant, event_id, kind, token, poi_id
               "u.campaign_id, %s FROM unnest(%b::varchar[], %b::varchar[], %b::varchar[], %b::varchar[], "
               "%b::numeric[], %b::timestamptz[], %b::varchar[], %b::integer[]) "
               "AS u(event_id, kind, token, poi_id, amount_cny, occurred_at, recommendation_id, campaign_id) "
-              "ON CONFLICT (tenant, event_id) DO NOTHING RETURNING event_id")  # %b: arrays sent in binary, unescaped
+              "ON CONFLICT (tenant, event_id) DO NOTHING RETURNING event_id, "
+              f"recommendation_id IS NULL OR EXISTS (SELECT 1 FROM {served_lists.name} s "
+              f"WHERE s.recommendation_id = {events.name}.recommendation_id AND s.tenant = {events.name}.tenant)")
+# %b: arrays sent in binary, unescaped. RETURNING also says whether the list an event names is known: no extra round trip.
 _COLUMNS = ("event_id", "kind", "token", "poi_id", "amount_cny", "occurred_at", "recommendation_id", "campaign_id")
 
 
@@ -166,15 +185,28 @@ def _transaction(engine: Engine) -> Iterator[Connection]:
             yield connection
 
 
-def _insert(connection: Connection, tenant: str, good: list[Event], received: datetime) -> set[str]:
-    """Insert the events, skipping ids the tenant already has; the ids actually inserted."""
+def _insert(connection: Connection, tenant: str, good: list[Event], received: datetime) -> dict[str, bool]:
+    """Insert the events, skipping ids the tenant already has: {id actually inserted: its list is known (or none)}."""
     if connection.dialect.name == "postgresql":
         arrays = tuple([getattr(e, column) for e in good] for column in _COLUMNS)
-        return set(r[0] for r in connection.exec_driver_sql(_PG_INSERT, (tenant, received, *arrays)))
+        return {event_id: known for event_id, known in connection.exec_driver_sql(_PG_INSERT, (tenant, received, *arrays))}
     statement = (sqlite.insert(events).on_conflict_do_nothing(index_elements=["tenant", "event_id"])
                  .returning(events.c.event_id))
     rows = [{**e.model_dump(), "tenant": tenant, "received_at": received} for e in good]
-    return set(connection.execute(statement, rows).scalars())
+    inserted = set(connection.execute(statement, rows).scalars())
+    named = {e.recommendation_id for e in good if e.event_id in inserted and e.recommendation_id is not None}
+    known = set(connection.execute(select(served_lists.c.recommendation_id).where(  # a local file: no round trip
+        served_lists.c.tenant == tenant, served_lists.c.recommendation_id.in_(sorted(named)))).scalars()) if named else set()
+    return {e.event_id: e.recommendation_id is None or e.recommendation_id in known for e in good if e.event_id in inserted}
+
+
+def _positions(raw_events: list) -> dict[str, int]:
+    """event_id -> its first position in the batch as sent."""
+    positions: dict[str, int] = {}
+    for i, raw in enumerate(raw_events):
+        if isinstance(raw, dict) and isinstance(raw.get("event_id"), str):
+            positions.setdefault(raw["event_id"].strip(), i)
+    return positions
 
 
 def _own_campaigns_only(connection: Connection, tenant: str, good: list[Event], result: BatchResult,
@@ -187,10 +219,7 @@ def _own_campaigns_only(connection: Connection, tenant: str, good: list[Event], 
         campaigns.c.tenant == tenant, campaigns.c.id.in_(sorted(wanted)))).scalars())
     if owned == wanted:
         return good
-    positions = {}
-    for i, raw in enumerate(raw_events):
-        if isinstance(raw, dict) and isinstance(raw.get("event_id"), str):
-            positions.setdefault(raw["event_id"].strip(), i)
+    positions = _positions(raw_events)
     kept = []
     for e in good:
         if e.campaign_id is None or e.campaign_id in owned:

@@ -7,7 +7,7 @@ from datetime import date, datetime, timezone
 import pytest
 from sqlalchemy import func, insert, select
 
-from wenlv.db.schema import campaigns, events
+from wenlv.db.schema import campaigns, events, served_lists
 from wenlv.ledger.events import BatchTooLarge, record_events
 from tests.support.campaign_db import DATABASES, database_engine
 
@@ -104,3 +104,25 @@ def test_out_of_range_times_and_control_characters_are_rejected_not_a_server_err
     assert "occurred_at" in reasons["e1"] and "out of range" in reasons["e1"]
     assert "poi_id" in reasons["e2"] and "recommendation_id" in reasons["e3"] and "campaign_id" in reasons["e5"]
     assert _count(engine) == 1
+
+
+def test_an_unknown_recommendation_id_is_stored_and_flagged_not_rejected(engine):
+    """A finance ledger keeps every booking; one whose list the ledger does not hold (not yet written,
+    dropped, or another tenant's) is stored and flagged as unattributed for now."""
+    served = datetime(2026, 5, 1, 1, tzinfo=timezone.utc)
+    with engine.begin() as c:
+        c.execute(insert(served_lists), [
+            {"recommendation_id": "known", "tenant": "hz", "token": TOKEN, "model_version": "4", "arm": "treatment",
+             "poi_ids": ["P1"], "served_at": served},
+            {"recommendation_id": "theirs", "tenant": "other", "token": TOKEN, "model_version": "4",
+             "arm": "treatment", "poi_ids": ["P1"], "served_at": served}])
+    batch = [_event(1, recommendation_id="known"), _event(2, recommendation_id="never-served"),
+             _event(3, recommendation_id=None), _event(4, recommendation_id="theirs"), {"event_id": "bad"}]
+    result = record_events(engine, "hz", batch)
+    assert sorted(result.accepted) == ["e1", "e2", "e3", "e4"] and [r[0] for r in result.rejected] == [4]
+    flagged = result.as_dict()["flagged"]
+    assert [(f["index"], f["event_id"]) for f in flagged] == [(1, "e2"), (3, "e4")]
+    assert flagged[0]["reason"] == flagged[1]["reason"] and "recommendation_id" in flagged[0]["reason"]
+    assert _count(engine) == 4  # flagged events are stored
+    again = record_events(engine, "hz", batch[:4])
+    assert len(again.duplicates) == 4 and again.flagged == [] and _count(engine) == 4

@@ -37,10 +37,18 @@ class Rejection(BaseModel):
     reason: str = Field(description="which field was wrong and why")
 
 
+class Flag(BaseModel):
+    index: int = Field(description="position in the batch")
+    event_id: str
+    reason: str = Field(description="what is doubtful about the event (it was stored)")
+
+
 class EventsAck(BaseModel):
     accepted: int = Field(description="stored now (durable)")
     duplicates: int = Field(description="already stored (a retry): acknowledged, not stored again")
     rejected: list[Rejection] = Field(description="not stored, one entry per bad event; the others were kept")
+    flagged: list[Flag] = Field(description="stored now (counted in accepted) but unattributed for the moment: a "
+                                            "recommendation_id no list served to this tenant carries")
 
 
 @router.post("/events", response_model=EventsAck, summary="record a batch of events (durable when answered)",
