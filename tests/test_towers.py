@@ -8,6 +8,7 @@ import torch
 
 from wenlv.bench.faults.party import PartyService  # a party's mTLS service in a thread
 from wenlv.privacy import secure_agg, tls
+from wenlv.privacy.secure_agg import PartyUnavailable
 from wenlv.training.federated_als import FederatedALSParty
 from wenlv.training.remote_towers import RemoteTowerParty
 from wenlv.training import evaluation, factors, towers
@@ -146,3 +147,24 @@ def test_towers_over_party_services_equal_in_process(toy, tmp_path):
         for key, value in local.towers[p].state_dict().items():
             assert torch.equal(remote.towers[p].state_dict()[key], value), (p, key)
         assert remote.saved[p] == str(tmp_path / p / "towers" / f"{remote.params['tower_run_id']}" / f"{p}_tower.pt")
+
+
+class Vanishing(TowerSide):
+    """A party whose service goes away at its third batch."""
+
+    def forward(self, run_id, round_no, stage, batch):
+        if stage == "embeddings-3":
+            raise PartyUnavailable(f"{self.name} went away")
+        return super().forward(run_id, round_no, stage, batch)
+
+
+def test_a_party_going_away_aborts_the_fit_with_nothing_released(toy):
+    blocks, matrices, model = toy
+    frames = towers.side_frames(blocks, matrices.tokens)
+    rows = np.flatnonzero(~matrices.is_prospect)
+    sides = {"carrier": Vanishing("carrier", frames["carrier"]), "internet": TowerSide("internet", frames["internet"])}
+    with pytest.raises(secure_agg.SecureAggError, match="tower training aborted: carrier went away"):
+        towers.fit_tower_parties(sides, rows, (matrices.blocks["tourism"][rows] > 0).astype(np.float32),
+                                 model.poi_factors, epochs=2, batch_size=32)
+    for side in sides.values():
+        assert not side._masking._pair_keys   # the round's keys are forgotten: no mask is used again
