@@ -15,6 +15,7 @@ import torch
 from wenlv.cli import main as wenlv_main
 from wenlv.features.contracts import PARTIES
 from wenlv.privacy import tls
+from wenlv.privacy.secure_agg import ProtocolError
 from wenlv.settings import reset_settings
 from wenlv.training import evaluation, registry, towers, tracking
 from wenlv.training.als_data import load_party_block, load_users
@@ -94,6 +95,18 @@ def test_train_over_party_services_is_logged_and_registered(tmp_path, monkeypatc
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         poi_factors = ModelBundle.load(out["bundle_dir"]).poi_factors
         direct = _towers_over_services(services, certs, own, poi_factors)
+        # the tourism party has no bottom tower; a step out of order is refused, named; a replay too
+        tourism = RemoteTowerParty("tourism", services["tourism"].url, certs, timeout=60)
+        with pytest.raises(ProtocolError, match="not a tower step"):
+            tourism.describe()
+        tourism.close()
+        carrier = RemoteTowerParty("carrier", services["carrier"].url, certs, timeout=60)
+        with pytest.raises(WenlvError, match="a gradient came before any embeddings"):
+            carrier.backward(np.zeros((2, 4), np.float32))
+        carrier.channel._seq -= 1
+        with pytest.raises(ProtocolError, match="replayed"):
+            carrier.describe()
+        carrier.close()
     assert out["model_version"] == 1 and out["promoted"] is False and out["checks"]["artifacts_clean"]
     run = tracking.client(tracking_uri).get_run(out["run_id"])
     for p in PARTIES:

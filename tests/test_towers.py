@@ -3,9 +3,14 @@ import json
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
-from wenlv.privacy import secure_agg
+from wenlv.bench.faults.party import PartyService  # a party's mTLS service in a thread
+from wenlv.privacy import secure_agg, tls
+from wenlv.privacy.secure_agg import PartyUnavailable
+from wenlv.training.federated_als import FederatedALSParty
+from wenlv.training.remote_towers import RemoteTowerParty
 from wenlv.training import evaluation, factors, towers
 from wenlv.training.tower_party import TowerSide
 from wenlv.training.blocks import FeatureBlocks, build_matrices
@@ -115,3 +120,51 @@ def test_misaligned_or_empty_inputs_are_refused(toy):
                             np.ones((len(frames["carrier"]), model.poi_factors.shape[0])), model.poi_factors)
     with pytest.raises(Exception, match="at least two users"):
         towers.train_towers(frames, np.zeros((len(frames["carrier"]), model.poi_factors.shape[0])), model.poi_factors)
+
+
+def test_towers_over_party_services_equal_in_process(toy, tmp_path):
+    """The same fit through RemoteTowerParty handles on mutual-TLS services (in threads here;
+    tests/test_remote_pipeline.py runs them as processes): the same losses and weights, bit for bit."""
+    blocks, matrices, model = toy
+    frames = towers.side_frames(blocks, matrices.tokens)
+    rows = np.flatnonzero(~matrices.is_prospect)
+    targets = (matrices.blocks["tourism"][rows] > 0).astype(np.float32)
+    settings = {"epochs": 2, "batch_size": 32, "seed": 2, "noise_multiplier": 0.3}
+    local = towers.fit_tower_parties({p: TowerSide(p, frames[p]) for p in towers.TOWER_PARTIES}, rows, targets,
+                                     model.poi_factors, **settings)
+    tls.make_deployment(tmp_path, towers.TOWER_PARTIES, {p: ["127.0.0.1"] for p in towers.TOWER_PARTIES})
+    services = {p: PartyService(FederatedALSParty(p, sp.csr_matrix((len(matrices.tokens), 1))), tmp_path,
+                                towers=TowerSide(p, frames[p], state_dir=tmp_path / p)) for p in towers.TOWER_PARTIES}
+    handles = {p: RemoteTowerParty(p, s.url, tmp_path, timeout=60) for p, s in services.items()}
+    try:
+        remote = towers.fit_tower_parties(handles, rows, targets, model.poi_factors, **settings)
+    finally:
+        for p in handles:
+            handles[p].close()
+            services[p].stop()
+    assert remote.losses == local.losses
+    for p in towers.TOWER_PARTIES:
+        for key, value in local.towers[p].state_dict().items():
+            assert torch.equal(remote.towers[p].state_dict()[key], value), (p, key)
+        assert remote.saved[p] == str(tmp_path / p / "towers" / f"{remote.params['tower_run_id']}" / f"{p}_tower.pt")
+
+
+class Vanishing(TowerSide):
+    """A party whose service goes away at its third batch."""
+
+    def forward(self, run_id, round_no, stage, batch):
+        if stage == "embeddings-3":
+            raise PartyUnavailable(f"{self.name} went away")
+        return super().forward(run_id, round_no, stage, batch)
+
+
+def test_a_party_going_away_aborts_the_fit_with_nothing_released(toy):
+    blocks, matrices, model = toy
+    frames = towers.side_frames(blocks, matrices.tokens)
+    rows = np.flatnonzero(~matrices.is_prospect)
+    sides = {"carrier": Vanishing("carrier", frames["carrier"]), "internet": TowerSide("internet", frames["internet"])}
+    with pytest.raises(secure_agg.SecureAggError, match="tower training aborted: carrier went away"):
+        towers.fit_tower_parties(sides, rows, (matrices.blocks["tourism"][rows] > 0).astype(np.float32),
+                                 model.poi_factors, epochs=2, batch_size=32)
+    for side in sides.values():
+        assert not side._masking._pair_keys   # the round's keys are forgotten: no mask is used again

@@ -181,11 +181,8 @@ def _party(args) -> int:
 
 def _tower_side(party: str, data, state):
     """The party's bottom-tower side (training.remote_towers), loaded when first called."""
-    import torch  # lazy: torch only in a service whose towers are trained (~1 s, ~300 MB)
+    from wenlv.training.remote_towers import load_tower_party  # lazy: torch only when towers are trained
 
-    from wenlv.training.remote_towers import load_tower_party  # lazy: torch, as above
-
-    torch.set_num_threads(1)  # tiny matrices, as in process (and the same float order)
     return load_tower_party(party, data, state)
 
 

@@ -19,11 +19,6 @@ from wenlv.training.tower_party import TowerSide
 from wenlv.training.towers import align_features
 
 
-def tower_stage_key(method: str, args: tuple) -> str:
-    """WireStats key: one entry per message kind (every batch's forward together), prefixed."""
-    return f"towers.{method}"
-
-
 class RemoteTowerParty:
     """The coordinator's handle on one party's tower side (training.party_api.TowerParty over mTLS)."""
 
@@ -39,7 +34,8 @@ class RemoteTowerParty:
         self.channel.close()
 
     def _call(self, method: str, *args):
-        return self.channel.call(method, *args, stats_key=tower_stage_key(method, args))
+        # WireStats: one entry per message kind (every batch's forward together)
+        return self.channel.call(method, *args, stats_key=f"towers.{method}")
 
     def describe(self) -> dict:
         return self._call("describe")

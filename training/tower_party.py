@@ -14,6 +14,7 @@ process as in the coordinator's.
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,19 @@ import torch
 from wenlv.privacy.secure_agg import Identity, MaskingParty
 from wenlv.training.tower_model import FeatureSpec, PartyTower
 from wenlv.errors import WenlvError
+
+
+@contextmanager
+def one_torch_thread():
+    """Torch's intra-op threads at 1 for one call, in whichever thread makes it: the float order
+    then does not depend on the calling thread (a service answers from its thread pool, and
+    torch's thread setting does not carry over to threads it did not start on)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def party_seed(seed: int, party: str) -> int:
@@ -80,11 +94,12 @@ class TowerSide:
         """Masked embeddings of a batch (positions among the training rows); DP-noised if configured.
         The graph is kept for the gradient that comes back."""
         idx = torch.from_numpy(np.asarray(batch, dtype=np.int64))
-        e = self._tower(self._x[idx])
-        if self._noise > 0:
-            norms = e.norm(dim=1, keepdim=True).clamp(min=1e-12)
-            e = e * torch.clamp(self._clip / norms, max=1.0)
-            e = e + torch.randn(e.shape, generator=self._noise_gen) * (self._noise * self._clip)
+        with one_torch_thread():
+            e = self._tower(self._x[idx])
+            if self._noise > 0:
+                norms = e.norm(dim=1, keepdim=True).clamp(min=1e-12)
+                e = e * torch.clamp(self._clip / norms, max=1.0)
+                e = e + torch.randn(e.shape, generator=self._noise_gen) * (self._noise * self._clip)
         self._released = e
         return self._masking.mask(run_id, round_no, stage, e.detach().numpy())
 
@@ -95,15 +110,16 @@ class TowerSide:
         grad = np.asarray(grad, dtype=np.float32)
         if grad.shape != tuple(self._released.shape):
             raise WenlvError(f"{self.name}: gradient has shape {grad.shape}, expected {tuple(self._released.shape)}")
-        self._opt.zero_grad()
-        self._released.backward(torch.from_numpy(grad))
-        self._opt.step()
+        with one_torch_thread():
+            self._opt.zero_grad()
+            self._released.backward(torch.from_numpy(grad))
+            self._opt.step()
         self._released = None
 
     def embed(self, run_id: str, round_no: int, stage: str, rows: np.ndarray):
         """Masked noiseless embeddings of users on the axis (evaluation: their sum, as serving computes it)."""
         rows = np.asarray(rows, dtype=np.int64)
-        with torch.no_grad():
+        with torch.no_grad(), one_torch_thread():
             e = self._tower(torch.from_numpy(self.spec.raw_matrix(self.frame.iloc[rows])))
         return self._masking.mask(run_id, round_no, stage, e.numpy())
 

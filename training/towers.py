@@ -44,7 +44,7 @@ from tqdm import tqdm
 from wenlv.privacy import secure_agg
 from wenlv.training.party_api import TOWER_PARTIES, TowerParty
 from wenlv.training.tower_model import FeatureSpec, PartyTower
-from wenlv.training.tower_party import TowerSide, tower_from_export
+from wenlv.training.tower_party import TowerSide, one_torch_thread, tower_from_export
 from wenlv.errors import WenlvError
 
 log = logging.getLogger(__name__)
@@ -166,16 +166,12 @@ def fit_tower_parties(parties: dict[str, TowerParty], rows, targets, poi_factors
              are left out.
     eval_rows: positions whose (noiseless, masked-sum) embeddings to return in `.embeddings`.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: more threads only contend (and the machine is shared)
-    try:
+    with one_torch_thread():  # tiny matrices: more threads only contend (and the machine is shared)
         return _fit(parties, np.asarray(rows, dtype=np.int64), targets, poi_factors, epochs=epochs,
                     batch_size=batch_size, lr=lr, hidden=hidden, noise_multiplier=noise_multiplier,
                     clip_norm=clip_norm, delta=delta, seed=seed, frac_bits=frac_bits, progress=progress,
                     grad_noise_multiplier=grad_noise_multiplier, eval_rows=eval_rows,
                     run_id=run_id or f"towers-{uuid.uuid4().hex[:12]}", audit=audit, record_view=record_view)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _each(parties: dict, call) -> dict:
@@ -276,7 +272,7 @@ def _fit(parties, rows, targets, poi_factors, *, epochs, batch_size, lr, hidden,
     params = {"tower_epochs": epochs, "tower_batch_size": batch_size, "tower_lr": lr, "tower_hidden": hidden,
               "tower_noise_multiplier": noise_multiplier, "tower_grad_noise_multiplier": grad_noise_multiplier,
               "tower_clip_norm": clip_norm, "tower_delta": delta,
-              "fixed_point_frac_bits": frac_bits, "tower_parties": ",".join(names)}
+              "fixed_point_frac_bits": frac_bits, "tower_parties": ",".join(names), "tower_run_id": run_id}
     return TowerResult({p: built[p][1] for p in names}, {p: built[p][0] for p in names}, width, losses, params,
                        epsilon, epsilon_labels, embeddings, saved, agg.view)
 

@@ -36,12 +36,13 @@ def _free_port() -> int:
 
 
 class PartyService:
-    """One party's service on 127.0.0.1 over mutual TLS, in a thread; `stop()` is the party going away."""
+    """One party's service on 127.0.0.1 over mutual TLS, in a thread; `stop()` is the party going away.
+    `towers`: its tower side too (training.tower_party.TowerSide)."""
 
-    def __init__(self, party: FederatedALSParty, tls_dir: Path, port: int | None = None):
+    def __init__(self, party: FederatedALSParty, tls_dir: Path, port: int | None = None, towers=None):
         self.port = port or _free_port()
         ctx = tls.server_context(tls_dir, party.name)
-        config = uvicorn.Config(party_app(party), host="127.0.0.1", port=self.port, log_level="error",
+        config = uvicorn.Config(party_app(party, towers=towers), host="127.0.0.1", port=self.port, log_level="error",
                                 ssl_certfile=str(tls_dir / f"{party.name}.pem"),
                                 ssl_context_factory=lambda cfg, default: ctx)
         self.server = uvicorn.Server(config)
