@@ -42,6 +42,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from wenlv.bench.open_loop import fixed_rate
 
+DRAIN_S = 3.0  # pause after the closed-loop warm-up before the fixed-rate phase
 SERVED_LISTS = 1000  # events name one of these recommendation ids, seeded as served lists (known, not flagged)
 GOALS = {"postgresql_events_per_s": 10_000, "p99_ms": 50.0, "batch": 100,
          "p99_ms_phase": "fixed_rate (10,000 events/s offered, open loop)"}
@@ -326,6 +327,7 @@ def measure(kind: str, url: str, work: Path, *, batch: int, duration: int, worke
     nonces = {name: name[0] + uuid.uuid4().hex[:8] for name in ("warm", "fixed", "saturation")}
     try:
         phases = {"warm": wrk_run(base, key, nonces["warm"], batch, 2, connections)}  # every worker's pool filled
+        time.sleep(DRAIN_S)  # wrk's last requests still queued in the server would open the fixed-rate phase
         phases["fixed_rate"] = _cpu_measured(server, lambda: fixed_rate(
             base, key, nonces["fixed"], batch, rate / batch, duration, lists=SERVED_LISTS))
         phases["saturation"] = _cpu_measured(server, lambda: wrk_run(

@@ -181,17 +181,20 @@ def _towers_over_services(services, certs, own, poi_factors):
 
 def _assert_tower_bytes(stats, m: int, width: int) -> None:
     """Per message, bytes = payload (the formula) + a bounded header: a batch of b users costs
-    8·b down (its row positions) and 8·b·width up (the masked embeddings, 64-bit ring); the
-    gradient 4·b·width down (float32)."""
-    parties, epochs = 2, DIRECT["epochs"]
+    8·b down (its row positions) and 8·b·width up (the masked embeddings, 64-bit ring), plus the
+    previous batch's gradient 4·b·width down (float32) on the same request; the final batch's
+    gradient goes alone (`backward`, once per fit)."""
+    parties, epochs, size = 2, DIRECT["epochs"], DIRECT["batch_size"]
     forward, backward = stats.by_stage["towers.forward"], stats.by_stage["towers.backward"]
-    calls = parties * epochs * -(-m // DIRECT["batch_size"])
-    assert forward["calls"] == backward["calls"] == calls
-    users = parties * epochs * m            # Σ batch sizes over every call
+    calls = parties * epochs * -(-m // size)
+    last = m - (-(-m // size) - 1) * size   # users in an epoch's final batch
+    assert forward["calls"] == calls and backward["calls"] == parties
+    users = parties * epochs * m            # Σ batch sizes over every forward
     assert 8 * users * width < forward["received"] < 8 * users * width + calls * HEADER
-    assert 8 * users < forward["sent"] < 8 * users + calls * HEADER
-    assert 4 * users * width < backward["sent"] < 4 * users * width + calls * HEADER
-    assert backward["received"] < calls * HEADER
+    grads = 4 * (users - parties * last) * width
+    assert 8 * users + grads < forward["sent"] < 8 * users + grads + calls * HEADER
+    assert 4 * parties * last * width < backward["sent"] < 4 * parties * last * width + parties * HEADER
+    assert backward["received"] < parties * HEADER
     per_call = {k: {"sent": v["sent"] / v["calls"], "received": v["received"] / v["calls"]}
                 for k, v in stats.by_stage.items()}
-    print(json.dumps({"batch": DIRECT["batch_size"], "width": width, "per_call": per_call}))
+    print(json.dumps({"batch": size, "width": width, "per_call": per_call}))

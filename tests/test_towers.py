@@ -30,8 +30,8 @@ class SpySide(TowerSide):
 
     clear: list = []
 
-    def forward(self, run_id, round_no, stage, batch):
-        msg = super().forward(run_id, round_no, stage, batch)
+    def forward(self, run_id, round_no, stage, batch, grad=None):
+        msg = super().forward(run_id, round_no, stage, batch, grad)
         self.clear.append((stage, self.name, self._released.detach().numpy().copy()))
         return msg
 
@@ -152,10 +152,10 @@ def test_towers_over_party_services_equal_in_process(toy, tmp_path):
 class Vanishing(TowerSide):
     """A party whose service goes away at its third batch."""
 
-    def forward(self, run_id, round_no, stage, batch):
+    def forward(self, run_id, round_no, stage, batch, grad=None):
         if stage == "embeddings-3":
             raise PartyUnavailable(f"{self.name} went away")
-        return super().forward(run_id, round_no, stage, batch)
+        return super().forward(run_id, round_no, stage, batch, grad)
 
 
 def test_a_party_going_away_aborts_the_fit_with_nothing_released(toy):

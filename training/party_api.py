@@ -93,11 +93,13 @@ class TowerParty(Protocol):
     def receive_keys(self, run_id: str, round_no: int, announcements: list) -> None:
         """The others' signed keys: derive the round's pair keys."""
 
-    def forward(self, run_id: str, round_no: int, stage: str, batch: np.ndarray) -> MaskedMessage:
-        """Masked embeddings of a batch (positions among the training rows)."""
+    def forward(self, run_id: str, round_no: int, stage: str, batch: np.ndarray,
+                grad: np.ndarray | None = None) -> MaskedMessage:
+        """Masked embeddings of a batch (positions among the training rows), after applying `grad`,
+        the previous batch's gradient (None for the first)."""
 
     def backward(self, grad: np.ndarray) -> None:
-        """∂loss/∂(summed embeddings) of the last batch: one optimiser step."""
+        """∂loss/∂(summed embeddings) of the fit's final batch: one optimiser step."""
 
     def embed(self, run_id: str, round_no: int, stage: str, rows: np.ndarray) -> MaskedMessage:
         """Masked noiseless embeddings of users on the axis (evaluation)."""

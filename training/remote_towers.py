@@ -52,8 +52,9 @@ class RemoteTowerParty:
     def receive_keys(self, run_id, round_no, announcements) -> None:
         return self._call("receive_keys", run_id, round_no, list(announcements))
 
-    def forward(self, run_id, round_no, stage, batch):
-        return self._call("forward", run_id, round_no, stage, np.asarray(batch, dtype=np.int64))
+    def forward(self, run_id, round_no, stage, batch, grad=None):
+        return self._call("forward", run_id, round_no, stage, np.asarray(batch, dtype=np.int64),
+                          None if grad is None else np.ascontiguousarray(grad, dtype=np.float32))
 
     def backward(self, grad) -> None:
         return self._call("backward", np.ascontiguousarray(grad, dtype=np.float32))

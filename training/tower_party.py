@@ -14,6 +14,7 @@ process as in the coordinator's.
 from __future__ import annotations
 
 import hashlib
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -24,6 +25,11 @@ import torch
 from wenlv.privacy.secure_agg import Identity, MaskingParty
 from wenlv.training.tower_model import FeatureSpec, PartyTower
 from wenlv.errors import WenlvError
+
+
+# nn.Linear draws its initial weights from torch's one global generator: two parties set up at
+# once in one process (services in threads, in tests) must not interleave their draws
+_GLOBAL_RNG = threading.Lock()
 
 
 @contextmanager
@@ -71,7 +77,7 @@ class TowerSide:
         train = self.frame.iloc[rows].reset_index(drop=True)
         self.spec = FeatureSpec.fit(self.name, train)
         own = party_seed(seed, self.name)
-        with torch.random.fork_rng(devices=[]):
+        with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
             torch.manual_seed(own)
             self._tower = PartyTower(self.spec, int(width), int(hidden))
         self._hidden = int(hidden)
@@ -90,9 +96,12 @@ class TowerSide:
     def end_round(self, run_id: str, round_no: int) -> None:
         self._masking.end_round(run_id, round_no)
 
-    def forward(self, run_id: str, round_no: int, stage: str, batch: np.ndarray):
+    def forward(self, run_id: str, round_no: int, stage: str, batch: np.ndarray, grad: np.ndarray | None = None):
         """Masked embeddings of a batch (positions among the training rows); DP-noised if configured.
-        The graph is kept for the gradient that comes back."""
+        The graph is kept for the gradient that comes back. `grad`: the previous batch's gradient,
+        applied first (one request per batch over the network instead of two)."""
+        if grad is not None:
+            self.backward(grad)
         idx = torch.from_numpy(np.asarray(batch, dtype=np.int64))
         with one_torch_thread():
             e = self._tower(self._x[idx])
@@ -104,7 +113,8 @@ class TowerSide:
         return self._masking.mask(run_id, round_no, stage, e.detach().numpy())
 
     def backward(self, grad: np.ndarray) -> None:
-        """∂loss/∂sum for the last batch (the same for every party): one optimiser step."""
+        """∂loss/∂sum for the last batch (the same for every party): one optimiser step. Sent on its
+        own only for a fit's final batch; the others ride on the next `forward`."""
         if self._released is None:
             raise WenlvError(f"{self.name}: a gradient came before any embeddings")
         grad = np.asarray(grad, dtype=np.float32)

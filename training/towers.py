@@ -217,7 +217,7 @@ def _fit(parties, rows, targets, poi_factors, *, epochs, batch_size, lr, hidden,
     v = torch.from_numpy(np.ascontiguousarray(poi_factors, dtype=np.float32))
     m = len(y_t)
     batch_size = min(batch_size, m)
-    steps, losses, embeddings = 0, [], None
+    steps, losses, embeddings, pending = 0, [], None, None
     noise_gen = torch.Generator().manual_seed(seed + 1)
     agg.open_round(round_no)
     try:
@@ -231,8 +231,8 @@ def _fit(parties, rows, targets, poi_factors, *, epochs, batch_size, lr, hidden,
             for start in range(0, m, batch_size):
                 batch = order[start:start + batch_size]
                 stage_no += 1
-                summed = masked_sum(f"embeddings-{stage_no}",
-                                    lambda h: h.forward(run_id, round_no, f"embeddings-{stage_no}", batch))
+                summed = masked_sum(f"embeddings-{stage_no}",   # the previous batch's gradient rides along
+                                    lambda h: h.forward(run_id, round_no, f"embeddings-{stage_no}", batch, pending))
                 s = torch.from_numpy(summed).requires_grad_(True)
                 idx = torch.from_numpy(batch)
                 loss = -(y_t[idx] * torch.log_softmax(s @ v.T, dim=1)).sum(dim=1).mean()
@@ -245,11 +245,12 @@ def _fit(parties, rows, targets, poi_factors, *, epochs, batch_size, lr, hidden,
                     per_example = per_example + torch.randn(grad.shape, generator=noise_gen) * (
                         grad_noise_multiplier * clip_norm)
                     grad = per_example / len(idx)
-                grad_np = grad.numpy()
-                _each(parties, lambda h: h.backward(grad_np))
+                pending = grad.numpy()
                 total += loss.detach().item() * len(idx)
                 steps += 1
             losses.append(total / m)
+        if pending is not None:
+            _each(parties, lambda h: h.backward(pending))   # the final batch's gradient
         if eval_rows is not None:
             eval_rows = np.asarray(eval_rows, dtype=np.int64)
             embeddings = masked_sum("embed", lambda h: h.embed(run_id, round_no, "embed", eval_rows))
