@@ -54,9 +54,14 @@ class KeyStore:
     connection (a counter that moves when another connection commits, a few microseconds) and
     reloads only when it moved; an unknown key also triggers that check. Expiry needs no read:
     each cached key carries its `expires_at`.
+
+    Dashboard sessions live in the same database (table `dashboard_sessions`: the sha256 of each
+    session id, its key and expiry) and the same cache, so a logout or `wenlv apikey end-sessions`
+    in any process ends a session within `CHECK_EVERY_S`, and a request with a cookie reads no table.
     """
 
     CHECK_EVERY_S = 0.25
+    MAX_SESSIONS_PER_KEY = 20  # a login beyond this ends the key's oldest session: the table stays bounded
 
     def __init__(self, path: str | Path | None = None, pepper: bytes | None = None):
         self.path = Path(path) if path is not None else get_settings().api_keys_db
@@ -64,6 +69,8 @@ class KeyStore:
         self._pepper = pepper or _load_pepper(self.path)
         self._lock = threading.Lock()
         self._by_hash: dict[str, tuple[Principal, float]] = {}
+        self._by_id: dict[str, tuple[Principal, float]] = {}
+        self._sessions: dict[str, tuple[str, float]] = {}  # sha256(session id) -> (key id, expires at)
         self._checked_at = 0.0
         self._data_version = None
         with self._connect() as db:
@@ -73,6 +80,8 @@ class KeyStore:
             columns = {row[1] for row in db.execute("PRAGMA table_info(api_keys)")}
             if "expires_at" not in columns:  # a key database made before keys could expire
                 db.execute("ALTER TABLE api_keys ADD COLUMN expires_at REAL")
+            db.execute("CREATE TABLE IF NOT EXISTS dashboard_sessions (session_hash TEXT PRIMARY KEY,"
+                       " key_id TEXT NOT NULL, created_at REAL NOT NULL, expires_at REAL NOT NULL)")
         self._watch = sqlite3.connect(self.path, timeout=5, check_same_thread=False)  # only for PRAGMA data_version
         self._reload()
 
@@ -134,13 +143,66 @@ class KeyStore:
                               " ORDER BY created_at").fetchall()
         return [dict(zip(("key_id", "role", "tenant", "created_at", "revoked", "expires_at"), r)) for r in rows]
 
+    # ------------------------------------------------------------ dashboard sessions
+    def start_session(self, key_id: str, ttl_s: float) -> tuple[str, int]:
+        """A new session for an active key: (session id, expiry in Unix s), the expiry no later than the key's.
+
+        Expired sessions are dropped, and beyond MAX_SESSIONS_PER_KEY the key's oldest ones end."""
+        now = time.time()
+        session_id = secrets.token_urlsafe(24)
+        with self._connect() as db:
+            row = db.execute("SELECT expires_at FROM api_keys WHERE key_id = ? AND revoked = 0", (key_id,)).fetchone()
+            if row is None:
+                raise WenlvError(f"no active API key with id {key_id!r}")
+            expires = int(min(now + ttl_s, float("inf") if row[0] is None else row[0]))
+            db.execute("DELETE FROM dashboard_sessions WHERE expires_at <= ?", (now,))
+            db.execute("INSERT INTO dashboard_sessions VALUES (?, ?, ?, ?)", (_sha256(session_id), key_id, now, expires))
+            db.execute("DELETE FROM dashboard_sessions WHERE key_id = ? AND session_hash NOT IN (SELECT session_hash"
+                       " FROM dashboard_sessions WHERE key_id = ? ORDER BY created_at DESC LIMIT ?)",
+                       (key_id, key_id, self.MAX_SESSIONS_PER_KEY))
+        self._reload()
+        return session_id, expires
+
+    def end_session(self, session_id: str) -> bool:
+        """End one session (a logout): its cookie is refused from now on, in every process within CHECK_EVERY_S."""
+        with self._connect() as db:
+            changed = db.execute("DELETE FROM dashboard_sessions WHERE session_hash = ?", (_sha256(session_id),)).rowcount
+        self._reload()
+        return bool(changed)
+
+    def end_sessions(self, key_id: str) -> int:
+        """End every dashboard session of a key (a suspected stolen cookie) without revoking the key; how many."""
+        with self._connect() as db:
+            changed = db.execute("DELETE FROM dashboard_sessions WHERE key_id = ?", (key_id,)).rowcount
+        self._reload()
+        return changed
+
+    def session(self, session_id: str) -> Principal | None:
+        """The principal of a live session whose key is still active; None otherwise. Reads memory only."""
+        self._refresh()
+        found = self._sessions.get(_sha256(session_id))
+        if found is None and self._changed():  # a login served by another process since the last check
+            self._reload()
+            found = self._sessions.get(_sha256(session_id))
+        now = time.time()
+        if found is None or found[1] <= now:
+            return None
+        key = self._by_id.get(found[0])
+        if key is None or key[1] <= now:
+            return None
+        return key[0]
+
     def _reload(self) -> None:
         with self._lock:
             version = self._watch.execute("PRAGMA data_version").fetchone()[0]
             with self._connect() as db:
                 rows = db.execute("SELECT key_hash, key_id, role, tenant, expires_at FROM api_keys WHERE revoked = 0").fetchall()
+                live = db.execute("SELECT session_hash, key_id, expires_at FROM dashboard_sessions WHERE expires_at > ?",
+                                  (time.time(),)).fetchall()
             self._by_hash = {h: (Principal(role=r, tenant=t, key_id=k), float("inf") if e is None else e)
                              for h, k, r, t, e in rows}
+            self._by_id = {p.key_id: (p, e) for p, e in self._by_hash.values()}
+            self._sessions = {h: (k, e) for h, k, e in live}
             self._data_version = version
             self._checked_at = time.monotonic()
 
@@ -150,10 +212,14 @@ class KeyStore:
             self._checked_at = time.monotonic()
             return self._watch.execute("PRAGMA data_version").fetchone()[0] != self._data_version
 
-    def lookup(self, key: str) -> Principal | None:
-        """The principal of a valid key; None when unknown, revoked or expired (within CHECK_EVERY_S of the change)."""
+    def _refresh(self) -> None:
+        """Reload when another connection committed, asking at most every CHECK_EVERY_S."""
         if time.monotonic() - self._checked_at > self.CHECK_EVERY_S and self._changed():
             self._reload()
+
+    def lookup(self, key: str) -> Principal | None:
+        """The principal of a valid key; None when unknown, revoked or expired (within CHECK_EVERY_S of the change)."""
+        self._refresh()
         digest = self._hash(key)
         found = self._by_hash.get(digest)
         if found is None and self._changed():  # a key made by another process since the last check
@@ -165,6 +231,11 @@ class KeyStore:
 
     def close(self) -> None:
         self._watch.close()
+
+
+def _sha256(text: str) -> str:
+    """How a session id is stored: a stolen key database alone holds no usable session."""
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _load_pepper(db_path: Path) -> bytes:
@@ -218,16 +289,15 @@ def authorize(principal: Principal | None, allowed: frozenset[str]) -> Principal
 
 
 def session_principal(keys: KeyStore, method: str, cookies: Mapping[str, str]) -> Principal | None:
-    """The principal of a valid dashboard session cookie on a GET/HEAD, while its key is active (see serving.sessions);
-    revoking the key ends its sessions."""
-    key_id = sessions.session_key_id(method, cookies, keys.path)
-    if key_id is None:
+    """The principal of a valid dashboard session cookie on a GET/HEAD, while the session is live (not logged out or
+    ended) and its key active (see serving.sessions); revoking the key ends its sessions. Reads no table."""
+    claims = sessions.session_claims(method, cookies, keys.path)
+    if claims is None:
         return None
-    for row in keys.list():
-        if (row["key_id"] == key_id and not row["revoked"] and row["role"] in sessions.SESSION_ROLES
-                and (row.get("expires_at") or float("inf")) > time.time()):
-            return Principal(role=row["role"], tenant=row["tenant"], key_id=key_id)
-    return None
+    principal = keys.session(claims.session_id)
+    if principal is None or principal.key_id != claims.key_id or principal.role not in sessions.SESSION_ROLES:
+        return None
+    return principal
 
 
 def require_role(*roles: str):

@@ -1,4 +1,4 @@
-"""`wenlv serve`, `wenlv materialize`, `wenlv apikey create|list|rotate|revoke`."""
+"""`wenlv serve`, `wenlv materialize`, `wenlv apikey create|list|rotate|revoke|end-sessions`."""
 from __future__ import annotations
 
 import json
@@ -62,6 +62,11 @@ def register(sub) -> None:
     r.add_argument("key_id", help="the key's id (from `wenlv apikey list`)")
     r.add_argument("--keys", type=Path, default=None, help=KEYS_HELP)
     r.set_defaults(func=_apikey_revoke)
+    es = ksub.add_parser("end-sessions", help="log out every dashboard session of a key, keeping the key "
+                                              "(a suspected stolen cookie); a running server refuses them within a second")
+    es.add_argument("key_id", help="the key's id (from `wenlv apikey list`)")
+    es.add_argument("--keys", type=Path, default=None, help=KEYS_HELP)
+    es.set_defaults(func=_apikey_end_sessions)
 
 
 def _serve(args) -> int:
@@ -116,4 +121,9 @@ def _apikey_revoke(args) -> int:
     if not KeyStore(args.keys).revoke(args.key_id):
         raise WenlvError(f"no API key with id {args.key_id!r}")
     print(json.dumps({"revoked": args.key_id}))
+    return 0
+
+
+def _apikey_end_sessions(args) -> int:
+    print(json.dumps({"key_id": args.key_id, "sessions_ended": KeyStore(args.keys).end_sessions(args.key_id)}))
     return 0

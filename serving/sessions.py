@@ -1,9 +1,12 @@
 """Browser sessions for the dashboard: a signed, expiring cookie that names an API key by its id.
 
 The cookie never holds the key: it is `<payload>.<mac>`, the payload (base64url JSON) holding the
-key's id, an expiry and a nonce, the mac HMAC-SHA256 over it with the session secret
-(`WENLV_SESSION_SECRET`, else a 0600 file beside the key database). Every request re-reads the
-key's role and tenant from the key store, so revoking the key ends its sessions too.
+key's id, a session id and an expiry, the mac HMAC-SHA256 over it with the session secret
+(`WENLV_SESSION_SECRET`, else a 0600 file beside the key database). A signature alone is not a
+session: the session id must also be live in the key store (`KeyStore.start_session` at login),
+which logout (`KeyStore.end_session`) and `wenlv apikey end-sessions` delete, so a copied cookie
+stops working once its session is ended. Every request re-reads the key's role and tenant from
+the key store's memory, so revoking the key ends its sessions too.
 
 Cross-site requests: the cookie is SameSite=Strict and HttpOnly, and it authenticates only safe
 methods (GET, HEAD), which change nothing; anything that writes still needs the Bearer header.
@@ -14,10 +17,10 @@ import base64
 import hashlib
 import hmac
 import json
-import secrets
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 from fastapi import Request, Response
 
@@ -46,39 +49,48 @@ def _mac(secret: bytes, payload: str) -> str:
     return _b64(hmac.new(secret, payload.encode(), hashlib.sha256).digest())
 
 
-def issue(secret: bytes, key_id: str, ttl_s: float, now: float | None = None) -> tuple[str, int]:
-    """A cookie value for `key_id` valid for `ttl_s` seconds, and its expiry (Unix seconds)."""
-    expires = int((time.time() if now is None else now) + ttl_s)
-    payload = _b64(json.dumps({"k": key_id, "exp": expires, "n": secrets.token_hex(8)}, separators=(",", ":")).encode())
-    return f"{payload}.{_mac(secret, payload)}", expires
+class Claims(NamedTuple):
+    """What a well-signed cookie says; whether the session is still live is the key store's answer."""
+
+    key_id: str
+    session_id: str
+    expires: int
 
 
-def verify(secret: bytes, value: str, now: float | None = None) -> tuple[str, int] | None:
-    """(key_id, expiry) of a well-signed, unexpired cookie value; None for anything else."""
+def issue(secret: bytes, key_id: str, session_id: str, expires: int) -> str:
+    """The cookie value for session `session_id` of key `key_id`, valid until `expires` (Unix seconds)."""
+    payload = _b64(json.dumps({"k": key_id, "s": session_id, "exp": expires}, separators=(",", ":")).encode())
+    return f"{payload}.{_mac(secret, payload)}"
+
+
+def verify(secret: bytes, value: str, now: float | None = None) -> Claims | None:
+    """The claims of a well-signed, unexpired cookie value; None for anything else."""
     payload, dot, mac = value.partition(".")
     if not dot or not hmac.compare_digest(mac.encode(), _mac(secret, payload).encode()):
         return None
     try:
         claims = json.loads(_unb64(payload))
-        key_id, expires = claims["k"], claims["exp"]
+        found = Claims(claims["k"], claims["s"], claims["exp"])
     except (ValueError, KeyError, TypeError):
         return None
-    if not isinstance(key_id, str) or not isinstance(expires, int):
+    if not isinstance(found.key_id, str) or not isinstance(found.session_id, str) or not isinstance(found.expires, int):
         return None
-    if expires <= (time.time() if now is None else now):
+    if found.expires <= (time.time() if now is None else now):
         return None
-    return key_id, expires
+    return found
 
 
-def session_key_id(method: str, cookies: Mapping[str, str], key_db: Path) -> str | None:
-    """The key id behind a request's session cookie (`cookies`: name -> value), for a safe method only; else None.
+def cookie_claims(cookies: Mapping[str, str], key_db: Path) -> Claims | None:
+    """The claims of a request's session cookie (`cookies`: name -> value), whatever the method (logout reads it)."""
+    value = cookies.get(COOKIE)
+    return verify(secret_for(key_db), value) if value else None
+
+
+def session_claims(method: str, cookies: Mapping[str, str], key_db: Path) -> Claims | None:
+    """The claims of a request's session cookie, for a safe method only; else None.
 
     Takes plain values, not a Request, so an ASGI middleware can ask too."""
-    value = cookies.get(COOKIE)
-    if not value or method not in SAFE_METHODS:
-        return None
-    found = verify(secret_for(key_db), value)
-    return found[0] if found else None
+    return cookie_claims(cookies, key_db) if method in SAFE_METHODS else None
 
 
 def set_cookie(response: Response, request: Request, value: str, expires: int) -> None:

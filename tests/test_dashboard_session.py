@@ -130,14 +130,18 @@ def test_tampered_forged_and_expired_cookies_are_not_sessions(app):
     good = client.cookies[sessions.COOKIE]
     admin_id = next(r["key_id"] for r in keys.list() if r["role"] == "admin" and r["tenant"] == "hz")
     secret = sessions.secret_for(keys.path)
-    forged, _ = sessions.issue(b"another secret", admin_id, 3600)
-    expired, _ = sessions.issue(secret, admin_id, 60, now=time.time() - 120)
+    live, until = keys.start_session(admin_id, 60)
+    forged = sessions.issue(b"another secret", admin_id, live, until)
+    expired = sessions.issue(secret, admin_id, live, int(time.time()) - 60)
+    unknown_session = sessions.issue(secret, admin_id, "never-started", until)  # signed, but no such session
+    other_key = sessions.issue(secret, sessions.verify(secret, good).key_id, live, until)  # the admin's session
     payload, mac = good.split(".")
-    for value in (payload + "." + mac[::-1], forged, expired, "garbage", good + "x", "." + mac):
+    for value in (payload + "." + mac[::-1], forged, expired, unknown_session, other_key, "garbage", good + "x",
+                  "." + mac):
         fresh = TestClient(application, cookies={sessions.COOKIE: value})
         assert fresh.get("/dashboard/session").json()["authenticated"] is False, value
         assert fresh.get("/v1/campaigns").status_code == 401
-    valid, _ = sessions.issue(secret, admin_id, 60)
+    valid = sessions.issue(secret, admin_id, live, until)
     assert TestClient(application, cookies={sessions.COOKIE: valid}).get("/v1/campaigns").status_code == 200
 
 
@@ -154,6 +158,45 @@ def test_revoking_the_key_ends_its_sessions_and_logout_clears_the_cookie(app):
     assert two.get("/dashboard/session").json()["authenticated"] is False
 
 
+def test_a_copied_cookie_is_refused_after_logout_while_other_sessions_of_the_key_go_on(app):
+    """Logout ends the session on the server, not only in the browser; another browser of the same key stays in."""
+    application, _, key = app
+    one, two = TestClient(application), TestClient(application)
+    assert login(one, key[("analyst", "hz")]).status_code == 200 and login(two, key[("analyst", "hz")]).status_code == 200
+    copy = TestClient(application, cookies={sessions.COOKIE: one.cookies[sessions.COOKIE]})
+    assert copy.get("/dashboard/session").json()["authenticated"] is True
+    assert one.post("/dashboard/logout").status_code == 200
+    assert copy.get("/dashboard/session").json()["authenticated"] is False
+    assert copy.get("/v1/analytics/revenue").status_code == 401
+    assert two.get("/dashboard/session").json()["authenticated"] is True
+    assert two.get("/v1/analytics/revenue").status_code == 200
+
+
+def test_a_logout_or_end_sessions_in_another_process_is_seen_without_a_restart(app):
+    """A second KeyStore on the same file stands for `wenlv apikey end-sessions` or another worker's logout."""
+    application, keys, key = app
+    client = TestClient(application)
+    assert login(client, key[("admin", "hz")]).status_code == 200
+    assert client.get("/v1/campaigns").status_code == 200
+    other = KeyStore(keys.path, pepper=b"p")
+    assert other.end_sessions(key[("admin", "hz")].split("_")[1]) == 1
+    time.sleep(KeyStore.CHECK_EVERY_S + 0.05)
+    assert client.get("/v1/campaigns").status_code == 401
+    assert client.get("/dashboard/session").json()["authenticated"] is False
+    assert login(client, key[("admin", "hz")]).status_code == 200   # the key itself still works
+    assert client.get("/v1/campaigns").status_code == 200
+
+
+def test_sessions_are_bounded_per_key_and_never_outlive_the_key(app, tmp_path):
+    application, keys, key = app
+    key_id = key[("analyst", "sx")].split("_")[1]
+    first = [keys.start_session(key_id, 3600)[0] for _ in range(KeyStore.MAX_SESSIONS_PER_KEY + 2)]
+    live = [s for s in first if keys.session(s) is not None]
+    assert live == first[2:]                                              # the two oldest ended
+    short = KeyStore(tmp_path / "short.sqlite", pepper=b"p")
+    brief = short.create("analyst", "hz", expires_in_s=120)
+    _, until = short.start_session(brief.split("_")[1], 3600)
+    assert until <= time.time() + 120
 def test_session_secret_comes_from_the_setting_else_a_private_file(app, monkeypatch):
     _, keys, _ = app
     made = sessions.secret_for(keys.path)

@@ -24,7 +24,7 @@ from wenlv.errors import WenlvError
 from wenlv.features import contracts
 from wenlv.serving.filters import Filters
 from wenlv.serving.lifecycle import model_from_registry
-from wenlv.training import pyfunc_model, registry, tracking
+from wenlv.training import digests, pyfunc_model, registry, tracking
 from wenlv.training.blocks import FeatureBlocks
 from wenlv.training.bundle import ModelBundle
 from wenlv.training.pipeline import poi_table
@@ -138,6 +138,46 @@ def test_a_carried_index_of_other_vectors_is_refused(champion, tmp_path):
     pyfunc_model.write_poi_index(toy_bundle(seed=9), tmp_path)
     with pytest.raises(WenlvError, match="not built from this bundle"):
         pyfunc_model.read_poi_index(tmp_path, bundle)
+
+
+def _pyfunc_copy(tmp_path) -> Path:
+    """The champion's MLflow model folder, downloaded to change its files as a damaged disk or an attacker would."""
+    return Path(mlflow.artifacts.download_artifacts(URI_NAME, dst_path=str(tmp_path / "copy")))
+
+
+def test_the_pyfunc_model_records_the_registered_bundle_digest(champion, tmp_path):
+    local = _pyfunc_copy(tmp_path)
+    model = mlflow.pyfunc.load_model(str(local))
+    recorded = model.model_config  # MLmodel's python_function flavor, `config`
+    version = mlflow.MlflowClient(champion["uri"]).get_model_version(registry.MODEL_NAME, champion["version"])
+    assert recorded[pyfunc_model.BUNDLE_DIGEST] == version.tags[digests.REGISTERED_TAG]
+    assert recorded[pyfunc_model.INDEXES_DIGEST] == digests.manifest_sha256(
+        digests.read_manifest(local / "artifacts" / "indexes"))
+    assert len(model.predict(pd.DataFrame({"token": [pyfunc_model.EXAMPLE_TOKEN]}))) == 1
+
+
+def test_a_resealed_bundle_copy_is_refused(champion, tmp_path):
+    """Regression: the copy was checked only against its own digests.json, so rewriting that too passed."""
+    local = _pyfunc_copy(tmp_path)
+    copy = local / "artifacts" / "bundle"
+    factors = np.load(copy / "poi_factors.npy")
+    np.save(copy / "poi_factors.npy", factors[::-1].copy())  # sane values, other rankings
+    with pytest.raises(digests.BundleIntegrityError, match="poi_factors.npy does not match its recorded sha256"):
+        mlflow.pyfunc.load_model(str(local))
+    digests.write_manifest(copy)
+    with pytest.raises(digests.BundleIntegrityError, match="bundle copy .*not the one recorded at registration"):
+        mlflow.pyfunc.load_model(str(local))
+
+
+def test_a_replaced_poi_index_in_the_pyfunc_copy_is_refused(champion, tmp_path):
+    """Regression: the FAISS file was not digested; an index of other vectors of the same shape loaded and ranked."""
+    local = _pyfunc_copy(tmp_path)
+    other = tmp_path / "other"
+    pyfunc_model.write_poi_index(toy_bundle(seed=9), other)
+    (local / "artifacts" / "indexes" / pyfunc_model.POI_INDEX_FILE).write_bytes(
+        (other / pyfunc_model.POI_INDEX_FILE).read_bytes())
+    with pytest.raises(digests.BundleIntegrityError, match="POI index .*pois.faiss does not match its recorded sha256"):
+        mlflow.pyfunc.load_model(str(local))
 
 
 def _free_port() -> int:

@@ -33,6 +33,18 @@ def test_apikey_create_list_revoke(tmp_path, capsys):
     assert main(["apikey", "create", "--role", "marketer", "--tenant", "bad tenant!", "--keys", str(keys)]) == 2
 
 
+def test_apikey_end_sessions_ends_the_keys_dashboard_sessions_and_keeps_the_key(tmp_path, capsys):
+    keys_db = tmp_path / "keys.sqlite"
+    keys = KeyStore(keys_db)
+    key = keys.create("analyst", "hz")
+    key_id = key.split("_")[1]
+    sessions = [keys.start_session(key_id, 3600)[0] for _ in range(2)]
+    assert main(["apikey", "end-sessions", key_id, "--keys", str(keys_db)]) == 0
+    assert json.loads(capsys.readouterr().out) == {"key_id": key_id, "sessions_ended": 2}
+    assert all(KeyStore(keys_db).session(s) is None for s in sessions)
+    assert KeyStore(keys_db).lookup(key).key_id == key_id
+
+
 def test_materialize_a_bundle_dir(tmp_path, capsys):
     bundle = synthetic_bundle(n_pois=20, n_users=15, factors=4, seed=3, version="12")
     bundle.save(tmp_path / "bundle")

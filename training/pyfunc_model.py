@@ -9,6 +9,12 @@ artifact: an MLflow model folder (MLmodel with a signature and an input example)
 artifacts are the bundle and the FAISS index, its code `pyfunc_entry.py` (models from code:
 nothing is unpickled at load). The registered version's source is that folder. Serving does not use it: it keeps loading the run's `bundle/` and `indexes/`.
 
+Integrity: that folder is a second copy of the bundle, so it is checked like the first. At
+registration the copy must match the digest registration records (`training.digests`), the index
+folder gets its own digests.json, and both manifests' digests go in the model's `model_config`
+(in MLmodel). `load_context` refuses a copy whose files do not match its digests.json (naming the
+file) or whose digests.json is not the recorded one.
+
 Input, one row per request: `token` (a visitor token, 32 lowercase hex), optional `k`
 (1–100, default 10), optional filters `category` and `city`, optional `exclude_visited`
 and `personalized` (both default true). Output, one row per request: `token`, `poi_ids`
@@ -33,6 +39,7 @@ from mlflow.types.schema import Array, ColSpec, Schema
 
 from wenlv.errors import WenlvError
 from wenlv.privacy.tokens import VISITOR_TOKEN_PATTERN, is_visitor_token
+from wenlv.training import digests
 from wenlv.training.bundle import ModelBundle
 from wenlv.training.poi_filters import Filters
 from wenlv.training.ranking import STRATEGY_ALS, STRATEGY_POPULARITY, BundleRanker
@@ -45,6 +52,8 @@ POI_INDEX_FILE = "pois.faiss"
 INDEX_MANIFEST = "manifest.json"
 DEFAULT_K, MAX_K = 10, 100
 EXAMPLE_TOKEN = "0" * 32    # an unknown visitor: answered by popularity
+BUNDLE_DIGEST = "bundle_sha256"    # model_config keys: the digests of the copies' manifests, recorded at registration
+INDEXES_DIGEST = "indexes_sha256"
 REQUIREMENTS = ("mlflow", "faiss-cpu", "numpy", "pandas", "pyarrow", "pydantic-settings")
 
 SIGNATURE = ModelSignature(
@@ -128,11 +137,28 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
     """A registered version of wenlv-recommender: its bundle and POI index, ranked like serving ranks."""
 
     def load_context(self, context) -> None:
-        bundle = ModelBundle.load(context.artifacts["bundle"])
-        self.ranker = BundleRanker(bundle, read_poi_index(Path(context.artifacts["indexes"]), bundle))
+        recorded = context.model_config or {}
+        bundle_dir, index_dir = Path(context.artifacts["bundle"]), Path(context.artifacts["indexes"])
+        what = f"the pyfunc model's bundle copy ({bundle_dir})"
+        try:
+            bundle = ModelBundle.load(bundle_dir)  # checks every file against the copy's digests.json
+        except digests.BundleIntegrityError as exc:
+            raise digests.BundleIntegrityError(f"{what}: {exc}") from exc
+        digests.check_registered(bundle.digests, recorded.get(BUNDLE_DIGEST), what)
+        check_copy(index_dir, recorded.get(INDEXES_DIGEST), f"the pyfunc model's POI index ({index_dir})")
+        self.ranker = BundleRanker(bundle, read_poi_index(index_dir, bundle))
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return recommend_frame(self.ranker, model_input)
+
+
+def check_copy(folder: Path, recorded: str | None, what: str) -> None:
+    """Refuse a folder whose files do not match its digests.json, or whose digests.json is not the `recorded` one."""
+    try:
+        manifest = digests.verify_folder(folder)
+    except digests.BundleIntegrityError as exc:
+        raise digests.BundleIntegrityError(f"{what}: {exc}") from exc
+    digests.check_registered(manifest, recorded, what)
 
 
 # ---------------------------------------------------------------- writing it at registration
@@ -164,26 +190,33 @@ def _requirements() -> list[str]:
     return pinned
 
 
-def save_model(bundle_dir: Path, out: Path) -> Path:
-    """The MLflow model folder for one bundle (bundle and POI index as its artifacts)."""
+def save_model(bundle_dir: Path, out: Path, registered_sha256: str) -> Path:
+    """The MLflow model folder for one bundle (bundle and POI index as their artifacts), refused unless the bundle's
+    digests.json is the one registration recorded (`registered_sha256`)."""
     bundle = ModelBundle.load(bundle_dir)
+    digests.check_registered(bundle.digests, registered_sha256, f"the bundle copied into the pyfunc model ({bundle_dir})")
     index_dir = out.parent / "indexes"
     write_poi_index(bundle, index_dir)
+    recorded = {BUNDLE_DIGEST: registered_sha256,
+                INDEXES_DIGEST: digests.manifest_sha256(digests.write_manifest(index_dir))}
     mlflow.pyfunc.save_model(
-        str(out), python_model=str(ENTRY),
+        str(out), python_model=str(ENTRY), model_config=recorded,
         artifacts={"bundle": str(bundle_dir), "indexes": str(index_dir)},
         signature=SIGNATURE, input_example=input_example(bundle), pip_requirements=_requirements(),
         metadata={"wenlv_bundle_version": bundle.meta.get("version"), "needs": "the wenlv package installed"})
     return out
 
 
-def log_model_for_run(client, run_id: str) -> str:
-    """Log the run's bundle as an MLflow model under `model/`; returns the source URI to register."""
+def log_model_for_run(client, run_id: str, registered_sha256: str) -> str:
+    """Log the run's bundle as an MLflow model under `model/`; returns the source URI to register.
+
+    `registered_sha256` is the bundle digest registration records (registry.bundle_digest_tags): the downloaded copy
+    must match it, and the model carries it so its loader can check the copy again."""
     run = client.get_run(run_id)
     with tempfile.TemporaryDirectory(prefix="wenlv-pyfunc-") as tmp:
         bundle_dir = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=BUNDLE_ARTIFACT,
                                                          dst_path=str(Path(tmp) / "download"),
                                                          tracking_uri=client.tracking_uri)
-        model_dir = save_model(Path(bundle_dir), Path(tmp) / "build" / ARTIFACT_PATH)
+        model_dir = save_model(Path(bundle_dir), Path(tmp) / "build" / ARTIFACT_PATH, registered_sha256)
         client.log_artifacts(run_id, str(model_dir), ARTIFACT_PATH)
     return f"{run.info.artifact_uri}/{ARTIFACT_PATH}"

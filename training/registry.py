@@ -101,7 +101,8 @@ def register_version(run_id: str, tracking_uri: str | None = None) -> int:
     _ensure_model(c)
     run = c.get_run(run_id)
     integrity = bundle_digest_tags(c, run_id)  # before anything is registered: a mismatch registers nothing
-    mv = c.create_model_version(MODEL_NAME, source=pyfunc_model.log_model_for_run(c, run_id), run_id=run_id,
+    source = pyfunc_model.log_model_for_run(c, run_id, integrity[digests.REGISTERED_TAG])
+    mv = c.create_model_version(MODEL_NAME, source=source, run_id=run_id,
                                 tags={"ndcg_at_10": str(run.data.metrics.get("ndcg_at_10", "")), **integrity})
     return int(mv.version)
 

@@ -84,7 +84,8 @@ def login(request: Request, body: Login = Body(...)) -> JSONResponse:
         raise ApiError(403, "forbidden", f"role {principal.role!r} may not use the dashboard; "
                                          f"allowed: {', '.join(sessions.SESSION_ROLES)}")
     keys = request.app.state.keys
-    value, expires = sessions.issue(sessions.secret_for(keys.path), principal.key_id, get_settings().session_ttl_s)
+    session_id, expires = keys.start_session(principal.key_id, get_settings().session_ttl_s)
+    value = sessions.issue(sessions.secret_for(keys.path), principal.key_id, session_id, expires)
     response = JSONResponse(Session(authenticated=True, role=principal.role, tenant=principal.tenant,
                                     expires_at=expires).model_dump())
     sessions.set_cookie(response, request, value, expires)
@@ -100,8 +101,14 @@ async def session(request: Request) -> Session:
     return Session(authenticated=True, role=principal.role, tenant=principal.tenant)
 
 
-@router.post("/dashboard/logout", response_model=Session, summary="end the browser session (clears the cookie)")
+@router.post("/dashboard/logout", response_model=Session,
+             summary="end the browser session: the server forgets it (a copy of the cookie stops working) and the "
+                     "cookie is cleared")
 def logout(request: Request) -> JSONResponse:
+    keys = request.app.state.keys
+    claims = sessions.cookie_claims(request.cookies, keys.path)
+    if claims is not None:  # other sessions of the same key (other browsers) go on
+        keys.end_session(claims.session_id)
     response = JSONResponse(Session(authenticated=False).model_dump())
     sessions.clear_cookie(response, request)
     return response
