@@ -129,21 +129,6 @@ async def recommendations(
                          "degraded": degraded, "personalized": rec.personalized, "strategy": rec.strategy, "arm": arm})
 
 
-router.add_api_route(
-    "/visitors/{token}/recommendations",
-    recommendations,
-    methods=["GET"],
-    route_class_override=DirectRoute,  # no dependency solving: the hot route checks the key and query itself
-    response_model=RecommendationResponse,
-    summary="top-k POIs for a visitor",
-    description="Personalised from the visitor's factors when known; a new token gets cold-start results "
-                "(side-feature tower, else popularity in context). `personalized=false` returns a list that uses "
-                "nothing about the visitor (PIPL art. 24); visit exclusion then does not apply.",
-    responses=ERROR_RESPONSES,
-    openapi_extra={"parameters": query_parameters_openapi(RecommendationQuery), "security": OPENAPI_SECURITY},
-)
-
-
 @router.get(
     "/recommendations/{recommendation_id}",
     response_model=StoredRecommendation,
@@ -166,3 +151,22 @@ def stored_recommendation(
     if found is None:  # another tenant's id is indistinguishable from an unknown one
         raise ApiError(404, "not_found", f"recommendation {recommendation_id} not found")
     return StoredRecommendation(**{k: v for k, v in found.items() if k != "token"})
+
+
+def add_hot_route(app_router: APIRouter) -> None:
+    """Add GET /v1/visitors/{token}/recommendations to the app's own router, ahead of the included ones: FastAPI
+    matches a route of an included router twice per request (and /healthz's router after every other one)."""
+    app_router.add_api_route(
+        router.prefix + "/visitors/{token}/recommendations",
+        recommendations,
+        methods=["GET"],
+        route_class_override=DirectRoute,  # no dependency solving: the hot route checks the key and query itself
+        tags=router.tags,
+        response_model=RecommendationResponse,
+        summary="top-k POIs for a visitor",
+        description="Personalised from the visitor's factors when known; a new token gets cold-start results "
+                    "(side-feature tower, else popularity in context). `personalized=false` returns a list that uses "
+                    "nothing about the visitor (PIPL art. 24); visit exclusion then does not apply.",
+        responses=ERROR_RESPONSES,
+        openapi_extra={"parameters": query_parameters_openapi(RecommendationQuery), "security": OPENAPI_SECURITY},
+    )
