@@ -4,13 +4,14 @@ from __future__ import annotations
 import logging
 import re
 import time
-
+from functools import lru_cache
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import QueryParams
 
 from wenlv.serving.auth import OPENAPI_SECURITY, PRINCIPAL, ApiError, Principal, allowed_roles, authorize, require_role
 from wenlv.serving.database import served_lists_writer
@@ -30,7 +31,9 @@ _HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 
 class RecommendationQuery(BaseModel):
     """The query of a recommendation request, validated as one model: FastAPI's per-parameter work for nine
-    separate query parameters was the largest share of the route's CPU."""
+    separate query parameters was the largest share of the route's CPU. Frozen: parsed queries are shared."""
+
+    model_config = ConfigDict(frozen=True)
 
     k: int = Field(10, ge=1, le=100, description="how many POIs")
     exclude_visited: bool = Field(True, description="leave out POIs the visitor has visited")
@@ -76,8 +79,13 @@ NO_FILTERS = Filters()
 
 def parse_query(request: Request) -> RecommendationQuery:
     """The query string as a RecommendationQuery in one pydantic call; errors as FastAPI's 422."""
+    return _parsed(request.scope["query_string"])
+
+
+@lru_cache(maxsize=512)  # apps send a handful of distinct query strings: parse each once (an error is not cached)
+def _parsed(query_string: bytes) -> RecommendationQuery:
     try:
-        return RecommendationQuery.model_validate(dict(request.query_params))
+        return RecommendationQuery.model_validate(dict(QueryParams(query_string)))
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]) from None
 
