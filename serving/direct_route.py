@@ -6,7 +6,8 @@ response-model processing) was the largest part of the recommendation route's ow
 `Request` and its path parameters only; the path parameters are still validated by FastAPI's
 own field validators (the same 422 as on any route), and the endpoint checks the
 caller, parses its query and returns a `Response` itself. OpenAPI documents the route as any
-other (its signature, `response_model`, `openapi_extra`). Anything the handler would skip
+other (its signature, `response_model`, `openapi_extra`). Added to the app's own router it runs without
+FastAPI's per-request wrapper too (an included router wraps it again). Anything the handler would skip
 (dependencies, query/header/cookie/body parameters) is refused when the route is built,
 so nothing is silently left unchecked.
 """
@@ -15,9 +16,22 @@ from __future__ import annotations
 from fastapi import routing
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.requests import Request
 
 
 class DirectRoute(APIRoute):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        handler = self.get_route_handler()
+
+        async def app(scope, receive, send):
+            # As a route of the app's own router, without FastAPI's request_response wrapper: its exit stacks serve
+            # dependencies with yield (none here) and its exception handling repeats the app's ExceptionMiddleware.
+            response = await handler(Request(scope, receive, send))
+            await response(scope, receive, send)
+
+        self.app = app
+
     def get_route_handler(self):
         # An included route is built once per inclusion, with the router's dependencies in its context
         # (FastAPI hands that context over in a context variable, as APIRoute.get_route_handler reads it).
@@ -35,12 +49,13 @@ class DirectRoute(APIRoute):
 
         async def handler(request):
             params = request.path_params
-            values = {request_name: request}
+            values, errors = {request_name: request}, []
             for field in path_fields:  # what FastAPI's request_params_to_args does for a path parameter
-                value, errors = field.validate(params[field.alias], values, loc=("path", field.alias))
-                if errors:
-                    raise RequestValidationError(errors)
+                value, field_errors = field.validate(params[field.alias], values, loc=("path", field.alias))
+                errors.extend(field_errors)
                 values[field.name] = value
+            if errors:
+                raise RequestValidationError(errors)
             return await endpoint(**values)
 
         return handler
