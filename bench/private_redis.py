@@ -41,13 +41,19 @@ class PrivateRedis:
                 return self
             except redis.ConnectionError:
                 if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()  # a server that started but never answered is not left behind
                     raise RuntimeError(f"redis-server on port {self.port} did not start")
                 time.sleep(0.05)
 
     def stop(self) -> None:
+        """Stop the server: SIGTERM, and SIGKILL if it has not exited within 10 s (a busy machine)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(timeout=10)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
         self.proc = None
 
     def __enter__(self):

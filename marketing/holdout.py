@@ -15,15 +15,28 @@ import numpy as np
 TREATMENT, HOLDOUT = "treatment", "holdout"
 
 
+def _uniform(key: bytes, token: str) -> float:
+    return int.from_bytes(hmac.digest(key, token.encode(), hashlib.sha256)[:8], "big") / 2.0 ** 64
+
+
 def uniforms(seed: str, tokens) -> np.ndarray:
     """A number in [0, 1) per token: the first 8 bytes of HMAC-SHA256(seed, token)."""
     key = seed.encode()
-    return np.array([int.from_bytes(hmac.new(key, t.encode(), hashlib.sha256).digest()[:8], "big") / 2.0 ** 64
-                     for t in tokens], dtype=np.float64)
+    return np.array([_uniform(key, t) for t in tokens], dtype=np.float64)
+
+
+def _check_fraction(fraction: float) -> None:
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
 
 
 def arms(seed: str, tokens, fraction: float) -> np.ndarray:
     """'holdout' for the tokens whose uniform falls below `fraction`, else 'treatment'."""
-    if not 0.0 <= fraction < 1.0:
-        raise ValueError(f"holdout fraction must be in [0, 1), got {fraction}")
+    _check_fraction(fraction)
     return np.where(uniforms(seed, tokens) < fraction, HOLDOUT, TREATMENT)
+
+
+def arm(seed: str, token: str, fraction: float) -> str:
+    """`arms` for one token, without the arrays (the recommendation route asks once per request)."""
+    _check_fraction(fraction)
+    return HOLDOUT if _uniform(seed.encode(), token) < fraction else TREATMENT

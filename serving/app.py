@@ -59,7 +59,9 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) 
             if state.rec_log is not None:
                 state.rec_log.close()
 
-    app = FastAPI(title="Wenlv", version="1.0", description=DESCRIPTION, lifespan=lifespan)
+    # No OpenTelemetry (Prometheus is the service's telemetry): FastAPI would otherwise look for providers per request.
+    app = FastAPI(title="Wenlv", version="1.0", description=DESCRIPTION, lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False})
     metrics = Metrics()
     app.state.serving, app.state.keys, app.state.metrics, app.state.db = state, keys, metrics, db
     if state.model is not None:
@@ -72,7 +74,8 @@ def create_app(state: ServingState, keys: KeyStore, *, lifecycle=None, db=None) 
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: refusals are counted too
     _install_error_handlers(app)
 
-    for module in (recommendations, itineraries, campaigns, events, analytics, dashboard, health):  # hot route first
+    recommendations.add_hot_route(app.router)  # matched before any included router
+    for module in (recommendations, itineraries, campaigns, events, analytics, dashboard, health):
         app.include_router(module.router)
     return app
 

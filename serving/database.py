@@ -40,5 +40,6 @@ def get_db(request: Request) -> Engine:
 def served_lists_writer(app) -> ServedListWriter:
     """A writer of served lists into the app's ledger, its drops counted in the app's metrics."""
     dropped = app.state.metrics.served_lists_dropped
-    return ServedListWriter(lambda: app_engine(app), max_pending=get_settings().served_lists_queue,
-                            on_drop=lambda reason, n: dropped.labels(reason).inc(n))
+    settings = get_settings()
+    return ServedListWriter(lambda: app_engine(app), max_pending=settings.served_lists_queue,
+                            interval_s=settings.served_lists_flush_s, on_drop=lambda reason, n: dropped.labels(reason).inc(n))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from wenlv.marketing.holdout import HOLDOUT, TREATMENT, arms
+from wenlv.marketing.holdout import HOLDOUT, TREATMENT, arm
 from wenlv.marketing.secret_file import setting_or_private_file
 from wenlv.settings import Settings, get_settings
 
@@ -28,4 +28,4 @@ def surface_arm(token: str, settings: Settings | None = None) -> str:
     settings = settings or get_settings()
     if settings.recommendation_holdout <= 0:
         return TREATMENT
-    return str(arms(_key(settings), [token], settings.recommendation_holdout)[0])
+    return arm(_key(settings), token, settings.recommendation_holdout)

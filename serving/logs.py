@@ -12,10 +12,10 @@ import contextvars
 import json
 import logging
 import re
+import secrets
 import sys
 import time
 import traceback
-import uuid
 
 ACCESS_LOGGER = "wenlv.serving.access"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -29,7 +29,7 @@ def accepted_request_id(header: str | None) -> str:
     an id is echoed and logged, so it must not carry anything else."""
     if header and _SAFE_ID.match(header):
         return header
-    return uuid.uuid4().hex
+    return secrets.token_hex(16)
 
 
 def traceback_without_data(exc: BaseException) -> str:

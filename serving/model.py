@@ -10,8 +10,8 @@ answering and the answer says `degraded`.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +49,7 @@ class Recommendation:
     strategy: str
     personalized: bool
     degraded: bool
-    recommendation_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    recommendation_id: str = field(default_factory=lambda: secrets.token_hex(16))  # 32 hex digits, as uuid4().hex
 
 
 class ServingModel:

@@ -13,7 +13,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pandas as pd
 
-from wenlv.geo import haversine_km_radians
+from wenlv.geo import EARTH_RADIUS_KM, haversine_km_radians
 from wenlv.timeofday import hhmm_column_to_minutes
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
@@ -55,6 +55,8 @@ class PoiTable:
         self.lat = np.radians(pois["lat"].to_numpy(dtype=np.float64))
         self.lon = np.radians(pois["lon"].to_numpy(dtype=np.float64))
         self.cos_lat = np.cos(self.lat)
+        self._by_lat = np.argsort(self.lat, kind="stable")  # rows by latitude: a radius filter starts from a band
+        self._lat_sorted = self.lat[self._by_lat]
         self.open_min = hhmm_column_to_minutes(pois["open_time"])
         self.close_min = hhmm_column_to_minutes(pois["close_time"])
         self.index_of = pd.Index(self.poi_ids)
@@ -66,6 +68,24 @@ class PoiTable:
 
     def distance_km(self, lat: float, lon: float) -> np.ndarray:
         return haversine_km_radians(self.lat, self.lon, np.radians(lat), np.radians(lon), cos_lat1=self.cos_lat)
+
+    def within_km(self, lat: float, lon: float, radius_km: float) -> np.ndarray:
+        """Bool per POI: within `radius_km` of (lat, lon) by the haversine, computed only for the POIs in a bounding
+        box around the point (the haversine of every POI was the largest cost of a filtered request). The box only
+        leaves out POIs that are certainly farther: along a meridian the distance is at least R·|Δlat|, and no point
+        within angle δ of latitude φ0 is more than asin(sin δ / cos φ0) away in longitude."""
+        lat0, lon0 = np.radians(lat), np.radians(lon)
+        delta = radius_km / EARTH_RADIUS_KM * (1 + 1e-9) + 1e-12  # the margin covers rounding
+        lo = np.searchsorted(self._lat_sorted, lat0 - delta, side="left")
+        hi = np.searchsorted(self._lat_sorted, lat0 + delta, side="right")
+        rows = self._by_lat[lo:hi]
+        if abs(lat0) + delta < np.pi / 2 and delta < np.pi / 2:  # else the box spans every longitude
+            dlon = np.abs(self.lon[rows] - lon0)
+            dlon = np.minimum(dlon, 2 * np.pi - dlon)
+            rows = rows[dlon <= np.arcsin(np.sin(delta) / np.cos(lat0)) * (1 + 1e-9) + 1e-12]
+        near = np.zeros(self.n, dtype=bool)
+        near[rows] = haversine_km_radians(self.lat[rows], self.lon[rows], lat0, lon0, cos_lat1=self.cos_lat[rows]) <= radius_km
+        return near
 
     def open_mask(self, minute: int) -> np.ndarray:
         o, c = self.open_min, self.close_min
@@ -87,7 +107,7 @@ class PoiTable:
             only[self.city_codes.get(filters.city, [])] = True
             mask &= only
         if filters.near is not None:
-            mask &= self.distance_km(*filters.near) <= (filters.radius_km or 5.0)
+            mask &= self.within_km(*filters.near, filters.radius_km or 5.0)
         if filters.open_at_minute is not None:
             mask &= self.open_mask(filters.open_at_minute)
         if exclude is not None and len(exclude):

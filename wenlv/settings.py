@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     served_lists_queue: int = Field(50_000, ge=1, alias="WENLV_SERVED_LISTS_QUEUE",
                                     description="served lists waiting for the ledger before new ones are dropped "
                                                 "(counted in wenlv_served_lists_dropped_total)")
+    served_lists_flush_s: float = Field(1.0, gt=0, le=60, alias="WENLV_SERVED_LISTS_FLUSH",
+                                        description="seconds between writes of served lists to the ledger: a crash "
+                                                    "(kill -9) loses at most this long; a stop drains them. Longer "
+                                                    "batches cost less CPU per list (SQLite: 28 us at 0.2 s, 12 at 1 s)")
     # Campaigns
     min_audience_size: int = Field(1000, ge=1, alias="WENLV_MIN_AUDIENCE_SIZE",
                                    description="smallest audience a campaign may export (a tenant may set its own)")

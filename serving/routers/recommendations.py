@@ -4,16 +4,18 @@ from __future__ import annotations
 import logging
 import re
 import time
-
+from functools import lru_cache
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import QueryParams
 
 from wenlv.serving.auth import OPENAPI_SECURITY, PRINCIPAL, ApiError, Principal, allowed_roles, authorize, require_role
 from wenlv.serving.database import served_lists_writer
+from wenlv.serving.direct_route import DirectRoute
 from wenlv.serving.filters import Filters, now_minute
 from wenlv.serving.holdout import TREATMENT, surface_arm
 from wenlv.serving.schemas import (ERROR_RESPONSES, TOKEN_DESCRIPTION, TOKEN_PATTERN, Category, RecommendationResponse,
@@ -29,7 +31,9 @@ _HHMM = r"^([01]\d|2[0-3]):[0-5]\d$"
 
 class RecommendationQuery(BaseModel):
     """The query of a recommendation request, validated as one model: FastAPI's per-parameter work for nine
-    separate query parameters was the largest share of the route's CPU."""
+    separate query parameters was the largest share of the route's CPU. Frozen: parsed queries are shared."""
+
+    model_config = ConfigDict(frozen=True)
 
     k: int = Field(10, ge=1, le=100, description="how many POIs")
     exclude_visited: bool = Field(True, description="leave out POIs the visitor has visited")
@@ -75,8 +79,13 @@ NO_FILTERS = Filters()
 
 def parse_query(request: Request) -> RecommendationQuery:
     """The query string as a RecommendationQuery in one pydantic call; errors as FastAPI's 422."""
+    return _parsed(request.scope["query_string"])
+
+
+@lru_cache(maxsize=512)  # apps send a handful of distinct query strings: parse each once (an error is not cached)
+def _parsed(query_string: bytes) -> RecommendationQuery:
     try:
-        return RecommendationQuery.model_validate(dict(request.query_params))
+        return RecommendationQuery.model_validate(dict(QueryParams(query_string)))
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("query", *e["loc"])} for e in exc.errors(include_url=False)]) from None
 
@@ -98,22 +107,13 @@ def query_parameters_openapi(model: type[BaseModel]) -> list[dict]:
     return params
 
 
-@router.get(
-    "/visitors/{token}/recommendations",
-    response_model=RecommendationResponse,
-    summary="top-k POIs for a visitor",
-    description="Personalised from the visitor's factors when known; a new token gets cold-start results "
-                "(side-feature tower, else popularity in context). `personalized=false` returns a list that uses "
-                "nothing about the visitor (PIPL art. 24); visit exclusion then does not apply.",
-    responses=ERROR_RESPONSES,
-    openapi_extra={"parameters": query_parameters_openapi(RecommendationQuery), "security": OPENAPI_SECURITY},
-)
 async def recommendations(
     request: Request,
     token: Annotated[str, Path(pattern=TOKEN_PATTERN, description=TOKEN_DESCRIPTION)],
 ) -> RecommendationResponse:
-    # The hot route: the key, the query and the model by plain calls, not FastAPI dependencies and per-parameter
-    # validation (those were over half of the route's CPU, measured with cProfile); the same rules and errors.
+    # The hot route (a DirectRoute: FastAPI validates the token and calls this, no dependency solving): the key, the
+    # query and the model by plain calls, not dependencies and per-parameter validation (those were over half of the
+    # route's CPU, measured with cProfile); the same rules and errors.
     principal = authorize(request.scope.get(PRINCIPAL), VISITOR_APP)
     query = parse_query(request)
     model = current_model(request)
@@ -159,3 +159,22 @@ def stored_recommendation(
     if found is None:  # another tenant's id is indistinguishable from an unknown one
         raise ApiError(404, "not_found", f"recommendation {recommendation_id} not found")
     return StoredRecommendation(**{k: v for k, v in found.items() if k != "token"})
+
+
+def add_hot_route(app_router: APIRouter) -> None:
+    """Add GET /v1/visitors/{token}/recommendations to the app's own router, ahead of the included ones: FastAPI
+    matches a route of an included router twice per request (and /healthz's router after every other one)."""
+    app_router.add_api_route(
+        router.prefix + "/visitors/{token}/recommendations",
+        recommendations,
+        methods=["GET"],
+        route_class_override=DirectRoute,  # no dependency solving: the hot route checks the key and query itself
+        tags=router.tags,
+        response_model=RecommendationResponse,
+        summary="top-k POIs for a visitor",
+        description="Personalised from the visitor's factors when known; a new token gets cold-start results "
+                    "(side-feature tower, else popularity in context). `personalized=false` returns a list that uses "
+                    "nothing about the visitor (PIPL art. 24); visit exclusion then does not apply.",
+        responses=ERROR_RESPONSES,
+        openapi_extra={"parameters": query_parameters_openapi(RecommendationQuery), "security": OPENAPI_SECURITY},
+    )
