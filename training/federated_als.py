@@ -60,7 +60,7 @@ from wenlv.privacy.audit import AuditLog
 from wenlv.privacy.secure_agg import (DEFAULT_FRAC_BITS, RING_BITS, Aggregator, DropoutError, Identity, MaskingParty,
                                 PartyUnavailable, SecureAggError)
 from wenlv.training.item_cg import item_cg_step, with_ridge
-from wenlv.training.party_api import Party
+from wenlv.training.party_api import Party, party_state_file
 from wenlv.training.sparse_rows import RS_EPS, row_pass
 from wenlv.errors import WenlvError
 from wenlv.memory import plain_pages_empty
@@ -366,11 +366,7 @@ class FederatedALSParty:
         """Keep the item factors on this party's own disk (``<state_dir>/als/<run>/``); "" without one."""
         if self.state_dir is None or self._Y is None:
             return ""
-        if not run_id.replace("-", "").isalnum():
-            raise WenlvError(f"{self.name}: run id {run_id!r} is not a plain name")
-        folder = self.state_dir / "als" / run_id
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.name}_item_factors.npy"
+        path = party_state_file(self.state_dir, "als", run_id, f"{self.name}_item_factors.npy")
         np.save(path, self._Y)
         return str(path)
 

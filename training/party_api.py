@@ -13,11 +13,24 @@ factors, except the tourism POI factors that serving needs (`item_factors`).
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from wenlv.errors import WenlvError
 from wenlv.privacy.secure_agg import KeyAnnouncement, MaskedMessage
+
+
+def party_state_file(state_dir: Path, kind: str, run_id: str, filename: str) -> Path:
+    """Where a party keeps one run's trained piece on its own disk (``<state_dir>/<kind>/<run>/<filename>``).
+
+    The run id comes from the coordinator: it must be a plain name, never a path."""
+    if not run_id.replace("-", "").isalnum():
+        raise WenlvError(f"run id {run_id!r} is not a plain name")
+    folder = state_dir / kind / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / filename
 
 # the parties with a bottom tower (side features of their own); tourism holds the labels
 TOWER_PARTIES = ("carrier", "internet")

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from wenlv.privacy.secure_agg import Identity, MaskingParty
+from wenlv.training.party_api import party_state_file
 from wenlv.training.tower_model import FeatureSpec, PartyTower
 from wenlv.errors import WenlvError
 
@@ -143,11 +144,7 @@ class TowerSide:
         """Keep the tower on this party's own disk (``<state_dir>/towers/<run>/``); "" without one."""
         if self.state_dir is None or self._tower is None:
             return ""
-        if not run_id.replace("-", "").isalnum():
-            raise WenlvError(f"{self.name}: run id {run_id!r} is not a plain name")
-        folder = self.state_dir / "towers" / run_id
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{self.name}_tower.pt"
+        path = party_state_file(self.state_dir, "towers", run_id, f"{self.name}_tower.pt")
         torch.save(self._tower.state_dict(), path)
         return str(path)
 
