@@ -20,7 +20,8 @@ fixed-rate latencies (`p99_ms_phase` says so), as the goal reads: 10,000 events/
 
 Peers in the same run: on PostgreSQL, `pgbench` inserting the same batches (one multi-row
 INSERT ... ON CONFLICT DO NOTHING RETURNING per transaction) into a table of the same shape,
-the ceiling of the database itself; on SQLite, the same statement from one in-process thread.
+the ceiling of the database itself, and the same at the fixed rate (`-R`) for the latency the
+database alone gives there; on SQLite, the same statement from one in-process thread.
 Each target gets a fresh database (PostgreSQL: CREATE DATABASE, dropped afterwards).
 """
 from __future__ import annotations
@@ -38,6 +39,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
+import numpy as np
 from sqlalchemy import create_engine, func, select, text
 
 from wenlv.bench.open_loop import fixed_rate
@@ -218,29 +220,60 @@ ON CONFLICT DO NOTHING RETURNING event_id, recommendation_id IS NULL OR EXISTS (
 """
 
 
-def pgbench_rows_per_s(url: str, batch: int, duration: int, connections: int) -> dict:
-    """pgbench's insert rate into a copy of the events table (same columns, keys, indexes and checks)."""
+def _pgbench(url: str, script: str, duration: int, connections: int, *extra: str) -> str:
+    """Run pgbench with `script` on the database at `url`; its stdout."""
+    parts = httpx.URL(url.replace("postgresql://", "http://", 1))
+    return subprocess.run(["pgbench", "-n", "-c", str(connections), "-j", "2", "-T", str(duration), "-f", script,
+                           *extra, "-h", parts.host, "-p", str(parts.port or 5432), "-U", parts.username or "postgres",
+                           parts.path.lstrip("/")], capture_output=True, text=True, check=True).stdout
+
+
+def pgbench_log_latencies_ms(lines) -> list[float]:
+    """Per-transaction latencies from pgbench's `-l` log, counted from the *scheduled* start under `-R`
+    (elapsed time + schedule lag, as the open-loop generator counts from the due time).
+
+    A line is `client transaction elapsed_us script epoch_s epoch_us [schedule_lag_us]`."""
+    out = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 6:
+            continue
+        lag_us = int(fields[6]) if len(fields) > 6 else 0
+        out.append((int(fields[2]) + lag_us) / 1000.0)
+    return out
+
+
+def pgbench_peer(url: str, batch: int, duration: int, connections: int, rate_tps: float,
+                 fixed_clients: int = 8) -> dict:
+    """pgbench into a copy of the events table (same columns, keys, indexes and checks): its insert rate
+    with `connections` clients (the throughput ceiling) and its latency at the fixed rate the server is
+    offered (`-R`, the latency peer: what PostgreSQL's commits alone cost at that rate on this disk)."""
     engine = create_engine(_psycopg(url))
     with engine.begin() as c:
         c.execute(text("CREATE TABLE events_pgbench (LIKE events INCLUDING ALL)"))
+    logs = Path(tempfile.mkdtemp(prefix="wenlv-pgbench-"))
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
         f.write(PGBENCH_SQL % batch)
         script = f.name
-    parts = httpx.URL(url.replace("postgresql://", "http://", 1))
     try:
-        out = subprocess.run(["pgbench", "-n", "-c", str(connections), "-j", "2", "-T", str(duration), "-f", script,
-                              "-h", parts.host, "-p", str(parts.port or 5432), "-U", parts.username or "postgres",
-                              parts.path.lstrip("/")], capture_output=True, text=True, check=True).stdout
+        out = _pgbench(url, script, duration, connections)
         tps = float(re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out).group(1))
         with engine.connect() as c:
             rows = c.execute(text("SELECT count(*) FROM events_pgbench")).scalar()
+        _pgbench(url, script, duration, fixed_clients, "-R", str(rate_tps), "-l", "--log-prefix", str(logs / "tx"))
+        latencies = [ms for log in sorted(logs.glob("tx*")) for ms in pgbench_log_latencies_ms(log.read_text().splitlines())]
     finally:
         os.unlink(script)
+        shutil.rmtree(logs, ignore_errors=True)
         with engine.begin() as c:
             c.execute(text("DROP TABLE events_pgbench"))
         engine.dispose()
+    pct = lambda q: round(float(np.percentile(latencies, q)), 3) if latencies else None  # noqa: E731
     return {"pgbench_rows_per_s": round(tps * batch, 1), "pgbench_tps": tps, "pgbench_rows": rows,
-            "pgbench_connections": connections}
+            "pgbench_connections": connections,
+            "pgbench_fixed_rate": {"offered_tps": rate_tps, "clients": fixed_clients, "transactions": len(latencies),
+                                   "p50_ms": pct(50), "p99_ms": pct(99), "max_ms": pct(100),
+                                   "latency_from": "scheduled start (elapsed + schedule lag)"}}
 
 
 def direct_rows_per_s(engine, batch: int, duration: float) -> float:
@@ -356,7 +389,7 @@ def measure(kind: str, url: str, work: Path, *, batch: int, duration: int, worke
     if kind == "postgresql":
         with engine.connect() as c:
             result["synchronous_commit"] = c.execute(text("SHOW synchronous_commit")).scalar()
-        result.update(pgbench_rows_per_s(url, batch, min(duration, 10), connections))
+        result.update(pgbench_peer(url, batch, min(duration, 10), connections, rate / batch))
         result["ratio"] = round(result["events_per_s"] / result["pgbench_rows_per_s"], 3)
     else:
         with engine.connect() as c:

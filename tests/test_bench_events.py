@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from wenlv.bench.events import TENANT, goal_met, phase_counts, start_server
+from wenlv.bench.events import TENANT, goal_met, pgbench_log_latencies_ms, phase_counts, start_server
 from wenlv.bench.open_loop import fixed_rate
 from wenlv.db import engine as db_engine
 from wenlv.serving.auth import KeyStore
@@ -96,3 +96,13 @@ def test_the_goal_needs_the_fixed_rate_p99_every_batch_answered_and_the_saturati
     assert not goal_met({**pg, "fixed_rate": {**fixed, "p99_ms": 60.0}}, 10_000)
     assert not goal_met({**pg, "fixed_rate": {**fixed, "acknowledged": 99_900}}, 10_000)  # a batch unanswered
     assert not goal_met({**pg, "events_per_s": 9_000}, 10_000)
+
+
+def test_pgbench_latency_counts_from_the_scheduled_start():
+    """Under -R pgbench logs the schedule lag apart from the elapsed time: the peer adds it back, as the
+    open-loop generator counts from the due time (without the lag a stalled database would look fast)."""
+    log = ["0 0 5000 0 1764770000 100 0",        # on time, 5 ms
+           "1 0 4000 0 1764770000 200 250000",   # started 250 ms late (the database was stalled), 4 ms
+           "0 1 6000 0 1764770001 300",          # no -R: no lag column
+           "garbage"]
+    assert pgbench_log_latencies_ms(log) == [5.0, 254.0, 6.0]
