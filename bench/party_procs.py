@@ -76,6 +76,34 @@ def _interpreter_visible() -> str:
             f"mkdir -p {top} && mount --move {hold} {top} && ")
 
 
+def wait_listening(proc: subprocess.Popen, party: str, log: Path, timeout: float, stop) -> dict:
+    """The JSON "listening" line `wenlv party serve` prints once it accepts connections (bounded wait);
+    on failure `stop()` and an error carrying the end of the party's log."""
+    deadline, line = time.monotonic() + timeout, b""
+    while time.monotonic() < deadline and proc.poll() is None:
+        if select.select([proc.stdout], [], [], 1.0)[0]:
+            line = proc.stdout.readline()
+            if b"listening" in line:
+                break
+    if b"listening" not in line:
+        stop()
+        raise RuntimeError(f"party {party} did not start: {line!r} {log.read_text(errors='replace')[-3000:]}")
+    return json.loads(line)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM, then SIGKILL after `timeout` s; the stdout pipe closed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+    if proc.stdout:
+        proc.stdout.close()
+
+
 class PartyProcess:
     """`wenlv party serve` for one party in its namespace as its own uid; waits until it listens."""
 
@@ -94,19 +122,7 @@ class PartyProcess:
         self.log = home.parent / f"{party}.log"  # beside its folder (root's): a pipe left unread could fill up
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(cmd, cwd=home, stdout=subprocess.PIPE, stderr=log)
-        deadline = time.monotonic() + timeout
-        line = b""
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 1.0)
-            if ready:
-                line = self.proc.stdout.readline()
-                if b"listening" in line:
-                    break
-        if b"listening" not in line:
-            self.stop()
-            err = self.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"party {party} did not start: {line!r} {err}")
-        self.listening = json.loads(line)
+        self.listening = wait_listening(self.proc, party, self.log, timeout, self.stop)
 
     @property
     def pid(self) -> int:
@@ -132,12 +148,4 @@ class PartyProcess:
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        stop_process(self.proc, 15)

@@ -6,23 +6,15 @@ waits for its "listening" line (bounded), and stops it with SIGTERM (then SIGKIL
 """
 from __future__ import annotations
 
-import json
 import os
-import select
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from wenlv.bench.party_procs import stop_process, wait_listening
+from wenlv.serving.runtime import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PartyProcess:
@@ -43,26 +35,10 @@ class PartyProcess:
             cmd += ["--state", str(state)]
         with open(log, "ab") as err:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, env=env, cwd=cwd)
-        deadline, line = time.monotonic() + timeout, b""
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if select.select([self.proc.stdout], [], [], 1.0)[0]:
-                line = self.proc.stdout.readline()
-                if b"listening" in line:
-                    break
-        if b"listening" not in line:
-            self.stop()
-            raise RuntimeError(f"party {party} did not start: {log.read_text(errors='replace')[-3000:]}")
-        self.ready = json.loads(line)
+        self.ready = wait_listening(self.proc, party, log, timeout, self.stop)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=30)
-        self.proc.stdout.close()
+        stop_process(self.proc, 30)
 
 
 class PartyProcesses(dict):
