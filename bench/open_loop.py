@@ -8,12 +8,22 @@ when it was *due*, so time spent waiting behind a slow answer counts, as wrk2 do
 rates this measures (~100 requests/s) one asyncio loop is far from its own limit. `send_lag`
 (sent minus due) is the wait for a free connection plus the generator's own delay: a few ms
 while the server keeps up, growing when all `connections` are busy (the server fell behind).
+
+The generator must not stall itself: inside `wenlv bench` its process holds every benchmark's
+imports (~200k objects), and one gen-2 garbage collection there took 206 ms in the middle of a
+run, so twenty requests went out late at once and the p99 read 230-420 ms while the server
+answered in 10 ms. The collector is therefore paused for the run (`_collector_paused`; the run
+allocates little, the bodies are built before it), and a watcher task records how late the
+loop woke (`loop_lag_max_ms`): a generator stall shows as itself, not as server latency.
 """
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 import numpy as np
@@ -77,6 +87,38 @@ async def _post(connection, request: bytes) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
+LAG_TICK_S = 0.005  # the watcher's sleep: how finely a stall of the generator's own loop is seen
+
+
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """No garbage collection inside the block: what exists is collected and frozen first, the
+    collector re-enabled after (as it was)."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if was_enabled:
+            gc.enable()
+
+
+def _collections() -> int:
+    """Garbage collections this process has run so far, all generations."""
+    return sum(stats["collections"] for stats in gc.get_stats())
+
+
+async def _watch_loop_lag(lags: list[float], stop: asyncio.Event) -> None:
+    """How late the generator's own loop woke each tick (seconds): its stalls, not the server's."""
+    while not stop.is_set():
+        slept = time.perf_counter()
+        await asyncio.sleep(LAG_TICK_S)
+        lags.append(time.perf_counter() - slept - LAG_TICK_S)
+
+
 async def _run(host: str, port: int, key: str, bodies: list[bytes], rate: float, connections: int,
                timeout_s: float) -> dict:
     head = (f"POST /v1/events HTTP/1.1\r\nHost: {host}:{port}\r\nAuthorization: Bearer {key}\r\n"
@@ -113,6 +155,9 @@ async def _run(host: str, port: int, key: str, bodies: list[bytes], rate: float,
         latency.append(done - due)
         service.append(done - sent)
 
+    loop_lags: list[float] = []
+    stop_watch = asyncio.Event()
+    watcher = asyncio.create_task(_watch_loop_lag(loop_lags, stop_watch))
     start = time.perf_counter() + 0.05  # perf_counter: uvloop's loop.time() ticks in whole milliseconds
     tasks = []
     for i, request in enumerate(requests):
@@ -123,12 +168,15 @@ async def _run(host: str, port: int, key: str, bodies: list[bytes], rate: float,
         tasks.append(asyncio.create_task(send(request, due)))
     await asyncio.gather(*tasks)
     duration = time.perf_counter() - start
+    stop_watch.set()
+    await watcher
     pool.close()
     ms = lambda values, q: round(float(np.percentile(values, q)) * 1000, 3) if values else None  # noqa: E731
     return {"requests": len(requests), "duration_s": round(duration, 3), "offered_requests_per_s": rate,
             "p50_ms": ms(latency, 50), "p90_ms": ms(latency, 90), "p99_ms": ms(latency, 99),
             "max_ms": ms(latency, 100), "service_p50_ms": ms(service, 50), "service_p99_ms": ms(service, 99),
-            "send_lag_p99_ms": ms(lag, 99), "send_lag_max_ms": ms(lag, 100), "connections_opened": pool.opened,
+            "send_lag_p99_ms": ms(lag, 99), "send_lag_max_ms": ms(lag, 100), "loop_lag_max_ms": ms(loop_lags, 100),
+            "connections_opened": pool.opened,
             **counts}
 
 
@@ -138,6 +186,9 @@ def fixed_rate(base: str, key: str, nonce: str, batch: int, rate: float, duratio
     bodies = [event_batch(nonce, n, batch, lists) for n in range(int(rate * duration))]
     url = httpx.URL(base)
     started = time.perf_counter()
-    result = uvloop.run(_run(url.host, url.port or 80, key, bodies, rate, connections, timeout_s))
+    with _collector_paused():
+        collected_before = _collections()
+        result = uvloop.run(_run(url.host, url.port or 80, key, bodies, rate, connections, timeout_s))
+        result["gc_collections"] = _collections() - collected_before  # the generator's, during the run: 0
     result["wall_s"] = round(time.perf_counter() - started, 3)
     return result
