@@ -4,7 +4,8 @@ Shape (default): 10,000 POIs × 1,000,000 users, 64 factors (a synthetic bundle 
 clusters: random-ish factors are fine for latency, clustered ones make ANN recall mean
 something). A private redis-server on a spare port holds the materialised online store;
 `wenlv serve` runs as its own process (uvicorn, one worker, uvloop + httptools); the load
-comes from `hey` (fixed rate: 3 processes × 100 req/s, per-request CSV) and `wrk`
+comes from `hey` (fixed rate: one-connection streams of 25 req/s started 1/rate apart, so requests
+arrive evenly spaced; per-request CSV) and `wrk`
 (saturation, Lua-rotated tokens, 10% cold). Printed beside it: FAISS-only search latency,
 in-process `ServingModel.recommend` latency and the same fixed rate on /healthz, so the
 HTTP overhead and the machine's own floor are visible; the server's CPU ms per request
@@ -154,21 +155,45 @@ def _measured(server, phase):
     return out
 
 
+STREAM_RPS = 25  # each hey stream's rate: one request per 40 ms, far above an answer's time (no closed-loop gaps)
+
+
 def _hey_fixed_rate(base: str, key: str, urls: list[str], rate: int, duration: int) -> dict:
-    per = max(1, rate // len(urls))
-    workers = 5
-    procs = [subprocess.Popen(["hey", "-z", f"{duration}s", "-c", str(workers), "-q", f"{per / workers:g}", "-o", "csv",
-                               "-H", f"Authorization: Bearer {key}", base + u], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-             for u in urls]
-    latencies, statuses, stderr = [], {}, b""
-    for p in procs:
-        out, err = p.communicate()
-        stderr += err
-        _read_hey_csv(out, latencies, statuses)
+    """`rate` requests/s for `duration` s, spread evenly in time over the URLs.
+
+    hey paces each of its workers with its own ticker, and starts them together: `-c 5 -q 20`
+    sends five requests at once every 50 ms, so three such processes made bursts of 15
+    simultaneous requests, six times a second. The server then answered the 15th after the
+    other 14 (p50 6-8 ms, p99 11-15 ms for 1 ms of work each), a burst test rather than the
+    rate. Instead: one-connection hey processes of `STREAM_RPS` each, started 1/rate apart,
+    so the requests arrive one at a time, evenly spaced, as `rate` independent visitors would
+    (on average) send them.
+    """
+    streams = max(len(urls), -(-rate // STREAM_RPS))
+    streams += -streams % len(urls)  # every URL gets as many streams
+    per_stream = rate / streams
+    procs = []
+    try:
+        for i in range(streams):
+            procs.append(subprocess.Popen(["hey", "-z", f"{duration}s", "-c", "1", "-q", f"{per_stream:g}", "-o", "csv",
+                                           "-H", f"Authorization: Bearer {key}", base + urls[i % len(urls)]],
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+            time.sleep(1 / rate)
+        latencies, statuses, stderr = [], {}, b""
+        for p in procs:
+            out, err = p.communicate()
+            stderr += err
+            _read_hey_csv(out, latencies, statuses)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     errors = sum(n for s, n in statuses.items() if s != "200")
-    return {"target_rps": per * len(urls), "achieved_rps": round(len(latencies) / duration, 1), "requests": len(latencies),
+    return {"target_rps": rate, "achieved_rps": round(len(latencies) / duration, 1), "requests": len(latencies),
             "duration_s": duration, **_latencies(latencies, "hey", stderr),
-            "errors": errors, "statuses": statuses, "tool": "hey"}
+            "errors": errors, "statuses": statuses, "tool": "hey", "streams": streams,
+            "arrivals": "evenly spaced: one-connection streams started 1/rate apart"}
 
 
 def _read_hey_csv(out: bytes, latencies: list[float], statuses: dict) -> None:
