@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from wenlv.serving.answer_json import ItemJson
 from wenlv.serving.filters import Filters
 from wenlv.serving.indexes import DEFAULT_CACHE, EXACT_BELOW, BundleIndexes, build_bundle_indexes, use_configured_threads
 from wenlv.serving.online_store import ResilientStore, StoreUnavailable
@@ -70,6 +71,8 @@ class ServingModel:
         self.poi_unit = self.poi_factors / np.maximum(norms, 1e-9)
         self.user_rows, self.user_factors = self.ranker.user_rows, self.ranker.user_factors
         self.tower = load_user_tower(bundle.towers_dir, bundle.factors) if tower is FROM_BUNDLE else tower
+        t = self.table
+        self.item_json = ItemJson(t.poi_ids, t.names, t.categories, t.cities)  # the answer's per-POI JSON, once
         self.built_seconds = round(time.perf_counter() - started, 3)
 
     def close(self) -> None:

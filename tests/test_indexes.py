@@ -121,3 +121,30 @@ def test_stored_indexes_are_checked_against_the_bundle(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexArtifactRefused, match="holds a IndexFlatIP of 10×8"):
         read_indexes(tmp_path, expected, b)
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw"])
+def test_search_excluding_a_few_ids_equals_the_masked_search(vectors, kind):
+    items, queries = vectors
+    index = build_index(items, queries, kind=kind, target_recall=0.95)
+    rng = np.random.default_rng(5)
+    for q in queries[:30]:
+        top = index.search(q, 40)[0]
+        exclude = np.concatenate([rng.choice(top, 6, replace=False), rng.choice(len(items), 3)])  # some in the top
+        mask = np.ones(len(items), dtype=bool)
+        mask[exclude] = False
+        ids, scores = index.search_excluding(q, 10, exclude)
+        assert len(ids) == 10 and not set(ids.tolist()) & set(exclude.tolist())
+        if kind == "flat":  # exact: the very same answer as the mask's
+            want_ids, want_scores = index.search(q, 10, mask)
+            assert list(ids) == list(want_ids)
+            np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
+        assert list(scores) == sorted(scores, reverse=True)
+
+
+def test_search_excluding_nearly_everything_returns_what_is_left(vectors):
+    items, queries = vectors
+    index = build_index(items[:12], queries, exact_below=10_000)
+    ids, _ = index.search_excluding(queries[0], 10, np.arange(9))
+    assert sorted(ids.tolist()) == [9, 10, 11]
+    assert len(index.search_excluding(queries[0], 10, np.arange(12))[0]) == 0

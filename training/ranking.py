@@ -17,6 +17,9 @@ from wenlv.training.vector_index import VectorIndex, exact_top_k
 
 STRATEGY_ALS = "als"                # ranked by the visitor's own factors
 STRATEGY_POPULARITY = "popularity"  # no usable vector, or a non-personalised list asked for
+# Up to this many visited POIs are left out by over-fetching (VectorIndex.search_excluding), more by a mask:
+# fetching k + 256 from a flat index costs about what the mask does.
+EXCLUDE_BY_OVERFETCH = 256
 
 
 def popularity_scores(pois: pd.DataFrame) -> np.ndarray:
@@ -70,7 +73,10 @@ class BundleRanker:
         Only POIs that pass `filters` and are not in `exclude` (POI rows) are candidates;
         min(k, eligible) items come back.
         """
-        mask = self.table.mask(filters or Filters(), exclude)
+        filters = filters or Filters()
+        if vector is not None and not filters.any and exclude is not None and 0 < len(exclude) <= EXCLUDE_BY_OVERFETCH:
+            return self.poi_index.search_excluding(vector, k, exclude)  # the same answer, without a mask
+        mask = self.table.mask(filters, exclude)
         if vector is not None:
             return self.poi_index.search(vector, k, mask)
         return exact_top_k(self.popularity[:, None], np.ones(1, dtype=np.float32), k, mask)

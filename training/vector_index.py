@@ -113,6 +113,27 @@ class VectorIndex:
         return ids[found].astype(np.int64), scores[found]
 
 
+    def search_excluding(self, query: np.ndarray, k: int, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`search` with only `exclude` (ids, a few) ineligible: the top k + len(exclude) unfiltered, minus those.
+
+        The same answer as a mask that only drops `exclude`, without building that mask, its
+        bitmap and a FAISS selector on every request (~35 µs of a 10k-POI search's ~110 µs):
+        the k best eligible items are among the k + len(exclude) best of all. An approximate
+        index that returned too few falls back to the masked search.
+        """
+        dropped = set(exclude.tolist())
+        want = min(k, self.size - len(dropped))
+        if want <= 0:
+            return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)
+        ids, scores = self.search(query, min(self.size, k + len(dropped)))
+        keep = [n for n, i in enumerate(ids.tolist()) if i not in dropped][:want]
+        if len(keep) < want:
+            mask = np.ones(self.size, dtype=bool)
+            mask[exclude] = False
+            return self.search(query, k, mask)
+        return ids[keep], scores[keep]
+
+
 def exact_top_k(vectors: np.ndarray, query: np.ndarray, k: int, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k (vectorised), optionally among `mask`-eligible rows."""
     candidates = np.flatnonzero(mask) if mask is not None else None

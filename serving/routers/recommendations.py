@@ -9,10 +9,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import QueryParams
 
+from wenlv.serving.answer_json import answer_bytes
 from wenlv.serving.auth import OPENAPI_SECURITY, PRINCIPAL, ApiError, Principal, allowed_roles, authorize, require_role
 from wenlv.serving.database import served_lists_writer
 from wenlv.serving.direct_route import DirectRoute
@@ -120,21 +121,21 @@ async def recommendations(
     arm = surface_arm(token)  # the holdout gets the non-personalised list, whatever it asked for
     rec = model.recommend(token, k=query.k, filters=query.filters(), exclude_visited=query.exclude_visited,
                           personalized=query.personalized and arm == TREATMENT)
-    t = model.table
-    items = [{"poi_id": t.poi_ids[i], "name": t.names[i], "category": t.categories[i], "city": t.cities[i],
-              "score": round(float(s), 6), "reason": r} for i, s, r in zip(rec.ids.tolist(), rec.scores.tolist(), rec.reasons)]
     degraded = rec.degraded
     state = request.app.state.serving
     if state.rec_log is not None:  # written off the request path, in batches, to the store and the ledger
+        poi_ids = model.table.poi_ids
         state.rec_log.attach_ledger(lambda: served_lists_writer(request.app))
         state.rec_log.add(principal.tenant, rec.recommendation_id, {
             "recommendation_id": rec.recommendation_id, "model_version": model.version, "strategy": rec.strategy,
-            "personalized": rec.personalized, "poi_ids": [it["poi_id"] for it in items], "token": token,
+            "personalized": rec.personalized, "poi_ids": [str(poi_ids[i]) for i in rec.ids.tolist()], "token": token,
             "arm": arm, "created_at": time.time()})
     request.app.state.metrics.recommendation_counter(rec.strategy, degraded).inc()
-    # Built as plain JSON: the response model documents the shape, re-validating it per request costs ~0.3 ms.
-    return JSONResponse({"items": items, "model_version": model.version, "recommendation_id": rec.recommendation_id,
-                         "degraded": degraded, "personalized": rec.personalized, "strategy": rec.strategy, "arm": arm})
+    # Bytes from the model's per-POI JSON pieces (serving.answer_json): the response model documents the shape;
+    # re-validating it per request cost ~0.3 ms, building and encoding the item dicts ~60 µs.
+    return Response(answer_bytes(model.item_json, rec.ids, rec.scores, rec.reasons, {
+        "model_version": model.version, "recommendation_id": rec.recommendation_id, "degraded": degraded,
+        "personalized": rec.personalized, "strategy": rec.strategy, "arm": arm}), media_type="application/json")
 
 
 @router.get(
