@@ -126,14 +126,15 @@ def test_the_store_circuit_state_shows_on_metrics(tmp_path, bundles):
     app, _ = _app(tmp_path, bundles)
     with TestClient(app) as client:
         assert value(scrape(client), "wenlv_online_store_circuit_state") == 0  # closed: a working store
-    dead = ResilientStore(RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2), first_backoff_s=0.5)
+    # A backoff long enough that a scrape on a loaded machine still sees the circuit open (0.5 s was not, under load).
+    dead = ResilientStore(RedisStore(f"redis://127.0.0.1:{free_port()}/0", timeout_s=0.2), first_backoff_s=3.0)
     (tmp_path / "dead").mkdir()
     app, _ = _app(tmp_path / "dead", bundles, store=dead)
     with TestClient(app) as client:
         with pytest.raises(StoreUnavailable):
             dead.ping()
         assert value(scrape(client), "wenlv_online_store_circuit_state") == 2  # open: calls fail fast
-        time.sleep(0.6)
+        time.sleep(max(0.0, dead._open_until - time.monotonic()) + 0.05)  # the backoff has passed
         assert value(scrape(client), "wenlv_online_store_circuit_state") == 1  # half-open: the next call is a trial
 
 
