@@ -12,7 +12,7 @@ topics, which every model may use) and scores the target items for chosen user r
 * EASE — Steck's closed-form shallow autoencoder, B = I − P·diag(1/diag P), P = (XᵀX + λI)⁻¹;
 * BPR — implicit's Bayesian personalised ranking;
 * ALS — implicit's ALS on confidences scaled by `weight` (alpha; linear, log, BM25 or TF-IDF);
-* a blend of two of them (per-user standardised scores, weight w on the first).
+* a blend of two or more of them (per-user standardised scores, weights on the simplex).
 
 `weight` is what each party may apply to its own block before the federated fit (a local
 operation: nothing about one party's block reaches another).
@@ -138,10 +138,25 @@ def _standardise(s: np.ndarray) -> np.ndarray:
 
 def blend(first: Fitted, second: Fitted, w: float) -> Fitted:
     """w · z(first) + (1 − w) · z(second), scores standardised per user."""
-    return Fitted(f"{first.name}+{second.name}", first.n_targets,
-                  lambda rows, X: w * _standardise(first.scores(rows, X)) + (1 - w) * _standardise(
-                      second.scores(rows, X)),
-                  {"first": first.name, "second": second.name, "w": w})
+    return blend_many((first, second), (w, 1 - w))
+
+
+def blend_many(models, weights) -> Fitted:
+    """Σ wᵢ · z(modelᵢ): per-user standardised scores, so no model wins by its score scale alone."""
+    models, weights = tuple(models), tuple(float(w) for w in weights)
+    if len(models) != len(weights) or not models:
+        raise WenlvError(f"a blend needs one weight per model, got {len(models)} models, {len(weights)} weights")
+
+    def score_rows(rows, X):
+        out = weights[0] * _standardise(models[0].scores(rows, X))
+        for m, w in zip(models[1:], weights[1:]):
+            out += w * _standardise(m.scores(rows, X))
+        return out
+
+    names = [m.name for m in models]
+    params = ({"first": names[0], "second": names[1], "w": weights[0]} if len(models) == 2
+              else {"models": names, "weights": list(weights)})
+    return Fitted("+".join(names), models[0].n_targets, score_rows, params)
 
 
 BUILDERS = {"popularity": popularity, "personal_popularity": personal_popularity, "item_knn": item_knn, "ease": ease,
