@@ -92,7 +92,10 @@ def flickr_dataset(city: str, source: Path, fraction: float = 0.2):
         m = _counts(history, users, items)
         truth = _counts(future, users, items)
         truth.data[:] = 1.0
-        return Window(matrix=m, truth=truth, exclude=None)
+        seen = pd.to_datetime(history["arrived_at"])
+        ages = (seen.max() - seen).dt.total_seconds().to_numpy() / 86400.0  # from the history's end: no future read
+        visits = (users.get_indexer(history["visitor_id"]), items.get_indexer(history["poi_id"]), ages)
+        return Window(matrix=m, truth=truth, exclude=None, visits=visits)
 
     return Dataset(city, len(items), validation=window(fit, val), test=window(train, test),
                    extra_validation=(window(fit2, val2),))

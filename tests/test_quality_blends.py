@@ -75,10 +75,24 @@ def test_the_planted_three_way_blend_is_chosen(monkeypatch):
     win = {n: Window(sp.csr_matrix((n, items)), windows[n][0], None) for n in windows}
     data = Dataset("toy", items, validation=win[90], test=win[90], extra_validation=(win[120],))
     peers = {f"g{g}": (f"g{g}", {}, model_selection._val(
-        lambda M, g=g: recommenders.build(f"g{g}", M, items), data, 10)) for g in (0, 1, 2, -1)}
+        lambda w, g=g: recommenders.build(f"g{g}", w.matrix, items), data, 10)) for g in (0, 1, 2, -1)}
     chosen = choose_champion(data, peers)
     assert {n for n, _ in chosen["components"]} == {"g0", "g1", "g2"}
     assert chosen["candidates"] == 4 + 3 * 3 + 36
     assert all(w["ndcg@10"] > 0.8 for w in chosen["validation_windows"])  # all three groups found
     pairs = [c["ndcg@10"] for c in chosen["validation_ranking"] if c["candidate"].count("+") == 1]
     assert all(p < chosen["validation"]["ndcg@10"] - 0.1 for p in pairs)  # a pair finds two groups at best
+
+
+def test_recency_weighted_personal_popularity_puts_the_recent_revisit_first():
+    """Two POIs visited once each: the one visited 10 days ago comes first, the 3-year-old visit falls behind
+    the most popular POI."""
+    X = sp.csr_matrix(np.array([[1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 1, 0]], dtype=float))
+    w = Window(X, sp.csr_matrix((3, 4)), None, visits=(np.array([0, 0, 1, 2]), np.array([0, 1, 2, 2]),
+                                                       np.array([1000.0, 10.0, 5.0, 5.0])))
+    assert w.recent(365.0).toarray()[0] == pytest.approx([np.exp(-1000 / 365), np.exp(-10 / 365), 0, 0])
+    plain = model_selection._fit("personal_popularity", {"weight": 10.0, "recency_days": None}, w, 4, 0)
+    recent = model_selection._fit("personal_popularity", {"weight": 10.0, "recency_days": 365.0}, w, 4, 0)
+    assert plain.scores(np.arange(1), X)[0, 0] == plain.scores(np.arange(1), X)[0, 1]  # counts alone: a tie
+    s = recent.scores(np.arange(1), X)[0]
+    assert s[1] > s[2] > s[0] > s[3]  # recent revisit, the popular POI, the old revisit, the unvisited

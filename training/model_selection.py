@@ -28,6 +28,7 @@ SIMPLEX_STEP = 0.1                # their weights: the simplex grid, every weigh
 KNN_NEIGHBOURS = (5, 10, 20, 50, 100)
 EASE_LAMBDAS = (1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
 OWN_VISIT_WEIGHTS = (0.3, 1.0, 3.0, 10.0)  # personal popularity: the user's own visits against z(popularity)
+RECENCY_DAYS = (365.0, 1000.0, 3000.0)     # … and own visits decayed by age (where windows carry visit times)
 
 
 @dataclass
@@ -35,6 +36,15 @@ class Window:
     matrix: sp.csr_matrix           # users × [targets | side items] fitted on
     truth: sp.csr_matrix            # users × targets, what the model must find
     exclude: sp.csr_matrix | None   # users × targets removed from rankings (None: every target ranked)
+    visits: tuple | None = None     # (user rows, target columns, age in days at the history's end) of matrix's visits
+
+    def recent(self, days: float) -> sp.csr_matrix:
+        """Users × targets: Σ exp(−age / days) over the visits — a visit `days` old counts 1/e."""
+        rows, cols, ages = self.visits
+        m = sp.csr_matrix((np.exp(-np.asarray(ages, dtype=np.float64) / days), (rows, cols)),
+                          shape=(self.matrix.shape[0], self.truth.shape[1]))
+        m.sum_duplicates()
+        return m
 
 
 @dataclass
@@ -65,14 +75,14 @@ def _val_fitted(models: list, data: Dataset, k: int) -> dict:
 
 
 def _val(build, data: Dataset, k: int) -> dict:
-    """Fit `build(matrix)` on each validation window's history and score it on that window."""
-    return _val_fitted([build(w.matrix) for w in data.windows], data, k)
+    """Fit `build(window)` on each validation window's history and score it on that window."""
+    return _val_fitted([build(w) for w in data.windows], data, k)
 
 
 def _tune_grid(kind: str, grid: list[dict], data: Dataset, k: int) -> tuple[dict, dict]:
     best = None
     for params in grid:
-        m = _val(lambda M: recommenders.build(kind, M, data.n_targets, **params), data, k)
+        m = _val(lambda w: _fit(kind, params, w, data.n_targets, 0), data, k)
         if best is None or (m[f"ndcg@{k}"], m[f"recall@{k}"]) > (best[1][f"ndcg@{k}"], best[1][f"recall@{k}"]):
             best = (params, m)
     return best
@@ -81,7 +91,7 @@ def _tune_grid(kind: str, grid: list[dict], data: Dataset, k: int) -> tuple[dict
 def _tune_optuna(kind: str, space, data: Dataset, k: int, trials: int, seed: int,
                  trial_log: tuning.TrialLog | None) -> tuple[dict, dict]:
     def objective(params):
-        m = _val(lambda M: recommenders.build(kind, M, data.n_targets, seed=seed, **params), data, k)
+        m = _val(lambda w: recommenders.build(kind, w.matrix, data.n_targets, seed=seed, **params), data, k)
         return {"objective": m[f"ndcg@{k}"], **{f"validation_{a}": b for a, b in m.items()}}
 
     result = tuning.search(objective, space, trials, seed=seed, trial_log=trial_log)
@@ -102,9 +112,13 @@ def tune_peers(data: Dataset, k: int = 10, als_trials: int = 20, bpr_trials: int
     def trial_log(kind):
         return tuning.TrialLog(tracking_uri, name=f"tune-{kind}-{data.name}", enabled=log_runs)
 
-    peers = {"popularity": ("popularity", {}, _val(lambda M: recommenders.popularity(M, data.n_targets), data, k))}
+    peers = {"popularity": ("popularity", {}, _val(lambda w: recommenders.popularity(w.matrix, data.n_targets),
+                                                   data, k))}
     if all(w.exclude is None for w in data.windows):  # revisits are ranked, so own visits can score
-        params, m = _tune_grid("personal_popularity", [{"weight": a} for a in OWN_VISIT_WEIGHTS], data, k)
+        timed = all(w.visits is not None for w in (*data.windows, data.test))
+        grid = [{"weight": a, "recency_days": d} for d in (None, *(RECENCY_DAYS if timed else ()))
+                for a in OWN_VISIT_WEIGHTS]
+        params, m = _tune_grid("personal_popularity", grid, data, k)
         peers["personal_popularity"] = ("personal_popularity", params, m)
     for kind, key in (("cosine", "item_knn"), ("bm25", "item_knn_bm25")):
         params, m = _tune_grid("item_knn", [{"similarity": kind, "neighbours": n} for n in KNN_NEIGHBOURS], data, k)
@@ -120,9 +134,14 @@ def tune_peers(data: Dataset, k: int = 10, als_trials: int = 20, bpr_trials: int
     return peers
 
 
-def _fit(kind: str, params: dict, matrix, n_targets: int, seed: int):
+def _fit(kind: str, params: dict, window: Window, n_targets: int, seed: int):
+    """Fit a peer on a window; `recency_days` (personal popularity) turns into the window's decayed visits."""
     extra = {"seed": seed} if kind in ("als", "bpr") else {}
-    return recommenders.build(kind, matrix, n_targets, **extra, **params)
+    params = dict(params)
+    days = params.pop("recency_days", None)
+    if days is not None:
+        extra["own"] = window.recent(days)
+    return recommenders.build(kind, window.matrix, n_targets, **extra, **params)
 
 
 def simplex(n: int, step: float = SIMPLEX_STEP) -> list[tuple[float, ...]]:
@@ -168,7 +187,7 @@ def choose_champion(data: Dataset, peers: dict, k: int = 10, seed: int = 0) -> d
     key = (lambda m: (m[f"ndcg@{k}"], m[f"recall@{k}"]))
     ranked = sorted(peers, key=lambda n: key(peers[n][2]), reverse=True)
     best_single = ranked[0]
-    fitted = [{n: _fit(kind, params, win.matrix, data.n_targets, seed) for n, (kind, params, _) in peers.items()}
+    fitted = [{n: _fit(kind, params, win, data.n_targets, seed) for n, (kind, params, _) in peers.items()}
               for win in data.windows]
     candidates = {n: _candidate([(n, 1.0)], [f[n] for f in fitted], data, k) for n in peers}
     for other in ranked[1:]:
@@ -197,7 +216,7 @@ def evaluate(data: Dataset, k: int = 10, als_trials: int = 20, bpr_trials: int =
     peers = tune_peers(data, k, als_trials, bpr_trials, seed, tracking_uri, log_runs)
     choice = choose_champion(data, peers, k, seed)
     test = data.test
-    refit = {n: _fit(kind, params, test.matrix, data.n_targets, seed) for n, (kind, params, _) in peers.items()}
+    refit = {n: _fit(kind, params, test, data.n_targets, seed) for n, (kind, params, _) in peers.items()}
     values = {n: _score(m, test, k) for n, m in refit.items()}
     comps = choice["components"]
     champion = refit[comps[0][0]] if len(comps) == 1 else recommenders.blend_many([refit[n] for n, _ in comps],

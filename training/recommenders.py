@@ -70,19 +70,24 @@ def popularity(matrix: sp.csr_matrix, n_targets: int) -> Fitted:
     return Fitted("popularity", n_targets, lambda rows, X: np.broadcast_to(counts, (len(rows), n_targets)).copy())
 
 
-def personal_popularity(matrix: sp.csr_matrix, n_targets: int, weight: float = 3.0) -> Fitted:
-    """weight · log1p(the user's own visits) + z(popularity): revisits first, then what most visit."""
+def personal_popularity(matrix: sp.csr_matrix, n_targets: int, weight: float = 3.0,
+                        own: sp.csr_matrix | None = None) -> Fitted:
+    """weight · log1p(the user's own visits) + z(popularity): revisits first, then what most visit.
+
+    `own`: the users × targets visit weights to rank by (e.g. recency-decayed counts of the
+    matrix's visits); default the counts of the matrix scored.
+    """
     if weight < 0:
         raise WenlvError(f"personal popularity weight must be ≥ 0, got {weight}")
     counts = np.bincount(matrix[:, :n_targets].tocoo().col, minlength=n_targets).astype(np.float64)
     z = _standardise(counts[None, :])[0]
 
     def score_rows(rows, X):
-        own = sp.csr_matrix(X[rows][:, :n_targets], dtype=np.float64)
-        own.data = np.log1p(np.maximum(own.data, 0.0))
-        return weight * own.toarray() + z
+        mine = sp.csr_matrix((X if own is None else own)[rows][:, :n_targets], dtype=np.float64)
+        mine.data = np.log1p(np.maximum(mine.data, 0.0))
+        return weight * mine.toarray() + z
 
-    return Fitted("personal_popularity", n_targets, score_rows, {"weight": weight})
+    return Fitted("personal_popularity", n_targets, score_rows, {"weight": weight, "recency": own is not None})
 
 
 def item_knn(matrix: sp.csr_matrix, n_targets: int, similarity: str = "cosine", neighbours: int = 50) -> Fitted:
