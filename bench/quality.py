@@ -5,10 +5,12 @@ popularity, personal popularity (the user's own visits over popularity; only whe
 revisits are ranked, i.e. the Flickr cities — at `small` seen POIs are excluded, where it
 would be popularity), item-kNN (implicit's Cosine and BM25 recommenders), EASE (closed form, λ on
 validation), BPR (implicit, Optuna), ALS (implicit, Optuna over factors, regularisation,
-alpha, weighting, iterations). The champion is chosen on validation only — a peer or a
-blend of the best peer with another — and every model is then refitted on the whole
-training window and scored once on the test window: NDCG@10 and recall@10 with 95%
-intervals over users, and the champion's paired difference against each peer.
+alpha, weighting, iterations). The champion is chosen on validation only — a peer, a
+blend of the best peer with another, or a three-way blend of the three best (weights on a
+simplex grid), a larger blend only if it wins in every validation window — and every
+model is then refitted on the whole training window and scored once on the test window:
+NDCG@10 and recall@10 with 95% intervals over users, and the champion's paired
+difference against each peer.
 
 Data:
 * Flickr cities (Toro, Osak, Glas, Edin, Melb; Lim et al., IJCAI 2015): visits in time
@@ -90,7 +92,10 @@ def flickr_dataset(city: str, source: Path, fraction: float = 0.2):
         m = _counts(history, users, items)
         truth = _counts(future, users, items)
         truth.data[:] = 1.0
-        return Window(matrix=m, truth=truth, exclude=None)
+        seen = pd.to_datetime(history["arrived_at"])
+        ages = (seen.max() - seen).dt.total_seconds().to_numpy() / 86400.0  # from the history's end: no future read
+        visits = (users.get_indexer(history["visitor_id"]), items.get_indexer(history["poi_id"]), ages)
+        return Window(matrix=m, truth=truth, exclude=None, visits=visits)
 
     return Dataset(city, len(items), validation=window(fit, val), test=window(train, test),
                    extra_validation=(window(fit2, val2),))

@@ -90,6 +90,7 @@ def test_champion_is_chosen_on_validation_only(tmp_path):
     data = Dataset("toy", 20, validation=Window(fit, val, None), test=Window(full, test, None))
     peers = tune_peers(data, als_trials=2, bpr_trials=1)
     chosen = choose_champion(data, peers)
+    assert chosen["candidates"] == 7 + 6 * 3 + 36  # peers, two-way and three-way blends: none may read the test
     planted = test.copy().tolil()
     planted[:, 0] = 1.0  # every test user visits item 0: only the test window says so
     data2 = Dataset("toy", 20, validation=data.validation, test=Window(full, sp.csr_matrix(planted), None))

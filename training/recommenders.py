@@ -12,7 +12,7 @@ topics, which every model may use) and scores the target items for chosen user r
 * EASE — Steck's closed-form shallow autoencoder, B = I − P·diag(1/diag P), P = (XᵀX + λI)⁻¹;
 * BPR — implicit's Bayesian personalised ranking;
 * ALS — implicit's ALS on confidences scaled by `weight` (alpha; linear, log, BM25 or TF-IDF);
-* a blend of two of them (per-user standardised scores, weight w on the first).
+* a blend of two or more of them (per-user standardised scores, weights on the simplex).
 
 `weight` is what each party may apply to its own block before the federated fit (a local
 operation: nothing about one party's block reaches another).
@@ -70,19 +70,24 @@ def popularity(matrix: sp.csr_matrix, n_targets: int) -> Fitted:
     return Fitted("popularity", n_targets, lambda rows, X: np.broadcast_to(counts, (len(rows), n_targets)).copy())
 
 
-def personal_popularity(matrix: sp.csr_matrix, n_targets: int, weight: float = 3.0) -> Fitted:
-    """weight · log1p(the user's own visits) + z(popularity): revisits first, then what most visit."""
+def personal_popularity(matrix: sp.csr_matrix, n_targets: int, weight: float = 3.0,
+                        own: sp.csr_matrix | None = None) -> Fitted:
+    """weight · log1p(the user's own visits) + z(popularity): revisits first, then what most visit.
+
+    `own`: the users × targets visit weights to rank by (e.g. recency-decayed counts of the
+    matrix's visits); default the counts of the matrix scored.
+    """
     if weight < 0:
         raise WenlvError(f"personal popularity weight must be ≥ 0, got {weight}")
     counts = np.bincount(matrix[:, :n_targets].tocoo().col, minlength=n_targets).astype(np.float64)
     z = _standardise(counts[None, :])[0]
 
     def score_rows(rows, X):
-        own = sp.csr_matrix(X[rows][:, :n_targets], dtype=np.float64)
-        own.data = np.log1p(np.maximum(own.data, 0.0))
-        return weight * own.toarray() + z
+        mine = sp.csr_matrix((X if own is None else own)[rows][:, :n_targets], dtype=np.float64)
+        mine.data = np.log1p(np.maximum(mine.data, 0.0))
+        return weight * mine.toarray() + z
 
-    return Fitted("personal_popularity", n_targets, score_rows, {"weight": weight})
+    return Fitted("personal_popularity", n_targets, score_rows, {"weight": weight, "recency": own is not None})
 
 
 def item_knn(matrix: sp.csr_matrix, n_targets: int, similarity: str = "cosine", neighbours: int = 50) -> Fitted:
@@ -138,10 +143,25 @@ def _standardise(s: np.ndarray) -> np.ndarray:
 
 def blend(first: Fitted, second: Fitted, w: float) -> Fitted:
     """w · z(first) + (1 − w) · z(second), scores standardised per user."""
-    return Fitted(f"{first.name}+{second.name}", first.n_targets,
-                  lambda rows, X: w * _standardise(first.scores(rows, X)) + (1 - w) * _standardise(
-                      second.scores(rows, X)),
-                  {"first": first.name, "second": second.name, "w": w})
+    return blend_many((first, second), (w, 1 - w))
+
+
+def blend_many(models, weights) -> Fitted:
+    """Σ wᵢ · z(modelᵢ): per-user standardised scores, so no model wins by its score scale alone."""
+    models, weights = tuple(models), tuple(float(w) for w in weights)
+    if len(models) != len(weights) or not models:
+        raise WenlvError(f"a blend needs one weight per model, got {len(models)} models, {len(weights)} weights")
+
+    def score_rows(rows, X):
+        out = weights[0] * _standardise(models[0].scores(rows, X))
+        for m, w in zip(models[1:], weights[1:]):
+            out += w * _standardise(m.scores(rows, X))
+        return out
+
+    names = [m.name for m in models]
+    params = ({"first": names[0], "second": names[1], "w": weights[0]} if len(models) == 2
+              else {"models": names, "weights": list(weights)})
+    return Fitted("+".join(names), models[0].n_targets, score_rows, params)
 
 
 BUILDERS = {"popularity": popularity, "personal_popularity": personal_popularity, "item_knn": item_knn, "ease": ease,
