@@ -17,6 +17,7 @@ from wenlv.bench.open_loop import fixed_rate
 from wenlv.db import engine as db_engine
 from wenlv.serving.auth import KeyStore
 from wenlv.serving.runtime import free_port
+from tests.support.loopback_http import serve_in_thread
 
 
 @pytest.mark.slow
@@ -49,7 +50,6 @@ def test_fixed_rate_acknowledgements_match_the_database_and_a_replay_is_all_dupl
 
 def _slow_server(delay_s: float) -> tuple[int, threading.Event]:
     """A one-connection HTTP server taking `delay_s` per request: a server slower than the offered rate."""
-    port, ready, stop = free_port(), threading.Event(), threading.Event()
     answer = json.dumps({"accepted": 1, "duplicates": 0, "rejected": []}).encode()
 
     async def handle(reader, writer):
@@ -65,16 +65,7 @@ def _slow_server(delay_s: float) -> tuple[int, threading.Event]:
             await writer.drain()
         writer.close()
 
-    async def main():
-        server = await asyncio.start_server(handle, "127.0.0.1", port)
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        server.close()
-
-    threading.Thread(target=asyncio.run, args=(main(),), daemon=True).start()
-    ready.wait(5)
-    return port, stop
+    return serve_in_thread(handle)
 
 
 def test_latency_is_measured_from_the_due_time_not_from_the_send():

@@ -12,6 +12,7 @@ import pytest
 from wenlv.bench import serve
 from wenlv.bench.private_redis import PrivateRedis
 from wenlv.serving.runtime import free_port
+from tests.support.loopback_http import serve_in_thread
 
 
 def test_a_phase_without_results_reports_an_error_instead_of_crashing():
@@ -38,7 +39,7 @@ def test_cleanup_stops_redis_even_when_stopping_the_server_fails(tmp_path):
 
 def _arrival_recorder() -> tuple[int, list[float], threading.Event]:
     """An HTTP server that answers 200 at once and records when each request arrived."""
-    port, arrivals, ready, stop = free_port(), [], threading.Event(), threading.Event()
+    arrivals: list[float] = []
 
     async def handle(reader, writer):
         while True:
@@ -51,15 +52,7 @@ def _arrival_recorder() -> tuple[int, list[float], threading.Event]:
             await writer.drain()
         writer.close()
 
-    async def main():
-        server = await asyncio.start_server(handle, "127.0.0.1", port)
-        ready.set()
-        while not stop.is_set():
-            await asyncio.sleep(0.05)
-        server.close()
-
-    threading.Thread(target=asyncio.run, args=(main(),), daemon=True).start()
-    ready.wait(5)
+    port, stop = serve_in_thread(handle)
     return port, arrivals, stop
 
 

@@ -69,6 +69,11 @@ def _metrics(values: list[dict], k: int) -> dict:
             f"recall@{k}": float(np.concatenate([v["recall"] for v in values]).mean())}
 
 
+def _order(metrics: dict, k: int) -> tuple[float, float]:
+    """How candidates compare on validation: NDCG@k, recall@k breaking ties."""
+    return metrics[f"ndcg@{k}"], metrics[f"recall@{k}"]
+
+
 def _val_fitted(models: list, data: Dataset, k: int) -> dict:
     """Validation means over the users of every window (models[i] fitted on window i)."""
     return _metrics([_score(m, w, k) for m, w in zip(models, data.windows)], k)
@@ -83,7 +88,7 @@ def _tune_grid(kind: str, grid: list[dict], data: Dataset, k: int) -> tuple[dict
     best = None
     for params in grid:
         m = _val(lambda w: _fit(kind, params, w, data.n_targets, 0), data, k)
-        if best is None or (m[f"ndcg@{k}"], m[f"recall@{k}"]) > (best[1][f"ndcg@{k}"], best[1][f"recall@{k}"]):
+        if best is None or _order(m, k) > _order(best[1], k):
             best = (params, m)
     return best
 
@@ -167,7 +172,7 @@ def pick(candidates: dict, k: int = 10) -> str:
     is optimistic: asking the gain to repeat in each window keeps a blend that won by the
     noise of one window out.
     """
-    key = (lambda n: (candidates[n]["validation"][f"ndcg@{k}"], candidates[n]["validation"][f"recall@{k}"]))
+    key = (lambda n: _order(candidates[n]["validation"], k))
     chosen = None
     for size in sorted({len(c["components"]) for c in candidates.values()}):
         best = max((n for n, c in candidates.items() if len(c["components"]) == size), key=key)
@@ -184,8 +189,7 @@ def pick(candidates: dict, k: int = 10) -> str:
 def choose_champion(data: Dataset, peers: dict, k: int = 10, seed: int = 0) -> dict:
     """The champion on validation: each peer, the best peer blended with each other one, and
     three-way blends of the three best peers (weights on a simplex grid); `pick` chooses."""
-    key = (lambda m: (m[f"ndcg@{k}"], m[f"recall@{k}"]))
-    ranked = sorted(peers, key=lambda n: key(peers[n][2]), reverse=True)
+    ranked = sorted(peers, key=lambda n: _order(peers[n][2], k), reverse=True)
     best_single = ranked[0]
     fitted = [{n: _fit(kind, params, win, data.n_targets, seed) for n, (kind, params, _) in peers.items()}
               for win in data.windows]
@@ -202,7 +206,7 @@ def choose_champion(data: Dataset, peers: dict, k: int = 10, seed: int = 0) -> d
             candidates["+".join(top) + "@" + "/".join(f"{w:g}" for w in weights)] = _candidate(
                 comps, [recommenders.blend_many([f[n] for n in top], weights) for f in fitted], data, k)
     name = pick(candidates, k)
-    ranking = sorted(candidates, key=lambda n: key(candidates[n]["validation"]), reverse=True)
+    ranking = sorted(candidates, key=lambda n: _order(candidates[n]["validation"], k), reverse=True)
     return {"model": name, "components": candidates[name]["components"], "validation": candidates[name]["validation"],
             "validation_windows": candidates[name]["windows"], "best_single_on_validation": best_single,
             "candidates": len(candidates),
