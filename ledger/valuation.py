@@ -13,7 +13,10 @@ Valuation (《数据资产评估指导意见》):
   cash flow is the asset's attributed returns of the last 12 months (a shorter record is
   scaled up to a year from the months it covers, at least one), growing at `growth` a year;
   year k (k = 1 … ⌈R⌉ for a remaining life of R years) brings CF·(1+g)^(k−1), the last year
-  only its fraction of a year, discounted by (1+r)^−min(k, R).
+  only its fraction of a year, discounted by (1+r)^−min(k, R). Attributed returns that come out
+  negative (an incremental-revenue estimate below zero: noise, or a model that hurt) give an
+  income-approach value of 0, not a negative one: the holder can stop using the data, so the
+  asset is worth at least nothing; the negative annual cash flow is still reported beside it.
 ROI = (attributed returns − total cost) / total cost, to date (None without cost).
 """
 from __future__ import annotations
@@ -99,5 +102,5 @@ def value(cost_lines: list[dict], *, available_on: date, life_months: int, holdi
     elapsed = min(life_months, months_between(available_on, as_of))
     remaining = (life_months - elapsed) / 12
     flow = annual_cash_flow(returns_by_day, as_of)
-    income = fen(income_value(flow, remaining, rate, growth))
+    income = fen(max(0.0, income_value(flow, remaining, rate, growth)))  # never below 0: see the module docstring
     return Valuation(capitalised, expensed, done, capitalised - done, attributed, roi, income, fen(flow), remaining)

@@ -49,6 +49,16 @@ def test_valuation_by_hand():
     assert grown == pytest.approx(1000 / 1.1 + 1050 / 1.21)
 
 
+
+def test_negative_attributed_returns_value_the_asset_at_zero_by_income_not_below():
+    """An incremental-revenue estimate below zero (the demo's campaign drew one: −8,637 CNY with a 95% interval
+    covering the true +9,320) gave an income-approach value of −324,000 CNY."""
+    v = valuation.value([{"phase": p["phase"], "amount_cny": p["amount_cny"]} for p in LINES],
+                        available_on=date(2026, 1, 1), life_months=60, holding="intangible",
+                        returns_by_day={date(2026, 7, 1): -6000.0}, as_of=date(2026, 7, 15), rate=0.08, growth=0.0)
+    assert v.annual_cash_flow < 0 and v.attributed == Decimal("-6000.00")  # the estimate itself is kept as it is
+    assert v.income_value == Decimal("0.00") and v.carrying == Decimal("108000.00")
+
 def test_cost_lines_by_phase_are_checked():
     with pytest.raises(Exception, match="development"):
         assets.CostLine(category="research", phase="development", amount_cny="1.00", incurred_on="2026-01-01")
