@@ -76,6 +76,19 @@ def test_revenue_filters(app):
         assert r.status_code == 422 and r.json()["error"] == "invalid_request", bad
 
 
+
+def test_ids_beyond_an_integer_column_are_refused_not_a_server_error(app):
+    """The fuzz test found `campaign_id=2045528306379045766074353410113536` answered 500 (OverflowError in SQLite)."""
+    client, key, _, _ = app
+    huge = 2**31
+    headers = auth(key[("analyst", "hz")])
+    for path in (f"/v1/analytics/revenue?campaign_id={huge}", f"/v1/assets/{huge}",
+                 "/v1/analytics/revenue?campaign_id=2045528306379045766074353410113536&source=carrier"):
+        assert client.get(path, headers=headers).status_code == 422, path
+    assert client.post(f"/v1/assets/{huge}/cost-lines", headers=auth(key[("admin", "hz")]),
+                       json={"lines": [{"category": "cleaning", "phase": "development", "amount_cny": "1.00",
+                                        "incurred_on": "2026-01-01"}]}).status_code == 422
+
 def test_assets_contract_and_cost_lines(app):
     client, key, _, ids = app
     listed = client.get("/v1/assets?as_of=2026-07-01", headers=auth(key[("analyst", "hz")])).json()["assets"]

@@ -13,7 +13,7 @@ from fastapi import APIRouter, Body, Depends, Path, Query
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine
 
-from wenlv.db.schema import SOURCES
+from wenlv.db.schema import ID_MAX, SOURCES
 from wenlv.errors import WenlvError
 from wenlv.ledger import analytics, assets
 from wenlv.serving.auth import ApiError, Principal, require_role
@@ -35,7 +35,7 @@ class CostLines(BaseModel):
 @router.get("/analytics/revenue", summary="revenue by day; incremental revenue with 95% intervals by campaign and "
                                           "model version; last-touch (associative); returns by data source",
             responses=ERROR_RESPONSES)
-def revenue(campaign_id: int | None = Query(None, ge=1, description="only this campaign"),
+def revenue(campaign_id: int | None = Query(None, ge=1, le=ID_MAX, description="only this campaign"),
             model_version: str | None = Query(None, min_length=1, max_length=32, description="only this model version"),
             source: Literal[SOURCES] | None = Query(None, description="returns of this data source only"),  # type: ignore[valid-type]
             date_from: date | None = Query(None, description="first day counted (YYYY-MM-DD, UTC)"),
@@ -56,7 +56,7 @@ def list_assets(as_of: date | None = Query(None, description="valuation date (de
 
 @router.get("/assets/{asset_id}", summary="one asset with its cost lines and attributed returns",
             responses={**ERROR_RESPONSES, **NOT_FOUND})
-def get_asset(asset_id: int = Path(ge=1), as_of: date | None = Query(None, description="valuation date (default: today)"),
+def get_asset(asset_id: int = Path(ge=1, le=ID_MAX), as_of: date | None = Query(None, description="valuation date (default: today)"),
               principal: Principal = Depends(analyst), engine: Engine = Depends(get_db)) -> dict:
     found = analytics.asset_detail(engine, principal.tenant, asset_id, as_of)
     if found is None:
@@ -66,7 +66,7 @@ def get_asset(asset_id: int = Path(ge=1), as_of: date | None = Query(None, descr
 
 @router.post("/assets/{asset_id}/cost-lines", status_code=201, summary="add cost lines to an asset (admin)",
              responses={**ERROR_RESPONSES, **NOT_FOUND})
-def add_cost_lines(asset_id: int = Path(ge=1), body: CostLines = Body(...), principal: Principal = Depends(admin),
+def add_cost_lines(asset_id: int = Path(ge=1, le=ID_MAX), body: CostLines = Body(...), principal: Principal = Depends(admin),
                    engine: Engine = Depends(get_db)) -> dict:
     try:
         added = assets.add_cost_lines(engine, principal.tenant, asset_id, body.lines)

@@ -25,6 +25,7 @@ metadata = MetaData(naming_convention={
 MONEY = Numeric(14, 2)
 TOKEN = String(64)  # a PSI token (see privacy/psi.py); never a phone number
 TENANT = String(64)
+ID_MAX = 2**31 - 1  # the largest id an INTEGER key holds on every backend: ids in requests are bounded by it
 CHANNELS = ("sms", "ads")
 TARGET_KINDS = ("pois", "category", "destination", "lookalike")
 ARMS = ("treatment", "holdout")
