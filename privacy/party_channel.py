@@ -2,7 +2,7 @@
 
 One POST per call (``/v1/<area>/<method>``), the arguments as a privacy.transport body, the
 answer streamed back in the same format. Every call carries a session id and a sequence
-number the service requires to increase (a replayed request is refused). A connection that
+number the service accepts once (a replayed request is refused). A connection that
 cannot be made is retried with exponential backoff; a party that stays away raises
 PartyUnavailable; a refused certificate raises ProtocolError at once (no retry).
 
@@ -72,6 +72,7 @@ class PartyChannel:
         self.sent = self.received = 0
         self._session = secrets.token_hex(16)
         self._seq = 0
+        self._seq_lock = threading.Lock()  # calls of one channel may run in parallel threads: each its own number
         self.client = httpx.Client(verify=tls.client_context(tls_dir, name),
                                    timeout=httpx.Timeout(self.timeout, connect=10.0, pool=10.0))
 
@@ -86,8 +87,10 @@ class PartyChannel:
         started = time.perf_counter()
         by_reference = self.known is not None
         for attempt in range(self.retries + 1):
-            self._seq += 1
-            headers = {"X-Wenlv-Session": self._session, "X-Wenlv-Seq": str(self._seq)}
+            with self._seq_lock:
+                self._seq += 1
+                seq = self._seq
+            headers = {"X-Wenlv-Session": self._session, "X-Wenlv-Seq": str(seq)}
             sent, digests = [0], []
             known = self.known if by_reference else None
 

@@ -12,7 +12,7 @@ from wenlv.privacy.secure_agg import Identity, KeyAnnouncement, MaskedMessage, M
 from wenlv.privacy.transport import Decoder, body_size, decode, encode, encode_chunks
 from wenlv.training.federated_als import FederatedALS, FederatedALSParty, init_factors
 from wenlv.bench.faults.party import PartyService as Service  # a party's mTLS service in a thread
-from wenlv.training.remote import RemoteParty, WireStats
+from wenlv.training.remote import RemoteParty, WireStats, _Sequencer
 
 PARTIES = ("tourism", "carrier", "internet")
 
@@ -147,3 +147,21 @@ def test_replayed_masked_message_is_refused_by_the_aggregator(toy):
     agg.open_stage(first.stage)
     with pytest.raises(ProtocolError, match="replayed"):
         agg.submit(first)
+
+
+def test_the_sequencer_takes_concurrent_calls_out_of_order_but_each_number_once():
+    """The feature run's two parallel psi_finish calls to the carrier (sequence 8 and 9 of one session) arrived 9
+    first under load, and 8 was refused as a replay (HTTP 409): the run failed."""
+    seq = _Sequencer(window=4)
+    seq.check("s", 9)
+    seq.check("s", 8)               # in flight at the same time, arrived second: accepted
+    for seen in (8, 9):
+        with pytest.raises(ProtocolError, match="replayed request"):
+            seq.check("s", seen)    # a real replay: refused
+    seq.check("s", 12)
+    with pytest.raises(ProtocolError, match="replayed request"):
+        seq.check("s", 8)           # older than the window: refused, whether seen or not
+    seq.check("s", 10)              # within the window, never seen
+    seq.check("other", 1)           # sessions are apart
+    with pytest.raises(ProtocolError, match="replayed request"):
+        seq.check("other", 0)

@@ -11,7 +11,7 @@ replay checks; its ALS side then loads from the folder that run fills, on first 
 
 The coordinator side (:class:`RemoteParty`) implements the same protocol with httpx over
 mutual TLS (only that party's pinned certificate, its name checked against the SAN). Each
-call carries a session id and a sequence number the service requires to increase (a
+call carries a session id and a sequence number the service accepts once (a
 replayed request is refused with 409); masked messages and key announcements are signed
 and bound to (run, round, stage) as in process, and the coordinator's Aggregator checks
 them. A CG stage whose input is large goes duplex (its input up a second stream while the
@@ -182,20 +182,28 @@ class RemoteParty:
 
 # ------------------------------------------------------------------------ the party side
 class _Sequencer:
-    """Per client session, the last sequence number: a request must come with a larger one."""
+    """Per client session, which sequence numbers were seen: each is accepted once.
 
-    def __init__(self, limit: int = 64):
+    A coordinator may have several calls of one session in flight at once (the feature run
+    finishes two PSI sessions with the carrier in parallel), and the later-numbered one can
+    arrive first; so, as IPsec's anti-replay window does, a number is accepted if it is new and
+    within `window` of the largest seen, and refused if seen before or older than that.
+    """
+
+    def __init__(self, limit: int = 64, window: int = 64):
         self.lock = threading.Lock()
-        self.last: dict[str, int] = {}
-        self.limit = limit
+        self.seen: dict[str, tuple[int, set[int]]] = {}  # session -> (largest, the numbers seen within the window)
+        self.limit, self.window = limit, window
 
     def check(self, session: str, seq: int) -> None:
         with self.lock:
-            if seq <= self.last.get(session, 0):
+            largest, recent = self.seen.get(session, (0, set()))
+            if seq in recent or seq <= largest - self.window or seq <= 0:
                 raise ProtocolError(f"replayed request: sequence {seq} of session {session[:8]}… already seen")
-            if session not in self.last and len(self.last) >= self.limit:
-                self.last.pop(next(iter(self.last)))   # oldest session first (dicts keep order)
-            self.last[session] = seq
+            if session not in self.seen and len(self.seen) >= self.limit:
+                self.seen.pop(next(iter(self.seen)))   # oldest session first (dicts keep order)
+            largest = max(largest, seq)
+            self.seen[session] = (largest, {n for n in (*recent, seq) if n > largest - self.window})
 
 
 class _Side:
